@@ -1,0 +1,36 @@
+#include "sv_err.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+int sv_err_set(struct sv_err *err, int code, const char *fmt, ...) {
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+        err->code = code;
+    }
+    return code;
+}
+
+int sv_err_prefix(struct sv_err *err, const char *fmt, ...) {
+    if (!err)
+        return 0;
+    char head[SV_ERR_MSG_MAX], old[SV_ERR_MSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(head, sizeof head, fmt, ap);
+    va_end(ap);
+    memcpy(old, err->msg, sizeof old);
+    snprintf(err->msg, sizeof err->msg, "%s: %s", head, old);
+    return err->code;
+}
+
+void sv_err_clear(struct sv_err *err) {
+    if (err) {
+        err->code = 0;
+        err->msg[0] = '\0';
+    }
+}

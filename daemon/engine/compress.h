@@ -1,0 +1,91 @@
+/* compress: one compression job, run layer by layer with checkpoints.
+ *
+ * The engine knows nothing of SQLite or sockets: the daemon's runner passes
+ * hooks. The durability protocol (also written in daemon/store.c):
+ *   for each decoder layer l not yet done:
+ *     compute the layer's factors; write WORK/layer-L.st.tmp, fsync, rename to
+ *     WORK/layer-L.st, fsync WORK; write the next layer's calibration hidden
+ *     states the same way; then call hooks->layer_done(), which commits the
+ *     SQLite row (file, size, sha256). Only after that returns 0 is the layer
+ *     done. A crash anywhere before leaves a row-less layer that is redone from
+ *     scratch, and redoing is idempotent (same inputs, same bytes).
+ *   On resume, hooks->layer_lookup() tells which layers have rows; the engine
+ *   checks each recorded file's size and sha256 before trusting it.
+ * When every layer is done the output directory is assembled from the layer
+ * files (config.json, model.safetensors, tokenizer files, compression.json). */
+#ifndef COMPRESS_H
+#define COMPRESS_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "sv_err.h"
+
+enum compress_method { METHOD_SVD = 0, METHOD_SVDLLM, METHOD_COUNT };
+
+struct compress_params {
+    char model_dir[PATH_MAX];
+    char out_dir[PATH_MAX];
+    char calib_path[PATH_MAX];   /* text or .i32 ids */
+    char work_dir[PATH_MAX];     /* the job's checkpoint directory (exists) */
+    char eval_path[PATH_MAX];    /* "" = no perplexity before/after */
+    enum compress_method method;
+    double ratio;                /* fraction of decoder-linear params removed, in (0,1) */
+    int nsamples;
+    int seqlen;
+    uint64_t seed;
+    bool calib_first;            /* take the first nsamples windows instead of seeded sampling */
+    bool dense;                  /* write W' with original shapes instead of factor pairs */
+    bool overwrite;              /* allow replacing an existing out_dir */
+    int eval_seqlen;             /* 0 = seqlen */
+    int eval_max_windows;        /* 0 = all */
+};
+
+/* Which phase a job is in, for status and watch. */
+struct compress_progress {
+    int layer;          /* 0-based layer being worked on, n_layers when assembling */
+    int n_layers;
+    int layers_done;
+    const char *phase;  /* "calibrate", "statistics", "factorize", "checkpoint", "assemble", "eval" */
+    double fraction;    /* overall, 0..1 */
+};
+
+struct compress_checkpoint {
+    char file[PATH_MAX];   /* path relative to work_dir */
+    uint64_t size;
+    char sha256[65];
+};
+
+struct compress_hooks {
+    void *ctx;
+    /* Returns 1 and fills ck if layer has a committed row, 0 if not, <0 on error. */
+    int (*layer_lookup)(void *ctx, int layer, struct compress_checkpoint *ck);
+    /* Commits layer's row; only after it returns 0 is the layer done. */
+    int (*layer_done)(void *ctx, int layer, const struct compress_checkpoint *ck, struct sv_err *err);
+    /* Non-zero: stop at the next safe point with -ECANCELED. */
+    int (*should_cancel)(void *ctx);
+    void (*progress)(void *ctx, const struct compress_progress *p);
+};
+
+struct compress_result {
+    double ppl_before, ppl_after;     /* 0 when not evaluated */
+    uint64_t params_before, params_after;   /* decoder-linear parameters */
+    uint64_t bytes_before, bytes_after;     /* whole model files */
+    double seconds;
+    int layers_resumed;                /* layers taken from checkpoints */
+};
+
+/* Checks params without touching the model (ratio range, sizes, paths readable). */
+int compress_params_check(const struct compress_params *p, struct sv_err *err);
+/* Hex sha256 over every input that shapes the output: model files, method,
+ * ratio, calibration file, nsamples, seqlen, seed, window rule, dense. */
+int compress_job_key(const struct compress_params *p, char key[65], struct sv_err *err);
+/* Runs (or resumes) the job. Returns 0, -ECANCELED, or another negative code. */
+int compress_run(const struct compress_params *p, const struct compress_hooks *h,
+                 struct compress_result *ret, struct sv_err *err);
+
+const char *compress_method_name(enum compress_method m);
+int compress_method_parse(const char *s, enum compress_method *ret);
+
+#endif

@@ -1,0 +1,50 @@
+/* config: a LLaMA-family config.json (LLaMA 1/2/3, Mistral, Vicuna).
+ *
+ * Everything the forward pass depends on is read and checked; a field whose
+ * value would change the math in a way we do not implement (another
+ * architecture, rope_scaling, attention or MLP bias, an activation other than
+ * silu, sliding-window attention actually in effect) is refused with a message
+ * naming the field, never silently ignored. Fields that only matter for
+ * training or generation (initializer_range, use_cache, ...) are ignored. */
+#ifndef CONFIG_H
+#define CONFIG_H
+
+#include <stdbool.h>
+
+#include "sv_err.h"
+
+#define CONFIG_MAX_LAYERS 1024
+
+/* Linear module ids within one decoder layer. */
+enum config_proj { PROJ_Q = 0, PROJ_K, PROJ_V, PROJ_O, PROJ_GATE, PROJ_UP, PROJ_DOWN, PROJ_COUNT };
+
+struct config {
+    int hidden;         /* d */
+    int intermediate;   /* ffn width (dense models; see ffn[] for pruned ones) */
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;       /* hidden / n_heads unless given */
+    int vocab;
+    int max_pos;
+    double rms_eps;
+    double rope_theta;
+    bool tie_embeddings;
+    int bos_id;         /* -1 if absent */
+    int eos_id;         /* -1 if absent */
+    /* Low-rank section written by our compressor ("low_rank": {"ranks": {...}}):
+     * rank[l][p] > 0 means layer l's projection p is stored as a factor pair;
+     * 0 means dense. */
+    int (*rank)[PROJ_COUNT];   /* n_layers rows, owned */
+};
+
+/* Loads PATH (a config.json). On failure nothing is allocated. */
+int config_load(struct config *ret, const char *path, struct sv_err *err);
+void config_free(struct config *c);
+
+/* Input and output widths of projection p (d_in, d_out of W: d_out x d_in). */
+void config_proj_shape(const struct config *c, enum config_proj p, int *d_out, int *d_in);
+/* "self_attn.q_proj", ..., "mlp.down_proj". */
+const char *config_proj_name(enum config_proj p);
+
+#endif
