@@ -24,7 +24,19 @@ int sv_err_prefix(struct sv_err *err, const char *fmt, ...) {
     vsnprintf(head, sizeof head, fmt, ap);
     va_end(ap);
     memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s: %s", head, old);
+    /* Truncation is acceptable: the message stays bounded and NUL-terminated. */
+    size_t hn = strnlen(head, sizeof head - 1);
+    memcpy(err->msg, head, hn);
+    size_t pos = hn;
+    if (pos + 2 < sizeof err->msg) {
+        err->msg[pos++] = ':';
+        err->msg[pos++] = ' ';
+    }
+    size_t on = strnlen(old, sizeof old);
+    if (on > sizeof err->msg - 1 - pos)
+        on = sizeof err->msg - 1 - pos;
+    memcpy(err->msg + pos, old, on);
+    err->msg[pos + on] = '\0';
     return err->code;
 }
 

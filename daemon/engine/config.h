@@ -31,7 +31,8 @@ struct config {
     double rope_theta;
     bool tie_embeddings;
     int bos_id;         /* -1 if absent */
-    int eos_id;         /* -1 if absent */
+    int eos_id;         /* -1 if absent; the first one when a list */
+    int sliding_window; /* 0 = none; longer sequences are refused */
     /* Low-rank section written by our compressor ("low_rank": {"ranks": {...}}):
      * rank[l][p] > 0 means layer l's projection p is stored as a factor pair;
      * 0 means dense. */

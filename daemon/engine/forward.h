@@ -1,0 +1,48 @@
+/* forward: the LLaMA forward pass on BLIS, batched over samples x positions.
+ *
+ * Hidden states are (B*T, hidden) row-major: B independent sequences of T
+ * tokens, each starting at position 0. Attention is causal with grouped-query
+ * heads and HF's rotate_half RoPE. Every product is a BLIS sgemm; the thread
+ * count is set once by forward_threads_set() (the one place that decides it).
+ *
+ * Taps let the compressor observe each linear's input (and output) without
+ * the forward pass knowing about statistics: q/k/v share one input (reported
+ * as PROJ_Q), gate/up share one (PROJ_GATE). */
+#ifndef FORWARD_H
+#define FORWARD_H
+
+#include <stddef.h>
+
+#include "config.h"
+#include "model.h"
+#include "sv_err.h"
+
+struct forward_taps {
+    void *ctx;
+    /* x: (ntok, width) rows entering projection p. NULL: not observed. */
+    int (*input)(void *ctx, enum config_proj p, const float *x, size_t ntok, int width);
+    /* y: (ntok, width) rows leaving projection p. NULL: not observed. */
+    int (*output)(void *ctx, enum config_proj p, const float *y, size_t ntok, int width);
+};
+
+/* Sets the thread count BLIS uses for every product (n <= 0: the number of
+ * online cores). Call before any compute; returns the count in force. */
+int forward_threads_set(int n);
+int forward_threads_get(void);
+
+/* y (ntok, d_out) = x (ntok, d_in) W^T, or (x B^T) A^T for a factor pair. */
+int forward_linear(const struct linear *lin, const float *x, size_t ntok, float *y, struct sv_err *err);
+
+/* Runs one decoder layer in place on x (B*T, hidden). A tap returning < 0 stops it. */
+int forward_layer(const struct config *c, const struct layer_w *lw, float *x, int B, int T,
+                  const struct forward_taps *taps, struct sv_err *err);
+
+/* logits (ntok, vocab) = lm_head(rmsnorm(x)). x is not modified. */
+int forward_logits(const struct config *c, const struct head_w *h, const float *x, size_t ntok, float *logits,
+                   struct sv_err *err);
+
+/* Raw sgemm C (m,n) = alpha A (m,k) op B + beta C, all row-major; transb: B is (n,k). */
+void forward_sgemm(int transb, size_t m, size_t n, size_t k, float alpha, const float *a, size_t lda,
+                   const float *b, size_t ldb, float beta, float *cm, size_t ldc);
+
+#endif
