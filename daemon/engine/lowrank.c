@@ -1,0 +1,247 @@
+/* lowrank: the shared statistic-then-projection core (design in lowrank.h). */
+#include "lowrank.h"
+
+#include <blis.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "la.h"
+
+#define GRAM_CHUNK 256
+
+int lowrank_rank_for_ratio(int d_out, int d_in, double ratio) {
+    double k = floor((double)d_out * d_in * (1.0 - ratio) / ((double)d_out + d_in));
+    int mn = d_out < d_in ? d_out : d_in;
+    if (k < 1)
+        k = 1;
+    if (k > mn)
+        k = mn;
+    return (int)k;
+}
+
+/* c (m, n) = alpha op(a) op(b) + beta c, double, row-major. */
+static void dgemm(int ta, int tb, int m, int n, int k, double alpha, const double *a, int lda, const double *b,
+                  int ldb, double beta, double *c, int ldc) {
+    bli_dgemm(ta ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, tb ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, m, n, k, &alpha,
+              (double *)a, lda, 1, (double *)b, ldb, 1, &beta, c, ldc, 1);
+}
+
+int lowrank_gram_accum(double *g, const float *x, size_t ntok, int n, struct sv_err *err) {
+    float *t = malloc((size_t)n * n * sizeof *t);
+    if (!t)
+        return sv_err_set(err, -ENOMEM, "Gram %d x %d: out of memory", n, n);
+    for (size_t r0 = 0; r0 < ntok; r0 += GRAM_CHUNK) {
+        size_t nr = ntok - r0 < GRAM_CHUNK ? ntok - r0 : GRAM_CHUNK;
+        float one = 1.0f, zero = 0.0f;
+        /* t (n, n) lower = x_chunk^T x_chunk: x_chunk^T is (n, nr) with row stride 1, column stride n. */
+        bli_ssyrk(BLIS_LOWER, BLIS_NO_TRANSPOSE, n, (dim_t)nr, &one, (float *)(x + r0 * (size_t)n), 1, n, &zero,
+                  t, n, 1);
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j <= i; j++)
+                g[(size_t)i * n + j] += t[(size_t)i * n + j];
+    }
+    free(t);
+    return 0;
+}
+
+void lowrank_gram_symmetrize(double *g, int n) {
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < i; j++)
+            g[(size_t)j * n + i] = g[(size_t)i * n + j];
+}
+
+void lowrank_result_free(struct lowrank_result *r) {
+    if (!r)
+        return;
+    free(r->a);
+    free(r->b);
+    r->a = r->b = NULL;
+}
+
+/* S (n, n) row-major with S S^T = G: Cholesky, or the eigen square root when G
+ * is not positive definite. */
+static int whitening(const double *g, int n, const char *what, double *s, struct lowrank_result *res,
+                     struct sv_err *err) {
+    size_t nn = (size_t)n * n;
+    memcpy(s, g, nn * sizeof *s);
+    struct sv_err cerr = {0};
+    int r = la_cholesky(s, n, what, &cerr);
+    if (r == 0) {
+        /* The buffer read row-major is L^T; S = L. */
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < i; j++) {
+                double tmp = s[(size_t)i * n + j];
+                s[(size_t)i * n + j] = s[(size_t)j * n + i];
+                s[(size_t)j * n + i] = tmp;
+            }
+        return 0;
+    }
+    if (r != -EDOM)
+        return sv_err_set(err, r, "%s", cerr.msg);
+    /* Fallback: G = Q Lambda Q^T, S = Q max(Lambda, 0)^(1/2). */
+    double *q = malloc(nn * sizeof *q), *w = malloc((size_t)n * sizeof *w);
+    if (!q || !w) {
+        free(q);
+        free(w);
+        return sv_err_set(err, -ENOMEM, "%s: out of memory for the whitening fallback", what);
+    }
+    memcpy(q, g, nn * sizeof *q);
+    r = la_syevd(q, w, n, what, err);
+    if (r == 0) {
+        res->fallback = LOWRANK_EIGEN_SQRT;
+        for (int j = 0; j < n; j++) {
+            double lam = w[j];
+            if (!(lam > 0)) {
+                lam = 0;
+                res->clamped++;
+            }
+            double sq = sqrt(lam);
+            for (int i = 0; i < n; i++) /* column-major vector j, component i */
+                s[(size_t)i * n + j] = q[(size_t)j * n + i] * sq;
+        }
+    }
+    free(q);
+    free(w);
+    return r;
+}
+
+int lowrank_project(const float *w, int d_out, int d_in, const double *g_in, const double *c_out, int k,
+                    const char *what, struct lowrank_result *ret, struct sv_err *err) {
+    struct lowrank_result res;
+    memset(&res, 0, sizeof res);
+    int mn = d_out < d_in ? d_out : d_in;
+    if (k < 1 || k > mn)
+        return sv_err_set(err, -EINVAL, "%s: rank %d outside [1, %d]", what, k, mn);
+    size_t wn = (size_t)d_out * d_in;
+    double *wd = malloc(wn * sizeof *wd);
+    double *ut = malloc((size_t)k * d_out * sizeof *ut);   /* U_k^T: (k, d_out) */
+    double *bd = malloc((size_t)k * d_in * sizeof *bd);    /* B: (k, d_in) */
+    double *m = NULL, *ev = NULL, *s = NULL, *ws = NULL, *tmp = NULL;
+    int r = 0;
+    if (!wd || !ut || !bd) {
+        r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
+        goto out;
+    }
+    for (size_t i = 0; i < wn; i++)
+        wd[i] = w[i];
+    int n; /* size of the eigenproblem */
+    res.side = (c_out || d_out <= d_in) ? 'o' : 'i';
+    if (res.side == 'o') {
+        n = d_out;
+        m = malloc((size_t)n * n * sizeof *m);
+        if (!m) {
+            r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
+            goto out;
+        }
+        if (c_out) {
+            memcpy(m, c_out, (size_t)n * n * sizeof *m);
+        } else if (!g_in) {
+            dgemm(0, 1, n, n, d_in, 1.0, wd, d_in, wd, d_in, 0.0, m, n); /* W W^T */
+        } else {
+            tmp = malloc(wn * sizeof *tmp);
+            if (!tmp) {
+                r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
+                goto out;
+            }
+            dgemm(0, 0, d_out, d_in, d_in, 1.0, wd, d_in, g_in, d_in, 0.0, tmp, d_in); /* W G */
+            dgemm(0, 1, n, n, d_in, 1.0, tmp, d_in, wd, d_in, 0.0, m, n);               /* (W G) W^T */
+        }
+    } else {
+        n = d_in;
+        ws = malloc(wn * sizeof *ws);
+        m = malloc((size_t)n * n * sizeof *m);
+        if (!ws || !m) {
+            r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
+            goto out;
+        }
+        if (g_in) {
+            s = malloc((size_t)n * n * sizeof *s);
+            if (!s) {
+                r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
+                goto out;
+            }
+            if ((r = whitening(g_in, n, what, s, &res, err)) < 0)
+                goto out;
+            dgemm(0, 0, d_out, n, n, 1.0, wd, d_in, s, n, 0.0, ws, n); /* W S */
+        } else {
+            memcpy(ws, wd, wn * sizeof *ws);
+        }
+        dgemm(1, 0, n, n, d_out, 1.0, ws, n, ws, n, 0.0, m, n); /* (W S)^T (W S) */
+    }
+    ev = malloc((size_t)n * sizeof *ev);
+    if (!ev) {
+        r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
+        goto out;
+    }
+    if ((r = la_syevd(m, ev, n, what, err)) < 0)
+        goto out;
+    double total = 0, kept = 0, top = ev[n - 1] > 0 ? ev[n - 1] : 0;
+    for (int j = 0; j < n; j++)
+        total += ev[j] > 0 ? ev[j] : 0;
+    res.k = k;
+    /* Rows of vk: the top-k eigenvectors, descending. */
+    double *vk = res.side == 'o' ? ut : malloc((size_t)k * n * sizeof *vk);
+    if (!vk) {
+        r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
+        goto out;
+    }
+    double *scale = malloc((size_t)k * sizeof *scale);
+    if (!scale) {
+        if (vk != ut)
+            free(vk);
+        r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
+        goto out;
+    }
+    for (int c = 0; c < k; c++) {
+        int j = n - 1 - c;
+        double lam = ev[j] > 0 ? ev[j] : 0;
+        kept += lam;
+        int live = lam > 0 && lam > 1e-24 * top; /* sigma <= 1e-12 sigma_1: no signal */
+        res.k_effective += live;
+        memcpy(vk + (size_t)c * n, m + (size_t)j * n, (size_t)n * sizeof *vk);
+        scale[c] = live ? (res.side == 'o' ? 1.0 : 1.0 / sqrt(lam)) : 0.0;
+    }
+    if (res.side == 'i')
+        dgemm(0, 1, k, d_out, n, 1.0, vk, n, ws, n, 0.0, ut, d_out); /* U_k^T = V_k^T (W S)^T, then / sigma */
+    for (int c = 0; c < k; c++)
+        for (int i = 0; i < d_out; i++)
+            ut[(size_t)c * d_out + i] *= scale[c];
+    if (vk != ut)
+        free(vk);
+    free(scale);
+    res.energy = total > 0 ? kept / total : 1.0;
+    res.discarded = total - kept > 0 ? total - kept : 0;
+    dgemm(0, 0, k, d_in, d_out, 1.0, ut, d_out, wd, d_in, 0.0, bd, d_in); /* B = U_k^T W */
+    res.a = malloc((size_t)d_out * k * sizeof *res.a);
+    res.b = malloc((size_t)k * d_in * sizeof *res.b);
+    if (!res.a || !res.b) {
+        r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
+        goto out;
+    }
+    for (int i = 0; i < d_out; i++)
+        for (int c = 0; c < k; c++)
+            res.a[(size_t)i * k + c] = (float)ut[(size_t)c * d_out + i];
+    for (size_t i = 0; i < (size_t)k * d_in; i++)
+        res.b[i] = (float)bd[i];
+    for (size_t i = 0; i < (size_t)k * d_in; i++)
+        if (!isfinite(res.b[i])) {
+            r = sv_err_set(err, -EDOM, "%s: factor B is not finite", what);
+            goto out;
+        }
+    *ret = res;
+    memset(&res, 0, sizeof res);
+out:
+    lowrank_result_free(&res);
+    free(wd);
+    free(ut);
+    free(bd);
+    free(m);
+    free(ev);
+    free(s);
+    free(ws);
+    free(tmp);
+    return r;
+}

@@ -1,0 +1,64 @@
+/* lowrank: "a statistic, then a projection" — the core every method shares.
+ *
+ * For W (d_out x d_in) and an input Gram G = X^T X of the calibration inputs
+ * (G = I for plain SVD, a diagonal for ASVD-style scaling), the rank-k W'
+ * minimising ||X W^T - X W'^T||_F is W' = U_k U_k^T W with U_k the top-k
+ * eigenvectors of the output covariance C = W G W^T. SVD-LLM's recipe (SVD of
+ * W S with S S^T = G, keep U_k Sigma_k V_k^T S^-1) yields the same W'; the
+ * tests check it numerically. We store it as the factor pair
+ *     A = U_k (d_out x k),  B = U_k^T W (k x d_in),  W' = A B,
+ * which needs no inverse of S, so a singular G cannot produce NaN.
+ *
+ * Which side is solved:
+ *  - output side (d_out <= d_in, or C given directly): eigen-decompose C
+ *    (d_out^2). A caller that observes the outputs Y = X W^T can pass
+ *    C = Y^T Y directly and never form the input Gram: for LLaMA-7B's
+ *    down_proj that is a 4096^2 statistic instead of 11008^2.
+ *  - input side (d_out > d_in, gate/up): eigen-decompose M = S^T W^T W S
+ *    (d_in^2) with S S^T = G; then U_k = W S V_k / sigma_k.
+ * S is the Cholesky factor of G. When G is not positive definite (too few
+ * tokens, dead channels) the documented fallback is the eigen square root
+ * S = Q max(Lambda, 0)^(1/2); the number of clamped eigenvalues is reported.
+ * Directions with sigma_k <= 1e-12 sigma_1 carry no signal: their columns of
+ * A and rows of B are zero (reported as a smaller effective rank).
+ *
+ * All arithmetic is double; inputs and factors are f32. Thread count is the
+ * BLIS one set by forward_threads_set(). */
+#ifndef LOWRANK_H
+#define LOWRANK_H
+
+#include "sv_err.h"
+
+enum lowrank_fallback { LOWRANK_OK = 0, LOWRANK_EIGEN_SQRT = 1 };
+
+struct lowrank_result {
+    int k;               /* rank stored */
+    int k_effective;     /* directions with non-negligible singular value */
+    float *a;            /* A: (d_out, k), malloc'ed */
+    float *b;            /* B: (k, d_in), malloc'ed */
+    double energy;       /* retained fraction: sum of kept / all eigenvalues */
+    double discarded;    /* sum of dropped eigenvalues = squared calibration-output error */
+    enum lowrank_fallback fallback;
+    int clamped;         /* eigenvalues of G clamped to zero by the fallback */
+    char side;           /* 'o' output side, 'i' input side */
+};
+
+/* w: (d_out, d_in) row-major. g_in: (d_in, d_in) symmetric, or NULL for the
+ * identity. c_out: (d_out, d_out) output covariance, or NULL; when given it is
+ * used instead of W G W^T. */
+int lowrank_project(const float *w, int d_out, int d_in, const double *g_in, const double *c_out, int k,
+                    const char *what, struct lowrank_result *ret, struct sv_err *err);
+void lowrank_result_free(struct lowrank_result *r);
+
+/* The rank that removes a fraction `ratio` of a d_out x d_in matrix's
+ * parameters when stored as a pair: floor(d_out d_in (1 - ratio) / (d_out + d_in)), at least 1. */
+int lowrank_rank_for_ratio(int d_out, int d_in, double ratio);
+
+/* G += x^T x for x (ntok, n) f32 rows; only the lower triangle (row >= col,
+ * row-major) is accumulated. Products in f32 over chunks of at most 256
+ * rows, each chunk added into the double accumulator. */
+int lowrank_gram_accum(double *g, const float *x, size_t ntok, int n, struct sv_err *err);
+/* Copies the lower triangle into the upper one. */
+void lowrank_gram_symmetrize(double *g, int n);
+
+#endif
