@@ -1,0 +1,839 @@
+/* runner: worker threads of svdllmd; see runner.h for who does what.
+ *
+ * Invariants:
+ *  - Only worker threads touch their SQLite connections, the engine and the
+ *    file system on behalf of requests; the loop thread only pushes tasks,
+ *    sets flags and reads events.
+ *  - A job leaves 'queued' through store_job_claim() or
+ *    store_job_cancel_queued(), both conditional UPDATEs, so a cancel racing
+ *    with the runner's claim has exactly one winner. The job thread publishes
+ *    the id it is about to claim (cur_job) before claiming, so a cancel that
+ *    loses the race finds the job there and raises its cancel flag.
+ *  - cancel_flag: 0 run, 1 cancelled by a user (the job ends 'cancelled'),
+ *    and `stopping` means daemon shutdown (the job stays 'running' so the next
+ *    start resumes it from its checkpoints).
+ *  - Progress events are throttled to PROGRESS_PERIOD, except that a change of
+ *    layer or phase is always posted. */
+#include "runner.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+
+#define PROGRESS_PERIOD 0.25   /* seconds between progress events */
+
+struct queue {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct runner_task *head, *tail;
+    struct runner_task *current;    /* task being worked on (eval: for cancel) */
+};
+
+struct runner {
+    uv_async_t async;
+    runner_event_fn fn;
+    void *ctx;
+    char state_dir[PATH_MAX];
+    char jobs_dir[PATH_MAX];
+
+    pthread_mutex_t ev_mu;          /* guards ev_head/ev_tail and alive */
+    struct runner_event *ev_head, *ev_tail;
+    int alive;                      /* worker threads still running */
+
+    atomic_bool stopping;
+    struct queue ctl, eval;
+
+    /* The job thread. */
+    pthread_mutex_t job_mu;         /* guards kick_gen, cur_job */
+    pthread_cond_t job_cv;
+    uint64_t kick_gen;              /* bumped when a job may have become runnable */
+    int64_t cur_job;                /* job being claimed or run, 0 if none */
+    atomic_int cancel_flag;         /* for cur_job */
+
+    struct store *ctl_store, *job_store;
+    pthread_t threads[3];
+    int n_threads;
+};
+
+/* ---- Event hand-off ---------------------------------------------------------- */
+
+static struct runner_event *event_new(enum runner_event_type type) {
+    struct runner_event *ev = calloc(1, sizeof *ev);
+    if (ev)
+        ev->type = type;
+    return ev;
+}
+
+static void event_free(struct runner_event *ev) {
+    if (!ev)
+        return;
+    free(ev->job);
+    free(ev);
+}
+
+static void post(struct runner *r, struct runner_event *ev) {
+    if (!ev) {
+        log_msg(LOG_ERR, "out of memory: an event to the event loop was lost");
+        return;
+    }
+    pthread_mutex_lock(&r->ev_mu);
+    if (r->ev_tail)
+        r->ev_tail->next = ev;
+    else
+        r->ev_head = ev;
+    r->ev_tail = ev;
+    pthread_mutex_unlock(&r->ev_mu);
+    uv_async_send(&r->async);
+}
+
+static void on_async(uv_async_t *h) {
+    struct runner *r = h->data;
+    pthread_mutex_lock(&r->ev_mu);
+    struct runner_event *ev = r->ev_head;
+    r->ev_head = r->ev_tail = NULL;
+    pthread_mutex_unlock(&r->ev_mu);
+    while (ev) {
+        struct runner_event *next = ev->next;
+        r->fn(r->ctx, ev);
+        event_free(ev);
+        ev = next;
+    }
+}
+
+static void post_reply(struct runner *r, const struct runner_task *t, enum proto_code code,
+                       const char *msg, struct store_job *job) {
+    struct runner_event *ev = event_new(RUNNER_EV_REPLY);
+    if (!ev) {
+        free(job);
+        post(r, NULL);
+        return;
+    }
+    ev->task = t->type;
+    ev->client_id = t->client_id;
+    ev->req_id = t->req_id;
+    ev->code = code;
+    snprintf(ev->msg, sizeof ev->msg, "%s", msg ? msg : "");
+    ev->job = job;
+    post(r, ev);
+}
+
+/* Posts the current row of job id (for the loop's table). */
+static void post_job(struct runner *r, struct store *st, int64_t id) {
+    struct sv_err err = {0};
+    struct store_job *j = malloc(sizeof *j);
+    if (!j || store_job_get(st, id, j, &err) < 0) {
+        log_msg(LOG_ERR, "job %lld: cannot read back its row: %s", (long long)id,
+                j ? err.msg : "out of memory");
+        free(j);
+        return;
+    }
+    struct runner_event *ev = event_new(RUNNER_EV_JOB);
+    if (ev)
+        ev->job = j;
+    else
+        free(j);
+    post(r, ev);
+}
+
+static void thread_exit(struct runner *r) {
+    pthread_mutex_lock(&r->ev_mu);
+    bool last = --r->alive == 0;
+    pthread_mutex_unlock(&r->ev_mu);
+    if (last)
+        post(r, event_new(RUNNER_EV_EXITED));
+}
+
+/* ---- Task queues ------------------------------------------------------------- */
+
+static int queue_init(struct queue *q) {
+    memset(q, 0, sizeof *q);
+    if (pthread_mutex_init(&q->mu, NULL) != 0)
+        return -ENOMEM;
+    if (pthread_cond_init(&q->cv, NULL) != 0) {
+        pthread_mutex_destroy(&q->mu);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+static void queue_destroy(struct queue *q) {
+    struct runner_task *t = q->head;
+    while (t) {
+        struct runner_task *n = t->next;
+        free(t);
+        t = n;
+    }
+    pthread_cond_destroy(&q->cv);
+    pthread_mutex_destroy(&q->mu);
+}
+
+/* Blocks for the next task; NULL once stopping. Marks it current. */
+static struct runner_task *queue_take(struct runner *r, struct queue *q) {
+    pthread_mutex_lock(&q->mu);
+    q->current = NULL;
+    while (!q->head && !atomic_load(&r->stopping))
+        pthread_cond_wait(&q->cv, &q->mu);
+    struct runner_task *t = NULL;
+    if (!atomic_load(&r->stopping) && q->head) {
+        t = q->head;
+        q->head = t->next;
+        if (!q->head)
+            q->tail = NULL;
+        t->next = NULL;
+        q->current = t;
+    }
+    pthread_mutex_unlock(&q->mu);
+    return t;
+}
+
+static void queue_done(struct queue *q) {
+    pthread_mutex_lock(&q->mu);
+    q->current = NULL;
+    pthread_mutex_unlock(&q->mu);
+}
+
+/* Answers every task left in q with shutting_down. */
+static void queue_flush(struct runner *r, struct queue *q) {
+    pthread_mutex_lock(&q->mu);
+    struct runner_task *t = q->head;
+    q->head = q->tail = NULL;
+    pthread_mutex_unlock(&q->mu);
+    while (t) {
+        struct runner_task *n = t->next;
+        post_reply(r, t, PROTO_SHUTTING_DOWN, "svdllmd is shutting down", NULL);
+        free(t);
+        t = n;
+    }
+}
+
+/* ---- Path checks (worker threads: they stat and open files) ----------------- */
+
+enum want { WANT_DIR, WANT_FILE };
+
+/* Resolves the absolute path in into out (realpath) and checks its type and
+ * readability; on failure sets e (PROTO_BAD_PATH) naming field. */
+static int resolve_input(const char *field, const char *in, enum want want, char out[PATH_MAX],
+                         struct proto_error *e) {
+    if (in[0] != '/')
+        return proto_error_set(e, PROTO_BAD_PATH, "%s: '%.300s' is not an absolute path", field, in);
+    if (!realpath(in, out))
+        return proto_error_set(e, PROTO_BAD_PATH, "%s: %.400s: %s", field, in, strerror(errno));
+    struct stat sb;
+    if (stat(out, &sb) < 0)
+        return proto_error_set(e, PROTO_BAD_PATH, "%s: %.400s: %s", field, out, strerror(errno));
+    if (want == WANT_DIR && !S_ISDIR(sb.st_mode))
+        return proto_error_set(e, PROTO_BAD_PATH, "%s: %.400s: not a directory", field, out);
+    if (want == WANT_FILE && S_ISDIR(sb.st_mode))
+        return proto_error_set(e, PROTO_BAD_PATH, "%s: %.400s: is a directory", field, out);
+    if (want == WANT_FILE && !S_ISREG(sb.st_mode))
+        return proto_error_set(e, PROTO_BAD_PATH, "%s: %.400s: not a regular file", field, out);
+    if (access(out, want == WANT_DIR ? R_OK | X_OK : R_OK) < 0)
+        return proto_error_set(e, PROTO_BAD_PATH, "%s: %.400s: not readable by svdllmd: %s", field,
+                               out, strerror(errno));
+    return 0;
+}
+
+/* model_dir (resolved) must hold a config.json that config_load accepts. */
+static int check_model(const char *field, const char *model_dir, struct proto_error *e) {
+    char path[PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/config.json", model_dir);
+    if (access(path, R_OK) < 0)
+        return proto_error_set(e, errno == ENOENT ? PROTO_BAD_MODEL : PROTO_BAD_PATH,
+                               "%s: %.400s: %s", field, path, strerror(errno));
+    struct config c;
+    struct sv_err err = {0};
+    if (config_load(&c, path, &err) < 0)
+        return proto_error_set(e, PROTO_BAD_MODEL, "%s: not a supported LLaMA model: %s", field,
+                               err.msg);
+    config_free(&c);
+    return 0;
+}
+
+/* The output directory need not exist: resolve its parent, which must be a
+ * writable directory, and refuse an existing out unless overwrite is set. */
+static int resolve_output(const char *in, bool overwrite, const char *model, char out[PATH_MAX],
+                          struct proto_error *e) {
+    if (in[0] != '/')
+        return proto_error_set(e, PROTO_BAD_PATH, "out: '%.300s' is not an absolute path", in);
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s", in);
+    size_t n = strlen(tmp);
+    while (n > 1 && tmp[n - 1] == '/')
+        tmp[--n] = '\0';
+    char *slash = strrchr(tmp, '/');
+    const char *base = slash + 1;
+    if (!*base || strcmp(base, ".") == 0 || strcmp(base, "..") == 0)
+        return proto_error_set(e, PROTO_BAD_PATH, "out: '%.300s' does not name a directory to create", in);
+    char parent_in[PATH_MAX], parent[PATH_MAX];
+    snprintf(parent_in, sizeof parent_in, "%.*s", slash == tmp ? 1 : (int)(slash - tmp), tmp);
+    if (!realpath(parent_in, parent))
+        return proto_error_set(e, PROTO_BAD_PATH, "out: parent directory %.400s: %s", parent_in,
+                               strerror(errno));
+    struct stat sb;
+    if (stat(parent, &sb) < 0 || !S_ISDIR(sb.st_mode))
+        return proto_error_set(e, PROTO_BAD_PATH, "out: parent %.400s: not a directory", parent);
+    if (access(parent, W_OK | X_OK) < 0)
+        return proto_error_set(e, PROTO_BAD_PATH, "out: parent directory %.400s: not writable by svdllmd: %s",
+                               parent, strerror(errno));
+    if ((size_t)snprintf(out, PATH_MAX, "%s/%s", strcmp(parent, "/") == 0 ? "" : parent, base) >= PATH_MAX)
+        return proto_error_set(e, PROTO_BAD_PATH, "out: path too long");
+    if (lstat(out, &sb) == 0) {
+        if (!overwrite)
+            return proto_error_set(e, PROTO_EXISTS, "out: %.400s already exists (set overwrite to replace it)", out);
+        if (!S_ISDIR(sb.st_mode))
+            return proto_error_set(e, PROTO_BAD_PATH, "out: %.400s exists and is not a directory", out);
+        char real[PATH_MAX];
+        if (realpath(out, real) && strcmp(real, model) == 0)
+            return proto_error_set(e, PROTO_BAD_PATH, "out: must not be the model directory %.400s", model);
+    }
+    if (strcmp(out, model) == 0)
+        return proto_error_set(e, PROTO_BAD_PATH, "out: must not be the model directory %.400s", model);
+    return 0;
+}
+
+/* ---- ctl thread: submit and cancel -------------------------------------------- */
+
+static void do_submit(struct runner *r, struct runner_task *t) {
+    struct proto_error e = {0};
+    struct sv_err err = {0};
+    struct store_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        post_reply(r, t, PROTO_INTERNAL, "out of memory", NULL);
+        return;
+    }
+    const struct compress_params *in = &t->params;
+    struct compress_params *p = &j->params;
+    *p = *in;
+    if (resolve_input("model", in->model_dir, WANT_DIR, p->model_dir, &e) < 0 ||
+        check_model("model", p->model_dir, &e) < 0 ||
+        (in->calib_path[0] && resolve_input("calib", in->calib_path, WANT_FILE, p->calib_path, &e) < 0) ||
+        (in->eval_path[0] && resolve_input("eval_text", in->eval_path, WANT_FILE, p->eval_path, &e) < 0) ||
+        resolve_output(in->out_dir, in->overwrite, p->model_dir, p->out_dir, &e) < 0)
+        goto fail;
+    /* The work directory is created with the row, after the checks; until
+     * then it names the directory that will hold it. */
+    snprintf(p->work_dir, sizeof p->work_dir, "%s", r->jobs_dir);
+    if (compress_params_check(p, &err) < 0) {
+        proto_error_set(&e, PROTO_INVALID, "%s", err.msg);
+        goto fail;
+    }
+    if (compress_job_key(p, j->key, &err) < 0) {
+        proto_error_set(&e, PROTO_INVALID, "cannot compute the job key: %s", err.msg);
+        goto fail;
+    }
+    j->owner_uid = t->uid;
+    j->created_at = (int64_t)time(NULL);
+    p->work_dir[0] = '\0';
+    if (store_job_insert(r->ctl_store, j, r->jobs_dir, &err) < 0) {
+        log_msg(LOG_ERR, "submit: %s", err.msg);
+        proto_error_set(&e, PROTO_INTERNAL, "cannot record the job: %s", err.msg);
+        goto fail;
+    }
+    log_msg(LOG_INFO, "job %lld: queued (%s, ratio %g, model %s, uid %u)", (long long)j->id,
+            compress_method_name(p->method), p->ratio, p->model_dir, (unsigned)t->uid);
+    /* The reply carries the record; the loop adds it to its table. */
+    post_reply(r, t, PROTO_OK, NULL, j);
+    pthread_mutex_lock(&r->job_mu);
+    r->kick_gen++;
+    pthread_cond_signal(&r->job_cv);
+    pthread_mutex_unlock(&r->job_mu);
+    return;
+fail:
+    free(j);
+    post_reply(r, t, e.code, e.msg, NULL);
+}
+
+static void do_cancel(struct runner *r, struct runner_task *t) {
+    struct sv_err err = {0};
+    char why[64];
+    snprintf(why, sizeof why, "cancelled by uid %u", (unsigned)t->uid);
+    int c = store_job_cancel_queued(r->ctl_store, t->job_id, why, &err);
+    if (c < 0) {
+        log_msg(LOG_ERR, "cancel job %lld: %s", (long long)t->job_id, err.msg);
+        post_reply(r, t, PROTO_INTERNAL, err.msg, NULL);
+        return;
+    }
+    if (c == 1) {
+        log_msg(LOG_INFO, "job %lld: cancelled while queued (uid %u)", (long long)t->job_id,
+                (unsigned)t->uid);
+        post_job(r, r->ctl_store, t->job_id);
+        post_reply(r, t, PROTO_OK, NULL, NULL);
+        return;
+    }
+    /* Not queued: running (the job thread published it before claiming) or
+     * already final. */
+    pthread_mutex_lock(&r->job_mu);
+    bool running = r->cur_job == t->job_id;
+    if (running)
+        atomic_store(&r->cancel_flag, 1);
+    pthread_mutex_unlock(&r->job_mu);
+    if (running) {
+        log_msg(LOG_INFO, "job %lld: cancel requested (uid %u)", (long long)t->job_id, (unsigned)t->uid);
+        struct runner_event *ev = event_new(RUNNER_EV_REPLY);
+        if (ev) {
+            ev->task = t->type;
+            ev->client_id = t->client_id;
+            ev->req_id = t->req_id;
+            ev->cancelling = true;
+        }
+        post(r, ev);
+        return;
+    }
+    struct store_job *j = malloc(sizeof *j);
+    if (j && store_job_get(r->ctl_store, t->job_id, j, &err) == 0) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "job %lld is already %s", (long long)t->job_id,
+                 store_state_name(j->state));
+        free(j);
+        post_reply(r, t, PROTO_BAD_STATE, msg, NULL);
+        return;
+    }
+    free(j);
+    post_reply(r, t, PROTO_NOT_FOUND, "no such job", NULL);
+}
+
+static void *ctl_main(void *arg) {
+    struct runner *r = arg;
+    struct runner_task *t;
+    while ((t = queue_take(r, &r->ctl))) {
+        if (t->type == RUNNER_TASK_SUBMIT)
+            do_submit(r, t);
+        else
+            do_cancel(r, t);
+        queue_done(&r->ctl);
+        free(t);
+    }
+    queue_flush(r, &r->ctl);
+    thread_exit(r);
+    return NULL;
+}
+
+/* ---- eval thread ------------------------------------------------------------- */
+
+struct eval_cancel {
+    struct runner *r;
+    struct runner_task *t;
+};
+
+static int eval_should_cancel(void *ctx) {
+    struct eval_cancel *c = ctx;
+    return atomic_load(&c->t->cancel) || atomic_load(&c->r->stopping);
+}
+
+static void do_eval(struct runner *r, struct runner_task *t) {
+    struct proto_error e = {0};
+    char model[PATH_MAX], text[PATH_MAX];
+    if (atomic_load(&t->cancel)) {
+        post_reply(r, t, PROTO_CANCELLED, "the client went away", NULL);
+        return;
+    }
+    if (resolve_input("model", t->eval.model_dir, WANT_DIR, model, &e) < 0 ||
+        check_model("model", model, &e) < 0 ||
+        resolve_input("text", t->eval.text_path, WANT_FILE, text, &e) < 0) {
+        post_reply(r, t, e.code, e.msg, NULL);
+        return;
+    }
+    struct eval_cancel c = {r, t};
+    struct ppl_result res = {0};
+    struct sv_err err = {0};
+    int rc = ppl_eval(model, text, t->eval.seqlen, t->eval.max_windows, eval_should_cancel, &c,
+                      &res, &err);
+    if (rc == -ECANCELED) {
+        post_reply(r, t, PROTO_CANCELLED, atomic_load(&r->stopping) ? "svdllmd is shutting down"
+                                                                     : "the client went away", NULL);
+        return;
+    }
+    if (rc < 0) {
+        post_reply(r, t, PROTO_FAILED, err.msg[0] ? err.msg : strerror(-rc), NULL);
+        return;
+    }
+    struct runner_event *ev = event_new(RUNNER_EV_REPLY);
+    if (ev) {
+        ev->task = t->type;
+        ev->client_id = t->client_id;
+        ev->req_id = t->req_id;
+        ev->ppl = res;
+    }
+    post(r, ev);
+}
+
+static void *eval_main(void *arg) {
+    struct runner *r = arg;
+    struct runner_task *t;
+    while ((t = queue_take(r, &r->eval))) {
+        do_eval(r, t);
+        queue_done(&r->eval);
+        free(t);
+    }
+    queue_flush(r, &r->eval);
+    thread_exit(r);
+    return NULL;
+}
+
+/* ---- job thread --------------------------------------------------------------- */
+
+static double mono_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static uint64_t peak_rss(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) < 0)
+        return 0;
+    return (uint64_t)ru.ru_maxrss * 1024;   /* Linux reports KiB */
+}
+
+struct job_ctx {
+    struct runner *r;
+    int64_t id;
+    double t_start;       /* this run's start (monotonic) */
+    double t_first;       /* time of the first progress report, < 0 before */
+    double f_first;       /* fraction at that report (resumed work) */
+    double t_last_post;
+    int last_layer;
+    char last_phase[16];
+    int n_layers;
+    int layers_done;
+    bool force_post;
+};
+
+static int hook_layer_lookup(void *vctx, int layer, struct compress_checkpoint *ck) {
+    struct job_ctx *c = vctx;
+    struct sv_err err = {0};
+    int r = store_layer_get(c->r->job_store, c->id, layer, ck, &err);
+    if (r < 0)
+        log_msg(LOG_ERR, "job %lld: layer %d lookup: %s", (long long)c->id, layer, err.msg);
+    return r;
+}
+
+static int hook_layer_done(void *vctx, int layer, const struct compress_checkpoint *ck,
+                           struct sv_err *err) {
+    struct job_ctx *c = vctx;
+    int r = store_layer_commit(c->r->job_store, c->id, layer, c->n_layers, ck, err);
+    if (r == 0) {
+        c->layers_done++;
+        c->force_post = true;
+    }
+    return r;
+}
+
+static int hook_should_cancel(void *vctx) {
+    struct job_ctx *c = vctx;
+    return atomic_load(&c->r->cancel_flag) || atomic_load(&c->r->stopping);
+}
+
+static void hook_progress(void *vctx, const struct compress_progress *p) {
+    struct job_ctx *c = vctx;
+    double now = mono_s();
+    const char *phase = p->phase ? p->phase : "";
+    if (p->n_layers > 0)
+        c->n_layers = p->n_layers;
+    bool changed = p->layer != c->last_layer || strncmp(phase, c->last_phase, sizeof c->last_phase - 1) != 0;
+    if (c->t_first < 0) {
+        c->t_first = now;
+        c->f_first = p->fraction;
+    }
+    if (!changed && !c->force_post && now - c->t_last_post < PROGRESS_PERIOD && p->fraction < 1.0)
+        return;
+    c->force_post = false;
+    c->t_last_post = now;
+    c->last_layer = p->layer;
+    snprintf(c->last_phase, sizeof c->last_phase, "%s", phase);
+
+    struct runner_event *ev = event_new(RUNNER_EV_PROGRESS);
+    if (!ev)
+        return;
+    struct runner_progress *o = &ev->progress;
+    o->job_id = c->id;
+    o->layer = p->layer;
+    o->n_layers = p->n_layers;
+    o->layers_done = p->layers_done;
+    snprintf(o->phase, sizeof o->phase, "%s", phase);
+    o->fraction = p->fraction < 0 ? 0 : p->fraction > 1 ? 1 : p->fraction;
+    o->elapsed_s = now - c->t_start;
+    /* ETA from this run's own pace: resumed work came for free and says
+     * nothing about speed. Unknown until some measurable progress. */
+    double df = o->fraction - c->f_first, dt = now - c->t_first;
+    o->eta_s = (df > 0.001 && dt > 0.5) ? dt * (1.0 - o->fraction) / df : -1.0;
+    o->peak_rss = peak_rss();
+    post(c->r, ev);
+}
+
+static void finish(struct runner *r, int64_t id, enum job_state state, const char *error,
+                   const struct compress_result *res) {
+    struct sv_err err = {0};
+    if (store_job_finish(r->job_store, id, state, error, res, peak_rss(), &err) < 0)
+        log_msg(LOG_ERR, "job %lld: cannot record state %s: %s", (long long)id,
+                store_state_name(state), err.msg);
+    post_job(r, r->job_store, id);
+}
+
+static void run_job(struct runner *r, int64_t id) {
+    struct sv_err err = {0};
+    struct store_job *j = malloc(sizeof *j);
+    if (!j) {
+        log_msg(LOG_ERR, "job %lld: out of memory", (long long)id);
+        return;
+    }
+    if (store_job_get(r->job_store, id, j, &err) < 0) {
+        log_msg(LOG_ERR, "job %lld: %s", (long long)id, err.msg);
+        finish(r, id, JOB_FAILED, err.msg, NULL);
+        goto out;
+    }
+    post_job(r, r->job_store, id);
+    log_msg(LOG_INFO, "job %lld: running (%d of its layers already checkpointed)", (long long)id,
+            j->layers_done);
+
+    /* The inputs must still be the ones the job was submitted with, or its
+     * checkpoints would mix two different computations. */
+    char key[65];
+    if (compress_job_key(&j->params, key, &err) < 0) {
+        char msg[SV_ERR_MSG_MAX];
+        snprintf(msg, sizeof msg, "inputs changed since the job was submitted: %.440s", err.msg);
+        log_msg(LOG_WARNING, "job %lld: %s", (long long)id, msg);
+        finish(r, id, JOB_FAILED, msg, NULL);
+        goto out;
+    }
+    if (strcmp(key, j->key) != 0) {
+        char msg[SV_ERR_MSG_MAX];
+        snprintf(msg, sizeof msg, "inputs changed since the job was submitted: job key was %.16s..., "
+                 "the model, calibration or evaluation files now give %.16s...", j->key, key);
+        log_msg(LOG_WARNING, "job %lld: %s", (long long)id, msg);
+        finish(r, id, JOB_FAILED, msg, NULL);
+        goto out;
+    }
+
+    struct job_ctx c = {
+        .r = r, .id = id, .t_start = mono_s(), .t_first = -1, .last_layer = -1,
+        .n_layers = j->n_layers, .layers_done = j->layers_done,
+    };
+    struct compress_hooks hooks = {
+        .ctx = &c,
+        .layer_lookup = hook_layer_lookup,
+        .layer_done = hook_layer_done,
+        .should_cancel = hook_should_cancel,
+        .progress = hook_progress,
+    };
+    struct compress_result res = {0};
+    int rc = compress_run(&j->params, &hooks, &res, &err);
+    if (rc == 0) {
+        log_msg(LOG_INFO, "job %lld: done in %.1f s (ppl %.4g -> %.4g)", (long long)id, res.seconds,
+                res.ppl_before, res.ppl_after);
+        finish(r, id, JOB_DONE, NULL, &res);
+    } else if (rc == -ECANCELED && atomic_load(&r->cancel_flag)) {
+        log_msg(LOG_INFO, "job %lld: cancelled; its checkpoints are kept in %s", (long long)id,
+                j->params.work_dir);
+        finish(r, id, JOB_CANCELLED, "cancelled while running", NULL);
+    } else if (rc == -ECANCELED) {
+        /* Shutdown: leave the row 'running'; the next start requeues it. */
+        log_msg(LOG_NOTICE, "job %lld: stopped for shutdown; it resumes at the next start",
+                (long long)id);
+    } else {
+        if (!err.msg[0])
+            snprintf(err.msg, sizeof err.msg, "%s", strerror(-rc));
+        log_msg(LOG_WARNING, "job %lld: failed: %s", (long long)id, err.msg);
+        finish(r, id, JOB_FAILED, err.msg, NULL);
+    }
+out:
+    free(j);
+}
+
+static void *job_main(void *arg) {
+    struct runner *r = arg;
+    while (!atomic_load(&r->stopping)) {
+        pthread_mutex_lock(&r->job_mu);
+        uint64_t gen = r->kick_gen;
+        pthread_mutex_unlock(&r->job_mu);
+
+        struct sv_err err = {0};
+        int64_t id = 0;
+        int n = store_job_next_queued(r->job_store, &id, &err);
+        if (n < 0)
+            log_msg(LOG_ERR, "job queue: %s", err.msg);
+        if (n <= 0) {
+            /* Nothing runnable (or the database is unwell: retry later). */
+            pthread_mutex_lock(&r->job_mu);
+            if (n < 0) {
+                struct timespec until;
+                clock_gettime(CLOCK_REALTIME, &until);
+                until.tv_sec += 5;
+                pthread_cond_timedwait(&r->job_cv, &r->job_mu, &until);
+            }
+            while (n == 0 && gen == r->kick_gen && !atomic_load(&r->stopping))
+                pthread_cond_wait(&r->job_cv, &r->job_mu);
+            pthread_mutex_unlock(&r->job_mu);
+            continue;
+        }
+        pthread_mutex_lock(&r->job_mu);
+        r->cur_job = id;
+        atomic_store(&r->cancel_flag, 0);
+        pthread_mutex_unlock(&r->job_mu);
+
+        int c = store_job_claim(r->job_store, id, &err);
+        if (c < 0)
+            log_msg(LOG_ERR, "job %lld: claim: %s", (long long)id, err.msg);
+        if (c == 1)
+            run_job(r, id);
+
+        pthread_mutex_lock(&r->job_mu);
+        r->cur_job = 0;
+        pthread_mutex_unlock(&r->job_mu);
+        if (c < 0) {
+            struct timespec pause = {1, 0};
+            nanosleep(&pause, NULL);
+        }
+    }
+    thread_exit(r);
+    return NULL;
+}
+
+/* ---- Lifecycle ------------------------------------------------------------------ */
+
+int runner_new(struct runner **ret, uv_loop_t *loop, const char *state_dir, runner_event_fn fn,
+               void *ctx, struct sv_err *err) {
+    struct runner *r = calloc(1, sizeof *r);
+    if (!r)
+        return sv_err_set(err, -ENOMEM, "out of memory");
+    r->fn = fn;
+    r->ctx = ctx;
+    char db[PATH_MAX];
+    if ((size_t)snprintf(r->state_dir, sizeof r->state_dir, "%s", state_dir) >= sizeof r->state_dir ||
+        (size_t)snprintf(r->jobs_dir, sizeof r->jobs_dir, "%s/" RUNNER_JOBS_DIR, state_dir) >= sizeof r->jobs_dir ||
+        (size_t)snprintf(db, sizeof db, "%s/" RUNNER_DB_NAME, state_dir) >= sizeof db) {
+        free(r);
+        return sv_err_set(err, -ENAMETOOLONG, "state directory %s: path too long", state_dir);
+    }
+    pthread_mutex_init(&r->ev_mu, NULL);
+    pthread_mutex_init(&r->job_mu, NULL);
+    pthread_cond_init(&r->job_cv, NULL);
+    queue_init(&r->ctl);
+    queue_init(&r->eval);
+    int rc = store_open(&r->ctl_store, db, err);
+    if (rc == 0)
+        rc = store_open(&r->job_store, db, err);
+    if (rc == 0 && (rc = uv_async_init(loop, &r->async, on_async)) < 0)
+        sv_err_set(err, -EIO, "uv_async_init: %s", uv_strerror(rc));
+    if (rc < 0) {
+        store_free(r->ctl_store);
+        store_free(r->job_store);
+        queue_destroy(&r->ctl);
+        queue_destroy(&r->eval);
+        pthread_cond_destroy(&r->job_cv);
+        pthread_mutex_destroy(&r->job_mu);
+        pthread_mutex_destroy(&r->ev_mu);
+        free(r);
+        return rc;
+    }
+    r->async.data = r;
+
+    /* Workers take no signals: the loop thread handles SIGTERM/SIGINT. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    void *(*mains[3])(void *) = {ctl_main, job_main, eval_main};
+    for (int i = 0; i < 3; i++) {
+        pthread_mutex_lock(&r->ev_mu);
+        r->alive++;
+        pthread_mutex_unlock(&r->ev_mu);
+        int e = pthread_create(&r->threads[i], NULL, mains[i], r);
+        if (e != 0) {
+            pthread_mutex_lock(&r->ev_mu);
+            r->alive--;
+            pthread_mutex_unlock(&r->ev_mu);
+            rc = sv_err_set(err, -e, "pthread_create: %s", strerror(e));
+            break;
+        }
+        r->n_threads++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    *ret = r;
+    if (rc < 0) {
+        /* The caller must still run the loop until RUNNER_EV_EXITED (if any
+         * thread started) and call runner_free. */
+        runner_stop(r);
+        if (r->n_threads == 0)
+            post(r, event_new(RUNNER_EV_EXITED));
+    }
+    return rc;
+}
+
+void runner_push(struct runner *r, struct runner_task *t) {
+    struct queue *q = t->type == RUNNER_TASK_EVAL ? &r->eval : &r->ctl;
+    t->next = NULL;
+    pthread_mutex_lock(&q->mu);
+    if (q->tail)
+        q->tail->next = t;
+    else
+        q->head = t;
+    q->tail = t;
+    pthread_cond_signal(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+}
+
+void runner_drop_client(struct runner *r, uint64_t client_id) {
+    pthread_mutex_lock(&r->eval.mu);
+    for (struct runner_task *t = r->eval.head; t; t = t->next)
+        if (t->client_id == client_id)
+            atomic_store(&t->cancel, 1);
+    if (r->eval.current && r->eval.current->client_id == client_id)
+        atomic_store(&r->eval.current->cancel, 1);
+    pthread_mutex_unlock(&r->eval.mu);
+}
+
+void runner_stop(struct runner *r) {
+    atomic_store(&r->stopping, true);
+    struct queue *qs[2] = {&r->ctl, &r->eval};
+    for (int i = 0; i < 2; i++) {
+        pthread_mutex_lock(&qs[i]->mu);
+        pthread_cond_broadcast(&qs[i]->cv);
+        pthread_mutex_unlock(&qs[i]->mu);
+    }
+    pthread_mutex_lock(&r->job_mu);
+    pthread_cond_broadcast(&r->job_cv);
+    pthread_mutex_unlock(&r->job_mu);
+}
+
+static void on_async_closed(uv_handle_t *h) {
+    struct runner *r = h->data;
+    pthread_mutex_lock(&r->ev_mu);
+    struct runner_event *ev = r->ev_head;
+    r->ev_head = r->ev_tail = NULL;
+    pthread_mutex_unlock(&r->ev_mu);
+    while (ev) {
+        struct runner_event *n = ev->next;
+        event_free(ev);
+        ev = n;
+    }
+    queue_destroy(&r->ctl);
+    queue_destroy(&r->eval);
+    pthread_cond_destroy(&r->job_cv);
+    pthread_mutex_destroy(&r->job_mu);
+    pthread_mutex_destroy(&r->ev_mu);
+    free(r);
+}
+
+void runner_free(struct runner *r) {
+    if (!r)
+        return;
+    runner_stop(r);
+    for (int i = 0; i < r->n_threads; i++)
+        pthread_join(r->threads[i], NULL);
+    r->n_threads = 0;
+    store_free(r->ctl_store);
+    store_free(r->job_store);
+    r->ctl_store = r->job_store = NULL;
+    uv_close((uv_handle_t *)&r->async, on_async_closed);
+}

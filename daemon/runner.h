@@ -1,0 +1,116 @@
+/* runner: svdllmd's worker threads and the queue that hands their results
+ * back to the event loop.
+ *
+ * Three threads, each with its own task queue (mutex + condition variable):
+ *   ctl   quick tasks that touch files or SQLite: submit (path checks, model
+ *         config check, compress_params_check, job key, insert) and cancel;
+ *   job   runs queued jobs one at a time in FIFO (SQLite id) order through
+ *         compress_run(), owning its own SQLite connection for the layer
+ *         hooks;
+ *   eval  runs ppl_eval() requests one at a time.
+ * Every result goes back as a struct runner_event through one
+ * mutex-protected list and uv_async_send(); async sends coalesce, so the loop
+ * drains the whole list on each wake-up, in order. Nothing here runs jansson.
+ *
+ * Calls: runner_new, runner_push, runner_drop_client, runner_stop and
+ * runner_free are for the loop thread only. */
+#ifndef RUNNER_H
+#define RUNNER_H
+
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "compress.h"
+#include "ppl.h"
+#include "proto.h"
+#include "store.h"
+#include "sv_err.h"
+
+enum runner_task_type { RUNNER_TASK_SUBMIT, RUNNER_TASK_CANCEL, RUNNER_TASK_EVAL };
+
+struct runner_eval_params {
+    char model_dir[PATH_MAX];
+    char text_path[PATH_MAX];
+    int seqlen;
+    size_t max_windows;   /* 0 = all */
+};
+
+/* A request for a worker thread; allocate with calloc, runner_push takes it. */
+struct runner_task {
+    enum runner_task_type type;
+    uint64_t client_id;      /* where the reply goes (0: nobody) */
+    long long req_id;
+    uint32_t uid;            /* peer credentials of the requester */
+    struct compress_params params;      /* SUBMIT: absolute, not yet resolved */
+    int64_t job_id;                     /* CANCEL */
+    struct runner_eval_params eval;     /* EVAL */
+    atomic_int cancel;                  /* EVAL: set when the client is gone */
+    struct runner_task *next;
+};
+
+enum runner_event_type {
+    RUNNER_EV_JOB,        /* a job's row changed; job holds the new record */
+    RUNNER_EV_PROGRESS,   /* progress of the running job */
+    RUNNER_EV_REPLY,      /* the answer to a task */
+    RUNNER_EV_EXITED,     /* every worker thread has ended (after runner_stop) */
+};
+
+struct runner_progress {
+    int64_t job_id;
+    int layer, n_layers, layers_done;
+    char phase[16];
+    double fraction;      /* 0..1 */
+    double elapsed_s;     /* since this run of the job started */
+    double eta_s;         /* < 0: not known yet */
+    uint64_t peak_rss;    /* bytes, the daemon's maximum resident set so far */
+};
+
+struct runner_event {
+    enum runner_event_type type;
+    enum runner_task_type task;   /* REPLY: the task answered */
+    uint64_t client_id;
+    long long req_id;
+    enum proto_code code;         /* REPLY: PROTO_OK or the error */
+    char msg[SV_ERR_MSG_MAX];     /* REPLY: error message */
+    struct store_job *job;        /* JOB; REPLY to SUBMIT/CANCEL (may be NULL) */
+    bool cancelling;              /* REPLY to CANCEL: was running, flag set */
+    struct runner_progress progress;
+    struct ppl_result ppl;        /* REPLY to EVAL */
+    struct runner_event *next;
+};
+
+/* Called on the loop thread for each event, in order; the runner frees ev
+ * afterwards (set ev->job = NULL to keep the job record). */
+typedef void (*runner_event_fn)(void *ctx, struct runner_event *ev);
+
+struct runner;
+
+/* Opens the workers' SQLite connections (state_dir/svdllmd.db), sets up the
+ * async handle on loop and starts the threads; the job thread begins with
+ * the oldest queued job at once. */
+int runner_new(struct runner **ret, uv_loop_t *loop, const char *state_dir, runner_event_fn fn,
+               void *ctx, struct sv_err *err);
+/* Queues t (ownership passes) for its thread. */
+void runner_push(struct runner *r, struct runner_task *t);
+/* The client went away: its pending evals are cancelled (their replies still
+ * come back, with PROTO_CANCELLED, so counts stay right). */
+void runner_drop_client(struct runner *r, uint64_t client_id);
+/* Begins shutdown: queued tasks are answered PROTO_SHUTTING_DOWN, the
+ * running job is asked to stop at its next safe point and stays 'running' in
+ * SQLite so the next start resumes it. RUNNER_EV_EXITED follows. */
+void runner_stop(struct runner *r);
+/* After RUNNER_EV_EXITED (or if never started): joins the threads, closes the
+ * connections and the async handle; memory goes in the close callback. */
+void runner_free(struct runner *r);
+
+/* Inside the state directory: the SQLite database and the parent of the
+ * per-job work directories (jobs/<id>/). */
+#define RUNNER_DB_NAME "svdllmd.db"
+#define RUNNER_JOBS_DIR "jobs"
+
+#endif

@@ -1,0 +1,1148 @@
+/* server: clients, op dispatch and the job table, on the libuv loop thread.
+ *
+ * Design note.
+ *  - A client owns a bounded line buffer (proto_buf, PROTO_MAX_MSG + 1 bytes
+ *    at most), a count of unsent reply bytes and a few watch subscriptions.
+ *    Framing violations (an oversize line, bad JSON) get an error reply and
+ *    the connection is closed once that reply is flushed; every other error
+ *    is a reply on a connection that stays open. A client that leaves more
+ *    than max_unsent bytes unread is dropped. Nothing a client sends can stop
+ *    the loop or touch another client.
+ *  - Requests that need files or SQLite (submit, cancel, eval) become runner
+ *    tasks; their replies come back as events carrying the client's id (not a
+ *    pointer: the client may have gone), and are dropped if it has.
+ *  - The job table mirrors the jobs rows: loaded at start, then updated only
+ *    from runner events. status, list and watch read it and never wait for a
+ *    thread. A record never moves backwards (queued < running < final), so an
+ *    older event arriving after a newer one cannot undo it.
+ *  - Memory of a uv handle is released only in its close callback. */
+#include "server.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "compress.h"
+#include "log.h"
+#include "proto.h"
+#include "runner.h"
+#include "store.h"
+
+#ifndef SV_VERSION
+#define SV_VERSION "unknown"
+#endif
+
+#define MAX_WATCHES 8
+
+struct watch {
+    long long req_id;
+    int64_t job_id;
+};
+
+struct client {
+    uv_pipe_t pipe;
+    struct server *srv;
+    uint64_t id;
+    uint32_t uid;
+    int pid;
+    struct proto_buf in;
+    size_t unsent;
+    int inflight;
+    bool closing;
+    bool drop_after_flush;
+    bool rejected;               /* over the client limit: only gets an error */
+    struct watch watches[MAX_WATCHES];
+    int n_watches;
+    struct client *prev, *next;
+};
+
+struct wreq {
+    uv_write_t req;
+    struct client *c;
+    size_t len;
+    char *data;
+};
+
+/* The loop's copy of a job row plus its live progress. */
+struct sjob {
+    int64_t id;
+    enum job_state state;
+    enum compress_method method;
+    double ratio;
+    char *model, *out, *calib, *eval_text, *work_dir, *error;
+    char key[65];
+    int nsamples, seqlen, eval_seqlen, eval_max_windows;
+    uint64_t seed;
+    bool calib_first, dense, overwrite;
+    uint32_t owner_uid;
+    int64_t created_at, started_at, finished_at;
+    int n_layers, layers_done;
+    bool has_result;
+    struct compress_result result;
+    uint64_t peak_rss;
+    bool has_progress;           /* prog is from this daemon's current run */
+    struct runner_progress prog;
+};
+
+struct server {
+    uv_loop_t *loop;
+    struct server_config cfg;
+    char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    uv_pipe_t listener;
+    bool listening;
+    uv_signal_t sigterm, sigint;
+    bool signals;
+    struct runner *runner;
+    bool stopping;
+    int recovered;
+
+    struct client *clients;
+    int n_clients;
+    uint64_t next_client_id;
+
+    struct sjob **jobs;          /* sorted by id */
+    size_t n_jobs, cap_jobs;
+    int pending_submits;
+    int pending_evals;
+};
+
+static void client_close(struct client *c);
+static void server_shutdown(struct server *s, const char *why);
+
+/* ---- Job table ----------------------------------------------------------------- */
+
+static struct sjob *job_find(struct server *s, int64_t id) {
+    size_t lo = 0, hi = s->n_jobs;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->jobs[mid]->id < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < s->n_jobs && s->jobs[lo]->id == id ? s->jobs[lo] : NULL;
+}
+
+static void sjob_free(struct sjob *j) {
+    if (!j)
+        return;
+    free(j->model);
+    free(j->out);
+    free(j->calib);
+    free(j->eval_text);
+    free(j->work_dir);
+    free(j->error);
+    free(j);
+}
+
+static int rank(enum job_state st) {
+    return st == JOB_QUEUED ? 0 : st == JOB_RUNNING ? 1 : 2;
+}
+
+static int count_queued(struct server *s) {
+    int n = 0;
+    for (size_t i = 0; i < s->n_jobs; i++)
+        n += s->jobs[i]->state == JOB_QUEUED;
+    return n;
+}
+
+/* Copies rec into the table. Returns the entry (NULL on out of memory) and
+ * whether its state changed. */
+static struct sjob *job_upsert(struct server *s, const struct store_job *rec, bool *changed) {
+    *changed = false;
+    struct sjob *j = job_find(s, rec->id);
+    if (j && rank(rec->state) < rank(j->state))
+        return j;   /* stale */
+    if (!j) {
+        if (s->n_jobs == s->cap_jobs) {
+            size_t ncap = s->cap_jobs ? s->cap_jobs * 2 : 64;
+            struct sjob **n = realloc(s->jobs, ncap * sizeof *n);
+            if (!n)
+                return NULL;
+            s->jobs = n;
+            s->cap_jobs = ncap;
+        }
+        j = calloc(1, sizeof *j);
+        if (!j)
+            return NULL;
+        size_t pos = s->n_jobs;
+        while (pos > 0 && s->jobs[pos - 1]->id > rec->id)
+            pos--;
+        memmove(s->jobs + pos + 1, s->jobs + pos, (s->n_jobs - pos) * sizeof *s->jobs);
+        s->jobs[pos] = j;
+        s->n_jobs++;
+        *changed = true;
+    } else {
+        *changed = j->state != rec->state;
+    }
+    const struct compress_params *p = &rec->params;
+    char *strs[6] = {strdup(p->model_dir), strdup(p->out_dir), strdup(p->calib_path),
+                     strdup(p->eval_path), strdup(p->work_dir), strdup(rec->error)};
+    for (int i = 0; i < 6; i++)
+        if (!strs[i]) {
+            for (int k = 0; k < 6; k++)
+                free(strs[k]);
+            return NULL;
+        }
+    free(j->model);
+    free(j->out);
+    free(j->calib);
+    free(j->eval_text);
+    free(j->work_dir);
+    free(j->error);
+    j->model = strs[0];
+    j->out = strs[1];
+    j->calib = strs[2];
+    j->eval_text = strs[3];
+    j->work_dir = strs[4];
+    j->error = strs[5];
+    j->id = rec->id;
+    j->state = rec->state;
+    j->method = p->method;
+    j->ratio = p->ratio;
+    snprintf(j->key, sizeof j->key, "%s", rec->key);
+    j->nsamples = p->nsamples;
+    j->seqlen = p->seqlen;
+    j->eval_seqlen = p->eval_seqlen;
+    j->eval_max_windows = p->eval_max_windows;
+    j->seed = p->seed;
+    j->calib_first = p->calib_first;
+    j->dense = p->dense;
+    j->overwrite = p->overwrite;
+    j->owner_uid = rec->owner_uid;
+    j->created_at = rec->created_at;
+    j->started_at = rec->started_at;
+    j->finished_at = rec->finished_at;
+    if (rec->n_layers > 0)
+        j->n_layers = rec->n_layers;
+    if (rec->layers_done > j->layers_done || rank(rec->state) == 0)
+        j->layers_done = rec->layers_done;
+    j->has_result = rec->has_result;
+    j->result = rec->result;
+    j->peak_rss = rec->peak_rss;
+    if (rec->state != JOB_RUNNING)
+        j->has_progress = j->has_progress && store_state_final(rec->state);
+    return j;
+}
+
+static int load_job(void *ctx, const struct store_job *rec) {
+    bool changed;
+    return job_upsert(ctx, rec, &changed) ? 0 : -ENOMEM;
+}
+
+/* ---- JSON views of a job ---------------------------------------------------------- */
+
+static void set_opt_str(json_t *o, const char *key, const char *s) {
+    if (s && *s)
+        proto_set_str(o, key, s);
+    else
+        json_object_set_new(o, key, json_null());
+}
+
+static void set_opt_time(json_t *o, const char *key, int64_t t) {
+    if (t > 0)
+        proto_set_int(o, key, t);
+    else
+        json_object_set_new(o, key, json_null());
+}
+
+/* Progress fields shared by status, list and events. */
+static void add_progress(json_t *o, const struct sjob *j) {
+    const struct runner_progress *p = &j->prog;
+    bool live = j->has_progress;
+    int n_layers = live && p->n_layers > 0 ? p->n_layers : j->n_layers;
+    int done = live ? p->layers_done : j->layers_done;
+    if (j->state == JOB_DONE)
+        done = n_layers;
+    proto_set_int(o, "n_layers", n_layers);
+    proto_set_int(o, "layers_done", done);
+    if (live && j->state == JOB_RUNNING) {
+        proto_set_int(o, "layer", p->layer);
+        proto_set_str(o, "phase", p->phase);
+        proto_set_real(o, "fraction", p->fraction);
+        proto_set_real(o, "elapsed_s", p->elapsed_s);
+        if (p->eta_s >= 0)
+            proto_set_real(o, "eta_s", p->eta_s);
+        else
+            json_object_set_new(o, "eta_s", json_null());
+        proto_set_int(o, "peak_rss", (long long)p->peak_rss);
+    } else {
+        double f = j->state == JOB_DONE ? 1.0 : n_layers > 0 ? (double)done / n_layers : 0.0;
+        proto_set_real(o, "fraction", f);
+        if (j->state == JOB_RUNNING)
+            proto_set_str(o, "phase", "starting");
+        if (j->has_result)
+            proto_set_int(o, "peak_rss", (long long)j->peak_rss);
+    }
+}
+
+static json_t *job_json(const struct sjob *j, bool full) {
+    json_t *o = json_object();
+    proto_set_int(o, "id", j->id);
+    proto_set_str(o, "state", store_state_name(j->state));
+    proto_set_str(o, "method", compress_method_name(j->method));
+    proto_set_real(o, "ratio", j->ratio);
+    proto_set_str(o, "model", j->model);
+    proto_set_str(o, "out", j->out);
+    set_opt_time(o, "created_at", j->created_at);
+    add_progress(o, j);
+    set_opt_str(o, "error", j->error);
+    if (!full)
+        return o;
+    set_opt_str(o, "calib", j->calib);
+    proto_set_int(o, "nsamples", j->nsamples);
+    proto_set_int(o, "seqlen", j->seqlen);
+    proto_set_int(o, "seed", (long long)j->seed);
+    proto_set_str(o, "calib_windows", j->calib_first ? "first" : "random");
+    proto_set_bool(o, "dense", j->dense);
+    proto_set_bool(o, "overwrite", j->overwrite);
+    set_opt_str(o, "eval_text", j->eval_text);
+    proto_set_int(o, "eval_seqlen", j->eval_seqlen);
+    proto_set_int(o, "eval_max_windows", j->eval_max_windows);
+    proto_set_int(o, "owner_uid", j->owner_uid);
+    proto_set_str(o, "work_dir", j->work_dir);
+    proto_set_str(o, "job_key", j->key);
+    set_opt_time(o, "started_at", j->started_at);
+    set_opt_time(o, "finished_at", j->finished_at);
+    if (j->has_result && j->state == JOB_DONE) {
+        json_t *r = json_object();
+        const struct compress_result *res = &j->result;
+        if (res->ppl_before > 0)
+            proto_set_real(r, "ppl_before", res->ppl_before);
+        if (res->ppl_after > 0)
+            proto_set_real(r, "ppl_after", res->ppl_after);
+        proto_set_int(r, "params_before", (long long)res->params_before);
+        proto_set_int(r, "params_after", (long long)res->params_after);
+        proto_set_int(r, "bytes_before", (long long)res->bytes_before);
+        proto_set_int(r, "bytes_after", (long long)res->bytes_after);
+        proto_set_real(r, "seconds", res->seconds);
+        proto_set_int(r, "layers_resumed", res->layers_resumed);
+        json_object_set_new(o, "result", r);
+    }
+    return o;
+}
+
+/* ---- Client output ------------------------------------------------------------------ */
+
+static void on_write(uv_write_t *req, int status) {
+    struct wreq *w = (struct wreq *)req;
+    struct client *c = w->c;
+    c->unsent -= w->len;
+    free(w->data);
+    free(w);
+    if (c->closing)
+        return;
+    if (status < 0) {
+        log_msg(LOG_DEBUG, "client %llu: write: %s", (unsigned long long)c->id, uv_strerror(status));
+        client_close(c);
+        return;
+    }
+    if (c->drop_after_flush && c->unsent == 0)
+        client_close(c);
+}
+
+/* Sends msg (reference consumed) to c. */
+static void client_send(struct client *c, json_t *msg) {
+    if (!msg) {
+        log_msg(LOG_ERR, "client %llu: out of memory building a reply", (unsigned long long)c->id);
+        client_close(c);
+        return;
+    }
+    if (c->closing) {
+        json_decref(msg);
+        return;
+    }
+    struct proto_error e = {0};
+    char *line;
+    size_t len;
+    int r = proto_encode(msg, &line, &len, &e);
+    if (r < 0) {
+        /* Our own reply too big (should not happen: list truncates). */
+        log_msg(LOG_ERR, "client %llu: %s", (unsigned long long)c->id, e.msg);
+        json_t *id = json_object_get(msg, "id");
+        long long rid = json_is_integer(id) ? (long long)json_integer_value(id) : PROTO_NO_ID;
+        json_decref(msg);
+        msg = proto_reply_error(rid, PROTO_INTERNAL, e.msg);
+        if (!msg || proto_encode(msg, &line, &len, &e) < 0) {
+            json_decref(msg);
+            client_close(c);
+            return;
+        }
+    }
+    json_decref(msg);
+    struct wreq *w = malloc(sizeof *w);
+    if (!w) {
+        free(line);
+        client_close(c);
+        return;
+    }
+    w->c = c;
+    w->len = len;
+    w->data = line;
+    uv_buf_t buf = uv_buf_init(line, (unsigned)len);
+    r = uv_write(&w->req, (uv_stream_t *)&c->pipe, &buf, 1, on_write);
+    if (r < 0) {
+        free(line);
+        free(w);
+        client_close(c);
+        return;
+    }
+    c->unsent += len;
+    if (c->unsent > c->srv->cfg.max_unsent) {
+        log_msg(LOG_WARNING, "client %llu (uid %u): %zu bytes of replies unread; dropping it",
+                (unsigned long long)c->id, (unsigned)c->uid, c->unsent);
+        client_close(c);
+    }
+}
+
+static void send_error(struct client *c, long long id, enum proto_code code, const char *msg) {
+    client_send(c, proto_reply_error(id, code, msg));
+}
+
+/* Sends an error and closes the connection once it is flushed. */
+static void send_fatal(struct client *c, long long id, enum proto_code code, const char *msg) {
+    log_msg(LOG_INFO, "client %llu (uid %u, pid %d): %s: %s; closing the connection",
+            (unsigned long long)c->id, (unsigned)c->uid, c->pid, proto_code_name(code), msg);
+    uv_read_stop((uv_stream_t *)&c->pipe);
+    c->drop_after_flush = true;
+    send_error(c, id, code, msg);
+    if (!c->closing && c->unsent == 0)
+        client_close(c);
+}
+
+static struct client *client_find(struct server *s, uint64_t id) {
+    for (struct client *c = s->clients; c; c = c->next)
+        if (c->id == id && !c->closing)
+            return c;
+    return NULL;
+}
+
+/* ---- Watchers ------------------------------------------------------------------------ */
+
+static void notify_watchers(struct server *s, const struct sjob *j, bool end) {
+    for (struct client *c = s->clients; c; c = c->next) {
+        for (int i = 0; i < c->n_watches && !c->closing; i++) {
+            if (c->watches[i].job_id != j->id)
+                continue;
+            json_t *ev = proto_event_new(c->watches[i].req_id, end ? "end" : "progress");
+            proto_set_str(ev, "state", store_state_name(j->state));
+            json_object_set_new(ev, "job", job_json(j, end));
+            if (end) {
+                c->watches[i] = c->watches[--c->n_watches];
+                i--;
+            }
+            client_send(c, ev);
+        }
+    }
+}
+
+/* ---- Op handlers --------------------------------------------------------------------- */
+
+typedef int (*op_fn)(struct client *c, long long id, json_t *msg, struct proto_error *e);
+
+static int op_ping(struct client *c, long long id, json_t *msg, struct proto_error *e) {
+    static const char *const fields[] = {"id", "op", NULL};
+    if (proto_check_fields(msg, fields, e) < 0)
+        return -EINVAL;
+    json_t *r = proto_reply_ok(id);
+    proto_set_bool(r, "pong", true);
+    client_send(c, r);
+    return 0;
+}
+
+static int op_version(struct client *c, long long id, json_t *msg, struct proto_error *e) {
+    static const char *const fields[] = {"id", "op", NULL};
+    if (proto_check_fields(msg, fields, e) < 0)
+        return -EINVAL;
+    json_t *r = proto_reply_ok(id);
+    proto_set_str(r, "version", SV_VERSION);
+    proto_set_int(r, "protocol", PROTO_VERSION);
+    json_t *m = json_array();
+    for (int i = 0; i < METHOD_COUNT; i++)
+        json_array_append_new(m, proto_str(compress_method_name((enum compress_method)i)));
+    json_object_set_new(r, "methods", m);
+    client_send(c, r);
+    return 0;
+}
+
+/* Copies a path field (required or not) into dst; "" when absent. */
+static int get_path(json_t *msg, const char *field, bool required, char dst[PATH_MAX],
+                    struct proto_error *e) {
+    const char *v = NULL;
+    int r = proto_get_string(msg, field, required, &v, e);
+    if (r <= 0) {
+        dst[0] = '\0';
+        return r;
+    }
+    if (!*v)
+        return proto_error_set(e, PROTO_BAD_REQUEST, "field '%s': empty path", field);
+    if (strlen(v) >= PATH_MAX)
+        return proto_error_set(e, PROTO_BAD_REQUEST, "field '%s': longer than %d bytes", field,
+                               PATH_MAX - 1);
+    memcpy(dst, v, strlen(v) + 1);
+    return 1;
+}
+
+static int push_task(struct client *c, struct runner_task *t) {
+    t->client_id = c->id;
+    t->uid = c->uid;
+    c->inflight++;
+    runner_push(c->srv->runner, t);
+    return 0;
+}
+
+static int op_submit(struct client *c, long long id, json_t *msg, struct proto_error *e) {
+    static const char *const fields[] = {
+        "id", "op", "model", "out", "method", "ratio", "calib", "nsamples", "seqlen", "seed",
+        "calib_windows", "dense", "overwrite", "eval_text", "eval_seqlen", "eval_max_windows", NULL,
+    };
+    struct server *s = c->srv;
+    if (proto_check_fields(msg, fields, e) < 0)
+        return -EINVAL;
+    struct runner_task *t = calloc(1, sizeof *t);
+    if (!t)
+        return proto_error_set(e, PROTO_INTERNAL, "out of memory");
+    t->type = RUNNER_TASK_SUBMIT;
+    t->req_id = id;
+    struct compress_params *p = &t->params;
+    const char *method = "svdllm", *windows = "random";
+    long long nsamples = 32, seqlen = 128, seed = 0, eval_seqlen = 0, eval_max = 0;
+    double ratio = 0;
+    bool dense = false, overwrite = false;
+    int r;
+    if ((r = get_path(msg, "model", true, p->model_dir, e)) < 0 ||
+        (r = get_path(msg, "out", true, p->out_dir, e)) < 0 ||
+        (r = proto_get_string(msg, "method", false, &method, e)) < 0 ||
+        (r = proto_get_number(msg, "ratio", true, &ratio, e)) < 0 ||
+        (r = get_path(msg, "calib", false, p->calib_path, e)) < 0 ||
+        (r = proto_get_int(msg, "nsamples", false, 1, 65536, &nsamples, e)) < 0 ||
+        (r = proto_get_int(msg, "seqlen", false, 2, 65536, &seqlen, e)) < 0 ||
+        (r = proto_get_int(msg, "seed", false, 0, PROTO_MAX_ID, &seed, e)) < 0 ||
+        (r = proto_get_string(msg, "calib_windows", false, &windows, e)) < 0 ||
+        (r = proto_get_bool(msg, "dense", false, &dense, e)) < 0 ||
+        (r = proto_get_bool(msg, "overwrite", false, &overwrite, e)) < 0 ||
+        (r = get_path(msg, "eval_text", false, p->eval_path, e)) < 0 ||
+        (r = proto_get_int(msg, "eval_seqlen", false, 0, 65536, &eval_seqlen, e)) < 0 ||
+        (r = proto_get_int(msg, "eval_max_windows", false, 0, INT_MAX, &eval_max, e)) < 0)
+        goto fail;
+    if (compress_method_parse(method, &p->method) < 0) {
+        char known[256] = "";
+        for (int i = 0; i < METHOD_COUNT; i++)
+            snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", i ? ", " : "",
+                     compress_method_name((enum compress_method)i));
+        r = proto_error_set(e, PROTO_BAD_REQUEST, "field 'method': unknown method '%.100s' (known: %s)",
+                            method, known);
+        goto fail;
+    }
+    if (!(ratio > 0.0 && ratio < 1.0)) {
+        r = proto_error_set(e, PROTO_BAD_REQUEST,
+                            "field 'ratio': %g is outside (0, 1) (the fraction of parameters removed)", ratio);
+        goto fail;
+    }
+    if (strcmp(windows, "random") != 0 && strcmp(windows, "first") != 0) {
+        r = proto_error_set(e, PROTO_BAD_REQUEST,
+                            "field 'calib_windows': expected \"random\" or \"first\", got '%.100s'", windows);
+        goto fail;
+    }
+    if (!p->calib_path[0] && p->method != METHOD_SVD) {
+        r = proto_error_set(e, PROTO_BAD_REQUEST, "missing field 'calib' (method %s needs calibration text)",
+                            compress_method_name(p->method));
+        goto fail;
+    }
+    p->ratio = ratio;
+    p->nsamples = (int)nsamples;
+    p->seqlen = (int)seqlen;
+    p->seed = (uint64_t)seed;
+    p->calib_first = strcmp(windows, "first") == 0;
+    p->dense = dense;
+    p->overwrite = overwrite;
+    p->eval_seqlen = (int)eval_seqlen;
+    p->eval_max_windows = (int)eval_max;
+    if (count_queued(s) + s->pending_submits >= s->cfg.max_queued_jobs) {
+        r = proto_error_set(e, PROTO_QUEUE_FULL, "the queue already holds %d jobs (the limit)",
+                            s->cfg.max_queued_jobs);
+        goto fail;
+    }
+    s->pending_submits++;
+    return push_task(c, t);
+fail:
+    free(t);
+    return r;
+}
+
+static int get_job(struct client *c, json_t *msg, const char *const *fields, struct sjob **ret,
+                   struct proto_error *e) {
+    long long jid = 0;
+    if (proto_check_fields(msg, fields, e) < 0 ||
+        proto_get_int(msg, "job", true, 1, INT64_MAX, &jid, e) < 0)
+        return -EINVAL;
+    struct sjob *j = job_find(c->srv, jid);
+    if (!j)
+        return proto_error_set(e, PROTO_NOT_FOUND, "no job %lld", jid);
+    *ret = j;
+    return 0;
+}
+
+static int op_status(struct client *c, long long id, json_t *msg, struct proto_error *e) {
+    static const char *const fields[] = {"id", "op", "job", NULL};
+    struct sjob *j;
+    if (get_job(c, msg, fields, &j, e) < 0)
+        return -EINVAL;
+    json_t *r = proto_reply_ok(id);
+    json_object_set_new(r, "job", job_json(j, true));
+    client_send(c, r);
+    return 0;
+}
+
+static int op_list(struct client *c, long long id, json_t *msg, struct proto_error *e) {
+    static const char *const fields[] = {"id", "op", "state", "limit", NULL};
+    struct server *s = c->srv;
+    const char *state = NULL;
+    long long limit = 100;
+    if (proto_check_fields(msg, fields, e) < 0 ||
+        proto_get_string(msg, "state", false, &state, e) < 0 ||
+        proto_get_int(msg, "limit", false, 1, 10000, &limit, e) < 0)
+        return -EINVAL;
+    int want = -1;
+    if (state) {
+        for (int i = 0; i < JOB_STATE_COUNT; i++)
+            if (strcmp(state, store_state_name((enum job_state)i)) == 0)
+                want = i;
+        if (want < 0)
+            return proto_error_set(e, PROTO_BAD_REQUEST, "field 'state': unknown state '%.100s'", state);
+    }
+    /* Newest first; stop before the reply could pass the message limit. */
+    json_t *arr = json_array();
+    size_t bytes = 256;
+    bool truncated = false;
+    long long n = 0;
+    for (size_t i = s->n_jobs; i-- > 0 && n < limit;) {
+        const struct sjob *j = s->jobs[i];
+        if (want >= 0 && (int)j->state != want)
+            continue;
+        json_t *o = job_json(j, false);
+        char *txt = json_dumps(o, JSON_COMPACT);
+        size_t len = txt ? strlen(txt) + 1 : 0;
+        free(txt);
+        if (!len || bytes + len > PROTO_MAX_MSG) {
+            json_decref(o);
+            truncated = true;
+            break;
+        }
+        bytes += len;
+        json_array_append_new(arr, o);
+        n++;
+    }
+    json_t *r = proto_reply_ok(id);
+    json_object_set_new(r, "jobs", arr);
+    proto_set_bool(r, "truncated", truncated);
+    client_send(c, r);
+    return 0;
+}
+
+static int op_watch(struct client *c, long long id, json_t *msg, struct proto_error *e) {
+    static const char *const fields[] = {"id", "op", "job", NULL};
+    struct sjob *j;
+    if (get_job(c, msg, fields, &j, e) < 0)
+        return -EINVAL;
+    bool final = store_state_final(j->state);
+    if (!final && c->n_watches >= MAX_WATCHES)
+        return proto_error_set(e, PROTO_BUSY, "at most %d watches per connection", MAX_WATCHES);
+    json_t *r = proto_reply_ok(id);
+    json_object_set_new(r, "job", job_json(j, true));
+    client_send(c, r);
+    if (final) {
+        json_t *ev = proto_event_new(id, "end");
+        proto_set_str(ev, "state", store_state_name(j->state));
+        json_object_set_new(ev, "job", job_json(j, true));
+        client_send(c, ev);
+    } else if (!c->closing) {
+        c->watches[c->n_watches++] = (struct watch){.req_id = id, .job_id = j->id};
+    }
+    return 0;
+}
+
+static int op_cancel(struct client *c, long long id, json_t *msg, struct proto_error *e) {
+    static const char *const fields[] = {"id", "op", "job", NULL};
+    struct sjob *j;
+    if (get_job(c, msg, fields, &j, e) < 0)
+        return -EINVAL;
+    if (store_state_final(j->state))
+        return proto_error_set(e, PROTO_BAD_STATE, "job %lld is already %s", (long long)j->id,
+                               store_state_name(j->state));
+    if (c->uid != 0 && c->uid != j->owner_uid && c->uid != (uint32_t)getuid())
+        return proto_error_set(e, PROTO_FORBIDDEN, "job %lld belongs to uid %u; only it or root may cancel it",
+                               (long long)j->id, (unsigned)j->owner_uid);
+    struct runner_task *t = calloc(1, sizeof *t);
+    if (!t)
+        return proto_error_set(e, PROTO_INTERNAL, "out of memory");
+    t->type = RUNNER_TASK_CANCEL;
+    t->req_id = id;
+    t->job_id = j->id;
+    return push_task(c, t);
+}
+
+static int op_eval(struct client *c, long long id, json_t *msg, struct proto_error *e) {
+    static const char *const fields[] = {"id", "op", "model", "text", "seqlen", "max_windows", NULL};
+    struct server *s = c->srv;
+    if (proto_check_fields(msg, fields, e) < 0)
+        return -EINVAL;
+    struct runner_task *t = calloc(1, sizeof *t);
+    if (!t)
+        return proto_error_set(e, PROTO_INTERNAL, "out of memory");
+    t->type = RUNNER_TASK_EVAL;
+    t->req_id = id;
+    long long seqlen = 128, maxw = 0;
+    int r;
+    if ((r = get_path(msg, "model", true, t->eval.model_dir, e)) < 0 ||
+        (r = get_path(msg, "text", true, t->eval.text_path, e)) < 0 ||
+        (r = proto_get_int(msg, "seqlen", false, 2, 65536, &seqlen, e)) < 0 ||
+        (r = proto_get_int(msg, "max_windows", false, 0, INT_MAX, &maxw, e)) < 0)
+        goto fail;
+    if (s->pending_evals >= s->cfg.max_evals) {
+        r = proto_error_set(e, PROTO_QUEUE_FULL, "%d evaluations are already queued or running (the limit)",
+                            s->cfg.max_evals);
+        goto fail;
+    }
+    t->eval.seqlen = (int)seqlen;
+    t->eval.max_windows = (size_t)maxw;
+    s->pending_evals++;
+    return push_task(c, t);
+fail:
+    free(t);
+    return r;
+}
+
+static const struct {
+    const char *name;
+    op_fn fn;
+    bool async;      /* answered later by a runner event */
+} ops[] = {
+    {"ping", op_ping, false},
+    {"version", op_version, false},
+    {"submit", op_submit, true},
+    {"status", op_status, false},
+    {"list", op_list, false},
+    {"watch", op_watch, false},
+    {"cancel", op_cancel, true},
+    {"eval", op_eval, true},
+};
+
+static void handle_line(struct client *c, const char *line, size_t len) {
+    struct server *s = c->srv;
+    struct proto_error e = {0};
+    json_t *msg = NULL;
+    if (proto_parse(line, len, &msg, &e) < 0) {
+        send_fatal(c, PROTO_NO_ID, e.code, e.msg);
+        return;
+    }
+    long long id;
+    const char *op = NULL;
+    if (proto_request_head(msg, &id, &op, &e) < 0) {
+        send_error(c, id, e.code, e.msg);
+        goto out;
+    }
+    size_t i = 0;
+    while (i < sizeof ops / sizeof ops[0] && strcmp(ops[i].name, op) != 0)
+        i++;
+    if (i == sizeof ops / sizeof ops[0]) {
+        char known[128] = "";
+        for (size_t k = 0; k < sizeof ops / sizeof ops[0]; k++)
+            snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", k ? ", " : "",
+                     ops[k].name);
+        proto_error_set(&e, PROTO_UNKNOWN_OP, "unknown op '%.100s' (known: %s)", op, known);
+        send_error(c, id, e.code, e.msg);
+        goto out;
+    }
+    if (ops[i].async && s->stopping) {
+        send_error(c, id, PROTO_SHUTTING_DOWN, "svdllmd is shutting down");
+        goto out;
+    }
+    if (ops[i].async && c->inflight >= s->cfg.max_inflight) {
+        proto_error_set(&e, PROTO_BUSY, "%d requests are already pending on this connection (the limit)",
+                        s->cfg.max_inflight);
+        send_error(c, id, e.code, e.msg);
+        goto out;
+    }
+    if (ops[i].fn(c, id, msg, &e) < 0)
+        send_error(c, id, e.code, e.msg);
+out:
+    json_decref(msg);
+}
+
+/* ---- Client input ---------------------------------------------------------------------- */
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+    (void)suggested;   /* the line buffer decides how much it can take */
+    struct client *c = h->data;
+    size_t n = 0;
+    char *p = proto_buf_space(&c->in, &n);
+    *buf = uv_buf_init(p, (unsigned)n);
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
+    (void)buf;   /* it points into c->in */
+    struct client *c = stream->data;
+    if (nread == UV_ENOBUFS) {
+        send_fatal(c, PROTO_NO_ID, PROTO_TOO_LARGE, "out of buffer space");
+        return;
+    }
+    if (nread < 0) {
+        if (nread != UV_EOF)
+            log_msg(LOG_DEBUG, "client %llu: read: %s", (unsigned long long)c->id, uv_strerror((int)nread));
+        client_close(c);
+        return;
+    }
+    proto_buf_commit(&c->in, (size_t)nread);
+    while (!c->closing && !c->drop_after_flush) {
+        char *line;
+        size_t len;
+        int r = proto_buf_next(&c->in, &line, &len);
+        if (r == 0)
+            break;
+        if (r < 0) {
+            char msg[128];
+            snprintf(msg, sizeof msg, "message longer than %d bytes (the limit)", PROTO_MAX_MSG);
+            send_fatal(c, PROTO_NO_ID, PROTO_TOO_LARGE, msg);
+            break;
+        }
+        if (len > 0)
+            handle_line(c, line, len);
+    }
+}
+
+static void on_client_closed(uv_handle_t *h) {
+    struct client *c = h->data;
+    proto_buf_free(&c->in);
+    free(c);
+}
+
+static void client_close(struct client *c) {
+    if (c->closing)
+        return;
+    struct server *s = c->srv;
+    c->closing = true;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    if (!c->rejected)
+        s->n_clients--;
+    if (s->runner && c->inflight > 0)
+        runner_drop_client(s->runner, c->id);
+    log_msg(LOG_DEBUG, "client %llu: closed", (unsigned long long)c->id);
+    uv_close((uv_handle_t *)&c->pipe, on_client_closed);
+}
+
+static void on_connection(uv_stream_t *listener, int status) {
+    struct server *s = listener->data;
+    if (status < 0) {
+        log_msg(LOG_WARNING, "accept: %s", uv_strerror(status));
+        return;
+    }
+    struct client *c = calloc(1, sizeof *c);
+    if (!c || proto_buf_init(&c->in, PROTO_MAX_MSG + 1) < 0) {
+        log_msg(LOG_ERR, "accept: out of memory");
+        free(c);
+        return;
+    }
+    c->srv = s;
+    c->id = ++s->next_client_id;
+    uv_pipe_init(s->loop, &c->pipe, 0);
+    c->pipe.data = c;
+    if (uv_accept(listener, (uv_stream_t *)&c->pipe) < 0) {
+        c->closing = true;
+        uv_close((uv_handle_t *)&c->pipe, on_client_closed);
+        return;
+    }
+    uv_os_fd_t fd;
+    struct ucred cred = {0, (uid_t)-1, (gid_t)-1};
+    socklen_t clen = sizeof cred;
+    if (uv_fileno((uv_handle_t *)&c->pipe, &fd) == 0)
+        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen);
+    c->uid = (uint32_t)cred.uid;
+    c->pid = (int)cred.pid;
+    c->next = s->clients;
+    if (s->clients)
+        s->clients->prev = c;
+    s->clients = c;
+    if (s->n_clients >= s->cfg.max_clients) {
+        c->rejected = true;
+        char msg[128];
+        snprintf(msg, sizeof msg, "svdllmd already serves %d clients (the limit)", s->cfg.max_clients);
+        send_fatal(c, PROTO_NO_ID, PROTO_TOO_MANY_CLIENTS, msg);
+        return;
+    }
+    s->n_clients++;
+    log_msg(LOG_DEBUG, "client %llu: connected (uid %u, pid %d)", (unsigned long long)c->id,
+            (unsigned)c->uid, c->pid);
+    int r = uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+    if (r < 0) {
+        log_msg(LOG_WARNING, "client %llu: read start: %s", (unsigned long long)c->id, uv_strerror(r));
+        client_close(c);
+    }
+}
+
+/* ---- Runner events ----------------------------------------------------------------------- */
+
+static void on_reply(struct server *s, struct runner_event *ev) {
+    struct client *c = client_find(s, ev->client_id);
+    if (ev->task == RUNNER_TASK_SUBMIT)
+        s->pending_submits--;
+    if (ev->task == RUNNER_TASK_EVAL)
+        s->pending_evals--;
+    struct sjob *j = NULL;
+    if (ev->job) {
+        bool changed;
+        j = job_upsert(s, ev->job, &changed);
+        if (!j)
+            log_msg(LOG_ERR, "job %lld: out of memory updating the job table", (long long)ev->job->id);
+    }
+    if (!c)
+        return;
+    c->inflight--;
+    if (ev->code != PROTO_OK) {
+        send_error(c, ev->req_id, ev->code, ev->msg);
+        return;
+    }
+    json_t *r = proto_reply_ok(ev->req_id);
+    switch (ev->task) {
+    case RUNNER_TASK_SUBMIT:
+        if (j)
+            json_object_set_new(r, "job", job_json(j, true));
+        break;
+    case RUNNER_TASK_CANCEL:
+        proto_set_str(r, "state", ev->cancelling ? "cancelling" : "cancelled");
+        break;
+    case RUNNER_TASK_EVAL:
+        proto_set_real(r, "ppl", ev->ppl.ppl);
+        proto_set_real(r, "mean_nll", ev->ppl.mean_nll);
+        proto_set_int(r, "tokens", (long long)ev->ppl.tokens);
+        proto_set_int(r, "windows", (long long)ev->ppl.windows);
+        proto_set_int(r, "predicted", (long long)ev->ppl.predicted);
+        proto_set_int(r, "seqlen", ev->ppl.seqlen);
+        proto_set_real(r, "seconds", ev->ppl.seconds);
+        proto_set_real(r, "tokens_per_s", ev->ppl.tokens_per_s);
+        break;
+    }
+    client_send(c, r);
+}
+
+static void on_signal_closed(uv_handle_t *h) {
+    (void)h;
+}
+
+static void on_runner_event(void *ctx, struct runner_event *ev) {
+    struct server *s = ctx;
+    switch (ev->type) {
+    case RUNNER_EV_REPLY:
+        on_reply(s, ev);
+        break;
+    case RUNNER_EV_JOB: {
+        bool changed;
+        struct sjob *j = job_upsert(s, ev->job, &changed);
+        if (!j) {
+            log_msg(LOG_ERR, "job %lld: out of memory updating the job table", (long long)ev->job->id);
+            break;
+        }
+        if (changed)
+            notify_watchers(s, j, store_state_final(j->state));
+        break;
+    }
+    case RUNNER_EV_PROGRESS: {
+        struct sjob *j = job_find(s, ev->progress.job_id);
+        if (!j || j->state != JOB_RUNNING)
+            break;
+        j->prog = ev->progress;
+        j->has_progress = true;
+        if (ev->progress.n_layers > 0)
+            j->n_layers = ev->progress.n_layers;
+        j->layers_done = ev->progress.layers_done;
+        notify_watchers(s, j, false);
+        break;
+    }
+    case RUNNER_EV_EXITED:
+        runner_free(s->runner);
+        s->runner = NULL;
+        if (s->signals) {
+            uv_close((uv_handle_t *)&s->sigterm, on_signal_closed);
+            uv_close((uv_handle_t *)&s->sigint, on_signal_closed);
+            s->signals = false;
+        }
+        log_msg(LOG_INFO, "worker threads stopped");
+        break;
+    }
+}
+
+/* ---- Lifecycle ----------------------------------------------------------------------------- */
+
+static void on_listener_closed(uv_handle_t *h) {
+    (void)h;
+}
+
+static void server_shutdown(struct server *s, const char *why) {
+    if (s->stopping)
+        return;
+    s->stopping = true;
+    log_msg(LOG_NOTICE, "shutting down (%s)", why);
+    if (s->cfg.on_stopping)
+        s->cfg.on_stopping();
+    if (s->listening) {
+        uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+        unlink(s->socket_path);
+        s->listening = false;
+    }
+    while (s->clients)
+        client_close(s->clients);
+    if (s->runner) {
+        runner_stop(s->runner);
+    } else if (s->signals) {
+        uv_close((uv_handle_t *)&s->sigterm, on_signal_closed);
+        uv_close((uv_handle_t *)&s->sigint, on_signal_closed);
+        s->signals = false;
+    }
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+    struct server *s = h->data;
+    server_shutdown(s, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+/* A socket file left by a daemon that died is removed; one that answers is
+ * another daemon's and is left alone. */
+static int clear_stale_socket(const char *path, struct sv_err *err) {
+    struct stat sb;
+    if (lstat(path, &sb) < 0)
+        return errno == ENOENT ? 0 : sv_err_set(err, -errno, "socket %s: %s", path, strerror(errno));
+    if (!S_ISSOCK(sb.st_mode))
+        return sv_err_set(err, -EEXIST, "socket %s: exists and is not a socket", path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return sv_err_set(err, -errno, "socket: %s", strerror(errno));
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    int r = connect(fd, (struct sockaddr *)&sa, sizeof sa);
+    int e = errno;
+    close(fd);
+    if (r == 0)
+        return sv_err_set(err, -EADDRINUSE, "socket %s: another svdllmd is listening there", path);
+    if (e != ECONNREFUSED)
+        return sv_err_set(err, -e, "socket %s: %s", path, strerror(e));
+    if (unlink(path) < 0)
+        return sv_err_set(err, -errno, "socket %s: cannot remove the stale socket: %s", path, strerror(errno));
+    log_msg(LOG_INFO, "removed stale socket %s", path);
+    return 0;
+}
+
+static int listen_socket(struct server *s, struct sv_err *err) {
+    const char *path = s->cfg.socket_path;
+    int r = clear_stale_socket(path, err);
+    if (r < 0)
+        return r;
+    uv_pipe_init(s->loop, &s->listener, 0);
+    s->listener.data = s;
+    s->listening = true;
+    if ((r = uv_pipe_bind(&s->listener, path)) < 0)
+        return sv_err_set(err, r, "socket %s: bind: %s", path, uv_strerror(r));
+    if (chmod(path, s->cfg.socket_mode) < 0)
+        return sv_err_set(err, -errno, "socket %s: chmod: %s", path, strerror(errno));
+    if ((r = uv_listen((uv_stream_t *)&s->listener, 128, on_connection)) < 0)
+        return sv_err_set(err, r, "socket %s: listen: %s", path, uv_strerror(r));
+    return 0;
+}
+
+int server_new(struct server **ret, uv_loop_t *loop, const struct server_config *cfg,
+               struct sv_err *err) {
+    struct server *s = calloc(1, sizeof *s);
+    if (!s)
+        return sv_err_set(err, -ENOMEM, "out of memory");
+    s->loop = loop;
+    s->cfg = *cfg;
+    int r = 0;
+    if (strlen(cfg->socket_path) >= sizeof s->socket_path) {
+        r = sv_err_set(err, -ENAMETOOLONG, "socket %s: path longer than %zu bytes", cfg->socket_path,
+                       sizeof s->socket_path - 1);
+        free(s);
+        return r;
+    }
+    memcpy(s->socket_path, cfg->socket_path, strlen(cfg->socket_path) + 1);
+    s->cfg.socket_path = s->socket_path;
+
+    /* Recovery, synchronously: nobody is served yet. */
+    char db[PATH_MAX];
+    struct store *st = NULL;
+    if ((size_t)snprintf(db, sizeof db, "%s/" RUNNER_DB_NAME, cfg->state_dir) >= sizeof db) {
+        r = sv_err_set(err, -ENAMETOOLONG, "state directory %s: path too long", cfg->state_dir);
+        goto fail;
+    }
+    if ((r = store_open(&st, db, err)) < 0)
+        goto fail;
+    if ((r = store_recover(st, err)) < 0)
+        goto fail;
+    s->recovered = r;
+    if ((r = store_job_list(st, load_job, s, err)) < 0)
+        goto fail;
+    store_free(st);
+    st = NULL;
+
+    if ((r = listen_socket(s, err)) < 0)
+        goto fail;
+    uv_signal_init(loop, &s->sigterm);
+    uv_signal_init(loop, &s->sigint);
+    s->sigterm.data = s->sigint.data = s;
+    s->signals = true;
+    uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&s->sigint, on_signal, SIGINT);
+
+    if ((r = runner_new(&s->runner, loop, cfg->state_dir, on_runner_event, s, err)) < 0) {
+        if (s->runner) {
+            /* Some threads may run: wait for them through the loop. */
+            server_shutdown(s, "start-up failed");
+            uv_run(loop, UV_RUN_DEFAULT);
+        }
+        goto fail;
+    }
+    *ret = s;
+    return 0;
+fail:
+    store_free(st);
+    if (!s->stopping) {
+        s->stopping = true;
+        if (s->listening) {
+            uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+            unlink(s->socket_path);
+        }
+        if (s->signals) {
+            uv_close((uv_handle_t *)&s->sigterm, on_signal_closed);
+            uv_close((uv_handle_t *)&s->sigint, on_signal_closed);
+        }
+    }
+    uv_run(loop, UV_RUN_DEFAULT);   /* let the close callbacks run */
+    server_free(s);
+    return r;
+}
+
+int server_recovered(const struct server *s) {
+    return s->recovered;
+}
+
+void server_free(struct server *s) {
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->n_jobs; i++)
+        sjob_free(s->jobs[i]);
+    free(s->jobs);
+    free(s);
+}

@@ -1,0 +1,51 @@
+/* server: svdllmd's event loop side: the listening socket, clients, the
+ * protocol's op handlers, the in-memory job table and watchers.
+ *
+ * Everything here runs on the libuv loop thread and never blocks: file and
+ * SQLite work is handed to the runner's threads (daemon/runner.h) and comes
+ * back as events. The one exception is server_new(), which runs before the
+ * loop serves anyone: it recovers the store (requeues interrupted jobs) and
+ * loads the job table synchronously. */
+#ifndef SERVER_H
+#define SERVER_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include <uv.h>
+
+#include "sv_err.h"
+
+struct server_config {
+    const char *socket_path;
+    const char *state_dir;        /* exists, holds jobs/ */
+    mode_t socket_mode;           /* applied to the socket file after bind */
+    int max_clients;              /* connections served at once */
+    int max_queued_jobs;          /* jobs in state queued (plus submits being checked) */
+    int max_evals;                /* eval requests queued or running */
+    int max_inflight;             /* asynchronous requests pending per connection */
+    size_t max_unsent;            /* bytes of replies a client may leave unread */
+    /* Called once when shutdown begins (e.g. to send STOPPING=1). May be NULL. */
+    void (*on_stopping)(void);
+};
+
+#define SERVER_DEFAULT_MAX_CLIENTS 64
+#define SERVER_DEFAULT_MAX_QUEUED 256
+#define SERVER_DEFAULT_MAX_EVALS 8
+#define SERVER_DEFAULT_MAX_INFLIGHT 16
+#define SERVER_DEFAULT_MAX_UNSENT (8u << 20)
+
+struct server;
+
+/* Recovers and loads the job table, starts the runner threads, binds and
+ * listens on the socket, and installs SIGTERM/SIGINT handlers. On success the
+ * caller signals readiness and runs the loop; uv_run returns after a signal
+ * once every handle is closed. */
+int server_new(struct server **ret, uv_loop_t *loop, const struct server_config *cfg,
+               struct sv_err *err);
+/* Frees what is left after uv_run returned. Accepts NULL. */
+void server_free(struct server *s);
+/* Number of jobs requeued by the start-up recovery (for the log). */
+int server_recovered(const struct server *s);
+
+#endif

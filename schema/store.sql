@@ -1,0 +1,71 @@
+-- svdllmd's SQLite schema, embedded into the daemon at build time.
+--
+-- Migrations: each line reading -- version N starts the statements that take a
+-- database from user_version N-1 to N. On open, svdllmd runs, in one
+-- transaction per step, every section whose N is above the database's
+-- PRAGMA user_version and then sets user_version = N. Never edit a released
+-- section; append a new one. A database newer than the binary is refused.
+-- (This file is embedded as C strings at build time; quotes and backslashes
+-- are escaped.)
+--
+-- Delivery semantics of the job queue: a job is a row in jobs; queued rows
+-- run one at a time in id order (FIFO). A row leaves 'queued' only through an
+-- UPDATE ... WHERE state = 'queued', so a cancel and the runner's claim can
+-- never both win. 'running' rows found at start-up were interrupted (crash,
+-- kill, shutdown) and are put back to 'queued'; their layers rows make the
+-- rerun resume. done/failed/cancelled are final.
+
+-- version 1
+CREATE TABLE jobs (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    state           TEXT NOT NULL
+                    CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+    -- parameters, as in schema/job.schema.json (paths already resolved)
+    model           TEXT NOT NULL,
+    out             TEXT NOT NULL,
+    method          TEXT NOT NULL,
+    ratio           REAL NOT NULL,
+    calib           TEXT NOT NULL,           -- '' when the method needs none
+    nsamples        INTEGER NOT NULL,
+    seqlen          INTEGER NOT NULL,
+    seed            INTEGER NOT NULL,
+    calib_first     INTEGER NOT NULL,        -- 0 random windows, 1 first windows
+    dense           INTEGER NOT NULL,
+    overwrite       INTEGER NOT NULL,
+    eval_text       TEXT NOT NULL,           -- '' = no perplexity
+    eval_seqlen     INTEGER NOT NULL,
+    eval_max_windows INTEGER NOT NULL,
+    -- bookkeeping
+    job_key         TEXT NOT NULL,           -- compress_job_key() at submit time
+    owner_uid       INTEGER NOT NULL,        -- SO_PEERCRED of the submitter
+    work_dir        TEXT NOT NULL,           -- STATE/jobs/<id>
+    created_at      INTEGER NOT NULL,        -- unix seconds
+    started_at      INTEGER,                 -- first claim by the runner
+    finished_at     INTEGER,
+    error           TEXT,                    -- failed: why; cancelled: by whom
+    n_layers        INTEGER NOT NULL DEFAULT 0,
+    -- results, set when done
+    ppl_before      REAL,
+    ppl_after       REAL,
+    params_before   INTEGER,
+    params_after    INTEGER,
+    bytes_before    INTEGER,
+    bytes_after     INTEGER,
+    seconds         REAL,
+    layers_resumed  INTEGER,
+    peak_rss        INTEGER                  -- bytes, daemon-wide maximum at the end
+);
+
+CREATE INDEX jobs_by_state ON jobs (state, id);
+
+-- One row per checkpointed layer: committed only after the file is durable
+-- (see the protocol in daemon/store.c).
+CREATE TABLE layers (
+    job_id          INTEGER NOT NULL REFERENCES jobs (id),
+    layer           INTEGER NOT NULL,
+    file            TEXT NOT NULL,           -- relative to the job's work_dir
+    size            INTEGER NOT NULL,
+    sha256          TEXT NOT NULL,
+    done_at         INTEGER NOT NULL,
+    PRIMARY KEY (job_id, layer)
+);

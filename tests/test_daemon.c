@@ -1,0 +1,843 @@
+/* test_daemon: starts the real svdllmd in a mkdtemp directory, waits on
+ * --ready-fd (and $NOTIFY_SOCKET), then sends it garbage the way a broken or
+ * hostile client would and checks that each bad request gets the right error
+ * code and message and that the daemon still answers ping. Then it drives
+ * jobs with svdllmctl the way a person would (submit, status, list, watch,
+ * cancel), restarts the daemon (SIGTERM and SIGKILL) and checks the jobs
+ * survived, and runs svdllmctl against a daemon that is not running. When
+ * run as root (which can read any file) the unreadable-path case runs against
+ * a second daemon started as nobody. Sanitizer reports in the daemon's log
+ * fail the test. Jobs use the bundled stories260K model, so they take about a
+ * second with the real engine.
+ *
+ * Usage: test_daemon PATH/svdllmd PATH/svdllmctl   (run from the source root,
+ * or with SV_SRCDIR set, to find tests/data). */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "proto.h"
+
+static const char *svdllmd, *svdllmctl;
+static char dir[256], sock_path[300], state_dir[300], log_path[300];
+static char model[1024], calib[1024];
+static pid_t daemon_pid = -1;
+
+/* ---- Daemon process --------------------------------------------------------------- */
+
+/* Starts svdllmd with extra args; waits for READY=1 on --ready-fd and, when
+ * notify is set, on a $NOTIFY_SOCKET datagram socket at that address. */
+static uid_t run_as = 0;   /* when non-zero (and we are root): the daemon's uid */
+
+static int start_daemon(const char *notify, const char *config) {
+    int p[2];
+    if (pipe(p) < 0)
+        return -1;
+    int nfd = -1;
+    struct sockaddr_un na = {.sun_family = AF_UNIX};
+    socklen_t nlen = 0;
+    if (notify) {
+        nfd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        size_t n = strlen(notify);
+        memcpy(na.sun_path, notify, n);
+        if (notify[0] == '@')
+            na.sun_path[0] = '\0';
+        nlen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + (notify[0] != '@'));
+        unlink(notify);
+        if (bind(nfd, (struct sockaddr *)&na, nlen) < 0) {
+            perror("bind notify socket");
+            return -1;
+        }
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(p[0]);
+        int lf = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (lf >= 0)
+            dup2(lf, STDERR_FILENO);
+        if (notify)
+            setenv("NOTIFY_SOCKET", notify, 1);
+        else
+            unsetenv("NOTIFY_SOCKET");
+        if (run_as != 0 && (setgroups(0, NULL) < 0 || setgid(run_as) < 0 || setuid(run_as) < 0))
+            _exit(126);
+        char fdarg[16];
+        snprintf(fdarg, sizeof fdarg, "%d", p[1]);
+        if (config)
+            execl(svdllmd, svdllmd, "--socket", sock_path, "--state-dir", state_dir, "--ready-fd", fdarg,
+                  "--log-level", "debug", "--config", config, (char *)NULL);
+        else
+            execl(svdllmd, svdllmd, "--socket", sock_path, "--state-dir", state_dir, "--ready-fd", fdarg,
+                  "--log-level", "debug", (char *)NULL);
+        _exit(127);
+    }
+    close(p[1]);
+    daemon_pid = pid;
+    struct pollfd pfd = {p[0], POLLIN, 0};
+    char buf[64] = "";
+    ssize_t n = 0;
+    if (poll(&pfd, 1, 60000) == 1)
+        n = read(p[0], buf, sizeof buf - 1);
+    close(p[0]);
+    int ok = n > 0 && strncmp(buf, "READY=1\n", 8) == 0;
+    if (!ok)
+        fprintf(stderr, "svdllmd did not signal readiness on --ready-fd (got %zd bytes)\n", n);
+    if (ok && notify) {
+        struct pollfd q = {nfd, POLLIN, 0};
+        char msg[512] = "";
+        ssize_t k = poll(&q, 1, 5000) == 1 ? recv(nfd, msg, sizeof msg - 1, 0) : -1;
+        SV_CHECK(k > 0);
+        SV_ASSERT_STR_CONTAINS(msg, "READY=1");
+        SV_ASSERT_STR_CONTAINS(msg, "MAINPID=");
+        close(nfd);
+        if (notify[0] != '@')
+            unlink(notify);
+    }
+    return ok ? 0 : -1;
+}
+
+/* Sanitizer reports in the daemon's log are failures (when built with them). */
+static void check_log_clean(void) {
+    FILE *f = fopen(log_path, "r");
+    char line[1024];
+    bool bad = false;
+    while (f && !bad && fgets(line, sizeof line, f)) {
+        bad = strstr(line, "Sanitizer") || strstr(line, "runtime error:");
+        if (bad)
+            fprintf(stderr, "daemon log: %s", line);
+    }
+    SV_CHECK(!bad);
+    if (f)
+        fclose(f);
+}
+
+/* Sends sig and waits up to 60 s; returns the exit status or -1. */
+static int stop_daemon(int sig) {
+    if (daemon_pid < 0)
+        return -1;
+    kill(daemon_pid, sig);
+    int st = 0;
+    for (int i = 0; i < 600; i++) {
+        pid_t r = waitpid(daemon_pid, &st, WNOHANG);
+        if (r == daemon_pid) {
+            daemon_pid = -1;
+            check_log_clean();
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        }
+        usleep(100000);
+    }
+    kill(daemon_pid, SIGKILL);
+    waitpid(daemon_pid, &st, 0);
+    daemon_pid = -1;
+    return -1;
+}
+
+/* ---- Raw client --------------------------------------------------------------------- */
+
+struct conn {
+    int fd;
+    struct proto_buf b;
+};
+
+static int conn_open(struct conn *c) {
+    c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%.107s", sock_path);
+    if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        fprintf(stderr, "connect %s: %s\n", sock_path, strerror(errno));
+        close(c->fd);
+        return -1;
+    }
+    struct timeval tv = {60, 0};
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    proto_buf_init(&c->b, PROTO_MAX_MSG + 1);
+    return 0;
+}
+
+static void conn_close(struct conn *c) {
+    close(c->fd);
+    proto_buf_free(&c->b);
+}
+
+static void send_raw(struct conn *c, const char *data, size_t n) {
+    size_t off = 0;
+    while (off < n) {
+        ssize_t k = send(c->fd, data + off, n - off, MSG_NOSIGNAL);
+        if (k <= 0)
+            return;
+        off += (size_t)k;
+    }
+}
+
+/* Next message or NULL (printing why). */
+static json_t *recv_msg(struct conn *c) {
+    json_t *m = NULL;
+    struct proto_error e = {0};
+    int r = proto_read_msg(c->fd, &c->b, &m, &e);
+    if (r != 1) {
+        fprintf(stderr, "recv: %s\n", r == 0 ? "end of stream" : e.msg);
+        return NULL;
+    }
+    return m;
+}
+
+static json_t *request(struct conn *c, const char *line) {
+    send_raw(c, line, strlen(line));
+    send_raw(c, "\n", 1);
+    return recv_msg(c);
+}
+
+static const char *err_code(json_t *m) {
+    return json_string_value(json_object_get(json_object_get(m, "error"), "code"));
+}
+
+static const char *err_msg(json_t *m) {
+    return json_string_value(json_object_get(json_object_get(m, "error"), "message"));
+}
+
+static void check_ping(void) {
+    struct conn c;
+    if (conn_open(&c) < 0) {
+        SV_CHECK(!"connect for ping");
+        return;
+    }
+    json_t *m = request(&c, "{\"id\":77,\"op\":\"ping\"}");
+    SV_CHECK(m && json_is_true(json_object_get(m, "ok")));
+    SV_ASSERT_EQ(json_integer_value(json_object_get(m, "id")), 77);
+    json_decref(m);
+    conn_close(&c);
+}
+
+/* Sends line on a fresh connection, expects an error reply with code and a
+ * message containing needle, then checks the daemon still answers ping. */
+static void expect_error_line(int lineno, const char *line, const char *code, const char *needle) {
+    struct conn c;
+    if (conn_open(&c) < 0) {
+        SV_CHECK(!"connect");
+        return;
+    }
+    json_t *m = request(&c, line);
+    if (!m || !err_code(m) || strcmp(err_code(m), code) != 0 || !err_msg(m) || !strstr(err_msg(m), needle)) {
+        char *s = m ? json_dumps(m, 0) : NULL;
+        fprintf(stderr, "test_daemon.c:%d: want %s containing '%s', got %s\n", lineno, code, needle,
+                s ? s : "nothing");
+        free(s);
+        sv_test_failures++;
+    }
+    sv_test_checks++;
+    json_decref(m);
+    conn_close(&c);
+    check_ping();
+}
+#define expect_error(line, code, needle) expect_error_line(__LINE__, line, code, needle)
+
+/* A submit request with the given extra JSON members. */
+static char *submit_line(const char *model_dir, const char *out, const char *extra) {
+    static char buf[8192];
+    snprintf(buf, sizeof buf,
+             "{\"id\":5,\"op\":\"submit\",\"model\":\"%s\",\"out\":\"%s/%s\",\"calib\":\"%s\"%s%s}",
+             model_dir, dir, out, calib, *extra ? "," : "", extra);
+    return buf;
+}
+
+/* ---- svdllmctl ------------------------------------------------------------------------- */
+
+struct ctl_result {
+    int status;
+    char out[65536];
+    char err[4096];
+};
+
+static void slurp(const char *path, char *dst, size_t n) {
+    FILE *f = fopen(path, "r");
+    size_t k = f ? fread(dst, 1, n - 1, f) : 0;
+    dst[k] = '\0';
+    if (f)
+        fclose(f);
+}
+
+/* Runs svdllmctl --socket S args... with stdout/stderr captured. */
+static void ctl(struct ctl_result *r, const char *socket_path, const char *const *args) {
+    char outp[320], errp[320];
+    snprintf(outp, sizeof outp, "%s/ctl.out", dir);
+    snprintf(errp, sizeof errp, "%s/ctl.err", dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int o = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int e = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(o, STDOUT_FILENO);
+        dup2(e, STDERR_FILENO);
+        const char *argv[32] = {svdllmctl, "--socket", socket_path};
+        int n = 3;
+        for (int i = 0; args[i] && n < 31; i++)
+            argv[n++] = args[i];
+        argv[n] = NULL;
+        execv(svdllmctl, (char *const *)argv);
+        _exit(127);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    slurp(outp, r->out, sizeof r->out);
+    slurp(errp, r->err, sizeof r->err);
+}
+
+/* Counts lines in s. */
+static int lines(const char *s) {
+    int n = 0;
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+/* ---- Tests ---------------------------------------------------------------------------- */
+
+static void test_framing_errors(void) {
+    /* Malformed JSON: bad_json with position; the connection is closed. */
+    struct conn c;
+    conn_open(&c);
+    json_t *m = request(&c, "{\"id\":1,\"op\":\"ping\"");
+    SV_CHECK(m && strcmp(err_code(m), "bad_json") == 0);
+    SV_ASSERT_STR_CONTAINS(m ? err_msg(m) : NULL, "line 1, column");
+    SV_CHECK(m && json_is_null(json_object_get(m, "id")));
+    json_decref(m);
+    char b;
+    SV_ASSERT_EQ(recv(c.fd, &b, 1, 0), 0);   /* dropped */
+    conn_close(&c);
+    check_ping();
+
+    expect_error("[1,2,3]", "bad_json", "must be a JSON object");
+    expect_error("{\"id\":1,\"op\":\"ping\",\"x\":\"\xff\"}", "bad_json", "UTF-8");
+    expect_error("{\"id\":1,\"id\":2,\"op\":\"ping\"}", "bad_json", "duplicate");
+    expect_error("{\"op\":\"frobnicate\",\"id\":3}", "unknown_op", "frobnicate");
+    expect_error("{\"id\":3}", "unknown_op", "missing field 'op'");
+    expect_error("{\"id\":\"3\",\"op\":\"ping\"}", "bad_request", "field 'id'");
+    expect_error("{\"id\":3,\"op\":\"ping\",\"extra\":1}", "bad_request", "unknown field 'extra'");
+    expect_error("{\"id\":3,\"op\":\"status\"}", "bad_request", "missing field 'job'");
+    expect_error("{\"id\":3,\"op\":\"status\",\"job\":424242}", "not_found", "424242");
+    expect_error("{\"id\":3,\"op\":\"cancel\",\"job\":424242}", "not_found", "424242");
+    expect_error("{\"id\":3,\"op\":\"list\",\"state\":\"sleeping\"}", "bad_request", "sleeping");
+
+    /* Exactly PROTO_MAX_MSG bytes is a message (here a bad one) ... */
+    size_t n = PROTO_MAX_MSG;
+    char *big = malloc(n + 2);
+    const char *head = "{\"id\":8,\"op\":\"ping\",\"pad\":\"";
+    memset(big, 'p', n);
+    memcpy(big, head, strlen(head));
+    memcpy(big + n - 2, "\"}", 2);
+    big[n] = '\n';
+    conn_open(&c);
+    send_raw(&c, big, n + 1);
+    m = recv_msg(&c);
+    SV_CHECK(m && strcmp(err_code(m), "bad_request") == 0);
+    SV_ASSERT_STR_CONTAINS(m ? err_msg(m) : NULL, "unknown field 'pad'");
+    json_decref(m);
+    /* ... and the connection still works. */
+    json_decref(m = request(&c, "{\"id\":9,\"op\":\"ping\"}"));
+    SV_CHECK(m != NULL);
+    conn_close(&c);
+
+    /* One byte more is too_large; that client is dropped. A sender thread
+     * is not needed: the daemon answers once it holds the limit. */
+    big[n] = 'p';
+    conn_open(&c);
+    send_raw(&c, big, n + 1);
+    m = recv_msg(&c);
+    SV_CHECK(m && strcmp(err_code(m), "too_large") == 0);
+    SV_ASSERT_STR_CONTAINS(m ? err_msg(m) : NULL, "1048576");
+    json_decref(m);
+    SV_ASSERT_EQ(recv(c.fd, &b, 1, 0), 0);
+    conn_close(&c);
+    free(big);
+    check_ping();
+
+    /* A client that disconnects mid-line and one that sends nothing. */
+    conn_open(&c);
+    send_raw(&c, "{\"id\":1,\"op\":", 13);
+    conn_close(&c);
+    struct conn idle;
+    conn_open(&idle);
+    check_ping();
+    conn_close(&idle);
+
+    /* Several requests in one write are answered in order. */
+    conn_open(&c);
+    const char *three = "{\"id\":1,\"op\":\"ping\"}\n\n{\"id\":2,\"op\":\"version\"}\r\n{\"id\":3,\"op\":\"list\"}\n";
+    send_raw(&c, three, strlen(three));
+    for (int i = 1; i <= 3; i++) {
+        m = recv_msg(&c);
+        SV_ASSERT_EQ(m ? json_integer_value(json_object_get(m, "id")) : -1, i);
+        SV_CHECK(m && json_is_true(json_object_get(m, "ok")));
+        json_decref(m);
+    }
+    conn_close(&c);
+}
+
+static void write_file(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    if (f) {
+        fputs(text, f);
+        fclose(f);
+    }
+}
+
+static void test_submit_errors(void) {
+    char line[8192], path[600], path2[700];
+    /* Types and ranges, checked before any file is looked at. */
+    expect_error(submit_line(model, "o", "\"ratio\":1.5"), "bad_request", "'ratio'");
+    expect_error(submit_line(model, "o", "\"ratio\":0"), "bad_request", "outside (0, 1)");
+    expect_error(submit_line(model, "o", "\"ratio\":1"), "bad_request", "outside (0, 1)");
+    expect_error(submit_line(model, "o", "\"ratio\":-0.25"), "bad_request", "'ratio'");
+    expect_error(submit_line(model, "o", "\"ratio\":\"0.5\""), "bad_request", "field 'ratio': expected a number");
+    expect_error(submit_line(model, "o", ""), "bad_request", "missing field 'ratio'");
+    expect_error(submit_line(model, "o", "\"ratio\":0.5,\"nsamples\":2.5"), "bad_request", "'nsamples'");
+    expect_error(submit_line(model, "o", "\"ratio\":0.5,\"nsamples\":0"), "bad_request", "'nsamples'");
+    expect_error(submit_line(model, "o", "\"ratio\":0.5,\"dense\":1"), "bad_request", "'dense'");
+    expect_error(submit_line(model, "o", "\"ratio\":0.5,\"method\":\"magic\""), "bad_request", "magic");
+    expect_error(submit_line(model, "o", "\"ratio\":0.5,\"calib_windows\":\"all\""), "bad_request",
+                 "calib_windows");
+    expect_error(submit_line(model, "o", "\"ratio\":0.5,\"colour\":\"red\""), "bad_request",
+                 "unknown field 'colour'");
+    snprintf(line, sizeof line, "{\"id\":5,\"op\":\"submit\",\"model\":\"%s\",\"ratio\":0.5,\"calib\":\"%s\"}",
+             model, calib);
+    expect_error(line, "bad_request", "missing field 'out'");
+
+    /* Paths: missing, relative, wrong type, unreadable. */
+    expect_error(submit_line("/nonexistent/model", "o", "\"ratio\":0.5"), "bad_path",
+                 "model: /nonexistent/model: No such file or directory");
+    expect_error(submit_line("tests/data/stories260K-hf", "o", "\"ratio\":0.5"), "bad_path",
+                 "not an absolute path");
+    snprintf(line, sizeof line, "{\"id\":5,\"op\":\"submit\",\"model\":\"%s\",\"out\":\"%s/o\",\"ratio\":0.5,"
+             "\"calib\":\"%s/missing.txt\"}", model, dir, dir);
+    expect_error(line, "bad_path", "calib: ");
+    snprintf(line, sizeof line, "{\"id\":5,\"op\":\"submit\",\"model\":\"%s\",\"out\":\"%s/o\",\"ratio\":0.5,"
+             "\"calib\":\"%s\"}", model, dir, dir);
+    expect_error(line, "bad_path", "is a directory");
+    snprintf(line, sizeof line, "{\"id\":5,\"op\":\"submit\",\"model\":\"%s\",\"out\":\"%s/no/such/o\","
+             "\"ratio\":0.5,\"calib\":\"%s\"}", model, dir, calib);
+    expect_error(line, "bad_path", "out: parent directory");
+    snprintf(path, sizeof path, "%s/secret.txt", dir);
+    write_file(path, "hidden\n");
+    chmod(path, 0);
+    if (geteuid() != 0) {
+        snprintf(line, sizeof line, "{\"id\":5,\"op\":\"submit\",\"model\":\"%s\",\"out\":\"%s/o\","
+                 "\"ratio\":0.5,\"calib\":\"%s\"}", model, dir, path);
+        expect_error(line, "bad_path", "not readable");
+    }   /* as root, test_unreadable_as_nobody() covers it */
+    /* An existing output directory without overwrite. */
+    snprintf(path, sizeof path, "%s/exists", dir);
+    mkdir(path, 0755);
+    expect_error(submit_line(model, "exists", "\"ratio\":0.5"), "exists", "already exists");
+
+    /* Not a LLaMA model: no config.json, another architecture, junk. */
+    snprintf(path, sizeof path, "%s/empty-model", dir);
+    mkdir(path, 0755);
+    expect_error(submit_line(path, "o", "\"ratio\":0.5"), "bad_model", "config.json");
+    snprintf(path, sizeof path, "%s/gpt2", dir);
+    mkdir(path, 0755);
+    snprintf(path2, sizeof path2, "%s/config.json", path);
+    write_file(path2, "{\"architectures\":[\"GPT2LMHeadModel\"],\"model_type\":\"gpt2\",\"n_embd\":768,"
+                      "\"n_layer\":12,\"n_head\":12,\"vocab_size\":50257}\n");
+    expect_error(submit_line(path, "o", "\"ratio\":0.5"), "bad_model", "not a supported LLaMA model");
+    snprintf(path, sizeof path, "%s/junk", dir);
+    mkdir(path, 0755);
+    snprintf(path2, sizeof path2, "%s/config.json", path);
+    write_file(path2, "this is not json");
+    expect_error(submit_line(path, "o", "\"ratio\":0.5"), "bad_model", "not a supported LLaMA model");
+
+    /* eval's own checks. */
+    snprintf(line, sizeof line, "{\"id\":6,\"op\":\"eval\",\"model\":\"%s\",\"text\":\"%s/none.txt\"}", model, dir);
+    expect_error(line, "bad_path", "text: ");
+    snprintf(line, sizeof line, "{\"id\":6,\"op\":\"eval\",\"model\":\"%s\",\"text\":\"%s\",\"seqlen\":1}",
+             model, calib);
+    expect_error(line, "bad_request", "'seqlen'");
+}
+
+static long long submit_ok(const char *out, const char *extra) {
+    struct conn c;
+    if (conn_open(&c) < 0)
+        return -1;
+    json_t *m = request(&c, submit_line(model, out, extra));
+    long long id = -1;
+    if (m && json_is_true(json_object_get(m, "ok")))
+        id = json_integer_value(json_object_get(json_object_get(m, "job"), "id"));
+    else {
+        char *s = m ? json_dumps(m, 0) : NULL;
+        fprintf(stderr, "submit failed: %s\n", s ? s : "no reply");
+        free(s);
+    }
+    SV_CHECK(id > 0);
+    json_decref(m);
+    conn_close(&c);
+    return id;
+}
+
+/* Status of job id as a JSON object (caller decrefs), or NULL. */
+static json_t *job_status(long long id) {
+    struct conn c;
+    if (conn_open(&c) < 0)
+        return NULL;
+    char line[128];
+    snprintf(line, sizeof line, "{\"id\":1,\"op\":\"status\",\"job\":%lld}", id);
+    json_t *m = request(&c, line);
+    conn_close(&c);
+    json_t *j = json_incref(json_object_get(m, "job"));
+    json_decref(m);
+    return j;
+}
+
+/* Watches job id to its end over the raw protocol; returns the final state. */
+static char *watch_end(long long id, int *n_events) {
+    static char state[32];
+    state[0] = '\0';
+    *n_events = 0;
+    struct conn c;
+    if (conn_open(&c) < 0)
+        return state;
+    char line[128];
+    snprintf(line, sizeof line, "{\"id\":42,\"op\":\"watch\",\"job\":%lld}", id);
+    json_t *m = request(&c, line);
+    bool ok = m && json_is_true(json_object_get(m, "ok"));
+    SV_CHECK(ok);
+    json_decref(m);
+    while (ok && (m = recv_msg(&c))) {
+        SV_ASSERT_EQ(json_integer_value(json_object_get(m, "id")), 42);
+        const char *ev = json_string_value(json_object_get(m, "event"));
+        (*n_events)++;
+        if (ev && strcmp(ev, "end") == 0) {
+            snprintf(state, sizeof state, "%s", json_string_value(json_object_get(m, "state")));
+            json_decref(m);
+            break;
+        }
+        SV_CHECK(ev && strcmp(ev, "progress") == 0);
+        json_decref(m);
+    }
+    conn_close(&c);
+    return state;
+}
+
+static void test_jobs(long long *ret_done_id) {
+    /* Through svdllmctl, as a person would. */
+    char out[600];
+    snprintf(out, sizeof out, "%s/out-a", dir);
+    struct ctl_result r;
+    const char *submit[] = {"submit", "--model", model, "--out", out, "--ratio", "0.4", "--method",
+                            "svdllm", "--calib", calib, "--nsamples", "4", "--seqlen", "32", NULL};
+    ctl(&r, sock_path, submit);
+    SV_ASSERT_EQ(r.status, 0);
+    long long id = atoll(r.out);
+    SV_CHECK(id > 0);
+    SV_ASSERT_EQ(lines(r.out), 1);
+
+    char ids[32];
+    snprintf(ids, sizeof ids, "%lld", id);
+    const char *status[] = {"status", ids, NULL};
+    ctl(&r, sock_path, status);
+    SV_ASSERT_EQ(r.status, 0);
+    SV_ASSERT_STR_CONTAINS(r.out, "job ");
+    SV_ASSERT_STR_CONTAINS(r.out, "svdllm, ratio 0.4");
+
+    const char *status_json[] = {"status", ids, "--json", NULL};
+    ctl(&r, sock_path, status_json);
+    SV_ASSERT_EQ(r.status, 0);
+    SV_ASSERT_STR_CONTAINS(r.out, "\"ok\":true");
+    SV_ASSERT_EQ(lines(r.out), 1);
+
+    const char *list[] = {"list", NULL};
+    ctl(&r, sock_path, list);
+    SV_ASSERT_EQ(r.status, 0);
+    SV_ASSERT_STR_CONTAINS(r.out, out);
+
+    /* watch (not a terminal: plain lines) until the end. */
+    const char *watch[] = {"watch", ids, NULL};
+    ctl(&r, sock_path, watch);
+    SV_ASSERT_EQ(r.status, 0);
+    SV_ASSERT_STR_CONTAINS(r.out, ": done");
+    SV_CHECK(strchr(r.out, '\r') == NULL);
+    if (r.status != 0)
+        fprintf(stderr, "watch: %s%s", r.out, r.err);
+
+    json_t *j = job_status(id);
+    SV_CHECK(j && strcmp(json_string_value(json_object_get(j, "state")), "done") == 0);
+    SV_CHECK(j && json_object_get(j, "result") != NULL);
+    SV_CHECK(j && json_integer_value(json_object_get(j, "n_layers")) > 0);
+    SV_CHECK(j && json_integer_value(json_object_get(j, "layers_done")) == json_integer_value(json_object_get(j, "n_layers")));
+    json_decref(j);
+    *ret_done_id = id;
+
+    /* A finished job cannot be cancelled; watching it ends at once. */
+    const char *cancel[] = {"cancel", ids, NULL};
+    ctl(&r, sock_path, cancel);
+    SV_ASSERT_EQ(r.status, 1);
+    SV_ASSERT_STR_CONTAINS(r.err, "bad_state");
+    SV_ASSERT_EQ(lines(r.err), 1);
+    int n_events;
+    SV_CHECK(strcmp(watch_end(id, &n_events), "done") == 0);
+    SV_ASSERT_EQ(n_events, 1);
+
+    /* The same output again, now existing: refused without overwrite. */
+    ctl(&r, sock_path, submit);
+    SV_ASSERT_EQ(r.status, 1);
+    SV_ASSERT_STR_CONTAINS(r.err, "exists");
+
+    /* Cancel right after submit: queued or running, it ends cancelled (or,
+     * with a very fast engine, done); its work directory stays. */
+    long long a = submit_ok("out-b", "\"ratio\":0.5,\"nsamples\":64,\"seqlen\":64");
+    long long b = submit_ok("out-c", "\"ratio\":0.5,\"nsamples\":4,\"seqlen\":32");
+    char line[4096];
+    struct conn c;
+    conn_open(&c);
+    snprintf(line, sizeof line, "{\"id\":11,\"op\":\"cancel\",\"job\":%lld}", b);
+    json_t *m = request(&c, line);
+    SV_CHECK(m && json_is_true(json_object_get(m, "ok")));
+    json_decref(m);
+    snprintf(line, sizeof line, "{\"id\":12,\"op\":\"cancel\",\"job\":%lld}", a);
+    m = request(&c, line);
+    SV_CHECK(m && (json_is_true(json_object_get(m, "ok")) ||
+                   strcmp(err_code(m), "bad_state") == 0));
+    json_decref(m);
+    conn_close(&c);
+    const char *sa = watch_end(a, &n_events);
+    SV_CHECK(strcmp(sa, "cancelled") == 0 || strcmp(sa, "done") == 0);
+    /* b was queued behind a when cancelled, unless a finished first. */
+    const char *sb = watch_end(b, &n_events);
+    SV_CHECK(strcmp(sb, "cancelled") == 0 || strcmp(sb, "done") == 0);
+    j = job_status(a);
+    const char *wd = json_string_value(json_object_get(j, "work_dir"));
+    struct stat st;
+    SV_CHECK(wd && stat(wd, &st) == 0 && S_ISDIR(st.st_mode));
+    json_decref(j);
+
+    /* eval replies when done. */
+    conn_open(&c);
+    snprintf(line, sizeof line, "{\"id\":13,\"op\":\"eval\",\"model\":\"%s\",\"text\":\"%s\",\"seqlen\":64,"
+             "\"max_windows\":2}", model, calib);
+    m = request(&c, line);
+    SV_CHECK(m && json_is_true(json_object_get(m, "ok")));
+    SV_CHECK(m && json_number_value(json_object_get(m, "ppl")) > 1.0);
+    json_decref(m);
+    conn_close(&c);
+}
+
+/* Root reads any file, so when the test runs as root the unreadable-path
+ * case runs against a second daemon started as nobody (65534). */
+static void test_unreadable_as_nobody(void) {
+    if (geteuid() != 0)
+        return;
+    char saved_sock[sizeof sock_path], saved_state[sizeof state_dir], sub[280], secret[400];
+    char line[4096];
+    memcpy(saved_sock, sock_path, sizeof sock_path);
+    memcpy(saved_state, state_dir, sizeof state_dir);
+    snprintf(sub, sizeof sub, "%s/nobody", dir);
+    snprintf(secret, sizeof secret, "%s/secret.txt", dir);
+    mkdir(sub, 0700);
+    if (chown(sub, 65534, 65534) < 0 || chmod(dir, 0711) < 0) {
+        SV_CHECK(!"chown for the nobody daemon");
+        return;
+    }
+    snprintf(sock_path, sizeof sock_path, "%s/s.sock", sub);
+    snprintf(state_dir, sizeof state_dir, "%s/state", sub);
+    pid_t main_daemon = daemon_pid;
+    run_as = 65534;
+    if (start_daemon(NULL, NULL) == 0) {
+        snprintf(line, sizeof line, "{\"id\":5,\"op\":\"submit\",\"model\":\"%s\",\"out\":\"%s/o\","
+                 "\"ratio\":0.5,\"calib\":\"%s\"}", model, sub, secret);
+        expect_error(line, "bad_path", "not readable by svdllmd: Permission denied");
+        /* and an output parent it cannot write to */
+        snprintf(line, sizeof line, "{\"id\":5,\"op\":\"submit\",\"model\":\"%s\",\"out\":\"%s/o\","
+                 "\"ratio\":0.5,\"calib\":\"%s\"}", model, dir, calib);
+        expect_error(line, "bad_path", "not writable by svdllmd");
+        SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
+    } else {
+        SV_CHECK(!"daemon start as nobody");
+        stop_daemon(SIGKILL);
+    }
+    run_as = 0;
+    daemon_pid = main_daemon;
+    chmod(dir, 0700);
+    memcpy(sock_path, saved_sock, sizeof sock_path);
+    memcpy(state_dir, saved_state, sizeof state_dir);
+}
+
+static void test_client_limit(void) {
+    /* The config used for this run sets max_clients = 4. */
+    struct conn cs[4], extra;
+    for (int i = 0; i < 4; i++)
+        SV_ASSERT_EQ(conn_open(&cs[i]), 0);
+    json_t *m = request(&cs[3], "{\"id\":1,\"op\":\"ping\"}");   /* all four accepted */
+    SV_CHECK(m && json_is_true(json_object_get(m, "ok")));
+    json_decref(m);
+    SV_ASSERT_EQ(conn_open(&extra), 0);
+    m = recv_msg(&extra);
+    SV_CHECK(m && strcmp(err_code(m), "too_many_clients") == 0);
+    json_decref(m);
+    conn_close(&extra);
+    for (int i = 0; i < 4; i++)
+        conn_close(&cs[i]);
+    usleep(100000);
+    check_ping();
+}
+
+static void test_not_running(void) {
+    char path[400];
+    snprintf(path, sizeof path, "%s/nobody-home.sock", dir);
+    const char *cmds[][3] = {{"ping", NULL}, {"status", "1", NULL}, {"list", "--json", NULL}};
+    for (int i = 0; i < 3; i++) {
+        struct ctl_result r;
+        ctl(&r, path, cmds[i]);
+        SV_ASSERT_EQ(r.status, 1);
+        SV_ASSERT_STR_CONTAINS(r.err, "svdllmctl: cannot connect to ");
+        SV_ASSERT_STR_CONTAINS(r.err, "No such file or directory (is svdllmd running?)");
+        SV_ASSERT_EQ(lines(r.err), 1);
+        SV_ASSERT_EQ(strlen(r.out), 0);
+    }
+    /* Usage errors are exit status 2, with one line saying what is wrong. */
+    const char *usage[][4] = {{"frobnicate", NULL}, {"status", NULL}, {"status", "x", NULL},
+                              {"list", "--ratio", "0.5", NULL}, {"submit", "--ratio", "abc", NULL}};
+    for (int i = 0; i < 5; i++) {
+        struct ctl_result r;
+        ctl(&r, path, usage[i]);
+        SV_ASSERT_EQ(r.status, 2);
+        SV_ASSERT_EQ(lines(r.err), 1);
+        SV_ASSERT_STR_CONTAINS(r.err, "svdllmctl: ");
+    }
+    /* A stale socket file with nobody listening. */
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%.107s", path);
+    bind(fd, (struct sockaddr *)&sa, sizeof sa);
+    close(fd);
+    struct ctl_result r;
+    const char *ping[] = {"ping", NULL};
+    ctl(&r, path, ping);
+    SV_ASSERT_EQ(r.status, 1);
+    SV_ASSERT_STR_CONTAINS(r.err, "Connection refused (is svdllmd running?)");
+    unlink(path);
+}
+
+static void test_bad_config(void) {
+    char cfg[400];
+    snprintf(cfg, sizeof cfg, "%s/bad.conf", dir);
+    write_file(cfg, "# comment\nmax_clients = 8\ncolour = blue\n");
+    pid_t pid = fork();
+    if (pid == 0) {
+        char errp[400];
+        snprintf(errp, sizeof errp, "%s/badconf.err", dir);
+        int e = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(e, STDERR_FILENO);
+        execl(svdllmd, svdllmd, "--socket", sock_path, "--state-dir", state_dir, "--config", cfg, (char *)NULL);
+        _exit(127);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    SV_CHECK(WIFEXITED(st) && WEXITSTATUS(st) != 0);
+    char errp[400], text[1024];
+    snprintf(errp, sizeof errp, "%s/badconf.err", dir);
+    slurp(errp, text, sizeof text);
+    SV_ASSERT_STR_CONTAINS(text, "bad.conf:3: unknown key 'colour'");
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: test_daemon SVDLLMD SVDLLMCTL\n");
+        return 2;
+    }
+    svdllmd = argv[1];
+    svdllmctl = argv[2];
+    signal(SIGPIPE, SIG_IGN);
+    alarm(900);   /* a hang is a failure, not a stuck CI run */
+    const char *src = getenv("SV_SRCDIR");
+    char cwd[512];
+    if (!src)
+        src = getcwd(cwd, sizeof cwd);
+    snprintf(model, sizeof model, "%s/tests/data/stories260K-hf", src);
+    snprintf(calib, sizeof calib, "%s/tests/data/text/tinystories-valid-head.txt", src);
+
+    const char *tmp = getenv("TMPDIR");
+    snprintf(dir, sizeof dir, "%s/svdllmd-test.XXXXXX", tmp && strlen(tmp) < 80 ? tmp : "/tmp");
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    snprintf(sock_path, sizeof sock_path, "%s/svdllmd.sock", dir);
+    snprintf(state_dir, sizeof state_dir, "%s/state", dir);
+    snprintf(log_path, sizeof log_path, "%s/svdllmd.log", dir);
+
+    test_not_running();
+    test_bad_config();
+
+    char cfg[400], notify[400];
+    snprintf(cfg, sizeof cfg, "%s/svdllmd.conf", dir);
+    write_file(cfg, "# test settings\nmax_clients = 4\n\nsocket_mode = 0600\n");
+    snprintf(notify, sizeof notify, "%s/notify.sock", dir);
+    if (start_daemon(notify, cfg) < 0) {
+        SV_CHECK(!"daemon start");
+        return sv_test_result("test_daemon");
+    }
+    struct stat st;
+    SV_CHECK(stat(sock_path, &st) == 0 && (st.st_mode & 0777) == 0600);
+    check_ping();
+    test_framing_errors();
+    test_submit_errors();
+    test_unreadable_as_nobody();
+    test_client_limit();
+    long long done_id = -1;
+    test_jobs(&done_id);
+    check_ping();
+    SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
+    SV_CHECK(access(sock_path, F_OK) != 0);   /* socket removed on exit */
+
+    /* Restart (abstract notify address this time): jobs are still there. */
+    char abstract[64];
+    snprintf(abstract, sizeof abstract, "@svdllmd-test-%ld", (long)getpid());
+    if (start_daemon(abstract, NULL) < 0) {
+        SV_CHECK(!"daemon restart");
+        return sv_test_result("test_daemon");
+    }
+    json_t *j = job_status(done_id);
+    SV_CHECK(j && strcmp(json_string_value(json_object_get(j, "state")), "done") == 0);
+    json_decref(j);
+
+    /* SIGKILL while a job may be running: the next start resumes it. */
+    long long k = submit_ok("out-k", "\"ratio\":0.5,\"nsamples\":64,\"seqlen\":64");
+    usleep(300000);
+    SV_ASSERT_EQ(stop_daemon(SIGKILL), 128 + SIGKILL);
+    if (start_daemon(NULL, NULL) < 0) {   /* the stale socket file is replaced */
+        SV_CHECK(!"daemon start after SIGKILL");
+        return sv_test_result("test_daemon");
+    }
+    int n_events;
+    const char *sk = watch_end(k, &n_events);
+    SV_CHECK(strcmp(sk, "done") == 0);
+    if (strcmp(sk, "done") != 0)
+        fprintf(stderr, "job %lld after SIGKILL and restart ended '%s'\n", k, sk);
+    check_ping();
+    SV_ASSERT_EQ(stop_daemon(SIGINT), 0);
+
+    test_not_running();
+    int rc = sv_test_result("test_daemon");
+    if (rc == 0) {
+        char cmd[600];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "could not remove %s\n", dir);
+    } else {
+        fprintf(stderr, "test_daemon: kept %s (daemon log: %s)\n", dir, log_path);
+    }
+    return rc;
+}
