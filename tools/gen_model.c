@@ -1,0 +1,358 @@
+/* svdllm-genmodel: writes a synthetic LLaMA model directory (config.json +
+ * model.safetensors) with random weights and real shapes, for benchmarks and
+ * tests that need a model larger than the bundled ones.
+ *
+ *   svdllm-genmodel --out DIR --hidden 2048 --layers N --heads H [--kv-heads K]
+ *                   --ffn F --vocab V [--dtype bf16|f16|f32] [--seed S] [--max-pos P]
+ *
+ * Design note. Weights are normal(0, 1/sqrt(d_in)) for every matrix (the
+ * embedding and lm_head use d_in = hidden), so activations keep unit scale
+ * through the layers; norm weights are 1. Normals come from Box-Muller on
+ * xorshift64* uniforms. Each tensor has its own generator, seeded from
+ * (seed, tensor index) by splitmix64, so the bytes depend only on the seed and
+ * the shapes, never on the order of calls or the platform's libm beyond
+ * log/sqrt/cos/sin. Tensors are declared first and then streamed one at a
+ * time through st_writer, already converted to the on-disk dtype: the peak
+ * memory is one tensor (the embedding, vocab x hidden x 2 bytes in BF16),
+ * never the model. The directory is created if needed; config.json is written
+ * after the weights, so a directory with a config.json is complete.
+ *
+ * Exits 0 on success; on failure prints one line "svdllm-genmodel: <reason>"
+ * to stderr and exits 1 (2 for usage errors). */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "st.h"
+#include "sv_err.h"
+
+#define GEN_MAX_TENSORS (3 + 9 * 1024)
+
+struct gen_opts {
+    const char *out;
+    int hidden, layers, heads, kv_heads, ffn, vocab, max_pos;
+    enum st_dtype dtype;
+    uint64_t seed;
+};
+
+/* One declared tensor: name, shape (d0, d1) or (d0) if d1 == 0, and its init. */
+struct gen_tensor {
+    char name[ST_MAX_NAME];
+    int64_t d0, d1;
+    int ones;        /* norm weight: all 1 */
+    double std;      /* otherwise normal(0, std) */
+};
+
+static uint64_t splitmix64(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+struct gen_rng {
+    uint64_t s;
+    int have_spare;
+    double spare;
+};
+
+static void gen_rng_seed(struct gen_rng *g, uint64_t seed, uint64_t stream) {
+    uint64_t s = seed ^ (stream * 0xd1b54a32d192ed03ULL);
+    g->s = splitmix64(&s);
+    if (g->s == 0)
+        g->s = 1; /* xorshift's one fixed point */
+    g->have_spare = 0;
+}
+
+/* xorshift64*: 64 random bits. */
+static uint64_t gen_rng_next(struct gen_rng *g) {
+    g->s ^= g->s >> 12;
+    g->s ^= g->s << 25;
+    g->s ^= g->s >> 27;
+    return g->s * 0x2545f4914f6cdd1dULL;
+}
+
+/* Standard normal by Box-Muller, using both outputs of each pair. */
+static double gen_rng_normal(struct gen_rng *g) {
+    if (g->have_spare) {
+        g->have_spare = 0;
+        return g->spare;
+    }
+    double u1 = (double)((gen_rng_next(g) >> 11) + 1) * 0x1.0p-53; /* (0, 1] */
+    double u2 = (double)(gen_rng_next(g) >> 11) * 0x1.0p-53;       /* [0, 1) */
+    double r = sqrt(-2.0 * log(u1)), a = 2.0 * M_PI * u2;
+    g->spare = r * sin(a);
+    g->have_spare = 1;
+    return r * cos(a);
+}
+
+static void gen_add(struct gen_tensor *t, size_t *n, int64_t d0, int64_t d1, int ones, double std,
+                    const char *fmt, int l) {
+    struct gen_tensor *e = &t[(*n)++];
+    snprintf(e->name, sizeof e->name, fmt, l);
+    e->d0 = d0;
+    e->d1 = d1;
+    e->ones = ones;
+    e->std = std;
+}
+
+/* Fills the tensor list in file order; returns the count. */
+static size_t gen_plan(const struct gen_opts *o, struct gen_tensor *t) {
+    const int hd = o->hidden / o->heads;
+    const int64_t d = o->hidden, q = (int64_t)o->heads * hd, kv = (int64_t)o->kv_heads * hd, f = o->ffn;
+    const double sd = 1.0 / sqrt((double)d), sq = 1.0 / sqrt((double)q), sf = 1.0 / sqrt((double)f);
+    size_t n = 0;
+    gen_add(t, &n, o->vocab, d, 0, sd, "model.embed_tokens.weight", 0);
+    for (int l = 0; l < o->layers; l++) {
+        /* W: (d_out, d_in) row-major, std 1/sqrt(d_in). */
+        gen_add(t, &n, d, 0, 1, 0.0, "model.layers.%d.input_layernorm.weight", l);
+        gen_add(t, &n, q, d, 0, sd, "model.layers.%d.self_attn.q_proj.weight", l);
+        gen_add(t, &n, kv, d, 0, sd, "model.layers.%d.self_attn.k_proj.weight", l);
+        gen_add(t, &n, kv, d, 0, sd, "model.layers.%d.self_attn.v_proj.weight", l);
+        gen_add(t, &n, d, q, 0, sq, "model.layers.%d.self_attn.o_proj.weight", l);
+        gen_add(t, &n, d, 0, 1, 0.0, "model.layers.%d.post_attention_layernorm.weight", l);
+        gen_add(t, &n, f, d, 0, sd, "model.layers.%d.mlp.gate_proj.weight", l);
+        gen_add(t, &n, f, d, 0, sd, "model.layers.%d.mlp.up_proj.weight", l);
+        gen_add(t, &n, d, f, 0, sf, "model.layers.%d.mlp.down_proj.weight", l);
+    }
+    gen_add(t, &n, d, 0, 1, 0.0, "model.norm.weight", 0);
+    gen_add(t, &n, o->vocab, d, 0, sd, "lm_head.weight", 0);
+    return n;
+}
+
+/* Generates tensor i into buf (nelem elements of the on-disk dtype). */
+static void gen_fill(const struct gen_opts *o, const struct gen_tensor *t, uint64_t i, unsigned char *buf,
+                     size_t nelem) {
+    struct gen_rng g;
+    gen_rng_seed(&g, o->seed, i + 1);
+    size_t es = st_dtype_size(o->dtype);
+    for (size_t j = 0; j < nelem; j++) {
+        float v = t->ones ? 1.0f : (float)(t->std * gen_rng_normal(&g));
+        unsigned char *p = buf + j * es;
+        if (o->dtype == ST_F32) {
+            uint32_t u;
+            memcpy(&u, &v, 4);
+            for (int b = 0; b < 4; b++)
+                p[b] = (unsigned char)(u >> (8 * b));
+        } else {
+            uint16_t h = o->dtype == ST_BF16 ? st_f32_to_bf16(v) : st_f32_to_f16(v);
+            p[0] = (unsigned char)(h & 0xff); /* little-endian, as safetensors stores */
+            p[1] = (unsigned char)(h >> 8);
+        }
+    }
+}
+
+static int gen_config(const struct gen_opts *o, struct sv_err *err) {
+    char path[4096], tmp[4200];
+    snprintf(path, sizeof path, "%s/config.json", o->out);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return sv_err_set(err, -errno, "cannot create '%s': %s", tmp, strerror(errno));
+    const char *td = o->dtype == ST_BF16 ? "bfloat16" : o->dtype == ST_F16 ? "float16" : "float32";
+    fprintf(f,
+            "{\n"
+            "  \"architectures\": [\"LlamaForCausalLM\"],\n"
+            "  \"model_type\": \"llama\",\n"
+            "  \"hidden_act\": \"silu\",\n"
+            "  \"hidden_size\": %d,\n"
+            "  \"intermediate_size\": %d,\n"
+            "  \"num_hidden_layers\": %d,\n"
+            "  \"num_attention_heads\": %d,\n"
+            "  \"num_key_value_heads\": %d,\n"
+            "  \"vocab_size\": %d,\n"
+            "  \"max_position_embeddings\": %d,\n"
+            "  \"rms_norm_eps\": 1e-05,\n"
+            "  \"rope_theta\": 10000.0,\n"
+            "  \"rope_scaling\": null,\n"
+            "  \"attention_bias\": false,\n"
+            "  \"mlp_bias\": false,\n"
+            "  \"tie_word_embeddings\": false,\n"
+            "  \"bos_token_id\": 1,\n"
+            "  \"eos_token_id\": 2,\n"
+            "  \"torch_dtype\": \"%s\",\n"
+            "  \"svdllm_synthetic\": {\"generator\": \"svdllm-genmodel\", \"seed\": %llu}\n"
+            "}\n",
+            o->hidden, o->ffn, o->layers, o->heads, o->kv_heads, o->vocab, o->max_pos, td,
+            (unsigned long long)o->seed);
+    int bad = ferror(f);
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0)
+        bad = 1;
+    int e = errno;
+    if (fclose(f) != 0 || bad) {
+        unlink(tmp);
+        return sv_err_set(err, -(e ? e : EIO), "cannot write '%s': %s", tmp, strerror(e ? e : EIO));
+    }
+    if (rename(tmp, path) < 0) {
+        e = errno;
+        unlink(tmp);
+        return sv_err_set(err, -e, "cannot rename '%s' to '%s': %s", tmp, path, strerror(e));
+    }
+    return 0;
+}
+
+static int gen_model(const struct gen_opts *o, struct sv_err *err) {
+    char path[4096];
+    struct st_writer *w = NULL;
+    struct gen_tensor *t = calloc(GEN_MAX_TENSORS, sizeof *t);
+    unsigned char *buf = NULL;
+    int r = 0;
+    if (!t)
+        return sv_err_set(err, -ENOMEM, "out of memory");
+    if (mkdir(o->out, 0755) < 0 && errno != EEXIST) {
+        r = sv_err_set(err, -errno, "cannot create directory '%s': %s", o->out, strerror(errno));
+        goto out;
+    }
+    /* An old config.json would make a half-written directory look complete. */
+    snprintf(path, sizeof path, "%s/config.json", o->out);
+    if (unlink(path) < 0 && errno != ENOENT) {
+        r = sv_err_set(err, -errno, "cannot remove '%s': %s", path, strerror(errno));
+        goto out;
+    }
+    size_t n = gen_plan(o, t), maxel = 0;
+    snprintf(path, sizeof path, "%s/model.safetensors", o->out);
+    if ((r = st_writer_new(&w, path, err)) < 0)
+        goto out;
+    if ((r = st_writer_meta(w, "format", "pt", err)) < 0)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        int64_t shape[2] = {t[i].d0, t[i].d1};
+        if ((r = st_writer_declare(w, t[i].name, o->dtype, t[i].d1 ? 2 : 1, shape, err)) < 0)
+            goto out;
+        size_t ne = (size_t)t[i].d0 * (size_t)(t[i].d1 ? t[i].d1 : 1);
+        maxel = ne > maxel ? ne : maxel;
+    }
+    if (!(buf = malloc(maxel * st_dtype_size(o->dtype)))) {
+        r = sv_err_set(err, -ENOMEM, "out of memory for a tensor of %zu elements", maxel);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t ne = (size_t)t[i].d0 * (size_t)(t[i].d1 ? t[i].d1 : 1);
+        gen_fill(o, &t[i], i, buf, ne);
+        if ((r = st_writer_write_raw(w, t[i].name, buf, ne * st_dtype_size(o->dtype), err)) < 0)
+            goto out;
+    }
+    r = st_writer_finish(w, err);
+    w = NULL;
+    if (r == 0)
+        r = gen_config(o, err);
+out:
+    st_writer_free(w);
+    free(buf);
+    free(t);
+    return r;
+}
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: svdllm-genmodel --out DIR --hidden D --layers N --heads H [--kv-heads K] --ffn F --vocab V\n"
+               "                       [--dtype bf16|f16|f32] [--seed S] [--max-pos P]\n");
+}
+
+static int parse_long(const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"out", required_argument, 0, 'o'},    {"hidden", required_argument, 0, 'd'},
+        {"layers", required_argument, 0, 'l'}, {"heads", required_argument, 0, 'H'},
+        {"kv-heads", required_argument, 0, 'K'}, {"ffn", required_argument, 0, 'f'},
+        {"vocab", required_argument, 0, 'v'},  {"dtype", required_argument, 0, 't'},
+        {"seed", required_argument, 0, 's'},   {"max-pos", required_argument, 0, 'p'},
+        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
+    };
+    /* Limits match what config.c accepts. */
+    static const struct {
+        int opt;
+        const char *name;
+        long lo, hi;
+    } lim[] = {
+        {'d', "--hidden", 2, 1 << 16}, {'l', "--layers", 1, 1024}, {'H', "--heads", 1, 1024},
+        {'K', "--kv-heads", 1, 1024},  {'f', "--ffn", 1, 1 << 18}, {'v', "--vocab", 1, 1 << 22},
+        {'p', "--max-pos", 1, 1 << 24},
+    };
+    struct gen_opts o = {.dtype = ST_BF16, .max_pos = 4096};
+    long val[128] = {0};
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'o': o.out = optarg; break;
+        case 't':
+            if (strcmp(optarg, "bf16") == 0)
+                o.dtype = ST_BF16;
+            else if (strcmp(optarg, "f16") == 0)
+                o.dtype = ST_F16;
+            else if (strcmp(optarg, "f32") == 0)
+                o.dtype = ST_F32;
+            else {
+                fprintf(stderr, "svdllm-genmodel: --dtype '%s' must be bf16, f16 or f32\n", optarg);
+                return 2;
+            }
+            break;
+        case 's': {
+            char *end;
+            errno = 0;
+            unsigned long long s = strtoull(optarg, &end, 10);
+            if (errno || end == optarg || *end || optarg[0] == '-') {
+                fprintf(stderr, "svdllm-genmodel: --seed '%s' must be a non-negative integer\n", optarg);
+                return 2;
+            }
+            o.seed = s;
+            break;
+        }
+        case 'h': usage(stdout); return 0;
+        case '?': usage(stderr); return 2;
+        default:
+            for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++)
+                if (lim[i].opt == c && parse_long(optarg, lim[i].lo, lim[i].hi, &val[c]) < 0) {
+                    fprintf(stderr, "svdllm-genmodel: %s '%s' must be an integer in [%ld, %ld]\n", lim[i].name,
+                            optarg, lim[i].lo, lim[i].hi);
+                    return 2;
+                }
+            break;
+        }
+    }
+    o.hidden = (int)val['d'];
+    o.layers = (int)val['l'];
+    o.heads = (int)val['H'];
+    o.kv_heads = val['K'] ? (int)val['K'] : o.heads;
+    o.ffn = (int)val['f'];
+    o.vocab = (int)val['v'];
+    if (val['p'])
+        o.max_pos = (int)val['p'];
+    if (optind < argc || !o.out || !o.hidden || !o.layers || !o.heads || !o.ffn || !o.vocab) {
+        fprintf(stderr, "svdllm-genmodel: needs --out, --hidden, --layers, --heads, --ffn and --vocab\n");
+        return 2;
+    }
+    if (o.hidden % o.heads != 0 || (o.hidden / o.heads) % 2 != 0) {
+        fprintf(stderr, "svdllm-genmodel: --hidden %d must be --heads %d times an even head size\n", o.hidden,
+                o.heads);
+        return 2;
+    }
+    if (o.heads % o.kv_heads != 0) {
+        fprintf(stderr, "svdllm-genmodel: --heads %d is not a multiple of --kv-heads %d\n", o.heads, o.kv_heads);
+        return 2;
+    }
+    if (strlen(o.out) > 4000) {
+        fprintf(stderr, "svdllm-genmodel: --out path is too long\n");
+        return 2;
+    }
+    struct sv_err err = {0};
+    if (gen_model(&o, &err) < 0) {
+        fprintf(stderr, "svdllm-genmodel: %s\n", err.msg);
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One entry point for the README's two set-up commands, on Debian 12 as root:
+#   tools/setup.sh demo   install what is missing, build, and compress the
+#                         bundled tinystories-656K model through the daemon
+#   tools/setup.sh test   install what is missing, build, run the whole test
+#                         suite, then the fast suites again under ASan/UBSan
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(gcc meson ninja-build pkg-config python3 libblis-dev libflame-dev libuv1-dev libjansson-dev
+      libsqlite3-dev)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+build() { # dir, extra meson args...
+  local dir=$1; shift
+  if [ ! -f "$dir/build.ninja" ]; then meson setup "$dir" "$@" >/dev/null; fi
+  ninja -C "$dir"
+}
+
+case "${1:-}" in
+demo)
+  build build
+  tmp=$(mktemp -d /tmp/svdllm-demo.XXXXXX)
+  sock=$tmp/svdllmd.sock
+  build/svdllmd --socket "$sock" --state-dir "$tmp/state" --log-level notice &
+  daemon=$!
+  trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null; rm -rf "$tmp"' EXIT
+  for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+  ctl() { build/svdllmctl --socket "$sock" "$@"; }
+  data=$PWD/tests/data
+  # Calibrate on the first 300 kB of the TinyStories validation text, evaluate
+  # on the next 200 kB (held out from calibration).
+  head -c 300000 "$data/text/tinystories-valid-head.txt" > "$tmp/calib.txt"
+  tail -c +300001 "$data/text/tinystories-valid-head.txt" | head -c 200000 > "$tmp/eval.txt"
+  id=$(ctl submit --model "$data/tinystories-656K" --out "$tmp/tinystories-656K-svdllm40" --method svdllm \
+         --ratio 0.4 --calib "$tmp/calib.txt" --nsamples 64 --seqlen 128 --eval-text "$tmp/eval.txt")
+  echo "submitted job $id"
+  ctl watch "$id"
+  ctl status "$id"
+  echo "output:"; ls -l "$tmp/tinystories-656K-svdllm40"
+  ;;
+test)
+  build build --buildtype=release
+  meson test -C build --print-errorlogs --num-processes 2
+  # Parsers, protocol and daemon again under the sanitizers (the numeric
+  # reference suite is too slow unoptimized and adds no new code paths).
+  build build-asan -Db_sanitize=address,undefined -Dbuildtype=debugoptimized
+  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+    meson test -C build-asan --print-errorlogs --num-processes 2 --no-suite slow
+  ;;
+*)
+  echo "usage: tools/setup.sh demo|test" >&2
+  exit 2
+  ;;
+esac
