@@ -40,7 +40,7 @@ demo)
   # Calibrate on the first 300 kB of the TinyStories validation text, evaluate
   # on the next 200 kB (held out from calibration).
   head -c 300000 "$data/text/tinystories-valid-head.txt" > "$tmp/calib.txt"
-  tail -c +300001 "$data/text/tinystories-valid-head.txt" | head -c 200000 > "$tmp/eval.txt"
+  head -c 500000 "$data/text/tinystories-valid-head.txt" | tail -c 200000 > "$tmp/eval.txt"
   id=$(ctl submit --model "$data/tinystories-656K" --out "$tmp/tinystories-656K-svdllm40" --method svdllm \
          --ratio 0.4 --calib "$tmp/calib.txt" --nsamples 64 --seqlen 128 --eval-text "$tmp/eval.txt")
   echo "submitted job $id"

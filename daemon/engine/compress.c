@@ -29,6 +29,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +63,17 @@ int compress_method_parse(const char *s, enum compress_method *ret) {
             return 0;
         }
     return -EINVAL;
+}
+
+/* Crash injection for the durability tests (in the spirit of SQLite's
+ * crash tests): SVDLLM_FAULT="after-commit:L" kills the process with SIGKILL
+ * right after layer L's checkpoint row is committed; "mid-write:L" kills it
+ * halfway through writing layer L's checkpoint file. Unset in production. */
+static void fault_point(const char *kind, int layer) {
+    const char *f = getenv("SVDLLM_FAULT");
+    size_t n = strlen(kind);
+    if (f && strncmp(f, kind, n) == 0 && f[n] == ':' && atoi(f + n + 1) == layer)
+        raise(SIGKILL);
 }
 
 static double now_s(void) {
@@ -596,6 +608,8 @@ static int factor_layer(struct job *j, const struct layer_w *lw, const struct st
         const struct linear *lin = &lw->proj[p];
         model_proj_prefix(l, p, what, sizeof what);
         snprintf(name, sizeof name, "%s.0.weight", what);
+        if (p == PROJ_COUNT / 2)
+            fault_point("mid-write", l);
         if ((r = st_writer_write_f32(w, name, res[p].b, (size_t)res[p].k * lin->d_in, err)) == 0) {
             snprintf(name, sizeof name, "%s.1.weight", what);
             r = st_writer_write_f32(w, name, res[p].a, (size_t)lin->d_out * res[p].k, err);
@@ -1048,6 +1062,7 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
         model_layer_free(&lw);
         if (h && h->layer_done && (r = h->layer_done(h->ctx, l, &ck, err)) < 0)
             goto out;
+        fault_point("after-commit", l);
         /* Committed: the input states of this layer are no longer needed. */
         work_path(&j, path, sizeof path, "hidden-%d.f32", l);
         unlink(path);
