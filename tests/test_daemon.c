@@ -653,14 +653,21 @@ static void test_unreadable_as_nobody(void) {
     snprintf(sock_path, sizeof sock_path, "%s/s.sock", sub);
     snprintf(state_dir, sizeof state_dir, "%s/state", sub);
     pid_t main_daemon = daemon_pid;
+    /* The source tree may sit below a directory nobody cannot enter (a
+     * mkdtemp clone), so nobody gets its own world-readable copy of the model. */
+    char pub[400], cmd[4096];
+    snprintf(pub, sizeof pub, "%s/pubmodel", dir);
+    snprintf(cmd, sizeof cmd, "cp -r '%s' '%s' && head -c 20000 '%s' > '%s/calib.txt' && chmod -R a+rX '%s'",
+             model, pub, calib, pub, pub);
+    SV_ASSERT_EQ(system(cmd), 0);
     run_as = 65534;
     if (start_daemon(NULL, NULL) == 0) {
         snprintf(line, sizeof line, "{\"id\":5,\"op\":\"submit\",\"model\":\"%s\",\"out\":\"%s/o\","
-                 "\"ratio\":0.5,\"calib\":\"%s\"}", model, sub, secret);
+                 "\"ratio\":0.5,\"calib\":\"%s\"}", pub, sub, secret);
         expect_error(line, "bad_path", "not readable by svdllmd: Permission denied");
         /* and an output parent it cannot write to */
         snprintf(line, sizeof line, "{\"id\":5,\"op\":\"submit\",\"model\":\"%s\",\"out\":\"%s/o\","
-                 "\"ratio\":0.5,\"calib\":\"%s\"}", model, dir, calib);
+                 "\"ratio\":0.5,\"calib\":\"%s/calib.txt\"}", pub, dir, pub);
         expect_error(line, "bad_path", "not writable by svdllmd");
         SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
     } else {
