@@ -50,7 +50,7 @@
 #define KEY_VERSION "svdllm-job-v1"
 #define CHUNK_TOKENS 4096
 
-static const char *const method_names[METHOD_COUNT] = {"svd", "svdllm"};
+static const char *const method_names[METHOD_COUNT] = {"svd", "svdllm", "asvd", "awsvd"};
 
 const char *compress_method_name(enum compress_method m) {
     return (m >= 0 && m < METHOD_COUNT) ? method_names[m] : "?";
@@ -194,6 +194,8 @@ int compress_params_check(const struct compress_params *p, struct sv_err *err) {
         return sv_err_set(err, -EINVAL, "ratio %g is outside (0, 1)", p->ratio);
     if (p->method < 0 || p->method >= METHOD_COUNT)
         return sv_err_set(err, -EINVAL, "unknown method %d", (int)p->method);
+    if (p->alpha < 0 || p->alpha > 4 || p->alpha != p->alpha)
+        return sv_err_set(err, -EINVAL, "alpha %g is outside [0, 4]", p->alpha);
     if (p->nsamples < 1 || p->nsamples > 1000000)
         return sv_err_set(err, -EINVAL, "nsamples %d is outside [1, 1000000]", p->nsamples);
     if (p->seqlen < 2 || p->seqlen > 1 << 20)
@@ -262,13 +264,15 @@ out:
     return r;
 }
 
+static double job_alpha(const struct compress_params *p) { return p->alpha > 0 ? p->alpha : 0.5; }
+
 int compress_job_key(const struct compress_params *p, char key[65], struct sv_err *err) {
     struct sha256 h;
     sha256_init(&h);
     char buf[PATH_MAX * 2 + 512], hex[65];
     int r;
-    snprintf(buf, sizeof buf, "%s\nmethod=%s\nratio=%.17g\nnsamples=%d\nseqlen=%d\nseed=%llu\nwindows=%s\ndense=%d\n",
-             KEY_VERSION, compress_method_name(p->method), p->ratio, p->nsamples, p->seqlen,
+    snprintf(buf, sizeof buf, "%s\nmethod=%s\nalpha=%.17g\nratio=%.17g\nnsamples=%d\nseqlen=%d\nseed=%llu\nwindows=%s\ndense=%d\n",
+             KEY_VERSION, compress_method_name(p->method), p->method == METHOD_ASVD ? job_alpha(p) : 0.0, p->ratio, p->nsamples, p->seqlen,
              (unsigned long long)p->seed, p->calib_first ? "first" : "random", p->dense ? 1 : 0);
     sha256_update(&h, buf, strlen(buf));
     snprintf(buf, sizeof buf, "%s/config.json", p->model_dir);
@@ -426,21 +430,47 @@ out:
 /* Per-layer statistics (see the design note). */
 struct stats {
     int d, qw, ff;
-    double *g_attn, *g_o, *g_mlp, *c_down;
+    double *g_attn, *g_o, *g_mlp, *c_down;   /* svdllm */
+    /* asvd / awsvd: per input channel sum |x| and sum x^2, for the inputs of
+     * q/k/v (0), o (1), gate/up (2), down (3); tokens seen in ntok. */
+    double *abs_sum[4], *sq_sum[4];
+    int width[4];
+    double ntok;
 };
+
+static int stats_group(enum config_proj p) {
+    return p <= PROJ_V ? 0 : p == PROJ_O ? 1 : p <= PROJ_UP ? 2 : 3;
+}
 
 static int stats_input(void *ctx, enum config_proj p, const float *x, size_t ntok, int width) {
     struct stats *s = ctx;
+    if (s->abs_sum[0]) {
+        int g = stats_group(p);
+        double *a = s->abs_sum[g], *q = s->sq_sum[g];
+        for (size_t t = 0; t < ntok; t++)
+            for (int j = 0; j < width; j++) {
+                double v = x[t * (size_t)width + j];
+                a[j] += fabs(v);
+                q[j] += v * v;
+            }
+        if (g == 0)
+            s->ntok += (double)ntok;
+        return 0;
+    }
     double *g = p == PROJ_Q ? s->g_attn : p == PROJ_O ? s->g_o : p == PROJ_GATE ? s->g_mlp : NULL;
     return g ? lowrank_gram_accum(g, x, ntok, width, NULL) : 0;
 }
 
 static int stats_output(void *ctx, enum config_proj p, const float *y, size_t ntok, int width) {
     struct stats *s = ctx;
-    return p == PROJ_DOWN ? lowrank_gram_accum(s->c_down, y, ntok, width, NULL) : 0;
+    return p == PROJ_DOWN && s->c_down ? lowrank_gram_accum(s->c_down, y, ntok, width, NULL) : 0;
 }
 
 static void stats_free(struct stats *s) {
+    for (int g = 0; g < 4; g++) {
+        free(s->abs_sum[g]);
+        free(s->sq_sum[g]);
+    }
     free(s->g_attn);
     free(s->g_o);
     free(s->g_mlp);
@@ -519,10 +549,12 @@ static int calibrate_layer(struct job *j, const struct layer_w *lw, struct stats
         goto out;
     sha256_final(&hout, dg);
     sha256_hex(dg, next_hex);
-    lowrank_gram_symmetrize(s->g_attn, s->d);
-    lowrank_gram_symmetrize(s->g_o, s->qw);
-    lowrank_gram_symmetrize(s->g_mlp, s->d);
-    lowrank_gram_symmetrize(s->c_down, s->d);
+    if (s->g_attn) {
+        lowrank_gram_symmetrize(s->g_attn, s->d);
+        lowrank_gram_symmetrize(s->g_o, s->qw);
+        lowrank_gram_symmetrize(s->g_mlp, s->d);
+        lowrank_gram_symmetrize(s->c_down, s->d);
+    }
 out:
     if (out >= 0) {
         close(out);
@@ -546,6 +578,42 @@ static int report_json(const struct mat_report *rep, char **ret) {
     *ret = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
     json_decref(o);
     return *ret ? 0 : -ENOMEM;
+}
+
+/* ASVD / AWSVD: G = diag(s^2) with s from the channel statistics. Output
+ * side: C = (W diag(s))(W diag(s))^T, no d_in^2 matrix; input side: the
+ * diagonal G itself (d_in is the narrow side there). */
+static int diag_statistic(const struct job *j, const struct stats *s, enum config_proj p, const struct linear *lin,
+                          double **own, const double **g, const double **cout, const char *what, struct sv_err *err) {
+    int grp = stats_group(p), n = lin->d_in;
+    double *sc = malloc((size_t)n * sizeof *sc);
+    if (!sc)
+        return sv_err_set(err, -ENOMEM, "%s: out of memory", what);
+    double alpha = job_alpha(j->p), nt = s->ntok > 0 ? s->ntok : 1;
+    for (int c = 0; c < n; c++)
+        sc[c] = j->p->method == METHOD_ASVD ? pow(s->abs_sum[grp][c] / nt, alpha) : sqrt(s->sq_sum[grp][c] / nt);
+    int r = 0;
+    if (lin->d_out <= lin->d_in) {
+        double *c = malloc((size_t)lin->d_out * lin->d_out * sizeof *c);
+        if (!c)
+            r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
+        else if ((r = lowrank_scaled_cov(lin->w, lin->d_out, n, sc, c, err)) == 0)
+            *cout = c;
+        *own = c;
+        *g = NULL;
+    } else {
+        double *gd = calloc((size_t)n * n, sizeof *gd);
+        if (!gd)
+            r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
+        else
+            for (int c = 0; c < n; c++)
+                gd[(size_t)c * n + c] = sc[c] * sc[c];
+        *own = gd;
+        *g = gd;
+        *cout = NULL;
+    }
+    free(sc);
+    return r;
 }
 
 /* Factorizes layer l and writes layer-l.safetensors; fills ck. */
@@ -578,8 +646,15 @@ static int factor_layer(struct job *j, const struct layer_w *lw, const struct st
                 goto out;
             }
         }
+        double *own = NULL; /* a statistic built here for the diagonal methods */
+        if (j->p->method == METHOD_ASVD || j->p->method == METHOD_AWSVD) {
+            if ((r = diag_statistic(j, s, p, lin, &own, &g, &cout, what, err)) < 0)
+                goto out;
+        }
         double t0 = now_s();
-        if ((r = lowrank_project(lin->w, lin->d_out, lin->d_in, g, cout, j->rank[l][p], what, &res[p], err)) < 0)
+        r = lowrank_project(lin->w, lin->d_out, lin->d_in, g, cout, j->rank[l][p], what, &res[p], err);
+        free(own);
+        if (r < 0)
             goto out;
         rep[p] = (struct mat_report){res[p].k, res[p].k_effective, res[p].energy, res[p].discarded, now_s() - t0,
                                      (int)res[p].fallback, res[p].clamped, res[p].side};
@@ -871,6 +946,8 @@ static int write_report(struct job *j, const char *dir, const char *key, const s
         j->p->calib_first ? "first" : "random", "calibration", j->p->calib_path, "dense", j->p->dense,
         "linear_params_before", (json_int_t)res->params_before, "linear_params_after", (json_int_t)res->params_after,
         "bytes_before", (json_int_t)res->bytes_before, "bytes_after", (json_int_t)res->bytes_after);
+    if (j->p->method == METHOD_ASVD)
+        json_object_set_new(root, "alpha", json_real(job_alpha(j->p)));
     if (res->ppl_before > 0) {
         json_t *ev = json_pack("{s:s, s:i, s:f, s:f, s:s}", "text", j->p->eval_path, "seqlen",
                                j->p->eval_seqlen ? j->p->eval_seqlen : j->p->seqlen, "before", res->ppl_before,
@@ -1041,13 +1118,22 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
             goto out;
         next_hex[0] = '\0';
         if (need_calib) {
-            int d = c->hidden, qw = c->n_heads * c->head_dim;
-            st = (struct stats){.d = d, .qw = qw, .ff = c->intermediate,
-                                .g_attn = calloc((size_t)d * d, sizeof(double)),
-                                .g_o = calloc((size_t)qw * qw, sizeof(double)),
-                                .g_mlp = calloc((size_t)d * d, sizeof(double)),
-                                .c_down = calloc((size_t)d * d, sizeof(double))};
-            if (!st.g_attn || !st.g_o || !st.g_mlp || !st.c_down) {
+            int d = c->hidden, qw = c->n_heads * c->head_dim, ok = 1;
+            st = (struct stats){.d = d, .qw = qw, .ff = c->intermediate, .width = {d, qw, d, c->intermediate}};
+            if (p->method == METHOD_SVDLLM) {
+                st.g_attn = calloc((size_t)d * d, sizeof(double));
+                st.g_o = calloc((size_t)qw * qw, sizeof(double));
+                st.g_mlp = calloc((size_t)d * d, sizeof(double));
+                st.c_down = calloc((size_t)d * d, sizeof(double));
+                ok = st.g_attn && st.g_o && st.g_mlp && st.c_down;
+            } else {
+                for (int g = 0; g < 4; g++) {
+                    st.abs_sum[g] = calloc((size_t)st.width[g], sizeof(double));
+                    st.sq_sum[g] = calloc((size_t)st.width[g], sizeof(double));
+                    ok = ok && st.abs_sum[g] && st.sq_sum[g];
+                }
+            }
+            if (!ok) {
                 r = sv_err_set(err, -ENOMEM, "layer %d: out of memory for statistics", l);
                 goto out;
             }

@@ -22,7 +22,10 @@
 
 #include "sv_err.h"
 
-enum compress_method { METHOD_SVD = 0, METHOD_SVDLLM, METHOD_COUNT };
+/* svd: G = I. svdllm: G = X^T X of the original model's activations.
+ * asvd: G = diag(s^2), s_j = (mean |x_j|)^alpha (ASVD). awsvd: G = diag(s^2),
+ * s_j = RMS of input channel j (LoRAP's AWSVD). See lowrank.h. */
+enum compress_method { METHOD_SVD = 0, METHOD_SVDLLM, METHOD_ASVD, METHOD_AWSVD, METHOD_COUNT };
 
 struct compress_params {
     char model_dir[PATH_MAX];
@@ -32,6 +35,7 @@ struct compress_params {
     char eval_path[PATH_MAX];    /* "" = no perplexity before/after */
     enum compress_method method;
     double ratio;                /* fraction of decoder-linear params removed, in (0,1) */
+    double alpha;                /* asvd's exponent; 0 = the default 0.5 */
     int nsamples;
     int seqlen;
     uint64_t seed;

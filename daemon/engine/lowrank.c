@@ -47,6 +47,18 @@ int lowrank_gram_accum(double *g, const float *x, size_t ntok, int n, struct sv_
     return 0;
 }
 
+int lowrank_scaled_cov(const float *w, int d_out, int d_in, const double *s, double *c, struct sv_err *err) {
+    double *ws = malloc((size_t)d_out * d_in * sizeof *ws);
+    if (!ws)
+        return sv_err_set(err, -ENOMEM, "scaled covariance %d x %d: out of memory", d_out, d_in);
+    for (int i = 0; i < d_out; i++)
+        for (int j = 0; j < d_in; j++)
+            ws[(size_t)i * d_in + j] = (double)w[(size_t)i * d_in + j] * s[j];
+    dgemm(0, 1, d_out, d_out, d_in, 1.0, ws, d_in, ws, d_in, 0.0, c, d_out);
+    free(ws);
+    return 0;
+}
+
 void lowrank_gram_symmetrize(double *g, int n) {
     for (int i = 0; i < n; i++)
         for (int j = 0; j < i; j++)

@@ -54,6 +54,10 @@ void lowrank_result_free(struct lowrank_result *r);
  * parameters when stored as a pair: floor(d_out d_in (1 - ratio) / (d_out + d_in)), at least 1. */
 int lowrank_rank_for_ratio(int d_out, int d_in, double ratio);
 
+/* c (d_out, d_out) = (W diag(s)) (W diag(s))^T: the output covariance of a
+ * diagonal input statistic G = diag(s^2), formed without the d_in^2 matrix. */
+int lowrank_scaled_cov(const float *w, int d_out, int d_in, const double *s, double *c, struct sv_err *err);
+
 /* G += x^T x for x (ntok, n) f32 rows; only the lower triangle (row >= col,
  * row-major) is accumulated. Products in f32 over chunks of at most 256
  * rows, each chunk added into the double accumulator. */
