@@ -6,15 +6,21 @@
  * cancel), restarts the daemon (SIGTERM and SIGKILL) and checks the jobs
  * survived, and runs svdllmctl against a daemon that is not running. When
  * run as root (which can read any file) the unreadable-path case runs against
- * a second daemon started as nobody. Sanitizer reports in the daemon's log
- * fail the test. Jobs use the bundled stories260K model, so they take about a
- * second with the real engine.
+ * a second daemon started as nobody. Finally the durability acceptance test
+ * kills the daemon with the engine's crash injection (SVDLLM_FAULT) after a
+ * checkpoint and in the middle of one, and checks that the resumed job redoes
+ * no finished layer and writes the same bytes as an uninterrupted run; it
+ * reads the daemon's SQLite database (read-only, with no daemon running).
+ * Sanitizer reports in the daemon's log fail the test. Jobs use the bundled
+ * stories260K model, so they take about a second with the real engine.
  *
  * Usage: test_daemon PATH/svdllmd PATH/svdllmctl   (run from the source root,
  * or with SV_SRCDIR set, to find tests/data). */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -30,8 +36,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sqlite3.h>
+
 #include "harness.h"
 #include "proto.h"
+#include "sha256.h"
 
 static const char *svdllmd, *svdllmctl;
 static char dir[256], sock_path[300], state_dir[300], log_path[300];
@@ -43,6 +52,7 @@ static pid_t daemon_pid = -1;
 /* Starts svdllmd with extra args; waits for READY=1 on --ready-fd and, when
  * notify is set, on a $NOTIFY_SOCKET datagram socket at that address. */
 static uid_t run_as = 0;   /* when non-zero (and we are root): the daemon's uid */
+static const char *daemon_fault;   /* SVDLLM_FAULT for the daemon (NULL: unset) */
 
 static int start_daemon(const char *notify, const char *config) {
     int p[2];
@@ -74,6 +84,10 @@ static int start_daemon(const char *notify, const char *config) {
             setenv("NOTIFY_SOCKET", notify, 1);
         else
             unsetenv("NOTIFY_SOCKET");
+        if (daemon_fault)
+            setenv("SVDLLM_FAULT", daemon_fault, 1);
+        else
+            unsetenv("SVDLLM_FAULT");
         if (run_as != 0 && (setgroups(0, NULL) < 0 || setgid(run_as) < 0 || setuid(run_as) < 0))
             _exit(126);
         char fdarg[16];
@@ -759,6 +773,433 @@ static void test_bad_config(void) {
     SV_ASSERT_STR_CONTAINS(text, "bad.conf:3: unknown key 'colour'");
 }
 
+/* ---- Crash injection: kill -9 after a checkpoint and mid-write, then resume ---------- */
+
+static double mono_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Waits up to timeout_s for the daemon to end on its own (no signal sent);
+ * returns its raw wait status, or -1 after killing it when it did not. */
+static int wait_daemon_exit(int timeout_s) {
+    int st = 0;
+    for (int i = 0; i < timeout_s * 20; i++) {
+        if (waitpid(daemon_pid, &st, WNOHANG) == daemon_pid) {
+            daemon_pid = -1;
+            check_log_clean();
+            return st;
+        }
+        usleep(50000);
+    }
+    fprintf(stderr, "svdllmd (pid %ld) did not die within %d s\n", (long)daemon_pid, timeout_s);
+    kill(daemon_pid, SIGKILL);
+    waitpid(daemon_pid, &st, 0);
+    daemon_pid = -1;
+    return -1;
+}
+
+static bool killed_by_sigkill(int st) {
+    return st != -1 && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL;
+}
+
+/* What "the file was not rewritten" means: same inode, mtime and content. */
+struct file_id {
+    bool ok;
+    dev_t dev;
+    ino_t ino;
+    struct timespec mtime;
+    uint64_t size;
+    char sha[65];
+};
+
+static struct file_id file_id_of(const char *path) {
+    struct file_id f = {0};
+    struct stat st;
+    struct sv_err err = {0};
+    if (stat(path, &st) < 0 || sha256_file(path, f.sha, &f.size, &err) < 0) {
+        fprintf(stderr, "%s: %s\n", path, err.msg[0] ? err.msg : strerror(errno));
+        return f;
+    }
+    f.ok = true;
+    f.dev = st.st_dev;
+    f.ino = st.st_ino;
+    f.mtime = st.st_mtim;
+    return f;
+}
+
+static bool same_file_id(const struct file_id *a, const struct file_id *b) {
+    return a->ok && b->ok && a->dev == b->dev && a->ino == b->ino && a->mtime.tv_sec == b->mtime.tv_sec &&
+           a->mtime.tv_nsec == b->mtime.tv_nsec && a->size == b->size && strcmp(a->sha, b->sha) == 0;
+}
+
+/* The daemon's database, opened read-only (only while no daemon runs). */
+static sqlite3 *db_open_ro(void) {
+    char path[400];
+    snprintf(path, sizeof path, "%s/svdllmd.db", state_dir);
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+        fprintf(stderr, "sqlite3_open_v2 %s: %s\n", path, db ? sqlite3_errmsg(db) : "out of memory");
+        sqlite3_close(db);
+        return NULL;
+    }
+    sqlite3_busy_timeout(db, 10000);
+    return db;
+}
+
+struct layer_row {
+    int layer;
+    char file[256];
+    long long size;
+    char sha[65];
+};
+
+/* The id, state and work_dir of the job writing to out; returns the id or -1. */
+static long long db_job(const char *out, char *state, size_t n_state, char *work, size_t n_work) {
+    sqlite3 *db = db_open_ro();
+    sqlite3_stmt *st = NULL;
+    long long id = -1;
+    state[0] = work[0] = '\0';
+    if (db && sqlite3_prepare_v2(db, "SELECT id, state, work_dir FROM jobs WHERE out = ?1", -1, &st, NULL) ==
+                  SQLITE_OK) {
+        sqlite3_bind_text(st, 1, out, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            id = sqlite3_column_int64(st, 0);
+            snprintf(state, n_state, "%s", (const char *)sqlite3_column_text(st, 1));
+            snprintf(work, n_work, "%s", (const char *)sqlite3_column_text(st, 2));
+        }
+        SV_CHECK(sqlite3_step(st) == SQLITE_DONE);   /* one job per output */
+    } else if (db) {
+        fprintf(stderr, "sqlite: %s\n", sqlite3_errmsg(db));
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return id;
+}
+
+/* job's layers rows in layer order; returns how many (at most max) or -1. */
+static int db_layers(long long job, struct layer_row *rows, int max) {
+    sqlite3 *db = db_open_ro();
+    sqlite3_stmt *st = NULL;
+    int n = -1;
+    if (db && sqlite3_prepare_v2(db, "SELECT layer, file, size, sha256 FROM layers WHERE job_id = ?1 ORDER BY layer",
+                                 -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(st, 1, job);
+        n = 0;
+        while (sqlite3_step(st) == SQLITE_ROW && n < max) {
+            rows[n].layer = sqlite3_column_int(st, 0);
+            snprintf(rows[n].file, sizeof rows[n].file, "%s", (const char *)sqlite3_column_text(st, 1));
+            rows[n].size = sqlite3_column_int64(st, 2);
+            snprintf(rows[n].sha, sizeof rows[n].sha, "%s", (const char *)sqlite3_column_text(st, 3));
+            n++;
+        }
+    } else if (db) {
+        fprintf(stderr, "sqlite: %s\n", sqlite3_errmsg(db));
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
+/* Exactly the rows for layers 0..n-1, one each, each matching its file in work. */
+static void check_layer_rows(int lineno, long long job, const char *work, int n) {
+    struct layer_row rows[16];
+    int got = db_layers(job, rows, 16);
+    bool ok = got == n;
+    for (int i = 0; ok && i < n; i++) {
+        char path[700], want[64];
+        snprintf(want, sizeof want, "layer-%d.safetensors", i);
+        snprintf(path, sizeof path, "%s/%s", work, rows[i].file);
+        struct file_id f = file_id_of(path);
+        ok = rows[i].layer == i && strcmp(rows[i].file, want) == 0 && f.ok && (long long)f.size == rows[i].size &&
+             strcmp(f.sha, rows[i].sha) == 0;
+        if (!ok)
+            fprintf(stderr, "test_daemon.c:%d: layers row %d (layer %d, %s) does not match its file\n", lineno, i,
+                    rows[i].layer, rows[i].file);
+    }
+    if (got != n)
+        fprintf(stderr, "test_daemon.c:%d: job %lld has %d layers rows, want %d\n", lineno, job, got, n);
+    sv_test_checks++;
+    sv_test_failures += !ok;
+}
+
+static bool path_exists(const char *dirpath, const char *name) {
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s", dirpath, name);
+    return access(path, F_OK) == 0;
+}
+
+/* Submits the crash test's job; returns its id, or -1 without failing (the
+ * daemon may die before it answers: the caller then finds the id in SQLite). */
+static long long submit_crash_job(const char *out, const char *calib_path) {
+    char line[4096];
+    snprintf(line, sizeof line,
+             "{\"id\":5,\"op\":\"submit\",\"model\":\"%s\",\"out\":\"%s\",\"calib\":\"%s\",\"method\":\"svdllm\","
+             "\"ratio\":0.4,\"nsamples\":16,\"seqlen\":128}",
+             model, out, calib_path);
+    struct conn c;
+    if (conn_open(&c) < 0)
+        return -1;
+    json_t *m = request(&c, line);
+    long long id = -1;
+    if (m && json_is_true(json_object_get(m, "ok")))
+        id = json_integer_value(json_object_get(json_object_get(m, "job"), "id"));
+    json_decref(m);
+    conn_close(&c);
+    return id;
+}
+
+/* Sorted file names in dirpath (caller frees with free_names); -1 on error. */
+static int dir_names(const char *dirpath, struct dirent ***ret) {
+    int n = scandir(dirpath, ret, NULL, alphasort);
+    if (n < 0)
+        fprintf(stderr, "scandir %s: %s\n", dirpath, strerror(errno));
+    return n;
+}
+
+static void free_names(struct dirent **names, int n) {
+    for (int i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+}
+
+/* compression.json minus each matrix's "seconds", dumped with sorted keys. */
+static char *report_sans_seconds(const char *path, int *n_matrices, int *n_removed) {
+    json_error_t e;
+    json_t *root = json_load_file(path, 0, &e);
+    *n_matrices = *n_removed = 0;
+    if (!root) {
+        fprintf(stderr, "%s: %s\n", path, e.text);
+        return NULL;
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach(json_object_get(root, "matrices"), k, v) {
+        (*n_matrices)++;
+        *n_removed += json_object_del(v, "seconds") == 0;
+    }
+    char *s = json_dumps(root, JSON_SORT_KEYS | JSON_COMPACT);
+    json_decref(root);
+    return s;
+}
+
+/* Status of job id: state, n_layers, layers_done, result.layers_resumed, job_key. */
+struct status_view {
+    char state[32];
+    long long n_layers, layers_done, layers_resumed;
+    char key[65];
+};
+
+static struct status_view status_view(long long id) {
+    struct status_view v = {.layers_resumed = -1};
+    json_t *j = job_status(id);
+    snprintf(v.state, sizeof v.state, "%s", j ? json_string_value(json_object_get(j, "state")) : "");
+    v.n_layers = json_integer_value(json_object_get(j, "n_layers"));
+    v.layers_done = json_integer_value(json_object_get(j, "layers_done"));
+    json_t *res = json_object_get(j, "result");
+    if (json_object_get(res, "layers_resumed"))
+        v.layers_resumed = json_integer_value(json_object_get(res, "layers_resumed"));
+    const char *key = json_string_value(json_object_get(j, "job_key"));
+    snprintf(v.key, sizeof v.key, "%s", key ? key : "");
+    json_decref(j);
+    return v;
+}
+
+static bool log_contains(const char *needle) {
+    static char text[1 << 20];
+    slurp(log_path, text, sizeof text);
+    return strstr(text, needle) != NULL;
+}
+
+/* The durability acceptance test: kill -9 of the daemon after the first
+ * checkpointed layer, and again in the middle of a layer's write, then a
+ * restart: the job continues from its last checkpointed layer (no finished
+ * layer is redone) and every output file is byte-identical to an
+ * uninterrupted run. The kills come from the engine's crash injection
+ * (SVDLLM_FAULT, see compress.c), inherited by the daemon from start_daemon.
+ * Its own state directory and log keep its job ids and log lines apart. */
+static void test_crash_resume(void) {
+    enum { N_LAYERS = 5 };   /* stories260K */
+    char saved_state[sizeof state_dir], saved_log[sizeof log_path];
+    memcpy(saved_state, state_dir, sizeof state_dir);
+    memcpy(saved_log, log_path, sizeof log_path);
+    snprintf(state_dir, sizeof state_dir, "%s/state-crash", dir);
+    snprintf(log_path, sizeof log_path, "%s/svdllmd-crash.log", dir);
+    double t0 = mono_now(), t_ref = 0, t_crash1 = 0, t_crash2 = 0, t_resume = 0;
+
+    /* Calibration text: the first 200 kB of the TinyStories head. */
+    char calib200[400], out_ref[400], out_crash[400], cmd[1600];
+    snprintf(calib200, sizeof calib200, "%s/calib-200k.txt", dir);
+    snprintf(out_ref, sizeof out_ref, "%s/out-ref", dir);
+    snprintf(out_crash, sizeof out_crash, "%s/out-crash", dir);
+    snprintf(cmd, sizeof cmd, "head -c 200000 '%s' > '%s'", calib, calib200);
+    SV_ASSERT_EQ(system(cmd), 0);
+    struct stat sb;
+    SV_CHECK(stat(calib200, &sb) == 0 && sb.st_size == 200000);
+
+    /* 1. The uninterrupted reference run. */
+    daemon_fault = NULL;
+    if (start_daemon(NULL, NULL) < 0) {
+        SV_CHECK(!"daemon start (reference run)");
+        goto out;
+    }
+    long long ref = submit_crash_job(out_ref, calib200);
+    SV_CHECK(ref > 0);
+    int n_events;
+    SV_CHECK(strcmp(watch_end(ref, &n_events), "done") == 0);
+    struct status_view vr = status_view(ref);
+    SV_CHECK(strcmp(vr.state, "done") == 0);
+    SV_ASSERT_EQ(vr.n_layers, N_LAYERS);
+    SV_ASSERT_EQ(vr.layers_resumed, 0);
+    SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
+    t_ref = mono_now() - t0;
+
+    /* 2. Killed right after layer 0's row is committed. */
+    daemon_fault = "after-commit:0";
+    if (start_daemon(NULL, NULL) < 0) {
+        SV_CHECK(!"daemon start (after-commit:0)");
+        goto out;
+    }
+    long long sub_id = submit_crash_job(out_crash, calib200);
+    int st = wait_daemon_exit(120);
+    SV_CHECK(killed_by_sigkill(st));
+    t_crash1 = mono_now() - t0;
+    char jstate[32], work[PATH_MAX], want_work[PATH_MAX];
+    long long id = db_job(out_crash, jstate, sizeof jstate, work, sizeof work);
+    SV_CHECK(id > 0 && id != ref);
+    if (sub_id > 0)   /* the daemon answered before it died */
+        SV_ASSERT_EQ(sub_id, id);
+    if (id <= 0)
+        goto out;
+    snprintf(want_work, sizeof want_work, "%s/jobs/%lld", state_dir, id);
+    SV_ASSERT_STR_CONTAINS(work, want_work);
+    SV_CHECK(strcmp(jstate, "running") == 0);   /* interrupted, not failed */
+    check_layer_rows(__LINE__, id, work, 1);
+    SV_CHECK(!path_exists(work, "layer-1.safetensors"));
+    SV_CHECK(access(out_crash, F_OK) != 0);
+    char l0_path[PATH_MAX + 32], l1_path[PATH_MAX + 32];
+    snprintf(l0_path, sizeof l0_path, "%s/layer-0.safetensors", work);
+    snprintf(l1_path, sizeof l1_path, "%s/layer-1.safetensors", work);
+    struct file_id l0 = file_id_of(l0_path);
+    SV_CHECK(l0.ok);
+
+    /* 3. Restart: the job is recovered, resumes at layer 1, commits it, and
+     * the daemon dies halfway through writing layer 2's file. */
+    daemon_fault = "mid-write:2";
+    usleep(20000);   /* so that a rewrite of layer 0 would get another mtime */
+    if (start_daemon(NULL, NULL) < 0) {
+        SV_CHECK(!"daemon start (mid-write:2)");
+        goto out;
+    }
+    st = wait_daemon_exit(120);
+    SV_CHECK(killed_by_sigkill(st));
+    t_crash2 = mono_now() - t0;
+    char needle[128];
+    snprintf(needle, sizeof needle, "job %lld: running (1 of its layers already checkpointed)", id);
+    SV_CHECK(log_contains(needle));
+    SV_CHECK(db_job(out_crash, jstate, sizeof jstate, work, sizeof work) == id && strcmp(jstate, "running") == 0);
+    check_layer_rows(__LINE__, id, work, 2);
+    char tmp2[PATH_MAX + 32];
+    snprintf(tmp2, sizeof tmp2, "%s/layer-2.safetensors.tmp", work);
+    struct stat ts;
+    bool have_tmp = stat(tmp2, &ts) == 0;
+    SV_CHECK(have_tmp && ts.st_size > 0);   /* the partial write is on disk ... */
+    SV_CHECK(!path_exists(work, "layer-2.safetensors"));   /* ... but never renamed */
+    struct file_id l0b = file_id_of(l0_path), l1 = file_id_of(l1_path);
+    SV_CHECK(same_file_id(&l0, &l0b));
+    SV_CHECK(l1.ok);
+    SV_CHECK(access(out_crash, F_OK) != 0);
+
+    /* 4. Restart without a fault: the job resumes at layer 2 and finishes. */
+    daemon_fault = NULL;
+    usleep(20000);
+    if (start_daemon(NULL, NULL) < 0) {
+        SV_CHECK(!"daemon start (resume)");
+        goto out;
+    }
+    const char *end = watch_end(id, &n_events);
+    SV_CHECK(strcmp(end, "done") == 0);
+    if (strcmp(end, "done") != 0)
+        fprintf(stderr, "crash-test job %lld ended '%s'\n", id, end);
+    struct status_view vc = status_view(id);
+    SV_CHECK(strcmp(vc.state, "done") == 0);
+    SV_ASSERT_EQ(vc.n_layers, N_LAYERS);
+    SV_ASSERT_EQ(vc.layers_done, N_LAYERS);
+    SV_ASSERT_EQ(vc.layers_resumed, 2);   /* layers 0 and 1 came from checkpoints */
+    SV_CHECK(vr.key[0] && strcmp(vc.key, vr.key) == 0);
+    snprintf(needle, sizeof needle, "job %lld: running (2 of its layers already checkpointed)", id);
+    SV_CHECK(log_contains(needle));
+    SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
+    t_resume = mono_now() - t0;
+
+    /* No finished layer was redone: same inode, mtime and bytes. */
+    struct file_id l0c = file_id_of(l0_path), l1c = file_id_of(l1_path);
+    SV_CHECK(same_file_id(&l0, &l0c));
+    SV_CHECK(same_file_id(&l1, &l1c));
+    /* One row per layer, each matching its file; the partial layer-2 write
+     * was replaced by a whole one (and no temporary file is left). */
+    SV_CHECK(db_job(out_crash, jstate, sizeof jstate, work, sizeof work) == id && strcmp(jstate, "done") == 0);
+    check_layer_rows(__LINE__, id, work, N_LAYERS);
+    SV_CHECK(access(tmp2, F_OK) != 0);   /* layer-2.safetensors.tmp is gone */
+    snprintf(tmp2, sizeof tmp2, "%s/layer-2.safetensors", work);
+    SV_CHECK(stat(tmp2, &sb) == 0 && have_tmp && ts.st_size < sb.st_size);
+    snprintf(tmp2, sizeof tmp2, "%s.tmp", out_crash);
+    SV_CHECK(access(tmp2, F_OK) != 0);
+
+    /* 5. The output equals the uninterrupted run's: the same files, each
+     * byte-identical, except compression.json ... */
+    struct dirent **nr = NULL, **nc = NULL;
+    int kr = dir_names(out_ref, &nr), kc = dir_names(out_crash, &nc);
+    SV_ASSERT_EQ(kc, kr);
+    for (int i = 0; i < kr && i < kc; i++)
+        if (strcmp(nr[i]->d_name, nc[i]->d_name) != 0) {
+            fprintf(stderr, "out-ref has %s where out-crash has %s\n", nr[i]->d_name, nc[i]->d_name);
+            SV_CHECK(!"same file names in out-ref and out-crash");
+        }
+    free_names(nr, kr);
+    free_names(nc, kc);
+    static const char *const same[] = {"model.safetensors",       "config.json",           "tokenizer.json",
+                                       "tokenizer_config.json",   "special_tokens_map.json", "generation_config.json"};
+    for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {
+        char a[600], b[600];
+        snprintf(a, sizeof a, "%s/%s", out_ref, same[i]);
+        snprintf(b, sizeof b, "%s/%s", out_crash, same[i]);
+        struct file_id fa = file_id_of(a), fb = file_id_of(b);
+        bool eq = fa.ok && fb.ok && fa.size == fb.size && strcmp(fa.sha, fb.sha) == 0;
+        if (!eq)
+            fprintf(stderr, "%s differs after crash and resume: sha256 %s vs %s\n", same[i], fa.sha, fb.sha);
+        SV_CHECK(eq);
+    }
+    /* ... whose per-matrix "seconds" are wall-clock timings of the run that
+     * computed the layer. Removing every matrix's "seconds" member is the
+     * only relaxation: everything else, the job key included (same inputs,
+     * same key), must be equal. */
+    char a[600], b[600];
+    snprintf(a, sizeof a, "%s/compression.json", out_ref);
+    snprintf(b, sizeof b, "%s/compression.json", out_crash);
+    int ma, ra, mb, rb;
+    char *ja = report_sans_seconds(a, &ma, &ra), *jb = report_sans_seconds(b, &mb, &rb);
+    SV_ASSERT_EQ(ma, N_LAYERS * 7);   /* q k v o gate up down per layer */
+    SV_ASSERT_EQ(ra, ma);
+    SV_ASSERT_EQ(mb, ma);
+    SV_ASSERT_EQ(rb, mb);
+    SV_CHECK(ja && jb && strcmp(ja, jb) == 0);
+    if (ja && jb && strcmp(ja, jb) != 0)
+        fprintf(stderr, "compression.json differs beyond \"seconds\":\n  ref:   %s\n  crash: %s\n", ja, jb);
+    SV_ASSERT_STR_CONTAINS(jb, vr.key);
+    free(ja);
+    free(jb);
+    fprintf(stderr, "crash/resume: reference run %.1f s, first kill at %.1f s, second at %.1f s, done at %.1f s\n",
+            t_ref, t_crash1, t_crash2, t_resume);
+out:
+    if (daemon_pid > 0)
+        stop_daemon(SIGKILL);
+    daemon_fault = NULL;
+    memcpy(state_dir, saved_state, sizeof state_dir);
+    memcpy(log_path, saved_log, sizeof log_path);
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: test_daemon SVDLLMD SVDLLMCTL\n");
@@ -836,6 +1277,7 @@ int main(int argc, char **argv) {
     check_ping();
     SV_ASSERT_EQ(stop_daemon(SIGINT), 0);
 
+    test_crash_resume();
     test_not_running();
     int rc = sv_test_result("test_daemon");
     if (rc == 0) {
