@@ -52,11 +52,12 @@ static void usage(FILE *f) {
           "Commands:\n"
           "  ping                      check that svdllmd answers\n"
           "  version                   daemon version, protocol and methods\n"
-          "  submit --model DIR --out DIR --ratio R [--method svd|svdllm] [--calib FILE]\n"
-          "         [--nsamples N] [--seqlen L] [--seed S] [--calib-windows random|first]\n"
-          "         [--dense] [--overwrite] [--eval-text FILE] [--eval-seqlen L]\n"
-          "         [--eval-max-windows N]\n"
+          "  submit --model DIR --out DIR --ratio R [--method svd|svdllm|asvd|awsvd]\n"
+          "         [--alpha A] [--calib FILE] [--nsamples N] [--seqlen L] [--seed S]\n"
+          "         [--calib-windows random|first] [--dense] [--overwrite]\n"
+          "         [--eval-text FILE] [--eval-seqlen L] [--eval-max-windows N]\n"
           "                            queue a compression job; prints its id\n"
+          "                            (--alpha: asvd's exponent in (0, 4], default 0.5)\n"
           "  status JOB                state, layer i/N, phase, ETA, peak RSS, perplexities\n"
           "  list [--state S] [--limit N]\n"
           "                            jobs, newest first\n"
@@ -210,7 +211,11 @@ static void fmt_progress(char *out, size_t n, json_t *job) {
 static void print_status(json_t *job) {
     char buf[256];
     printf("job %lld: %s\n", jint(job, "id"), jstr(job, "state"));
-    printf("  method      %s, ratio %g\n", jstr(job, "method"), jnum(job, "ratio", 0));
+    if (json_is_number(json_object_get(job, "alpha")))   /* asvd jobs only */
+        printf("  method      %s, ratio %g, alpha %g\n", jstr(job, "method"), jnum(job, "ratio", 0),
+               jnum(job, "alpha", 0));
+    else
+        printf("  method      %s, ratio %g\n", jstr(job, "method"), jnum(job, "ratio", 0));
     printf("  model       %s\n", jstr(job, "model"));
     printf("  out         %s\n", jstr(job, "out"));
     if (*jstr(job, "calib"))
@@ -247,8 +252,8 @@ static void print_status(json_t *job) {
 
 struct args {
     const char *model, *out, *method, *calib, *calib_windows, *eval_text, *text, *state;
-    double ratio;
-    bool has_ratio, dense, overwrite;
+    double ratio, alpha;
+    bool has_ratio, has_alpha, dense, overwrite;
     long long nsamples, seqlen, seed, eval_seqlen, eval_max_windows, max_windows, limit;
 };
 
@@ -320,6 +325,8 @@ static int cmd_submit(struct conn *c, const struct args *a) {
         proto_set_str(q, "method", a->method);
     if (a->has_ratio)
         proto_set_real(q, "ratio", a->ratio);
+    if (a->has_alpha)
+        proto_set_real(q, "alpha", a->alpha);
     if (a->calib)
         json_object_set_new(q, "calib", abs_path(a->calib));
     if (a->nsamples >= 0)
@@ -511,18 +518,18 @@ static int cmd_eval(struct conn *c, const struct args *a) {
 enum {
     O_SOCKET = 256, O_JSON, O_HELP, O_MODEL, O_OUT, O_METHOD, O_RATIO, O_CALIB, O_NSAMPLES,
     O_SEQLEN, O_SEED, O_WINDOWS, O_DENSE, O_OVERWRITE, O_EVAL_TEXT, O_EVAL_SEQLEN,
-    O_EVAL_MAX, O_TEXT, O_MAX_WINDOWS, O_STATE, O_LIMIT, O_END
+    O_EVAL_MAX, O_TEXT, O_MAX_WINDOWS, O_STATE, O_LIMIT, O_ALPHA, O_END
 };
 
 /* Which options each command accepts (besides --socket, --json). */
 static const struct {
     const char *name;
-    int opts[16];
+    int opts[24];
 } commands[] = {
     {"ping", {0}},
     {"version", {0}},
     {"submit", {O_MODEL, O_OUT, O_METHOD, O_RATIO, O_CALIB, O_NSAMPLES, O_SEQLEN, O_SEED, O_WINDOWS,
-                O_DENSE, O_OVERWRITE, O_EVAL_TEXT, O_EVAL_SEQLEN, O_EVAL_MAX, 0}},
+                O_DENSE, O_OVERWRITE, O_EVAL_TEXT, O_EVAL_SEQLEN, O_EVAL_MAX, O_ALPHA, 0}},
     {"status", {0}},
     {"list", {O_STATE, O_LIMIT, 0}},
     {"watch", {0}},
@@ -539,6 +546,7 @@ int main(int argc, char **argv) {
         {"out", required_argument, NULL, O_OUT},
         {"method", required_argument, NULL, O_METHOD},
         {"ratio", required_argument, NULL, O_RATIO},
+        {"alpha", required_argument, NULL, O_ALPHA},
         {"calib", required_argument, NULL, O_CALIB},
         {"nsamples", required_argument, NULL, O_NSAMPLES},
         {"seqlen", required_argument, NULL, O_SEQLEN},
@@ -600,6 +608,16 @@ int main(int argc, char **argv) {
             if (errno || end == optarg || *end)
                 die_usage("--ratio: '%s' is not a number", optarg);
             a.has_ratio = true;
+            break;
+        }
+        case O_ALPHA: {
+            /* The range is the daemon's to check; JSON cannot carry nan or inf. */
+            char *end;
+            errno = 0;
+            a.alpha = strtod(optarg, &end);
+            if (errno || end == optarg || *end || !isfinite(a.alpha))
+                die_usage("--alpha: '%s' is not a number", optarg);
+            a.has_alpha = true;
             break;
         }
         case O_CALIB: a.calib = optarg; break;

@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -42,6 +43,8 @@
 #endif
 
 #define MAX_WATCHES 8
+/* What the engine uses for asvd when compress_params.alpha is 0. */
+#define ASVD_DEFAULT_ALPHA 0.5
 
 struct watch {
     long long req_id;
@@ -78,6 +81,7 @@ struct sjob {
     enum job_state state;
     enum compress_method method;
     double ratio;
+    double alpha;                /* as submitted; 0 = the default */
     char *model, *out, *calib, *eval_text, *work_dir, *error;
     char key[65];
     int nsamples, seqlen, eval_seqlen, eval_max_windows;
@@ -209,6 +213,7 @@ static struct sjob *job_upsert(struct server *s, const struct store_job *rec, bo
     j->state = rec->state;
     j->method = p->method;
     j->ratio = p->ratio;
+    j->alpha = p->alpha;
     snprintf(j->key, sizeof j->key, "%s", rec->key);
     j->nsamples = p->nsamples;
     j->seqlen = p->seqlen;
@@ -291,6 +296,8 @@ static json_t *job_json(const struct sjob *j, bool full) {
     proto_set_str(o, "state", store_state_name(j->state));
     proto_set_str(o, "method", compress_method_name(j->method));
     proto_set_real(o, "ratio", j->ratio);
+    if (j->method == METHOD_ASVD)   /* the exponent in effect: 0 stands for the default */
+        proto_set_real(o, "alpha", j->alpha > 0 ? j->alpha : ASVD_DEFAULT_ALPHA);
     proto_set_str(o, "model", j->model);
     proto_set_str(o, "out", j->out);
     set_opt_time(o, "created_at", j->created_at);
@@ -503,7 +510,8 @@ static int push_task(struct client *c, struct runner_task *t) {
 static int op_submit(struct client *c, long long id, json_t *msg, struct proto_error *e) {
     static const char *const fields[] = {
         "id", "op", "model", "out", "method", "ratio", "calib", "nsamples", "seqlen", "seed",
-        "calib_windows", "dense", "overwrite", "eval_text", "eval_seqlen", "eval_max_windows", NULL,
+        "calib_windows", "dense", "overwrite", "eval_text", "eval_seqlen", "eval_max_windows",
+        "alpha", NULL,
     };
     struct server *s = c->srv;
     if (proto_check_fields(msg, fields, e) < 0)
@@ -516,7 +524,8 @@ static int op_submit(struct client *c, long long id, json_t *msg, struct proto_e
     struct compress_params *p = &t->params;
     const char *method = "svdllm", *windows = "random";
     long long nsamples = 32, seqlen = 128, seed = 0, eval_seqlen = 0, eval_max = 0;
-    double ratio = 0;
+    double ratio = 0, alpha = 0;   /* alpha absent: 0, the engine's default */
+    int has_alpha = 0;
     bool dense = false, overwrite = false;
     int r;
     if ((r = get_path(msg, "model", true, p->model_dir, e)) < 0 ||
@@ -532,7 +541,8 @@ static int op_submit(struct client *c, long long id, json_t *msg, struct proto_e
         (r = proto_get_bool(msg, "overwrite", false, &overwrite, e)) < 0 ||
         (r = get_path(msg, "eval_text", false, p->eval_path, e)) < 0 ||
         (r = proto_get_int(msg, "eval_seqlen", false, 0, 65536, &eval_seqlen, e)) < 0 ||
-        (r = proto_get_int(msg, "eval_max_windows", false, 0, INT_MAX, &eval_max, e)) < 0)
+        (r = proto_get_int(msg, "eval_max_windows", false, 0, INT_MAX, &eval_max, e)) < 0 ||
+        (r = has_alpha = proto_get_number(msg, "alpha", false, &alpha, e)) < 0)
         goto fail;
     if (compress_method_parse(method, &p->method) < 0) {
         char known[256] = "";
@@ -548,6 +558,13 @@ static int op_submit(struct client *c, long long id, json_t *msg, struct proto_e
                             "field 'ratio': %g is outside (0, 1) (the fraction of parameters removed)", ratio);
         goto fail;
     }
+    /* An explicit alpha must be one the engine takes as given (0 would mean
+     * "the default"). Methods other than asvd ignore it. */
+    if (has_alpha && !(isfinite(alpha) && alpha > 0.0 && alpha <= 4.0)) {
+        r = proto_error_set(e, PROTO_BAD_REQUEST,
+                            "field 'alpha': %g is outside (0, 4] (asvd's exponent)", alpha);
+        goto fail;
+    }
     if (strcmp(windows, "random") != 0 && strcmp(windows, "first") != 0) {
         r = proto_error_set(e, PROTO_BAD_REQUEST,
                             "field 'calib_windows': expected \"random\" or \"first\", got '%.100s'", windows);
@@ -559,6 +576,7 @@ static int op_submit(struct client *c, long long id, json_t *msg, struct proto_e
         goto fail;
     }
     p->ratio = ratio;
+    p->alpha = alpha;
     p->nsamples = (int)nsamples;
     p->seqlen = (int)seqlen;
     p->seed = (uint64_t)seed;

@@ -264,9 +264,9 @@ int store_job_insert(struct store *s, struct store_job *j, const char *jobs_dir,
     static const char sql[] =
         "INSERT INTO jobs (state, model, out, method, ratio, calib, nsamples, seqlen, seed,"
         " calib_first, dense, overwrite, eval_text, eval_seqlen, eval_max_windows, job_key,"
-        " owner_uid, work_dir, created_at)"
+        " owner_uid, work_dir, created_at, alpha)"
         " VALUES ('queued', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,"
-        " ?16, '', ?17)";
+        " ?16, '', ?17, ?18)";
     const struct compress_params *p = &j->params;
     sqlite3_stmt *st = NULL;
     char work[PATH_MAX];
@@ -292,6 +292,7 @@ int store_job_insert(struct store *s, struct store_job *j, const char *jobs_dir,
     sqlite3_bind_text(st, 15, j->key, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 16, j->owner_uid);
     sqlite3_bind_int64(st, 17, j->created_at);
+    sqlite3_bind_double(st, 18, p->alpha);
     if (sqlite3_step(st) != SQLITE_DONE) {
         r = db_fail(s, err, "insert job");
         goto out;
@@ -336,7 +337,7 @@ out:
     " overwrite, eval_text, eval_seqlen, eval_max_windows, job_key, owner_uid, work_dir," \
     " created_at, started_at, finished_at, error, n_layers, ppl_before, ppl_after," \
     " params_before, params_after, bytes_before, bytes_after, seconds, layers_resumed, peak_rss," \
-    " (SELECT count(*) FROM layers WHERE layers.job_id = jobs.id)"
+    " (SELECT count(*) FROM layers WHERE layers.job_id = jobs.id), alpha"
 
 static void copy_text(char *dst, size_t n, sqlite3_stmt *st, int col) {
     const unsigned char *t = sqlite3_column_text(st, col);
@@ -385,6 +386,7 @@ static int row_to_job(sqlite3_stmt *st, struct store_job *j, struct sv_err *err)
     j->result.layers_resumed = sqlite3_column_int(st, 31);
     j->peak_rss = (uint64_t)sqlite3_column_int64(st, 32);
     j->layers_done = sqlite3_column_int(st, 33);
+    p->alpha = sqlite3_column_double(st, 34);
     return 0;
 }
 

@@ -69,3 +69,8 @@ CREATE TABLE layers (
     done_at         INTEGER NOT NULL,
     PRIMARY KEY (job_id, layer)
 );
+
+-- version 2
+-- asvd's exponent (struct compress_params.alpha; 0 = the default 0.5). It is
+-- part of the job key of asvd jobs, so a resumed job must get it back.
+ALTER TABLE jobs ADD COLUMN alpha REAL NOT NULL DEFAULT 0;

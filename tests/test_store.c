@@ -1,0 +1,280 @@
+/* test_store: daemon/store.c on its own, in a mkdtemp directory.
+ *  - a fresh database: an asvd job keeps its alpha through insert, get and
+ *    list, and a reopen (nothing left to migrate) changes nothing;
+ *  - a version-1 database, built by hand from the "-- version 1" section of
+ *    schema/store.sql, migrates on open: user_version becomes the newest
+ *    version and its old job (and layer row) read back with alpha 0;
+ *  - a database newer than the schema is refused. */
+#include <errno.h>
+#include <ftw.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "harness.h"
+#include "store.h"
+
+/* schema/store.sql as one string per line, as store.c embeds it. */
+static const char *const sql_lines[] = {
+#include "store_sql.h"
+    NULL
+};
+
+static char tmpdir[] = "/tmp/test_store.XXXXXX";
+
+/* If line is "-- version N", returns N; else 0 (the rule of store.c). */
+static int version_of(const char *line) {
+    int v = 0, n = 0;
+    if (sscanf(line, "-- version %d%n", &v, &n) == 1 && line[n] == '\0' && v > 0)
+        return v;
+    return 0;
+}
+
+static int newest_version(void) {
+    int newest = 0;
+    for (size_t i = 0; sql_lines[i]; i++)
+        if (version_of(sql_lines[i]) > newest)
+            newest = version_of(sql_lines[i]);
+    return newest;
+}
+
+/* The statements of section `version` (malloc'ed), or NULL. */
+static char *section(int version) {
+    size_t total = 1;
+    for (size_t i = 0; sql_lines[i]; i++)
+        total += strlen(sql_lines[i]) + 1;
+    char *sql = malloc(total);
+    if (!sql)
+        return NULL;
+    size_t len = 0;
+    int cur = 0;
+    bool found = false;
+    for (size_t i = 0; sql_lines[i]; i++) {
+        int v = version_of(sql_lines[i]);
+        if (v) {
+            cur = v;
+            found |= v == version;
+            continue;
+        }
+        if (cur != version)
+            continue;
+        size_t n = strlen(sql_lines[i]);
+        memcpy(sql + len, sql_lines[i], n);
+        len += n;
+        sql[len++] = '\n';
+    }
+    sql[len] = '\0';
+    if (!found) {
+        free(sql);
+        return NULL;
+    }
+    return sql;
+}
+
+static void path_in(char *buf, size_t n, const char *name) {
+    snprintf(buf, n, "%s/%s", tmpdir, name);
+}
+
+static int db_user_version(const char *path) {
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int v = -1;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+static void fill_params(struct store_job *j, enum compress_method m, double alpha) {
+    memset(j, 0, sizeof *j);
+    struct compress_params *p = &j->params;
+    snprintf(p->model_dir, sizeof p->model_dir, "/models/tiny");
+    snprintf(p->out_dir, sizeof p->out_dir, "/out/tiny-%s", compress_method_name(m));
+    snprintf(p->calib_path, sizeof p->calib_path, "/data/calib.txt");
+    p->method = m;
+    p->ratio = 0.3;
+    p->alpha = alpha;
+    p->nsamples = 8;
+    p->seqlen = 64;
+    p->seed = 7;
+    memset(j->key, 'a', 64);
+    j->owner_uid = 1000;
+    j->created_at = 1700000000;
+}
+
+struct seen {
+    int n;
+    double alpha[4];
+    int64_t id[4];
+};
+
+static int collect(void *ctx, const struct store_job *j) {
+    struct seen *s = ctx;
+    if (s->n < 4) {
+        s->alpha[s->n] = j->params.alpha;
+        s->id[s->n] = j->id;
+    }
+    s->n++;
+    return 0;
+}
+
+static void test_fresh(void) {
+    char db[PATH_MAX], jobs[PATH_MAX];
+    path_in(db, sizeof db, "fresh.db");
+    path_in(jobs, sizeof jobs, "jobs");
+    SV_CHECK(mkdir(jobs, 0750) == 0);
+    struct sv_err err = {0};
+    struct store *s = NULL;
+    int r = store_open(&s, db, &err);
+    SV_ASSERT_EQ(r, 0);
+    if (r < 0) {
+        fprintf(stderr, "store_open: %s\n", err.msg);
+        return;
+    }
+    SV_ASSERT_EQ(db_user_version(db), newest_version());
+
+    struct store_job a, b, got;
+    fill_params(&a, METHOD_ASVD, 0.7);
+    fill_params(&b, METHOD_SVDLLM, 0);
+    SV_ASSERT_EQ(store_job_insert(s, &a, jobs, &err), 0);
+    SV_ASSERT_EQ(store_job_insert(s, &b, jobs, &err), 0);
+    SV_CHECK(a.id > 0 && b.id > a.id);
+
+    SV_ASSERT_EQ(store_job_get(s, a.id, &got, &err), 0);
+    SV_CHECK(got.params.method == METHOD_ASVD);
+    SV_CHECK(got.params.alpha == 0.7);   /* a REAL column holds the double exactly */
+    SV_CHECK(got.params.ratio == 0.3);
+    SV_CHECK(got.state == JOB_QUEUED);
+    SV_CHECK(strcmp(got.key, a.key) == 0);
+    SV_ASSERT_EQ(store_job_get(s, b.id, &got, &err), 0);
+    SV_CHECK(got.params.method == METHOD_SVDLLM);
+    SV_CHECK(got.params.alpha == 0);
+
+    struct seen seen = {0};
+    SV_ASSERT_EQ(store_job_list(s, collect, &seen, &err), 0);
+    SV_ASSERT_EQ(seen.n, 2);
+    SV_CHECK(seen.id[0] == a.id && seen.alpha[0] == 0.7);
+    SV_CHECK(seen.id[1] == b.id && seen.alpha[1] == 0);
+    store_free(s);
+
+    /* Reopen: already at the newest version, nothing runs, the job is intact. */
+    s = NULL;
+    r = store_open(&s, db, &err);
+    SV_ASSERT_EQ(r, 0);
+    if (r < 0) {
+        fprintf(stderr, "store_open (again): %s\n", err.msg);
+        return;
+    }
+    SV_ASSERT_EQ(db_user_version(db), newest_version());
+    SV_ASSERT_EQ(store_job_get(s, a.id, &got, &err), 0);
+    SV_CHECK(got.params.alpha == 0.7);
+    store_free(s);
+}
+
+static void test_migrate_v1(void) {
+    char db[PATH_MAX];
+    path_in(db, sizeof db, "v1.db");
+    char *v1 = section(1);
+    SV_CHECK(v1 != NULL);
+    if (!v1)
+        return;
+    /* What a version-1 svdllmd left behind: a running asvd job (its alpha
+     * was never recorded) with one committed layer. */
+    sqlite3 *raw = NULL;
+    char *msg = NULL;
+    int rc = sqlite3_open(db, &raw);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(raw, v1, NULL, NULL, &msg);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(raw,
+            "PRAGMA user_version = 1;"
+            "INSERT INTO jobs (state, model, out, method, ratio, calib, nsamples, seqlen, seed,"
+            " calib_first, dense, overwrite, eval_text, eval_seqlen, eval_max_windows, job_key,"
+            " owner_uid, work_dir, created_at, started_at, n_layers)"
+            " VALUES ('running', '/models/tiny', '/out/old', 'asvd', 0.25, '/data/calib.txt', 4, 32,"
+            " 3, 0, 0, 0, '', 0, 0, 'bbbb', 1000, '/state/jobs/1', 1690000000, 1690000005, 2);"
+            "INSERT INTO layers (job_id, layer, file, size, sha256, done_at)"
+            " VALUES (1, 0, 'layer-0.st', 123, 'cccc', 1690000010);",
+            NULL, NULL, &msg);
+    SV_ASSERT_EQ(rc, SQLITE_OK);
+    if (msg)
+        fprintf(stderr, "building the version-1 database: %s\n", msg);
+    sqlite3_free(msg);
+    sqlite3_close(raw);
+    free(v1);
+    if (rc != SQLITE_OK)
+        return;
+    SV_ASSERT_EQ(db_user_version(db), 1);
+
+    struct sv_err err = {0};
+    struct store *s = NULL;
+    int r = store_open(&s, db, &err);
+    SV_ASSERT_EQ(r, 0);
+    if (r < 0) {
+        fprintf(stderr, "store_open: %s\n", err.msg);
+        return;
+    }
+    SV_CHECK(newest_version() >= 2);
+    SV_ASSERT_EQ(db_user_version(db), newest_version());
+    SV_ASSERT_EQ(store_recover(s, &err), 1);
+
+    struct store_job got;
+    SV_ASSERT_EQ(store_job_get(s, 1, &got, &err), 0);
+    SV_CHECK(got.state == JOB_QUEUED);
+    SV_CHECK(got.params.method == METHOD_ASVD);
+    SV_CHECK(got.params.alpha == 0);   /* the engine's default, as under version 1 */
+    SV_CHECK(got.params.ratio == 0.25);
+    SV_CHECK(strcmp(got.key, "bbbb") == 0);
+    SV_CHECK(strcmp(got.params.work_dir, "/state/jobs/1") == 0);
+    SV_ASSERT_EQ(got.n_layers, 2);
+    SV_ASSERT_EQ(got.layers_done, 1);
+    struct compress_checkpoint ck;
+    SV_ASSERT_EQ(store_layer_get(s, 1, 0, &ck, &err), 1);
+    SV_CHECK(strcmp(ck.file, "layer-0.st") == 0 && ck.size == 123);
+    store_free(s);
+}
+
+static void test_too_new(void) {
+    char db[PATH_MAX];
+    path_in(db, sizeof db, "future.db");
+    sqlite3 *raw = NULL;
+    char pragma[64];
+    snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", newest_version() + 1);
+    int rc = sqlite3_open(db, &raw);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(raw, pragma, NULL, NULL, NULL);
+    sqlite3_close(raw);
+    SV_ASSERT_EQ(rc, SQLITE_OK);
+    struct sv_err err = {0};
+    struct store *s = NULL;
+    SV_ASSERT_EQ(store_open(&s, db, &err), -EPROTO);
+    SV_ASSERT_STR_CONTAINS(err.msg, "newer than this svdllmd understands");
+}
+
+static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+int main(void) {
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    test_fresh();
+    test_migrate_v1();
+    test_too_new();
+    nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    return sv_test_result("store");
+}
