@@ -3,6 +3,7 @@
 
 #include <blis.h>
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,7 +14,12 @@
 #define GRAM_CHUNK 256
 
 int lowrank_rank_for_ratio(int d_out, int d_in, double ratio) {
-    double k = floor((double)d_out * d_in * (1.0 - ratio) / ((double)d_out + d_in));
+    /* The double expression can land a few ulps below an integer the formula
+     * reaches exactly (6 x 15 at 0.3: 2.9999999999999996, not 3). Nudge by
+     * 1e-9: far above that error (< 1e-10 while the quotient is < 1e5), below
+     * any fractional part a ratio of <= 3 decimals yields (a multiple of
+     * 1 / (1000 (d_out + d_in)), >= 5e-9 for d_out + d_in <= 2e5). */
+    double k = floor((double)d_out * d_in * (1.0 - ratio) / ((double)d_out + d_in) + 1e-9);
     int mn = d_out < d_in ? d_out : d_in;
     if (k < 1)
         k = 1;
@@ -104,9 +110,13 @@ static int whitening(const double *g, int n, const char *what, double *s, struct
     r = la_syevd(q, w, n, what, err);
     if (r == 0) {
         res->fallback = LOWRANK_EIGEN_SQRT;
+        /* dsyevd's eigenvalues carry an absolute error of ~n eps lambda_max:
+         * below that, an exact zero (a dead channel, too few tokens) comes out
+         * as +-rounding noise. Treat it as zero so it is clamped and counted. */
+        double tol = n * DBL_EPSILON * (w[n - 1] > 0 ? w[n - 1] : 0);
         for (int j = 0; j < n; j++) {
             double lam = w[j];
-            if (!(lam > 0)) {
+            if (!(lam > tol)) {
                 lam = 0;
                 res->clamped++;
             }
@@ -190,9 +200,12 @@ int lowrank_project(const float *w, int d_out, int d_in, const double *g_in, con
     }
     if ((r = la_syevd(m, ev, n, what, err)) < 0)
         goto out;
-    double total = 0, kept = 0, top = ev[n - 1] > 0 ? ev[n - 1] : 0;
-    for (int j = 0; j < n; j++)
-        total += ev[j] > 0 ? ev[j] : 0;
+    /* The dropped mass is summed directly, not as total - kept: that
+     * difference cancels when little is dropped, and kept / total could
+     * exceed 1 by an ulp (the two sums run in different orders). */
+    double dropped = 0, kept = 0, top = ev[n - 1] > 0 ? ev[n - 1] : 0;
+    for (int j = 0; j < n - k; j++) /* ascending: the n - k smallest */
+        dropped += ev[j] > 0 ? ev[j] : 0;
     res.k = k;
     /* Rows of vk: the top-k eigenvectors, descending. */
     double *vk = res.side == 'o' ? ut : malloc((size_t)k * n * sizeof *vk);
@@ -224,8 +237,9 @@ int lowrank_project(const float *w, int d_out, int d_in, const double *g_in, con
     if (vk != ut)
         free(vk);
     free(scale);
+    double total = kept + dropped;
     res.energy = total > 0 ? kept / total : 1.0;
-    res.discarded = total - kept > 0 ? total - kept : 0;
+    res.discarded = dropped;
     dgemm(0, 0, k, d_in, d_out, 1.0, ut, d_out, wd, d_in, 0.0, bd, d_in); /* B = U_k^T W */
     res.a = malloc((size_t)d_out * k * sizeof *res.a);
     res.b = malloc((size_t)k * d_in * sizeof *res.b);

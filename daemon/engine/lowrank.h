@@ -18,7 +18,8 @@
  *    (d_in^2) with S S^T = G; then U_k = W S V_k / sigma_k.
  * S is the Cholesky factor of G. When G is not positive definite (too few
  * tokens, dead channels) the documented fallback is the eigen square root
- * S = Q max(Lambda, 0)^(1/2); the number of clamped eigenvalues is reported.
+ * S = Q max(Lambda, 0)^(1/2), with eigenvalues below n eps lambda_max (rounding
+ * noise around an exact zero) also clamped; their number is reported.
  * Directions with sigma_k <= 1e-12 sigma_1 carry no signal: their columns of
  * A and rows of B are zero (reported as a smaller effective rank).
  *
