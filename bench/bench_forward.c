@@ -14,9 +14,12 @@
  * at the forward pass's dominant shape, gate/up: (ntok x hidden) times
  * (ffn x hidden)^T. The forward pass is forward_layer over all layers on
  * B x T tokens, weights already converted to f32 by model_layer_load, so
- * loading is excluded. Each measurement runs once to warm up, then --reps
- * times; the table reports the best time (and the median beside it), and
- * GFLOP/s from the best.
+ * loading is excluded. The reference sgemm and the forward pass alternate,
+ * one warm-up round and then --reps rounds, so both see the same machine; the
+ * table reports the best time (and the median beside it), and GFLOP/s and
+ * "% of GEMM" from the best. The other linear shapes are timed the same way,
+ * for information. On 2 cores shared with other processes the numbers are
+ * noisy; how busy the cores were just before start is printed for that reason.
  *
  * Flops counted, per layer: 2 ntok sum(d_out d_in) for the seven linears, plus
  * attention 2 x 2 B nh T^2 hd: the code computes the full T x T score matrix
@@ -84,6 +87,30 @@ static struct bench_time time_sgemm(int reps, size_t m, size_t n, size_t k, cons
         t[i] = now_s() - t0;
     }
     return summarize(t, reps);
+}
+
+/* Percent of all cores busy over half a second, from /proc/stat; < 0 if unknown. */
+static double cpu_busy_pct(void) {
+    unsigned long long v[2][8];
+    for (int k = 0; k < 2; k++) {
+        FILE *f = fopen("/proc/stat", "r");
+        if (!f)
+            return -1;
+        memset(v[k], 0, sizeof v[k]);
+        int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[k][0], &v[k][1], &v[k][2], &v[k][3],
+                       &v[k][4], &v[k][5], &v[k][6], &v[k][7]);
+        fclose(f);
+        if (n < 5)
+            return -1;
+        if (k == 0) {
+            struct timespec ts = {0, 500000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    unsigned long long total = 0, idle = (v[1][3] - v[0][3]) + (v[1][4] - v[0][4]); /* idle + iowait */
+    for (int i = 0; i < 8; i++)
+        total += v[1][i] - v[0][i];
+    return total ? 100.0 * (double)(total - idle) / (double)total : -1;
 }
 
 static void row(const char *what, double gflop, struct bench_time t, double ref_rate) {
@@ -196,9 +223,28 @@ static double bench_model(const struct bench_opts *o, const char *dir, const cha
     printf("  tokens B x T = %d x %d = %zu; layer load (BF16 -> f32, excluded) %.2f s\n", B, T, ntok, tl);
     printf("  %-44s %8s %9s %9s %9s %9s\n", "measurement", "GFLOP", "s best", "s median", "GFLOP/s", "of GEMM");
 
-    /* The reference: BLIS at the dominant shape, on the real gate weights. */
+    /* The reference, BLIS at the dominant shape on the real gate weights, and
+     * the forward pass over all layers, alternating rep by rep so that both
+     * see the same machine (the cores may be shared with other processes). */
     const int ff = cf->intermediate, qw = nh * hd, kvw = cf->n_kv_heads * hd;
-    struct bench_time tg = time_sgemm(o->reps, ntok, (size_t)ff, d, x0, lw[0].proj[PROJ_GATE].w, c);
+    double t_ref[BENCH_MAX_REPS], t_fwd[BENCH_MAX_REPS];
+    for (int i = -1; i < o->reps; i++) {
+        double t0 = now_s();
+        forward_sgemm(1, ntok, (size_t)ff, d, 1.0f, x0, d, lw[0].proj[PROJ_GATE].w, d, 0.0f, c, (size_t)ff);
+        double t1 = now_s();
+        memcpy(x, x0, ntok * d * sizeof *x);
+        double t2 = now_s();
+        for (int l = 0; l < L; l++)
+            if (forward_layer(cf, &lw[l], x, B, T, NULL, &err) < 0) {
+                fprintf(stderr, "bench_forward: %s\n", err.msg);
+                goto out;
+            }
+        if (i >= 0) {
+            t_ref[i] = t1 - t0;
+            t_fwd[i] = now_s() - t2;
+        }
+    }
+    struct bench_time tg = summarize(t_ref, o->reps), tf = summarize(t_fwd, o->reps);
     double g_gate = 2.0 * ntok * ff * d * 1e-9, ref = g_gate / tg.best;
     char what[96];
     snprintf(what, sizeof what, "sgemm %zux%dx%zu (gate/up)  [reference]", ntok, ff, d);
@@ -226,24 +272,12 @@ static double bench_model(const struct bench_opts *o, const char *dir, const cha
                               2 * tg.median + td.median + 2 * tq.median + 2 * tk.median};
     row("7 linears of a layer as bare sgemm (sum)", lin_flop * 1e-9, tlin, ref);
 
-    /* The forward pass over all layers. */
-    double t[BENCH_MAX_REPS];
-    for (int i = -1; i < o->reps; i++) {
-        memcpy(x, x0, ntok * d * sizeof *x);
-        double t0 = now_s();
-        for (int l = 0; l < L; l++)
-            if (forward_layer(cf, &lw[l], x, B, T, NULL, &err) < 0) {
-                fprintf(stderr, "bench_forward: %s\n", err.msg);
-                goto out;
-            }
-        if (i >= 0)
-            t[i] = now_s() - t0;
-    }
-    struct bench_time tf = summarize(t, o->reps);
     double g_fwd = L * (lin_flop + att_flop) * 1e-9;
     snprintf(what, sizeof what, "forward_layer x %d (linears + full attention)", L);
     row(what, g_fwd, tf, ref);
     pct = 100.0 * g_fwd / tf.best / ref;
+    printf("  forward / reference sgemm rate: %.1f %% (best times), %.1f %% (median times)\n", pct,
+           100.0 * (g_fwd / tf.median) / (g_gate / tg.median));
     double t_rest = tf.best / L - tlin.best;
     printf("  per layer: linears %.1f GFLOP + attention %.1f GFLOP (full T x T; causal half %.1f);\n"
            "  forward %.4f s = bare linears %.4f s + attention, norms, RoPE, SwiGLU %.4f s\n",
@@ -326,6 +360,11 @@ int main(int argc, char **argv) {
     }
 
     int threads = forward_threads_set(o.threads);
+    /* Other processes on the same cores skew every number below. */
+    double busy = cpu_busy_pct();
+    if (busy >= 0)
+        printf("bench_forward: cores %.0f %% busy with other work just before start%s\n", busy,
+               busy > 10 ? " (rates will be low and noisy)" : "");
     printf("bench_forward: %d threads (BLIS and OpenMP), B x T = %d x %d, %d reps after one warm-up;\n"
            "times are the best of the reps (median beside it), GFLOP/s from the best\n",
            threads, o.batch, o.seqlen, o.reps);

@@ -1,9 +1,16 @@
 /* forward: LLaMA decoder math on BLIS.
  *
  * Design note. Everything with O(n^3)-like cost goes through bli_sgemm with
- * explicit strides, so per-head attention reads q/k/v in place without copies.
- * The elementwise steps (RMSNorm, RoPE, softmax, SwiGLU) are O(ntok*width)
- * and stay single-threaded: at LLaMA shapes they are under 2 % of the flops.
+ * explicit strides. Attention copies each head's q/k/v slice to a contiguous
+ * (T, hd) block first: read in place, at the full row stride (8 KB at
+ * LLaMA-7B widths, a power of two), BLIS's packing ran the per-head products
+ * at half speed, and the copy is T*hd per operand against 2*T*T*hd flops.
+ * Strides never change a product's result, only its speed.
+ * The elementwise steps (RMSNorm, RoPE, softmax, SwiGLU, residual adds) are
+ * O(ntok*width), under 2 % of the flops at LLaMA shapes; the large ones are
+ * OpenMP loops that also vectorize (bench/bench_forward.c measures the whole
+ * layer against the bare sgemm rate). Vectorizing changes no result: each
+ * element goes through the same float operations in the same order.
  * RMSNorm sums and RoPE angles are computed in double so results do not depend
  * on the width. Only this file includes blis.h (libFLAME's header cannot share
  * a translation unit with it). */
@@ -20,15 +27,29 @@
 
 static int forward_nthreads = 1;
 
-/* exp(x) for the softmax, written so the compiler vectorizes it (libm's expf
- * is a scalar call and was a fifth of the run time at small head_dim).
- * Cody-Waite range reduction x = n ln2 + r, |r| <= ln2/2, and Cephes' degree-6
- * minimax polynomial for e^r; relative error below 2e-7 (about 2 ulp) for
- * x in [-87, 88]. Inputs are clamped to that range (e^-87 = 1.6e-38 is zero
- * for a softmax whose largest term is 1), with no branch so loops vectorize. */
+/* c ? a : b, by bit masks. GCC (12) does not if-convert a float ?: whose
+ * result later meets a float operation that may trap (-ftrapping-math is the
+ * default), so a loop calling vexpf stayed scalar with the clamps as branches;
+ * the masked form has no branch to keep. Same result as ?: for every input,
+ * NaN included. */
+static inline float fsel(int c, float a, float b) {
+    union { float f; uint32_t u; } ua = {.f = a}, ub = {.f = b}, r;
+    uint32_t m = -(uint32_t)(c != 0);
+    r.u = (ua.u & m) | (ub.u & ~m);
+    return r.f;
+}
+
+/* exp(x) for the softmax and SiLU, written so the compiler vectorizes it
+ * (libm's expf is a scalar call and was a fifth of the run time at small
+ * head_dim). Cody-Waite range reduction x = n ln2 + r, |r| <= ln2/2, and
+ * Cephes' degree-6 minimax polynomial for e^r; relative error below 2e-7
+ * (about 2 ulp) for x in [-87, 88]. Inputs are clamped to that range
+ * (e^-87 = 1.6e-38 is zero for a softmax whose largest term is 1), with no
+ * branch so loops vectorize; vectorized and scalar calls return the same bits
+ * (checked over all 2^32 inputs). */
 static inline float vexpf(float x) {
-    float xc = x > 88.0f ? 88.0f : x;
-    xc = xc < -87.0f ? -87.0f : xc;
+    float xc = fsel(x > 88.0f, 88.0f, x);
+    xc = fsel(xc < -87.0f, -87.0f, xc);
     /* floor via truncation of a positive value: vectorizes without SSE4.1. */
     int32_t ni = (int32_t)(xc * 1.44269504088896341f + 128.5f) - 128;
     float n = (float)ni;
@@ -111,6 +132,13 @@ static void rmsnorm(float *out, const float *x, const float *w, size_t ntok, int
     }
 }
 
+/* x (n) += y (n): the residual connection. */
+static void add_inplace(float *x, const float *y, size_t n) {
+#pragma omp parallel for simd num_threads(forward_nthreads)
+    for (size_t i = 0; i < n; i++)
+        x[i] += y[i];
+}
+
 /* HF rotate_half RoPE on v (B*T rows of nh heads of hd), position = row % T. */
 static void rope(float *v, int B, int T, int nh, int hd, const float *cosv, const float *sinv) {
     int half = hd / 2;
@@ -151,7 +179,9 @@ int forward_layer(const struct config *c, const struct layer_w *lw, float *x, in
     float *k = malloc(ntok * (size_t)kvw * sizeof(float));
     float *v = malloc(ntok * (size_t)kvw * sizeof(float));
     float *att = malloc(ntok * (size_t)qw * sizeof(float));
-    float *sc = malloc((size_t)forward_nthreads * T * T * sizeof(float)); /* per thread */
+    /* Per thread: the score matrix (T, T), then one head's q, k, v as (T, hd) each. */
+    const size_t per_thread = (size_t)T * T + 3 * (size_t)T * hd;
+    float *sc = malloc((size_t)forward_nthreads * per_thread * sizeof(float));
     float *cosv = malloc((size_t)T * (hd / 2) * sizeof(float));
     float *sinv = malloc((size_t)T * (hd / 2) * sizeof(float));
     float *g = NULL, *u = NULL;
@@ -188,25 +218,32 @@ int forward_layer(const struct config *c, const struct layer_w *lw, float *x, in
 #pragma omp parallel for schedule(dynamic) num_threads(forward_nthreads)
     for (int bh = 0; bh < B * nh; bh++) {
         int b = bh / nh, h = bh % nh;
-        float *scm = sc + (size_t)omp_get_thread_num() * T * T;
-        const float *qh = q + (size_t)b * T * qw + (size_t)h * hd;
-        const float *kh = k + (size_t)b * T * kvw + (size_t)(h / group) * hd;
-        const float *vh = v + (size_t)b * T * kvw + (size_t)(h / group) * hd;
+        float *scm = sc + (size_t)omp_get_thread_num() * per_thread;
+        /* qh, kh, vh: (T, hd) copies of this head's columns of q, k, v. */
+        float *qh = scm + (size_t)T * T, *kh = qh + (size_t)T * hd, *vh = kh + (size_t)T * hd;
+        for (int t = 0; t < T; t++) {
+            size_t row = (size_t)b * T + t;
+            memcpy(qh + (size_t)t * hd, q + row * qw + (size_t)h * hd, (size_t)hd * sizeof(float));
+            memcpy(kh + (size_t)t * hd, k + row * kvw + (size_t)(h / group) * hd, (size_t)hd * sizeof(float));
+            memcpy(vh + (size_t)t * hd, v + row * kvw + (size_t)(h / group) * hd, (size_t)hd * sizeof(float));
+        }
         float *oh = att + (size_t)b * T * qw + (size_t)h * hd;
         /* scm (T, T) = scale * qh (T, hd) kh^T; only the causal part is used. */
-        sgemm1(1, (size_t)T, (size_t)T, (size_t)hd, scale, qh, (size_t)qw, kh, (size_t)kvw, 0.0f, scm, (size_t)T);
+        sgemm1(1, (size_t)T, (size_t)T, (size_t)hd, scale, qh, (size_t)hd, kh, (size_t)hd, 0.0f, scm, (size_t)T);
         for (int i = 0; i < T; i++) {
             float *row = scm + (size_t)i * T;
             float mx = row[0];
 #pragma omp simd reduction(max : mx)
             for (int j = 1; j <= i; j++)
                 mx = row[j] > mx ? row[j] : mx;
-            float sum = 0;
-#pragma omp simd reduction(+ : sum)
-            for (int j = 0; j <= i; j++) {
+#pragma omp simd
+            for (int j = 0; j <= i; j++)
                 row[j] = vexpf(row[j] - mx);
+            /* In order, not as a simd reduction: the sum, and so every
+             * result, stays independent of the vector width. */
+            float sum = 0;
+            for (int j = 0; j <= i; j++)
                 sum += row[j];
-            }
             float inv = 1.0f / sum;
 #pragma omp simd
             for (int j = 0; j <= i; j++)
@@ -215,7 +252,7 @@ int forward_layer(const struct config *c, const struct layer_w *lw, float *x, in
                 row[j] = 0.0f;
         }
         /* oh (T, hd) = scm (T, T) vh (T, hd) */
-        sgemm1(0, (size_t)T, (size_t)hd, (size_t)T, 1.0f, scm, (size_t)T, vh, (size_t)kvw, 0.0f, oh, (size_t)qw);
+        sgemm1(0, (size_t)T, (size_t)hd, (size_t)T, 1.0f, scm, (size_t)T, vh, (size_t)hd, 0.0f, oh, (size_t)qw);
     }
     if ((r = tap_in(taps, PROJ_O, att, ntok, qw)) < 0)
         goto tap_fail;
@@ -224,8 +261,7 @@ int forward_layer(const struct config *c, const struct layer_w *lw, float *x, in
         goto out;
     if ((r = tap_out(taps, PROJ_O, xn, ntok, d)) < 0)
         goto tap_fail;
-    for (size_t i = 0; i < ntok * (size_t)d; i++)
-        x[i] += xn[i];
+    add_inplace(x, xn, ntok * (size_t)d);
     free(q);
     free(k);
     free(v);
@@ -247,7 +283,8 @@ int forward_layer(const struct config *c, const struct layer_w *lw, float *x, in
         goto out;
     if ((r = tap_out(taps, PROJ_GATE, g, ntok, ff)) < 0 || (r = tap_out(taps, PROJ_UP, u, ntok, ff)) < 0)
         goto tap_fail;
-#pragma omp parallel for num_threads(forward_nthreads)
+    /* Scalar, this loop was 3 % of a layer at hidden 2048. */
+#pragma omp parallel for simd num_threads(forward_nthreads)
     for (size_t i = 0; i < ntok * (size_t)ff; i++) {
         float a = g[i];
         g[i] = a / (1.0f + vexpf(-a)) * u[i];
@@ -258,8 +295,7 @@ int forward_layer(const struct config *c, const struct layer_w *lw, float *x, in
         goto out;
     if ((r = tap_out(taps, PROJ_DOWN, xn, ntok, d)) < 0)
         goto tap_fail;
-    for (size_t i = 0; i < ntok * (size_t)d; i++)
-        x[i] += xn[i];
+    add_inplace(x, xn, ntok * (size_t)d);
     goto out;
 tap_fail:
     if (err && err->code == 0)
