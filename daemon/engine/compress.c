@@ -107,14 +107,9 @@ static int write_full(int fd, const void *buf, size_t n, const char *path, struc
     return 0;
 }
 
-/* Writes buf to path atomically: path.tmp, fsync, rename, fsync dir. */
-static int write_file_atomic(const char *dir, const char *path, const void *buf, size_t n, struct sv_err *err) {
-    char tmp[PATH_MAX + 8];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return sv_err_set(err, -errno, "file '%s': %s", tmp, strerror(errno));
-    int r = write_full(fd, buf, n, tmp, err);
+/* Ends an atomic write: given fd open on tmp and r the outcome so far, fsyncs
+ * and closes fd, renames tmp to path and fsyncs dir; removes tmp on failure. */
+static int tmp_finish(int fd, int r, const char *tmp, const char *path, const char *dir, struct sv_err *err) {
     if (r == 0 && fsync(fd) < 0)
         r = sv_err_set(err, -errno, "file '%s': fsync failed: %s", tmp, strerror(errno));
     close(fd);
@@ -125,6 +120,16 @@ static int write_file_atomic(const char *dir, const char *path, const void *buf,
     if (r < 0)
         unlink(tmp);
     return r;
+}
+
+/* Writes buf to path atomically: path.tmp, fsync, rename, fsync dir. */
+static int write_file_atomic(const char *dir, const char *path, const void *buf, size_t n, struct sv_err *err) {
+    char tmp[PATH_MAX + 8];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return sv_err_set(err, -errno, "file '%s': %s", tmp, strerror(errno));
+    return tmp_finish(fd, write_full(fd, buf, n, tmp, err), tmp, path, dir, err);
 }
 
 static int copy_file(const char *src, const char *dst, struct sv_err *err) {
@@ -408,14 +413,7 @@ static int make_hidden0(struct job *j, char hex[65], struct sv_err *err) {
             r = write_full(fd, x, bytes, tmp, err);
         sha256_update(&h, x, bytes);
     }
-    if (r == 0 && fsync(fd) < 0)
-        r = sv_err_set(err, -errno, "file '%s': fsync failed: %s", tmp, strerror(errno));
-    close(fd);
-    if (r == 0 && rename(tmp, path) < 0)
-        r = sv_err_set(err, -errno, "rename '%s': %s", tmp, strerror(errno));
-    if (r == 0)
-        r = fsync_dir(j->p->work_dir, err);
-    if (r == 0) {
+    if ((r = tmp_finish(fd, r, tmp, path, j->p->work_dir, err)) == 0) {
         uint8_t d[32];
         sha256_final(&h, d);
         sha256_hex(d, hex);
@@ -535,17 +533,9 @@ static int calibrate_layer(struct job *j, const struct layer_w *lw, struct stats
         r = sv_err_set(err, -EIO, "calibration states '%s' do not match their recorded checksum", in_path);
         goto out;
     }
-    if (fsync(out) < 0) {
-        r = sv_err_set(err, -errno, "file '%s': fsync failed: %s", tmp, strerror(errno));
-        goto out;
-    }
-    close(out);
+    r = tmp_finish(out, 0, tmp, out_path, j->p->work_dir, err);
     out = -1;
-    if (rename(tmp, out_path) < 0) {
-        r = sv_err_set(err, -errno, "rename '%s': %s", tmp, strerror(errno));
-        goto out;
-    }
-    if ((r = fsync_dir(j->p->work_dir, err)) < 0)
+    if (r < 0)
         goto out;
     sha256_final(&hout, dg);
     sha256_hex(dg, next_hex);
