@@ -41,6 +41,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "args.h"
 #include "forward.h"
 #include "model.h"
 
@@ -302,13 +303,11 @@ static void usage(FILE *f) {
 }
 
 static int parse_int(const char *s, long lo, long hi, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return -EINVAL;
-    *out = (int)v;
-    return 0;
+    long v;
+    int r = args_parse_long(s, lo, hi, &v);
+    if (r == 0)
+        *out = (int)v;
+    return r;
 }
 
 int main(int argc, char **argv) {

@@ -29,6 +29,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "args.h"
 #include "st.h"
 #include "sv_err.h"
 
@@ -254,16 +255,6 @@ static void usage(FILE *f) {
                "                       [--dtype bf16|f16|f32] [--seed S] [--max-pos P]\n");
 }
 
-static int parse_long(const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return -EINVAL;
-    *out = v;
-    return 0;
-}
-
 int main(int argc, char **argv) {
     static const struct option opts[] = {
         {"out", required_argument, 0, 'o'},    {"hidden", required_argument, 0, 'd'},
@@ -316,7 +307,7 @@ int main(int argc, char **argv) {
         case '?': usage(stderr); return 2;
         default:
             for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++)
-                if (lim[i].opt == c && parse_long(optarg, lim[i].lo, lim[i].hi, &val[c]) < 0) {
+                if (lim[i].opt == c && args_parse_long(optarg, lim[i].lo, lim[i].hi, &val[c]) < 0) {
                     fprintf(stderr, "svdllm-genmodel: %s '%s' must be an integer in [%ld, %ld]\n", lim[i].name,
                             optarg, lim[i].lo, lim[i].hi);
                     return 2;

@@ -122,9 +122,12 @@ int config_load(struct config *ret, const char *path, struct sv_err *err) {
     json_error_t jerr;
     int r = 0;
     json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root)
+    if (!root) {
+        if (jerr.line < 0) /* not a parse error: the file could not be read */
+            return sv_err_set(err, -EINVAL, "config '%s': %s", path, jerr.text);
         return sv_err_set(err, -EINVAL, "config '%s': %s (line %d, column %d)", path, jerr.text, jerr.line,
                           jerr.column);
+    }
     if (!json_is_object(root)) {
         r = sv_err_set(err, -EINVAL, "config '%s': not a JSON object", path);
         goto out;

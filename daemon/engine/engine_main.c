@@ -6,25 +6,17 @@
  * stderr and exits 1 (2 for usage errors). */
 #include <errno.h>
 #include <getopt.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "args.h"
 #include "forward.h"
 #include "ppl.h"
 
 static void usage(FILE *f) {
     fprintf(f, "usage: svdllm-engine eval --model DIR --text FILE --seqlen L [--max-windows N] [--threads N] [--json]\n");
-}
-
-static int parse_int(const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return -EINVAL;
-    *out = v;
-    return 0;
 }
 
 static int cmd_eval(int argc, char **argv) {
@@ -42,19 +34,19 @@ static int cmd_eval(int argc, char **argv) {
         case 'm': model = optarg; break;
         case 't': text = optarg; break;
         case 'L':
-            if (parse_int(optarg, 2, 1 << 20, &seqlen) < 0) {
+            if (args_parse_long(optarg, 2, 1 << 20, &seqlen) < 0) {
                 fprintf(stderr, "svdllm-engine: --seqlen '%s' must be an integer >= 2\n", optarg);
                 return 2;
             }
             break;
         case 'w':
-            if (parse_int(optarg, 0, 1L << 40, &maxw) < 0) {
+            if (args_parse_long(optarg, 0, 1L << 40, &maxw) < 0) {
                 fprintf(stderr, "svdllm-engine: --max-windows '%s' must be a non-negative integer\n", optarg);
                 return 2;
             }
             break;
         case 'j':
-            if (parse_int(optarg, 0, 1024, &threads) < 0) {
+            if (args_parse_long(optarg, 0, 1024, &threads) < 0) {
                 fprintf(stderr, "svdllm-engine: --threads '%s' must be an integer in [0, 1024]\n", optarg);
                 return 2;
             }
@@ -75,11 +67,21 @@ static int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "svdllm-engine: %s\n", err.msg);
         return 1;
     }
-    if (json)
-        printf("{\"model\": \"%s\", \"text\": \"%s\", \"ppl\": %.6f, \"mean_nll\": %.8f, \"tokens\": %zu, "
-               "\"windows\": %zu, \"predicted\": %zu, \"seqlen\": %d, \"seconds\": %.3f, \"tokens_per_s\": %.1f}\n",
-               model, text, res.ppl, res.mean_nll, res.tokens, res.windows, res.predicted, res.seqlen, res.seconds,
-               res.tokens_per_s);
+    if (json) {
+        /* jansson escapes the paths; reals keep full precision. */
+        json_t *o = json_pack("{s:s, s:s, s:f, s:f, s:I, s:I, s:I, s:i, s:f, s:f}", "model", model, "text", text,
+                              "ppl", res.ppl, "mean_nll", res.mean_nll, "tokens", (json_int_t)res.tokens, "windows",
+                              (json_int_t)res.windows, "predicted", (json_int_t)res.predicted, "seqlen", res.seqlen,
+                              "seconds", res.seconds, "tokens_per_s", res.tokens_per_s);
+        char *out = o ? json_dumps(o, JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(12)) : NULL;
+        json_decref(o);
+        if (!out) {
+            fprintf(stderr, "svdllm-engine: cannot format the result as JSON\n");
+            return 1;
+        }
+        puts(out);
+        free(out);
+    }
     else
         printf("ppl %.4f (mean NLL %.6f) on '%s': %zu tokens, %zu windows of L=%d, %zu predictions; %.2f s, %.0f tok/s\n",
                res.ppl, res.mean_nll, text, res.tokens, res.windows, res.seqlen, res.predicted, res.seconds,
@@ -98,7 +100,6 @@ int main(int argc, char **argv) {
         usage(stdout);
         return 0;
     }
-    fprintf(stderr, "svdllm-engine: unknown command '%s'\n", argv[1]);
-    usage(stderr);
+    fprintf(stderr, "svdllm-engine: unknown command '%s' (try --help)\n", argv[1]);
     return 2;
 }
