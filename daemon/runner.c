@@ -97,12 +97,18 @@ static void post(struct runner *r, struct runner_event *ev) {
     uv_async_send(&r->async);
 }
 
-static void on_async(uv_async_t *h) {
-    struct runner *r = h->data;
+/* Takes the whole event list (sends coalesce: always drain everything). */
+static struct runner_event *take_events(struct runner *r) {
     pthread_mutex_lock(&r->ev_mu);
     struct runner_event *ev = r->ev_head;
     r->ev_head = r->ev_tail = NULL;
     pthread_mutex_unlock(&r->ev_mu);
+    return ev;
+}
+
+static void on_async(uv_async_t *h) {
+    struct runner *r = h->data;
+    struct runner_event *ev = take_events(r);
     while (ev) {
         struct runner_event *next = ev->next;
         r->fn(r->ctx, ev);
@@ -808,10 +814,7 @@ void runner_stop(struct runner *r) {
 
 static void on_async_closed(uv_handle_t *h) {
     struct runner *r = h->data;
-    pthread_mutex_lock(&r->ev_mu);
-    struct runner_event *ev = r->ev_head;
-    r->ev_head = r->ev_tail = NULL;
-    pthread_mutex_unlock(&r->ev_mu);
+    struct runner_event *ev = take_events(r);
     while (ev) {
         struct runner_event *n = ev->next;
         event_free(ev);

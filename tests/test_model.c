@@ -15,24 +15,14 @@
 #include "ppl.h"
 #include "st.h"
 
-static float *read_f32_file(const char *path, size_t n) {
+/* Reads n little-endian elements of size es from a reference file. */
+static void *read_array(const char *path, size_t es, size_t n) {
     FILE *f = fopen(path, "rb");
-    float *buf = malloc(n * sizeof *buf);
+    void *buf = malloc(n * es);
     SV_CHECK(f && buf);
     if (!f || !buf)
         exit(1);
-    SV_ASSERT_EQ(fread(buf, sizeof *buf, n, f), n);
-    fclose(f);
-    return buf;
-}
-
-static int32_t *read_ids(const char *path, size_t n) {
-    FILE *f = fopen(path, "rb");
-    int32_t *buf = malloc(n * sizeof *buf);
-    SV_CHECK(f && buf);
-    if (!f || !buf)
-        exit(1);
-    SV_ASSERT_EQ(fread(buf, sizeof *buf, n, f), n);
+    SV_ASSERT_EQ(fread(buf, es, n, f), n);
     fclose(f);
     return buf;
 }
@@ -48,10 +38,10 @@ static double logits_error(const char *model_dir, const char *ids_path, const ch
         return INFINITY;
     }
     const struct config *c = &m->cfg;
-    int32_t *ids = read_ids(ids_path, (size_t)T);
+    int32_t *ids = read_array(ids_path, sizeof(int32_t), (size_t)T);
     float *x = malloc((size_t)T * c->hidden * sizeof *x);
     float *logits = malloc((size_t)T * c->vocab * sizeof *logits);
-    float *ref = read_f32_file(ref_path, (size_t)T * c->vocab);
+    float *ref = read_array(ref_path, sizeof(float), (size_t)T * c->vocab);
     SV_ASSERT_EQ(model_embed(m, ids, (size_t)T, x, &err), 0);
     for (int l = 0; l < c->n_layers; l++) {
         struct layer_w lw;
