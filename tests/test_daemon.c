@@ -1200,6 +1200,59 @@ out:
     memcpy(log_path, saved_log, sizeof log_path);
 }
 
+/* Cancel of a running job: the engine is held after layer 0's commit
+ * (SVDLLM_FAULT=stall-after-commit:0), the job is cancelled, and it ends
+ * 'cancelled' with layer 0's checkpoint file and row kept. */
+static void test_cancel_running(void) {
+    char saved_state[sizeof state_dir], saved_log[sizeof log_path];
+    memcpy(saved_state, state_dir, sizeof state_dir);
+    memcpy(saved_log, log_path, sizeof log_path);
+    snprintf(state_dir, sizeof state_dir, "%s/state-cancel", dir);
+    snprintf(log_path, sizeof log_path, "%s/svdllmd-cancel.log", dir);
+    char calib200[400], out[400], line[256];
+    snprintf(calib200, sizeof calib200, "%s/calib-200k.txt", dir);
+    snprintf(out, sizeof out, "%s/out-cancel", dir);
+    daemon_fault = "stall-after-commit:0";
+    if (start_daemon(NULL, NULL) < 0) {
+        SV_CHECK(!"daemon start (stall-after-commit:0)");
+        goto out;
+    }
+    long long id = submit_crash_job(out, calib200);
+    SV_CHECK(id > 0);
+    struct status_view v = {0};
+    for (double t0 = mono_now(); mono_now() - t0 < 60;) {
+        v = status_view(id);
+        if (v.layers_done >= 1 || (strcmp(v.state, "running") != 0 && strcmp(v.state, "queued") != 0))
+            break;
+        usleep(20000);
+    }
+    SV_CHECK(strcmp(v.state, "running") == 0 && v.layers_done == 1);
+    struct conn c;
+    if (conn_open(&c) == 0) {
+        snprintf(line, sizeof line, "{\"id\":9,\"op\":\"cancel\",\"job\":%lld}", id);
+        json_t *m = request(&c, line);
+        SV_CHECK(m && json_is_true(json_object_get(m, "ok")));
+        SV_CHECK(m && strcmp(json_string_value(json_object_get(m, "state")), "cancelling") == 0);
+        json_decref(m);
+        conn_close(&c);
+    }
+    int n_events;
+    SV_CHECK(strcmp(watch_end(id, &n_events), "cancelled") == 0);
+    v = status_view(id);
+    SV_CHECK(strcmp(v.state, "cancelled") == 0);
+    SV_ASSERT_EQ(v.layers_done, 1);
+    SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
+    char jstate[32], work[PATH_MAX];
+    SV_ASSERT_EQ(db_job(out, jstate, sizeof jstate, work, sizeof work), id);
+    SV_CHECK(strcmp(jstate, "cancelled") == 0);
+    check_layer_rows(__LINE__, id, work, 1);   /* the checkpoint and its row are kept */
+    SV_CHECK(!path_exists(dir, "out-cancel"));
+out:
+    daemon_fault = NULL;
+    memcpy(state_dir, saved_state, sizeof state_dir);
+    memcpy(log_path, saved_log, sizeof log_path);
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: test_daemon SVDLLMD SVDLLMCTL\n");
@@ -1278,6 +1331,7 @@ int main(int argc, char **argv) {
     SV_ASSERT_EQ(stop_daemon(SIGINT), 0);
 
     test_crash_resume();
+    test_cancel_running();
     test_not_running();
     int rc = sv_test_result("test_daemon");
     if (rc == 0) {

@@ -68,11 +68,17 @@ int compress_method_parse(const char *s, enum compress_method *ret) {
 /* Crash injection for the durability tests (in the spirit of SQLite's
  * crash tests): SVDLLM_FAULT="after-commit:L" kills the process with SIGKILL
  * right after layer L's checkpoint row is committed; "mid-write:L" kills it
- * halfway through writing layer L's checkpoint file. Unset in production. */
-static void fault_point(const char *kind, int layer) {
+ * halfway through writing layer L's checkpoint file; "stall-after-commit:L"
+ * holds the job after layer L's commit (up to 60 s, until it is cancelled),
+ * so a test can cancel a job that is certainly running. Unset in production. */
+static int fault_is(const char *kind, int layer) {
     const char *f = getenv("SVDLLM_FAULT");
     size_t n = strlen(kind);
-    if (f && strncmp(f, kind, n) == 0 && f[n] == ':' && atoi(f + n + 1) == layer)
+    return f && strncmp(f, kind, n) == 0 && f[n] == ':' && atoi(f + n + 1) == layer;
+}
+
+static void fault_point(const char *kind, int layer) {
+    if (fault_is(kind, layer))
         raise(SIGKILL);
 }
 
@@ -1145,6 +1151,8 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
         memcpy(hex, next_hex, sizeof hex);
         j.layers_done = l + 1;
         progress(&j, l + 1, "statistics", 0);
+        for (int i = 0; i < 3000 && fault_is("stall-after-commit", l) && !cancelled(&j); i++)
+            usleep(20000);
     }
     progress(&j, c->n_layers, "assemble", 0);
     char tmp[PATH_MAX + 16];
