@@ -42,6 +42,7 @@
 #include <unistd.h>
 
 #include "args.h"
+#include "mono.h"
 #include "forward.h"
 #include "model.h"
 
@@ -60,12 +61,6 @@ struct bench_time {
     double best, median;
 };
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -83,9 +78,9 @@ static struct bench_time time_sgemm(int reps, size_t m, size_t n, size_t k, cons
     double t[BENCH_MAX_REPS];
     forward_sgemm(1, m, n, k, 1.0f, a, k, b, k, 0.0f, c, n); /* warm-up */
     for (int i = 0; i < reps; i++) {
-        double t0 = now_s();
+        double t0 = mono_now();
         forward_sgemm(1, m, n, k, 1.0f, a, k, b, k, 0.0f, c, n);
-        t[i] = now_s() - t0;
+        t[i] = mono_now() - t0;
     }
     return summarize(t, reps);
 }
@@ -193,13 +188,13 @@ static double bench_model(const struct bench_opts *o, const char *dir, const cha
         fprintf(stderr, "bench_forward: out of memory\n");
         goto out;
     }
-    double tl = now_s();
+    double tl = mono_now();
     for (int l = 0; l < L; l++)
         if (model_layer_load(m, l, &lw[l], &err) < 0) {
             fprintf(stderr, "bench_forward: %s\n", err.msg);
             goto out;
         }
-    tl = now_s() - tl;
+    tl = mono_now() - tl;
     uint64_t s = 12345;
     for (size_t i = 0; i < ntok; i++) {
         s = s * 6364136223846793005ULL + 1442695040888963407ULL;
@@ -230,11 +225,11 @@ static double bench_model(const struct bench_opts *o, const char *dir, const cha
     const int ff = cf->intermediate, qw = nh * hd, kvw = cf->n_kv_heads * hd;
     double t_ref[BENCH_MAX_REPS], t_fwd[BENCH_MAX_REPS];
     for (int i = -1; i < o->reps; i++) {
-        double t0 = now_s();
+        double t0 = mono_now();
         forward_sgemm(1, ntok, (size_t)ff, d, 1.0f, x0, d, lw[0].proj[PROJ_GATE].w, d, 0.0f, c, (size_t)ff);
-        double t1 = now_s();
+        double t1 = mono_now();
         memcpy(x, x0, ntok * d * sizeof *x);
-        double t2 = now_s();
+        double t2 = mono_now();
         for (int l = 0; l < L; l++)
             if (forward_layer(cf, &lw[l], x, B, T, NULL, &err) < 0) {
                 fprintf(stderr, "bench_forward: %s\n", err.msg);
@@ -242,7 +237,7 @@ static double bench_model(const struct bench_opts *o, const char *dir, const cha
             }
         if (i >= 0) {
             t_ref[i] = t1 - t0;
-            t_fwd[i] = now_s() - t2;
+            t_fwd[i] = mono_now() - t2;
         }
     }
     struct bench_time tg = summarize(t_ref, o->reps), tf = summarize(t_fwd, o->reps);
@@ -387,12 +382,12 @@ int main(int argc, char **argv) {
         for (int i = 0; i < 2 && !rc; i++) {
             char dir[PATH_MAX + 16];
             snprintf(dir, sizeof dir, "%s/kv%d", rdir, kv[i]);
-            double t0 = now_s();
+            double t0 = mono_now();
             if (gen(&o, dir, kv[i]) < 0) {
                 rc = 1;
                 break;
             }
-            printf("\n(generated %s with svdllm-genmodel in %.1f s)", dir, now_s() - t0);
+            printf("\n(generated %s with svdllm-genmodel in %.1f s)", dir, mono_now() - t0);
             pct[i] = bench_model(&o, dir, labels[i]);
             rc = pct[i] < 0;
             remove_model(dir);

@@ -15,6 +15,7 @@
  *  - Progress events are throttled to PROGRESS_PERIOD, except that a change of
  *    layer or phase is always posted. */
 #include "runner.h"
+#include "mono.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -489,12 +490,6 @@ static void *eval_main(void *arg) {
 
 /* ---- job thread --------------------------------------------------------------- */
 
-static double mono_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static uint64_t peak_rss(void) {
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) < 0)
@@ -543,7 +538,7 @@ static int hook_should_cancel(void *vctx) {
 
 static void hook_progress(void *vctx, const struct compress_progress *p) {
     struct job_ctx *c = vctx;
-    double now = mono_s();
+    double now = mono_now();
     const char *phase = p->phase ? p->phase : "";
     if (p->n_layers > 0)
         c->n_layers = p->n_layers;
@@ -623,7 +618,7 @@ static void run_job(struct runner *r, int64_t id) {
     }
 
     struct job_ctx c = {
-        .r = r, .id = id, .t_start = mono_s(), .t_first = -1, .last_layer = -1,
+        .r = r, .id = id, .t_start = mono_now(), .t_first = -1, .last_layer = -1,
         .n_layers = j->n_layers, .layers_done = j->layers_done,
     };
     struct compress_hooks hooks = {

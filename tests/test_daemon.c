@@ -39,6 +39,7 @@
 #include <sqlite3.h>
 
 #include "harness.h"
+#include "mono.h"
 #include "proto.h"
 #include "sha256.h"
 
@@ -774,12 +775,6 @@ static void test_bad_config(void) {
 }
 
 /* ---- Crash injection: kill -9 after a checkpoint and mid-write, then resume ---------- */
-
-static double mono_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* Waits up to timeout_s for the daemon to end on its own (no signal sent);
  * returns its raw wait status, or -1 after killing it when it did not. */

@@ -13,14 +13,9 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "mono.h"
 
 static char tmpdir[] = "/tmp/test_tok.XXXXXX";
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static char *read_all(const char *path, size_t *ret_len) {
     FILE *f = fopen(path, "rb");
@@ -100,9 +95,9 @@ static void check_file(const char *tok_path, const char *text_path, const char *
 
     int32_t *ids = NULL;
     size_t n = 0;
-    double t0 = now();
+    double t0 = mono_now();
     r = tok_encode(t, text, len, 1, &ids, &n, &err);
-    double dt = now() - t0;
+    double dt = mono_now() - t0;
     SV_ASSERT_EQ(r, 0);
     if (r == 0) {
         SV_ASSERT_EQ(n, ref_n);
@@ -424,7 +419,7 @@ int main(void) {
         perror("mkdtemp");
         return 2;
     }
-    double t0 = now();
+    double t0 = mono_now();
     test_toy();
     test_toy_variants();
     test_errors();
@@ -436,7 +431,7 @@ int main(void) {
                "tests/data/reference/tinystories-valid-head.tinystories656K.tokens.i32", 193347);
     check_file("tests/data/stories260K-hf/tokenizer.json", "tests/data/text/wikitext-2-raw-v1-test.joined.txt",
                "tests/data/reference/wikitext-2-raw-v1-test.joined.stories260K.tokens.i32", 815070);
-    printf("total %.3f s\n", now() - t0);
+    printf("total %.3f s\n", mono_now() - t0);
 
     char cmd[64 + sizeof tmpdir];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);

@@ -43,6 +43,7 @@
 #include "forward.h"
 #include "lowrank.h"
 #include "model.h"
+#include "mono.h"
 #include "ppl.h"
 #include "sha256.h"
 #include "st.h"
@@ -80,12 +81,6 @@ static int fault_is(const char *kind, int layer) {
 static void fault_point(const char *kind, int layer) {
     if (fault_is(kind, layer))
         raise(SIGKILL);
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 /* ---- small durable-file helpers ------------------------------------------ */
@@ -647,12 +642,12 @@ static int factor_layer(struct job *j, const struct layer_w *lw, const struct st
             if ((r = diag_statistic(j, s, p, lin, &own, &g, &cout, what, err)) < 0)
                 goto out;
         }
-        double t0 = now_s();
+        double t0 = mono_now();
         r = lowrank_project(lin->w, lin->d_out, lin->d_in, g, cout, j->rank[l][p], what, &res[p], err);
         free(own);
         if (r < 0)
             goto out;
-        rep[p] = (struct mat_report){res[p].k, res[p].k_effective, res[p].energy, res[p].discarded, now_s() - t0,
+        rep[p] = (struct mat_report){res[p].k, res[p].k_effective, res[p].energy, res[p].discarded, mono_now() - t0,
                                      (int)res[p].fallback, res[p].clamped, res[p].side};
     }
     progress(j, l, "checkpoint", 0.95);
@@ -1021,7 +1016,7 @@ static int eval_cancel(void *ctx) { return cancelled(ctx); }
 
 int compress_run(const struct compress_params *p, const struct compress_hooks *h, struct compress_result *ret,
                  struct sv_err *err) {
-    struct job j = {.p = p, .h = h, .t_start = now_s(), .n_samples = p->nsamples, .T = p->seqlen};
+    struct job j = {.p = p, .h = h, .t_start = mono_now(), .n_samples = p->nsamples, .T = p->seqlen};
     struct compress_result res = {0};
     char key[65], path[PATH_MAX + 64], hex[65] = "", next_hex[65];
     int r;
@@ -1168,7 +1163,7 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
     }
     if ((r = write_report(&j, tmp, key, &res, err)) < 0 || (r = publish(&j, tmp, key, err)) < 0)
         goto out;
-    res.seconds = now_s() - j.t_start;
+    res.seconds = mono_now() - j.t_start;
     j.layers_done = c->n_layers + 1;
     progress(&j, c->n_layers, "done", 1);
     if (ret)

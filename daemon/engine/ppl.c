@@ -16,15 +16,10 @@
 #include "corpus.h"
 #include "forward.h"
 #include "model.h"
+#include "mono.h"
 
 #define PPL_CACHE_BYTES (1024.0 * 1024 * 1024)
 #define PPL_BATCH_TOKENS 8192
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* NLL of the T-1 next-token predictions of one window. logits: (T, V). */
 static double window_nll(const float *logits, const int32_t *ids, int T, int V) {
@@ -88,7 +83,7 @@ int ppl_eval(const char *model_dir, const char *text_path, int seqlen, size_t ma
     double layer_bytes = 4.0 * (double)model_linear_params(m);
     int cache = layer_bytes <= PPL_CACHE_BYTES;
 
-    double total = 0, t0 = now_s();
+    double total = 0, t0 = mono_now();
     for (size_t w0 = 0; w0 < windows; w0 += (size_t)B) {
         int nb = (int)((windows - w0) < (size_t)B ? (windows - w0) : (size_t)B);
         if (cancel && cancel(cancel_ctx)) {
@@ -113,7 +108,7 @@ int ppl_eval(const char *model_dir, const char *text_path, int seqlen, size_t ma
             total += window_nll(logits, bids + (size_t)b * seqlen, seqlen, c->vocab);
         }
     }
-    double secs = now_s() - t0;
+    double secs = mono_now() - t0;
     struct ppl_result res = {0};
     res.tokens = n;
     res.windows = windows;
