@@ -2,7 +2,10 @@
  * without the code under test: SVD-LLM's literal recipe (our own Cholesky and
  * triangular solve, a one-sided Jacobi SVD), Eckart–Young for plain SVD, the
  * calibration-loss identity, the singular/indefinite-G fallback, the rank
- * formula, the chunked Gram accumulator and the argument errors.
+ * formula, the chunked Gram accumulator and the argument errors; then (8-12)
+ * the double factors (rom == SVD-LLM beyond f32 precision), the spectrum,
+ * the least-squares refit of A (including a singular Z^T Z) and the chunked
+ * cross-product accumulator.
  *
  * Tolerances. A and B are stored in f32, so W' = A B evaluated in double
  * carries the f32 rounding of the factors: each element of A and B is off by
@@ -750,6 +753,618 @@ static void errors(void) {
     free(w);
 }
 
+/* ==== project64, spectrum, refit, cross accumulation ========================= */
+
+/* X (n_tok, d_in) = X0 M: make_x's anisotropic channels (0.3 .. 3) mixed by
+ * M = I + c R, R uniform in [-1, 1], c = 0.5 / sqrt(d_in / 3), so the
+ * channels are correlated (G far from diagonal: whitening is more than a
+ * rescaling) while kappa(M) <= ~3 keeps kappa(G) <~ 1e3. */
+static double *make_x_corr(int n_tok, int d_in) {
+    double *x0 = make_x(n_tok, d_in, -1), *m = ALLOC(double, (size_t)d_in * d_in),
+           *x = ALLOC(double, (size_t)n_tok * d_in);
+    double c = 0.5 / sqrt(d_in / 3.0);
+    for (int i = 0; i < d_in; i++)
+        for (int j = 0; j < d_in; j++)
+            m[(size_t)i * d_in + j] = (i == j) + c * uni();
+    for (int r = 0; r < n_tok; r++)
+        for (int t = 0; t < d_in; t++) {
+            double v = x0[(size_t)r * d_in + t];
+            for (int j = 0; j < d_in; j++)
+                x[(size_t)r * d_in + j] += v * m[(size_t)t * d_in + j];
+        }
+    free(x0);
+    free(m);
+    return x;
+}
+
+/* c (m, n) = a (m, p) b (p, n), or b^T when tb (b then (n, p)); naive double. */
+static double *matmul(const double *a, const double *b, int m, int p, int n, int tb) {
+    double *c = ALLOC(double, (size_t)m * n);
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            double s = 0;
+            for (int t = 0; t < p; t++)
+                s += a[(size_t)i * p + t] * (tb ? b[(size_t)j * p + t] : b[(size_t)t * n + j]);
+            c[(size_t)i * n + j] = s;
+        }
+    return c;
+}
+
+/* a^T b for a (ntok, m), b (ntok, n): (m, n), naive double. */
+static double *cross(const double *a, const double *b, int ntok, int m, int n) {
+    double *c = ALLOC(double, (size_t)m * n);
+    for (int r = 0; r < ntok; r++)
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+                c[(size_t)i * n + j] += a[(size_t)r * m + i] * b[(size_t)r * n + j];
+    return c;
+}
+
+static double *f2d(const float *a, size_t n) {
+    double *d = ALLOC(double, n);
+    for (size_t i = 0; i < n; i++)
+        d[i] = a[i];
+    return d;
+}
+
+static float *d2f(const double *a, size_t n) {
+    float *f = ALLOC(float, n);
+    for (size_t i = 0; i < n; i++)
+        f[i] = (float)a[i];
+    return f;
+}
+
+static int all_finite_d(const double *a, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(a[i]))
+            return 0;
+    return 1;
+}
+
+/* SVD-LLM's literal recipe again, now on libFLAME (la_cholesky, la_gesdd):
+ * S = L = chol(G), W L = U Sigma V^T, W' = U_k Sigma_k V_k^T L^-1 with L^-1
+ * applied by triangular back-substitution (ref_right_solve_lower), all in
+ * double. sig (min(d_out, d_in)) gets the singular values of W L. */
+static int svdllm_gesdd(const float *w, int d_out, int d_in, const double *g, int k, double *wlit, double *sig) {
+    int m = d_out, n = d_in, mn = m < n ? m : n;
+    double *lc = ALLOC(double, (size_t)n * n), *l = ALLOC(double, (size_t)n * n), *cm = ALLOC(double, (size_t)m * n),
+           *u = ALLOC(double, (size_t)m * mn), *vt = ALLOC(double, (size_t)mn * n), *t = ALLOC(double, (size_t)m * n);
+    memcpy(lc, g, (size_t)n * n * sizeof *lc);
+    struct sv_err err = {0};
+    int r = la_cholesky(lc, n, "svdllm reference", &err);
+    if (r == 0) {
+        for (int i = 0; i < n; i++) /* column-major lower -> row-major lower */
+            for (int j = 0; j <= i; j++)
+                l[(size_t)i * n + j] = lc[(size_t)j * n + i];
+        for (int i = 0; i < m; i++) /* W L, column-major for gesdd */
+            for (int j = 0; j < n; j++) {
+                double s = 0;
+                for (int c = j; c < n; c++)
+                    s += (double)w[(size_t)i * n + c] * l[(size_t)c * n + j];
+                cm[(size_t)j * m + i] = s;
+            }
+        r = la_gesdd(cm, m, n, sig, u, vt, "svdllm reference", &err);
+    }
+    if (r == 0) {
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) {
+                double s = 0;
+                for (int c = 0; c < k; c++)
+                    s += u[(size_t)c * m + i] * sig[c] * vt[(size_t)j * mn + c];
+                t[(size_t)i * n + j] = s;
+            }
+        ref_right_solve_lower(t, l, m, n, wlit);
+    } else {
+        fprintf(stderr, "  %s\n", err.msg);
+    }
+    free(lc);
+    free(l);
+    free(cm);
+    free(u);
+    free(vt);
+    free(t);
+    return r;
+}
+
+/* ---- 8: "rom" (C = Y^T Y) == SVD-LLM, in double ----------------------------
+ * W'_rom = a64 b64 from lowrank_project64 with only the output covariance
+ * C = Y^T Y, Y = X W^T, and W'_g from the input Gram G = X^T X (output side
+ * for d_out <= d_in, the Cholesky-whitened input side otherwise), against the
+ * literal SVD-LLM W' above. The rank-k W' is unique only when sigma_k >
+ * sigma_{k+1} (otherwise any subspace of the tied pair is optimal and the two
+ * methods may legitimately pick different ones); random data makes the gap
+ * nonzero and we check gap > 1e-4 sigma_1. Then every step is backward stable
+ * in double: C and G carry ~n_tok eps relative rounding, which moves the
+ * top-k subspace by ~eps kappa / gap (<~ 1e-10 here) and L^-1 adds
+ * kappa(L) ~ 30 at most, so the references agree to ~1e-13 (measured);
+ * 1e-8 allowed -- four orders below the f32-storage tolerance WP_TOL, so this
+ * checks the equivalence beyond what the f32 tests can see. The Jacobi/own-
+ * Cholesky literal (svdllm_literal) is cross-checked against the same
+ * reference at 1e-8 too. */
+static void rom_case(int d_out, int d_in, int n_tok, const int *ks, int nk, uint64_t seed) {
+    rng_seed(seed);
+    float *w = make_w(d_out, d_in);
+    double *x = make_x_corr(n_tok, d_in);
+    double *g = gram(x, n_tok, d_in);
+    double *wd = f2d(w, (size_t)d_out * d_in);
+    double *y = matmul(x, wd, n_tok, d_in, d_out, 1); /* X W^T */
+    double *c = cross(y, y, n_tok, d_out, d_out);      /* Y^T Y */
+    size_t wn = (size_t)d_out * d_in;
+    int mn = d_out < d_in ? d_out : d_in;
+    for (int ki = 0; ki < nk; ki++) {
+        int k = ks[ki];
+        double *wlit = ALLOC(double, wn), *wjac = ALLOC(double, wn), *sig = ALLOC(double, mn),
+               *sigj = ALLOC(double, mn);
+        SV_ASSERT_EQ(svdllm_gesdd(w, d_out, d_in, g, k, wlit, sig), 0);
+        SV_ASSERT_EQ(svdllm_literal(w, d_out, d_in, g, k, wjac, sigj), 0);
+        double gap = (sig[k - 1] - sig[k]) / sig[0];
+        SV_CHECK(gap > 1e-4);
+        double e_jac = rel_fro(wjac, wlit, wn);
+        struct sv_err err = {0};
+        struct lowrank_result rc, rg, rf;
+        memset(&rc, 0, sizeof rc);
+        memset(&rg, 0, sizeof rg);
+        memset(&rf, 0, sizeof rf);
+        int r1 = lowrank_project64(w, d_out, d_in, NULL, c, k, "rom", &rc, &err);
+        SV_ASSERT_EQ(r1, 0);
+        int r2 = lowrank_project64(w, d_out, d_in, g, NULL, k, "rom-g", &rg, &err);
+        SV_ASSERT_EQ(r2, 0);
+        int r3 = lowrank_project(w, d_out, d_in, g, NULL, k, "rom-g32", &rf, &err);
+        SV_ASSERT_EQ(r3, 0);
+        if (r1 || r2 || r3) {
+            fprintf(stderr, "  %s\n", err.msg);
+        } else {
+            SV_ASSERT_EQ(rc.side, 'o');
+            SV_ASSERT_EQ(rg.side, d_out <= d_in ? 'o' : 'i');
+            SV_ASSERT_EQ(rg.fallback, LOWRANK_OK);
+            SV_ASSERT_EQ(rc.k_effective, k);
+            SV_ASSERT_EQ(rg.k_effective, k);
+            SV_CHECK(rc.a64 && rc.b64 && rg.a64 && rg.b64);
+            SV_CHECK(rf.a64 == NULL && rf.b64 == NULL); /* lowrank_project keeps no doubles */
+            /* The f32 factors are the doubles rounded, and the same as lowrank_project's. */
+            int same = 1;
+            for (size_t i = 0; i < (size_t)d_out * k; i++)
+                same &= rg.a[i] == (float)rg.a64[i] && rc.a[i] == (float)rc.a64[i] && rf.a[i] == rg.a[i];
+            for (size_t i = 0; i < (size_t)k * d_in; i++)
+                same &= rg.b[i] == (float)rg.b64[i] && rc.b[i] == (float)rc.b64[i] && rf.b[i] == rg.b[i];
+            SV_CHECK(same);
+            double *wrom = matmul(rc.a64, rc.b64, d_out, k, d_in, 0);
+            double *wg = matmul(rg.a64, rg.b64, d_out, k, d_in, 0);
+            double e_rom = rel_fro(wrom, wlit, wn), e_g = rel_fro(wg, wlit, wn);
+            printf("  %dx%d N=%d k=%d: gap %.3f, |W'_rom - W'_svdllm|/|W'_svdllm| %.2e, G path (side %c) %.2e, "
+                   "Jacobi literal %.2e\n", d_out, d_in, n_tok, k, gap, e_rom, rg.side, e_g, e_jac);
+            SV_CHECK(e_rom <= 1e-8);
+            SV_CHECK(e_g <= 1e-8);
+            SV_CHECK(e_jac <= 1e-8);
+            free(wrom);
+            free(wg);
+        }
+        lowrank_result_free(&rc);
+        lowrank_result_free(&rg);
+        lowrank_result_free(&rf);
+        free(wlit);
+        free(wjac);
+        free(sig);
+        free(sigj);
+    }
+    free(w);
+    free(x);
+    free(g);
+    free(wd);
+    free(y);
+    free(c);
+}
+
+/* ---- 9: the spectrum and the discarded mass ---------------------------------
+ * lowrank_spectrum returns min(d_out, d_in) eigenvalues here (either side),
+ * descending, >= 0, summing to ||X W^T||_F^2 (the trace of C; double Gram,
+ * 1e-9). For each k, the tail sum from k equals lowrank_project's
+ * `discarded`: both come from the same eigensolve of the same matrix, summed
+ * in the same (ascending) order here, so they agree to the last bits; 1e-12
+ * leaves room only for a different summation order. The measured
+ * ||X W^T - X W'^T||_F^2 from the f32 factors matches it to second order in
+ * the f32 rounding (see case 2: ~1e-13 measured); 1e-5 allowed. The
+ * covariance path C = Y^T Y gives d_out eigenvalues: the top min(d_out, d_in)
+ * match the G ones (1e-9 of lambda_1: ~1e-15 rounding in both) and any extra
+ * ones (rank(C) <= d_in) are rounding-level (<= 1e-12 lambda_1). */
+static void spectrum_case(int d_out, int d_in, int n_tok, const int *ks, int nk, uint64_t seed) {
+    rng_seed(seed);
+    float *w = make_w(d_out, d_in);
+    double *x = make_x_corr(n_tok, d_in);
+    double *g = gram(x, n_tok, d_in);
+    int mn = d_out < d_in ? d_out : d_in, mx = d_out > d_in ? d_out : d_in;
+    double *ev = ALLOC(double, mx), *evc = ALLOC(double, mx);
+    struct sv_err err = {0};
+    int n = -1, nc = -1;
+    int r = lowrank_spectrum(w, d_out, d_in, g, NULL, ev, &n, "spectrum", &err);
+    SV_ASSERT_EQ(r, 0);
+    SV_ASSERT_EQ(n, mn);
+    if (r || n != mn) {
+        fprintf(stderr, "  %s\n", err.msg);
+        goto out;
+    }
+    int desc = 1;
+    double all = 0;
+    for (int j = 0; j < n; j++) {
+        desc &= ev[j] >= 0 && (j == 0 || ev[j] <= ev[j - 1]);
+        all += ev[j];
+    }
+    SV_CHECK(desc);
+    double total = calib_total(x, n_tok, w, d_out, d_in);
+    SV_ASSERT_NEAR_REL(all, total, 1e-9);
+    for (int ki = 0; ki < nk; ki++) {
+        int k = ks[ki];
+        double tail = 0;
+        for (int j = n - 1; j >= k; j--)
+            tail += ev[j];
+        struct lowrank_result res;
+        r = lowrank_project(w, d_out, d_in, g, NULL, k, "spectrum-k", &res, &err);
+        SV_ASSERT_EQ(r, 0);
+        if (r) {
+            fprintf(stderr, "  %s\n", err.msg);
+            continue;
+        }
+        double *wp = wprime(&res, d_out, d_in);
+        double loss = calib_loss(x, n_tok, w, wp, d_out, d_in);
+        double e_disc = fabs(tail - res.discarded) / tail, e_loss = fabs(loss - tail) / tail;
+        printf("  %dx%d k=%d side %c: tail %.6g (%.2e of total), vs discarded %.2e, vs measured f32 loss %.2e\n",
+               d_out, d_in, k, res.side, tail, tail / total, e_disc, e_loss);
+        SV_CHECK(e_disc <= 1e-12);
+        SV_CHECK(e_loss <= 1e-5);
+        free(wp);
+        lowrank_result_free(&res);
+    }
+    /* covariance path */
+    double *wd = f2d(w, (size_t)d_out * d_in);
+    double *y = matmul(x, wd, n_tok, d_in, d_out, 1);
+    double *c = cross(y, y, n_tok, d_out, d_out);
+    r = lowrank_spectrum(w, d_out, d_in, NULL, c, evc, &nc, "spectrum-c", &err);
+    SV_ASSERT_EQ(r, 0);
+    SV_ASSERT_EQ(nc, d_out);
+    if (r == 0 && nc == d_out) {
+        double dtop = 0, drest = 0;
+        for (int j = 0; j < mn; j++)
+            dtop = fmax(dtop, fabs(evc[j] - ev[j]) / ev[0]);
+        for (int j = mn; j < nc; j++)
+            drest = fmax(drest, evc[j] / ev[0]);
+        printf("  %dx%d C = Y^T Y: %d eigenvalues, top %d vs G max diff %.2e lambda1, rest <= %.2e lambda1\n",
+               d_out, d_in, nc, mn, dtop, drest);
+        SV_CHECK(dtop <= 1e-9);
+        SV_CHECK(drest <= 1e-12);
+    }
+    free(wd);
+    free(y);
+    free(c);
+out:
+    free(w);
+    free(x);
+    free(g);
+    free(ev);
+    free(evc);
+}
+
+/* ||Y - Z A^T||_F^2 for Y (ntok, d_out), Z (ntok, k), A (d_out, k). */
+static double refit_loss(const double *y, const double *z, const double *a, int ntok, int d_out, int k) {
+    double loss = 0;
+    for (int r = 0; r < ntok; r++)
+        for (int i = 0; i < d_out; i++) {
+            double e = y[(size_t)r * d_out + i];
+            for (int c = 0; c < k; c++)
+                e -= z[(size_t)r * k + c] * a[(size_t)i * k + c];
+            loss += e * e;
+        }
+    return loss;
+}
+
+/* A (d_out, k) solving A ZZ = YZ by the normal equations: ZZ = L L^T (the
+ * test's own Cholesky), each row a L L^T = y by a forward solve u L^T = y
+ * and the back-substitution a L = u. Returns -1 if ZZ is not positive definite. */
+static int ref_normal_solve(const double *yz, const double *zz, int d_out, int k, double *a) {
+    double *l = ALLOC(double, (size_t)k * k), *u = ALLOC(double, (size_t)d_out * k);
+    int r = ref_cholesky(zz, k, l);
+    if (r == 0) {
+        for (int row = 0; row < d_out; row++)
+            for (int i = 0; i < k; i++) { /* y_i = sum_{j <= i} u_j L_ij */
+                double s = yz[(size_t)row * k + i];
+                for (int j = 0; j < i; j++)
+                    s -= u[(size_t)row * k + j] * l[(size_t)i * k + j];
+                u[(size_t)row * k + i] = s / l[(size_t)i * k + i];
+            }
+        ref_right_solve_lower(u, l, d_out, k, a);
+    }
+    free(l);
+    free(u);
+    return r;
+}
+
+/* X' = X + noise: per channel, uniform noise with rms `pert` times that
+ * channel's rms (the inputs as a compressed upstream model produces them);
+ * channel `dead` (if >= 0) is zeroed (a channel the upstream pruned). */
+static double *perturb_x(const double *x, int n_tok, int d_in, double pert, int dead) {
+    double *xp = ALLOC(double, (size_t)n_tok * d_in);
+    for (int j = 0; j < d_in; j++) {
+        double rms = 0;
+        for (int r = 0; r < n_tok; r++)
+            rms += x[(size_t)r * d_in + j] * x[(size_t)r * d_in + j];
+        rms = sqrt(rms / n_tok);
+        for (int r = 0; r < n_tok; r++)
+            xp[(size_t)r * d_in + j] = j == dead ? 0.0 : x[(size_t)r * d_in + j] + pert * rms * sqrt(3.0) * uni();
+    }
+    return xp;
+}
+
+/* ---- 10: the refit never increases the loss ---------------------------------
+ * B (f32, as a compression stores it) from lowrank_project with G = X^T X of
+ * the original inputs X; the compressed model feeds B with X' (pert relative
+ * noise, one dead channel), so Z = X' B^T, while the target stays
+ * Y = X W^T. The refit A = (Y^T Z)(Z^T Z)^+ minimises ||Y - Z A^T|| over all
+ * A, so its loss is <= that of the original A (= f32 U_k): checked with
+ * 1e-12 relative slack for the rounding of the two loss sums. Here Z^T Z is
+ * well conditioned (kappa ~ lambda_1 / lambda_k of C, <~ 1e3) so the
+ * eigen-solve and the independent Cholesky normal-equation solve agree to
+ * ~kappa eps ~ 1e-13; 1e-9 allowed. The statistics accumulated in f32 chunks
+ * (lowrank_cross_accum, lowrank_gram_accum) from f32 copies of Y and Z agree
+ * with the double ones to ~1e-7 (f32 input rounding plus chunk sums, as in
+ * case 6); 1e-5 allowed. The refit from those f32 statistics loses at most
+ * ||Z dA^T||^2 ~ (1e-7 kappa)^2 relative against the exact minimum (second
+ * order: the loss is flat at the minimiser; ~1e-12 measured); 1e-6 allowed,
+ * and with pert > 0 (a real gain, >= 1 %) it must still beat the original A.
+ * (Only while Z^T Z is this well conditioned: the refit's drop threshold is
+ * at double rounding, k eps lambda_max, so directions below the ~1e-7 noise
+ * of f32 statistics would be kept and amplified.) pert = 0 (X' = X, no dead
+ * channel) with the double factors: Z = Y U_k, Z^T Z = Lambda_k,
+ * Y^T Z = U_k Lambda_k, so the refit is U_k itself (1e-9, same conditioning
+ * argument); with the f32 B it moves by the f32 rounding of B only (~2e-8
+ * measured, 1e-6 allowed). */
+static void refit_case(int d_out, int d_in, int n_tok, int k, double pert, uint64_t seed) {
+    rng_seed(seed);
+    float *w = make_w(d_out, d_in);
+    double *x = make_x_corr(n_tok, d_in);
+    double *g = gram(x, n_tok, d_in);
+    /* pert = 0: X' = X exactly (no noise, no dead channel) */
+    double *xp = perturb_x(x, n_tok, d_in, pert, pert > 0 ? d_in / 2 : -1);
+    double *wd = f2d(w, (size_t)d_out * d_in);
+    double *y = matmul(x, wd, n_tok, d_in, d_out, 1); /* target: X W^T */
+    struct sv_err err = {0};
+    struct lowrank_result res;
+    int r = lowrank_project64(w, d_out, d_in, g, NULL, k, "refit", &res, &err);
+    SV_ASSERT_EQ(r, 0);
+    if (r) {
+        fprintf(stderr, "  %s\n", err.msg);
+        goto out0;
+    }
+    double *bd = f2d(res.b, (size_t)k * d_in), *a0 = f2d(res.a, (size_t)d_out * k);
+    double *z = matmul(xp, bd, n_tok, d_in, k, 1); /* X' B^T */
+    double *yz = cross(y, z, n_tok, d_out, k), *zz = cross(z, z, n_tok, k, k);
+    double *a = ALLOC(double, (size_t)d_out * k), *ane = ALLOC(double, (size_t)d_out * k),
+           *a32 = ALLOC(double, (size_t)d_out * k);
+    int dropped = -1;
+    r = lowrank_refit(yz, zz, d_out, k, "refit", a, &dropped, &err);
+    SV_ASSERT_EQ(r, 0);
+    SV_ASSERT_EQ(dropped, 0);
+    SV_CHECK(all_finite_d(a, (size_t)d_out * k));
+    double l0 = refit_loss(y, z, a0, n_tok, d_out, k), l1 = refit_loss(y, z, a, n_tok, d_out, k);
+    SV_CHECK(l1 <= l0 * (1 + 1e-12));
+    SV_ASSERT_EQ(ref_normal_solve(yz, zz, d_out, k, ane), 0);
+    double e_ne = rel_fro(a, ane, (size_t)d_out * k);
+    SV_CHECK(e_ne <= 1e-9);
+
+    /* the same statistics through the f32 chunked accumulators */
+    float *yf = d2f(y, (size_t)n_tok * d_out), *zf = d2f(z, (size_t)n_tok * k);
+    double *yz32 = ALLOC(double, (size_t)d_out * k), *zz32 = ALLOC(double, (size_t)k * k);
+    SV_ASSERT_EQ(lowrank_cross_accum(yz32, yf, d_out, zf, k, (size_t)n_tok, &err), 0);
+    SV_ASSERT_EQ(lowrank_gram_accum(zz32, zf, (size_t)n_tok, k, &err), 0);
+    lowrank_gram_symmetrize(zz32, k);
+    double e_yz = rel_fro(yz32, yz, (size_t)d_out * k), e_zz = rel_fro(zz32, zz, (size_t)k * k);
+    SV_CHECK(e_yz <= 1e-5);
+    SV_CHECK(e_zz <= 1e-5);
+    int dropped32 = -1;
+    SV_ASSERT_EQ(lowrank_refit(yz32, zz32, d_out, k, "refit32", a32, &dropped32, &err), 0);
+    SV_ASSERT_EQ(dropped32, 0);
+    double l32 = refit_loss(y, z, a32, n_tok, d_out, k);
+    SV_CHECK(l32 <= l1 * (1 + 1e-6));
+    if (pert > 0) /* at pert = 0 U_k is optimal already: the ~1e-13 f32-statistics excess can exceed the gain */
+        SV_CHECK(l32 <= l0 * (1 + 1e-12));
+    printf("  %dx%d N=%d k=%d pert %.2f: loss A=U_k %.6g -> refit %.6g (%.1f%% lower), vs normal eqs %.2e, "
+           "f32 stats yz %.2e zz %.2e, refit from f32 stats +%.2e\n",
+           d_out, d_in, n_tok, k, pert, l0, l1, 100 * (1 - l1 / l0), e_ne, e_yz, e_zz, (l32 - l1) / l1);
+
+    if (pert == 0) {
+        /* Exact factors: the refit reproduces U_k. */
+        double *z64 = matmul(xp, res.b64, n_tok, d_in, k, 1);
+        double *yz64 = cross(y, z64, n_tok, d_out, k), *zz64 = cross(z64, z64, n_tok, k, k);
+        double *a64 = ALLOC(double, (size_t)d_out * k);
+        int d64 = -1;
+        SV_ASSERT_EQ(lowrank_refit(yz64, zz64, d_out, k, "refit64", a64, &d64, &err), 0);
+        SV_ASSERT_EQ(d64, 0);
+        double e_uk = rel_fro(a64, res.a64, (size_t)d_out * k);
+        double e_uk32 = rel_fro(a, res.a64, (size_t)d_out * k);
+        printf("    X' = X: |A_refit - U_k|/|U_k| %.2e (double B), %.2e (f32 B)\n", e_uk, e_uk32);
+        SV_CHECK(e_uk <= 1e-9);
+        SV_CHECK(e_uk32 <= 1e-6);
+        free(z64);
+        free(yz64);
+        free(zz64);
+        free(a64);
+    }
+    free(yf);
+    free(zf);
+    free(yz32);
+    free(zz32);
+    free(bd);
+    free(a0);
+    free(z);
+    free(yz);
+    free(zz);
+    free(a);
+    free(ane);
+    free(a32);
+    lowrank_result_free(&res);
+out0:
+    free(w);
+    free(x);
+    free(g);
+    free(xp);
+    free(wd);
+    free(y);
+}
+
+/* ---- 11: refit with a singular Z^T Z ----------------------------------------
+ * B with two identical rows (Z has two identical columns) or a zero row (a
+ * dead direction, as lowrank_project stores for sigma_k at rounding level:
+ * Z has a zero column). Z^T Z is then exactly singular; the refit must drop
+ * that direction (dropped >= 1), stay finite and succeed, and the
+ * minimum-norm solution is still a minimiser: its loss equals that of the
+ * refit on the reduced, nonsingular B (the redundant row removed) to 1e-9
+ * (both well conditioned otherwise; rounding ~1e-13), hence <= the loss of
+ * the original A. Minimum norm pins the split: duplicated rows get half the
+ * reduced column each, a zero row gets a zero column (1e-9 of |A|: the
+ * dropped direction is an exact eigenvector up to ~eps). B = 0 entirely:
+ * everything dropped, A = 0. */
+enum sing_kind { SING_DUP_ROW, SING_ZERO_ROW };
+
+static void refit_singular_case(int d_out, int d_in, int n_tok, int k, enum sing_kind kind, uint64_t seed) {
+    static const char *names[] = {"duplicate row", "zero row"};
+    rng_seed(seed);
+    float *w = make_w(d_out, d_in);
+    double *x = make_x_corr(n_tok, d_in);
+    double *g = gram(x, n_tok, d_in);
+    double *xp = perturb_x(x, n_tok, d_in, 0.1, -1);
+    double *wd = f2d(w, (size_t)d_out * d_in);
+    double *y = matmul(x, wd, n_tok, d_in, d_out, 1);
+    struct sv_err err = {0};
+    struct lowrank_result res;
+    int r = lowrank_project(w, d_out, d_in, g, NULL, k, "refit-sing", &res, &err);
+    SV_ASSERT_EQ(r, 0);
+    if (r) {
+        fprintf(stderr, "  %s\n", err.msg);
+        goto out0;
+    }
+    /* The singular B: row 1 := row 0, or row k-1 := 0. The reduced B drops
+     * that row (k - 1 rows); red_col maps its columns to the full ones. */
+    int bad = kind == SING_DUP_ROW ? 1 : k - 1, kr = k - 1;
+    double *bd = f2d(res.b, (size_t)k * d_in), *a0 = f2d(res.a, (size_t)d_out * k);
+    for (int j = 0; j < d_in; j++)
+        bd[(size_t)bad * d_in + j] = kind == SING_DUP_ROW ? bd[j] : 0.0;
+    double *br = ALLOC(double, (size_t)kr * d_in);
+    for (int c = 0, cr = 0; c < k; c++)
+        if (c != bad)
+            memcpy(br + (size_t)cr++ * d_in, bd + (size_t)c * d_in, (size_t)d_in * sizeof *br);
+    double *z = matmul(xp, bd, n_tok, d_in, k, 1), *zr = matmul(xp, br, n_tok, d_in, kr, 1);
+    double *yz = cross(y, z, n_tok, d_out, k), *zz = cross(z, z, n_tok, k, k);
+    double *yzr = cross(y, zr, n_tok, d_out, kr), *zzr = cross(zr, zr, n_tok, kr, kr);
+    double *a = ALLOC(double, (size_t)d_out * k), *ar = ALLOC(double, (size_t)d_out * kr);
+    int dropped = -1, dr = -1;
+    r = lowrank_refit(yz, zz, d_out, k, "refit-sing", a, &dropped, &err);
+    SV_ASSERT_EQ(r, 0);
+    if (r)
+        fprintf(stderr, "  %s\n", err.msg);
+    SV_CHECK(dropped >= 1);
+    SV_CHECK(all_finite_d(a, (size_t)d_out * k));
+    SV_ASSERT_EQ(lowrank_refit(yzr, zzr, d_out, kr, "refit-red", ar, &dr, &err), 0);
+    SV_ASSERT_EQ(dr, 0);
+    double l0 = refit_loss(y, z, a0, n_tok, d_out, k), l1 = refit_loss(y, z, a, n_tok, d_out, k),
+           lr = refit_loss(y, zr, ar, n_tok, d_out, kr);
+    SV_CHECK(l1 <= l0 * (1 + 1e-12));
+    double e_red = fabs(l1 - lr) / lr;
+    SV_CHECK(e_red <= 1e-9);
+    /* the minimum-norm split */
+    double split = 0, nrm = 0;
+    for (int i = 0; i < d_out; i++) {
+        const double *ai = a + (size_t)i * k, *ari = ar + (size_t)i * kr;
+        double d = kind == SING_DUP_ROW ? fmax(fabs(ai[0] - 0.5 * ari[0]), fabs(ai[1] - 0.5 * ari[0])) : fabs(ai[k - 1]);
+        split = fmax(split, d);
+        for (int c = 0; c < kr; c++)
+            nrm = fmax(nrm, fabs(ari[c]));
+    }
+    split /= nrm;
+    SV_CHECK(split <= 1e-9);
+    printf("  %s %dx%d k=%d: dropped %d, loss A=U_k %.6g -> refit %.6g, vs reduced refit %.2e, "
+           "min-norm split %.2e\n", names[kind], d_out, d_in, k, dropped, l0, l1, e_red, split);
+
+    if (kind == SING_ZERO_ROW) { /* B = 0: Z = 0, nothing to fit */
+        double *yz0 = ALLOC(double, (size_t)d_out * k), *zz0 = ALLOC(double, (size_t)k * k);
+        for (int i = 0; i < d_out * k; i++)
+            a[i] = 1.0;
+        int d0 = -1;
+        SV_ASSERT_EQ(lowrank_refit(yz0, zz0, d_out, k, "refit-zero", a, &d0, &err), 0);
+        SV_ASSERT_EQ(d0, k);
+        double amax = 0;
+        for (int i = 0; i < d_out * k; i++)
+            amax = fmax(amax, fabs(a[i]));
+        SV_CHECK(amax == 0);
+        free(yz0);
+        free(zz0);
+    }
+    free(bd);
+    free(a0);
+    free(br);
+    free(z);
+    free(zr);
+    free(yz);
+    free(zz);
+    free(yzr);
+    free(zzr);
+    free(a);
+    free(ar);
+    lowrank_result_free(&res);
+out0:
+    free(w);
+    free(x);
+    free(g);
+    free(xp);
+    free(wd);
+    free(y);
+}
+
+/* ---- 12: the chunked cross-product accumulator ------------------------------
+ * c += y^T z against a naive double loop over the same f32 values, ntok = 600
+ * (two full chunks of 256 and a partial one of 88), non-square (13 x 7) so a
+ * transposed operand would show, accumulated onto a nonzero c, and again in
+ * two calls (1 + 599 rows). Each entry is an f32 sum of <= 256 products: the
+ * rounding random-walks to ~u sqrt(sum of squared partial sums), about
+ * 1e-6 .. 1e-7 of the entry for zero-mean data (measured ~1e-7); 1e-6
+ * relative Frobenius (of the accumulated part) as specified. */
+static void cross_accum(void) {
+    const int dy = 13, dz = 7;
+    const size_t ntok = 600;
+    rng_seed(12);
+    float *y = ALLOC(float, ntok * dy), *z = ALLOC(float, ntok * dz);
+    for (size_t i = 0; i < ntok * dy; i++)
+        y[i] = (float)uni();
+    for (size_t i = 0; i < ntok * dz; i++)
+        z[i] = (float)(0.5 * uni() + 0.2); /* some nonzero mean too */
+    double *ref = ALLOC(double, (size_t)dy * dz), *c = ALLOC(double, (size_t)dy * dz),
+           *c2 = ALLOC(double, (size_t)dy * dz), *init = ALLOC(double, (size_t)dy * dz);
+    for (int i = 0; i < dy * dz; i++)
+        init[i] = uni();
+    for (int i = 0; i < dy; i++)
+        for (int j = 0; j < dz; j++) {
+            double s = 0;
+            for (size_t r = 0; r < ntok; r++)
+                s += (double)y[r * dy + i] * z[r * dz + j];
+            ref[(size_t)i * dz + j] = s;
+        }
+    memcpy(c, init, (size_t)dy * dz * sizeof *c);
+    struct sv_err err = {0};
+    SV_ASSERT_EQ(lowrank_cross_accum(c, y, dy, z, dz, ntok, &err), 0);
+    SV_ASSERT_EQ(lowrank_cross_accum(c2, y, dy, z, dz, 1, &err), 0);
+    SV_ASSERT_EQ(lowrank_cross_accum(c2, y + dy, dy, z + dz, dz, ntok - 1, &err), 0);
+    SV_ASSERT_EQ(lowrank_cross_accum(c2, y, dy, z, dz, 0, &err), 0); /* no rows: no-op */
+    for (int i = 0; i < dy * dz; i++)
+        c[i] -= init[i];
+    double e1 = rel_fro(c, ref, (size_t)dy * dz), e2 = rel_fro(c2, ref, (size_t)dy * dz);
+    printf("  cross %zux%dx%d: one call rel Frobenius %.2e, two calls (1 + 599) %.2e\n", ntok, dy, dz, e1, e2);
+    SV_CHECK(e1 <= 1e-6);
+    SV_CHECK(e2 <= 1e-6);
+    free(y);
+    free(z);
+    free(ref);
+    free(c);
+    free(c2);
+    free(init);
+}
+
 int main(void) {
     forward_threads_set(0);
     printf("1+2. SVD-LLM equivalence, covariance path, loss identity\n");
@@ -773,5 +1388,27 @@ int main(void) {
     gram_accum();
     printf("7. errors\n");
     errors();
+    printf("8. rom (C = Y^T Y) == SVD-LLM in double (lowrank_project64)\n");
+    static const int ks_o[] = {4, 10, 16}, ks_i[] = {5, 12, 20};
+    rom_case(24, 40, 200, ks_o, 3, 801); /* output side either way */
+    rom_case(40, 24, 200, ks_i, 3, 802); /* G path: input side, Cholesky whitening */
+    printf("9. spectrum vs discarded and measured loss\n");
+    spectrum_case(24, 40, 200, ks_o, 3, 901);
+    spectrum_case(40, 24, 200, ks_i, 3, 902);
+    printf("10. refit never increases the loss\n");
+    refit_case(24, 40, 200, 8, 0.05, 1001);
+    refit_case(24, 40, 200, 12, 0.20, 1002);
+    refit_case(40, 24, 200, 6, 0.10, 1003);
+    refit_case(40, 24, 200, 16, 0.20, 1004);
+    refit_case(32, 32, 150, 10, 0.15, 1005);
+    refit_case(24, 40, 200, 8, 0.0, 1006); /* X' = X: refit = U_k */
+    refit_case(40, 24, 200, 12, 0.0, 1007);
+    printf("11. refit with singular Z^T Z\n");
+    refit_singular_case(24, 40, 200, 8, SING_DUP_ROW, 1101);
+    refit_singular_case(40, 24, 200, 10, SING_DUP_ROW, 1102);
+    refit_singular_case(24, 40, 200, 8, SING_ZERO_ROW, 1103);
+    refit_singular_case(40, 24, 200, 10, SING_ZERO_ROW, 1104);
+    printf("12. cross-product accumulation\n");
+    cross_accum();
     return sv_test_result("lowrank");
 }

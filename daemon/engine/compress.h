@@ -24,8 +24,24 @@
 
 /* svd: G = I. svdllm: G = X^T X of the original model's activations.
  * asvd: G = diag(s^2), s_j = (mean |x_j|)^alpha (ASVD). awsvd: G = diag(s^2),
- * s_j = RMS of input channel j (LoRAP's AWSVD). See lowrank.h. */
-enum compress_method { METHOD_SVD = 0, METHOD_SVDLLM, METHOD_ASVD, METHOD_AWSVD, METHOD_COUNT };
+ * s_j = RMS of input channel j (LoRAP's AWSVD). See lowrank.h.
+ * svdllm-update: svdllm's B = U_k^T W, then A refitted by least squares so
+ * that the compressed model's inputs reproduce the original model's outputs.
+ * rom: sequential; U_k from the output covariance of the already-compressed
+ * model (within a layer o/down see compressed q/k/v and gate/up).
+ * lorap: attention by awsvd with the (v+o):(q+k) split, MLP by structured
+ * channel pruning. */
+enum compress_method {
+    METHOD_SVD = 0, METHOD_SVDLLM, METHOD_ASVD, METHOD_AWSVD, METHOD_SVDLLM_UPDATE, METHOD_ROM, METHOD_LORAP,
+    METHOD_COUNT
+};
+
+/* Rank allocation. default: lorap for method lorap, last-n when layers > 0,
+ * uniform otherwise. uniform: k = floor(d_out d_in (1 - ratio) / (d_out + d_in)).
+ * lorap: attention's kept parameters split (v+o):(q+k) = attn_split, MLP uniform.
+ * last-n: only the last `layers` decoder layers, each at ratio * L / layers.
+ * auto: one global budget, greedy on the discarded eigenvalues (compress.c). */
+enum compress_ranks { RANKS_DEFAULT = 0, RANKS_UNIFORM, RANKS_LORAP, RANKS_LAST_N, RANKS_AUTO, RANKS_COUNT };
 
 struct compress_params {
     char model_dir[PATH_MAX];
@@ -44,6 +60,10 @@ struct compress_params {
     bool overwrite;              /* allow replacing an existing out_dir */
     int eval_seqlen;             /* 0 = seqlen */
     int eval_max_windows;        /* 0 = all */
+    enum compress_ranks ranks;
+    int layers;                  /* last-n: how many final layers to compress; 0 = all */
+    double attn_split;           /* lorap's (v+o):(q+k) parameter ratio; 0 = the default 3 */
+    bool centered;               /* rom: centred output covariance (default uncentred) */
 };
 
 /* Which phase a job is in, for status and watch. */
@@ -91,5 +111,7 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
 
 const char *compress_method_name(enum compress_method m);
 int compress_method_parse(const char *s, enum compress_method *ret);
+const char *compress_ranks_name(enum compress_ranks r);
+int compress_ranks_parse(const char *s, enum compress_ranks *ret);
 
 #endif

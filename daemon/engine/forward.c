@@ -192,14 +192,14 @@ int forward_layer(const struct config *c, const struct layer_w *lw, float *x, in
 
     /* Attention block. */
     rmsnorm(xn, x, lw->attn_norm, ntok, d, c->rms_eps);
-    if ((r = tap_in(taps, PROJ_Q, xn, ntok, d)) < 0)
+    if ((r = tap_in(taps, PROJ_Q, xn, ntok, d)) != 0)
         goto tap_fail;
     if ((r = forward_linear(&lw->proj[PROJ_Q], xn, ntok, q, err)) < 0 ||
         (r = forward_linear(&lw->proj[PROJ_K], xn, ntok, k, err)) < 0 ||
         (r = forward_linear(&lw->proj[PROJ_V], xn, ntok, v, err)) < 0)
         goto out;
     if ((r = tap_out(taps, PROJ_Q, q, ntok, qw)) < 0 || (r = tap_out(taps, PROJ_K, k, ntok, kvw)) < 0 ||
-        (r = tap_out(taps, PROJ_V, v, ntok, kvw)) < 0)
+        (r = tap_out(taps, PROJ_V, v, ntok, kvw)) != 0)
         goto tap_fail;
     for (int t = 0; t < T; t++)
         for (int i = 0; i < hd / 2; i++) {
@@ -254,12 +254,12 @@ int forward_layer(const struct config *c, const struct layer_w *lw, float *x, in
         /* oh (T, hd) = scm (T, T) vh (T, hd) */
         sgemm1(0, (size_t)T, (size_t)hd, (size_t)T, 1.0f, scm, (size_t)T, vh, (size_t)hd, 0.0f, oh, (size_t)qw);
     }
-    if ((r = tap_in(taps, PROJ_O, att, ntok, qw)) < 0)
+    if ((r = tap_in(taps, PROJ_O, att, ntok, qw)) != 0)
         goto tap_fail;
     /* xn is free now: o_proj output goes there, then the residual add. */
     if ((r = forward_linear(&lw->proj[PROJ_O], att, ntok, xn, err)) < 0)
         goto out;
-    if ((r = tap_out(taps, PROJ_O, xn, ntok, d)) < 0)
+    if ((r = tap_out(taps, PROJ_O, xn, ntok, d)) != 0)
         goto tap_fail;
     add_inplace(x, xn, ntok * (size_t)d);
     free(q);
@@ -276,12 +276,12 @@ int forward_layer(const struct config *c, const struct layer_w *lw, float *x, in
         goto out;
     }
     rmsnorm(xn, x, lw->ffn_norm, ntok, d, c->rms_eps);
-    if ((r = tap_in(taps, PROJ_GATE, xn, ntok, d)) < 0)
+    if ((r = tap_in(taps, PROJ_GATE, xn, ntok, d)) != 0)
         goto tap_fail;
     if ((r = forward_linear(&lw->proj[PROJ_GATE], xn, ntok, g, err)) < 0 ||
         (r = forward_linear(&lw->proj[PROJ_UP], xn, ntok, u, err)) < 0)
         goto out;
-    if ((r = tap_out(taps, PROJ_GATE, g, ntok, ff)) < 0 || (r = tap_out(taps, PROJ_UP, u, ntok, ff)) < 0)
+    if ((r = tap_out(taps, PROJ_GATE, g, ntok, ff)) < 0 || (r = tap_out(taps, PROJ_UP, u, ntok, ff)) != 0)
         goto tap_fail;
     /* Scalar, this loop was 3 % of a layer at hidden 2048. */
 #pragma omp parallel for simd num_threads(forward_nthreads)
@@ -289,16 +289,16 @@ int forward_layer(const struct config *c, const struct layer_w *lw, float *x, in
         float a = g[i];
         g[i] = a / (1.0f + vexpf(-a)) * u[i];
     }
-    if ((r = tap_in(taps, PROJ_DOWN, g, ntok, ff)) < 0)
+    if ((r = tap_in(taps, PROJ_DOWN, g, ntok, ff)) != 0)
         goto tap_fail;
     if ((r = forward_linear(&lw->proj[PROJ_DOWN], g, ntok, xn, err)) < 0)
         goto out;
-    if ((r = tap_out(taps, PROJ_DOWN, xn, ntok, d)) < 0)
+    if ((r = tap_out(taps, PROJ_DOWN, xn, ntok, d)) != 0)
         goto tap_fail;
     add_inplace(x, xn, ntok * (size_t)d);
     goto out;
-tap_fail:
-    if (err && err->code == 0)
+tap_fail: /* r > 0: a tap asked to stop early; not an error */
+    if (r < 0 && err && err->code == 0)
         sv_err_set(err, r, "layer %d: statistics callback failed", lw->index);
 out:
     free(xn);

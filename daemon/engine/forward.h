@@ -33,7 +33,11 @@ int forward_threads_get(void);
 /* y (ntok, d_out) = x (ntok, d_in) W^T, or (x B^T) A^T for a factor pair. */
 int forward_linear(const struct linear *lin, const float *x, size_t ntok, float *y, struct sv_err *err);
 
-/* Runs one decoder layer in place on x (B*T, hidden). A tap returning < 0 stops it. */
+/* Runs one decoder layer in place on x (B*T, hidden). A tap returning < 0
+ * stops it with that error; a tap returning FORWARD_STOP ends it early with
+ * that value (x is then partly updated): a caller that needs only the
+ * statistics up to some linear does not pay for the rest of the layer. */
+#define FORWARD_STOP 1
 int forward_layer(const struct config *c, const struct layer_w *lw, float *x, int B, int T,
                   const struct forward_taps *taps, struct sv_err *err);
 

@@ -37,6 +37,7 @@ struct lowrank_result {
     int k_effective;     /* directions with non-negligible singular value */
     float *a;            /* A: (d_out, k), malloc'ed */
     float *b;            /* B: (k, d_in), malloc'ed */
+    double *a64, *b64;   /* the same in double (lowrank_project64 only), else NULL */
     double energy;       /* retained fraction: sum of kept / all eigenvalues */
     double discarded;    /* sum of dropped eigenvalues = squared calibration-output error */
     enum lowrank_fallback fallback;
@@ -50,6 +51,29 @@ struct lowrank_result {
 int lowrank_project(const float *w, int d_out, int d_in, const double *g_in, const double *c_out, int k,
                     const char *what, struct lowrank_result *ret, struct sv_err *err);
 void lowrank_result_free(struct lowrank_result *r);
+/* The same, also keeping the factors in double (a64, b64): for tests that
+ * compare methods beyond f32 storage precision. */
+int lowrank_project64(const float *w, int d_out, int d_in, const double *g_in, const double *c_out, int k,
+                      const char *what, struct lowrank_result *ret, struct sv_err *err);
+/* The statistic's eigenvalues only, descending and clamped at 0, into ev
+ * (room for max(d_out, d_in)); *n = their count (d_out on the output side,
+ * d_in on the input side). Dropping the smallest n - k of them leaves a
+ * squared calibration-output error equal to their sum. */
+int lowrank_spectrum(const float *w, int d_out, int d_in, const double *g_in, const double *c_out, double *ev,
+                     int *n, const char *what, struct sv_err *err);
+
+/* The closed-form update for a fixed right factor B (k x d_in): with Z = X' B^T
+ * (the compressed model's inputs through B) and Y the target outputs, the
+ * least-squares left factor is A = (Y^T Z)(Z^T Z)^+. yz: (d_out, k) = Y^T Z,
+ * zz: (k, k) = Z^T Z, both symmetric-complete, double. a: (d_out, k) double.
+ * Directions of Z^T Z below 1e-6 of its largest eigenvalue (the precision of
+ * f32-accumulated statistics) are dropped (minimum-norm solution);
+ * their count goes to *dropped. */
+int lowrank_refit(const double *yz, const double *zz, int d_out, int k, const char *what, double *a,
+                  int *dropped, struct sv_err *err);
+/* c (dy, dz) += y^T z for row blocks y (ntok, dy), z (ntok, dz), f32 products
+ * over chunks of at most 256 rows added into the double accumulator. */
+int lowrank_cross_accum(double *c, const float *y, int dy, const float *z, int dz, size_t ntok, struct sv_err *err);
 
 /* The rank that removes a fraction `ratio` of a d_out x d_in matrix's
  * parameters when stored as a pair: floor(d_out d_in (1 - ratio) / (d_out + d_in)), at least 1. */
