@@ -52,12 +52,21 @@ static void usage(FILE *f) {
           "Commands:\n"
           "  ping                      check that svdllmd answers\n"
           "  version                   daemon version, protocol and methods\n"
-          "  submit --model DIR --out DIR --ratio R [--method svd|svdllm|asvd|awsvd]\n"
-          "         [--alpha A] [--calib FILE] [--nsamples N] [--seqlen L] [--seed S]\n"
+          "  submit --model DIR --out DIR --ratio R\n"
+          "         [--method svd|svdllm|asvd|awsvd|svdllm-update|rom|lorap]\n"
+          "         [--ranks default|uniform|lorap|last-n|auto] [--layers N]\n"
+          "         [--attn-split X] [--centered] [--alpha A]\n"
+          "         [--calib FILE] [--nsamples N] [--seqlen L] [--seed S]\n"
           "         [--calib-windows random|first] [--dense] [--overwrite]\n"
           "         [--eval-text FILE] [--eval-seqlen L] [--eval-max-windows N]\n"
           "                            queue a compression job; prints its id\n"
-          "                            (--alpha: asvd's exponent in (0, 4], default 0.5)\n"
+          "                            (--ranks: rank allocation, default: lorap for\n"
+          "                            method lorap, last-n with --layers, else uniform;\n"
+          "                            --layers: last-n's count of final layers in\n"
+          "                            [0, 1024], 0 = all; --attn-split: lorap's\n"
+          "                            (v+o):(q+k) ratio in (0, 100], default 3;\n"
+          "                            --centered: rom's centred output covariance;\n"
+          "                            --alpha: asvd's exponent in (0, 4], default 0.5)\n"
           "  status JOB                state, layer i/N, phase, ETA, peak RSS, perplexities\n"
           "  list [--state S] [--limit N]\n"
           "                            jobs, newest first\n"
@@ -211,11 +220,24 @@ static void fmt_progress(char *out, size_t n, json_t *job) {
 static void print_status(json_t *job) {
     char buf[256];
     printf("job %lld: %s\n", jint(job, "id"), jstr(job, "state"));
+    printf("  method      %s, ratio %g", jstr(job, "method"), jnum(job, "ratio", 0));
     if (json_is_number(json_object_get(job, "alpha")))   /* asvd jobs only */
-        printf("  method      %s, ratio %g, alpha %g\n", jstr(job, "method"), jnum(job, "ratio", 0),
-               jnum(job, "alpha", 0));
-    else
-        printf("  method      %s, ratio %g\n", jstr(job, "method"), jnum(job, "ratio", 0));
+        printf(", alpha %g", jnum(job, "alpha", 0));
+    if (json_is_true(json_object_get(job, "centered")))
+        printf(", centered");
+    printf("\n");
+    /* The rank rule, when it is not the plain default. */
+    const char *ranks = jstr(job, "ranks");
+    bool has_layers = json_is_integer(json_object_get(job, "layers"));
+    bool has_split = json_is_number(json_object_get(job, "attn_split"));
+    if ((*ranks && strcmp(ranks, "default") != 0) || has_layers || has_split) {
+        printf("  ranks       %s", *ranks ? ranks : "default");
+        if (has_layers)
+            printf(", last %lld layers", jint(job, "layers"));
+        if (has_split)
+            printf(", attn_split %g", jnum(job, "attn_split", 0));
+        printf("\n");
+    }
     printf("  model       %s\n", jstr(job, "model"));
     printf("  out         %s\n", jstr(job, "out"));
     if (*jstr(job, "calib"))
@@ -251,10 +273,10 @@ static void print_status(json_t *job) {
 /* ---- Commands --------------------------------------------------------------------- */
 
 struct args {
-    const char *model, *out, *method, *calib, *calib_windows, *eval_text, *text, *state;
-    double ratio, alpha;
-    bool has_ratio, has_alpha, dense, overwrite;
-    long long nsamples, seqlen, seed, eval_seqlen, eval_max_windows, max_windows, limit;
+    const char *model, *out, *method, *ranks, *calib, *calib_windows, *eval_text, *text, *state;
+    double ratio, alpha, attn_split;
+    bool has_ratio, has_alpha, has_attn_split, dense, overwrite, centered;
+    long long nsamples, seqlen, seed, eval_seqlen, eval_max_windows, max_windows, limit, layers;
 };
 
 static long long parse_ll(const char *opt, const char *v, long long min, long long max) {
@@ -327,6 +349,14 @@ static int cmd_submit(struct conn *c, const struct args *a) {
         proto_set_real(q, "ratio", a->ratio);
     if (a->has_alpha)
         proto_set_real(q, "alpha", a->alpha);
+    if (a->ranks)
+        proto_set_str(q, "ranks", a->ranks);
+    if (a->layers >= 0)
+        proto_set_int(q, "layers", a->layers);
+    if (a->has_attn_split)
+        proto_set_real(q, "attn_split", a->attn_split);
+    if (a->centered)
+        proto_set_bool(q, "centered", true);
     if (a->calib)
         json_object_set_new(q, "calib", abs_path(a->calib));
     if (a->nsamples >= 0)
@@ -386,13 +416,13 @@ static int cmd_list(struct conn *c, const struct args *a) {
         if (json_array_size(jobs) == 0)
             printf("no jobs\n");
         else
-            printf("%6s  %-9s  %-7s  %5s  %-8s  %s\n", "ID", "STATE", "METHOD", "RATIO", "LAYERS", "MODEL -> OUT");
+            printf("%6s  %-9s  %-13s  %5s  %-8s  %s\n", "ID", "STATE", "METHOD", "RATIO", "LAYERS", "MODEL -> OUT");
         size_t i;
         json_t *j;
         json_array_foreach(jobs, i, j) {
             char layers[32];
             snprintf(layers, sizeof layers, "%lld/%lld", jint(j, "layers_done"), jint(j, "n_layers"));
-            printf("%6lld  %-9s  %-7s  %5.2f  %-8s  %s -> %s\n", jint(j, "id"), jstr(j, "state"),
+            printf("%6lld  %-9s  %-13s  %5.2f  %-8s  %s -> %s\n", jint(j, "id"), jstr(j, "state"),
                    jstr(j, "method"), jnum(j, "ratio", 0), layers, jstr(j, "model"), jstr(j, "out"));
         }
         if (json_is_true(json_object_get(r, "truncated")))
@@ -518,7 +548,8 @@ static int cmd_eval(struct conn *c, const struct args *a) {
 enum {
     O_SOCKET = 256, O_JSON, O_HELP, O_MODEL, O_OUT, O_METHOD, O_RATIO, O_CALIB, O_NSAMPLES,
     O_SEQLEN, O_SEED, O_WINDOWS, O_DENSE, O_OVERWRITE, O_EVAL_TEXT, O_EVAL_SEQLEN,
-    O_EVAL_MAX, O_TEXT, O_MAX_WINDOWS, O_STATE, O_LIMIT, O_ALPHA, O_END
+    O_EVAL_MAX, O_TEXT, O_MAX_WINDOWS, O_STATE, O_LIMIT, O_ALPHA, O_RANKS, O_LAYERS,
+    O_ATTN_SPLIT, O_CENTERED, O_END
 };
 
 /* Which options each command accepts (besides --socket, --json). */
@@ -529,7 +560,8 @@ static const struct {
     {"ping", {0}},
     {"version", {0}},
     {"submit", {O_MODEL, O_OUT, O_METHOD, O_RATIO, O_CALIB, O_NSAMPLES, O_SEQLEN, O_SEED, O_WINDOWS,
-                O_DENSE, O_OVERWRITE, O_EVAL_TEXT, O_EVAL_SEQLEN, O_EVAL_MAX, O_ALPHA, 0}},
+                O_DENSE, O_OVERWRITE, O_EVAL_TEXT, O_EVAL_SEQLEN, O_EVAL_MAX, O_ALPHA, O_RANKS, O_LAYERS, O_ATTN_SPLIT,
+                O_CENTERED, 0}},
     {"status", {0}},
     {"list", {O_STATE, O_LIMIT, 0}},
     {"watch", {0}},
@@ -547,6 +579,10 @@ int main(int argc, char **argv) {
         {"method", required_argument, NULL, O_METHOD},
         {"ratio", required_argument, NULL, O_RATIO},
         {"alpha", required_argument, NULL, O_ALPHA},
+        {"ranks", required_argument, NULL, O_RANKS},
+        {"layers", required_argument, NULL, O_LAYERS},
+        {"attn-split", required_argument, NULL, O_ATTN_SPLIT},
+        {"centered", no_argument, NULL, O_CENTERED},
         {"calib", required_argument, NULL, O_CALIB},
         {"nsamples", required_argument, NULL, O_NSAMPLES},
         {"seqlen", required_argument, NULL, O_SEQLEN},
@@ -567,7 +603,7 @@ int main(int argc, char **argv) {
     if (!socket_path || !*socket_path)
         socket_path = DEFAULT_SOCKET;
     struct args a = {.nsamples = -1, .seqlen = -1, .seed = -1, .eval_seqlen = -1,
-                     .eval_max_windows = -1, .max_windows = -1, .limit = -1};
+                     .eval_max_windows = -1, .max_windows = -1, .limit = -1, .layers = -1};
     bool seen[O_END] = {0};
     const char *seen_name[O_END] = {0};
     const char *pos[3];
@@ -620,6 +656,19 @@ int main(int argc, char **argv) {
             a.has_alpha = true;
             break;
         }
+        case O_RANKS: a.ranks = optarg; break;   /* the daemon knows the names */
+        case O_LAYERS: a.layers = parse_ll("layers", optarg, 0, 1024); break;
+        case O_ATTN_SPLIT: {
+            /* As --alpha: the range (0, 100] is the daemon's to check. */
+            char *end;
+            errno = 0;
+            a.attn_split = strtod(optarg, &end);
+            if (errno || end == optarg || *end || !isfinite(a.attn_split))
+                die_usage("--attn-split: '%s' is not a number", optarg);
+            a.has_attn_split = true;
+            break;
+        }
+        case O_CENTERED: a.centered = true; break;
         case O_CALIB: a.calib = optarg; break;
         case O_NSAMPLES: a.nsamples = parse_ll("nsamples", optarg, 1, INT_MAX); break;
         case O_SEQLEN: a.seqlen = parse_ll("seqlen", optarg, 1, INT_MAX); break;

@@ -45,6 +45,8 @@
 #define MAX_WATCHES 8
 /* What the engine uses for asvd when compress_params.alpha is 0. */
 #define ASVD_DEFAULT_ALPHA 0.5
+/* What the engine uses for lorap's split when compress_params.attn_split is 0. */
+#define LORAP_DEFAULT_ATTN_SPLIT 3.0
 
 struct watch {
     long long req_id;
@@ -82,6 +84,10 @@ struct sjob {
     enum compress_method method;
     double ratio;
     double alpha;                /* as submitted; 0 = the default */
+    enum compress_ranks ranks;
+    int layers;                  /* 0 = all */
+    double attn_split;           /* as submitted; 0 = the default */
+    bool centered;
     char *model, *out, *calib, *eval_text, *work_dir, *error;
     char key[65];
     int nsamples, seqlen, eval_seqlen, eval_max_windows;
@@ -214,6 +220,10 @@ static struct sjob *job_upsert(struct server *s, const struct store_job *rec, bo
     j->method = p->method;
     j->ratio = p->ratio;
     j->alpha = p->alpha;
+    j->ranks = p->ranks;
+    j->layers = p->layers;
+    j->attn_split = p->attn_split;
+    j->centered = p->centered;
     snprintf(j->key, sizeof j->key, "%s", rec->key);
     j->nsamples = p->nsamples;
     j->seqlen = p->seqlen;
@@ -298,6 +308,16 @@ static json_t *job_json(const struct sjob *j, bool full) {
     proto_set_real(o, "ratio", j->ratio);
     if (j->method == METHOD_ASVD)   /* the exponent in effect: 0 stands for the default */
         proto_set_real(o, "alpha", j->alpha > 0 ? j->alpha : ASVD_DEFAULT_ALPHA);
+    proto_set_str(o, "ranks", compress_ranks_name(j->ranks));
+    if (j->layers > 0)
+        proto_set_int(o, "layers", j->layers);
+    /* The split in effect where lorap's rank rule applies (ranks lorap, or
+     * default with method lorap), and any explicitly submitted one. */
+    bool lorap_rule = j->ranks == RANKS_LORAP || (j->ranks == RANKS_DEFAULT && j->method == METHOD_LORAP);
+    if (j->attn_split > 0 || lorap_rule)
+        proto_set_real(o, "attn_split", j->attn_split > 0 ? j->attn_split : LORAP_DEFAULT_ATTN_SPLIT);
+    if (j->centered)
+        proto_set_bool(o, "centered", true);
     proto_set_str(o, "model", j->model);
     proto_set_str(o, "out", j->out);
     set_opt_time(o, "created_at", j->created_at);
@@ -511,7 +531,7 @@ static int op_submit(struct client *c, long long id, json_t *msg, struct proto_e
     static const char *const fields[] = {
         "id", "op", "model", "out", "method", "ratio", "calib", "nsamples", "seqlen", "seed",
         "calib_windows", "dense", "overwrite", "eval_text", "eval_seqlen", "eval_max_windows",
-        "alpha", NULL,
+        "alpha", "ranks", "layers", "attn_split", "centered", NULL,
     };
     struct server *s = c->srv;
     if (proto_check_fields(msg, fields, e) < 0)
@@ -522,11 +542,12 @@ static int op_submit(struct client *c, long long id, json_t *msg, struct proto_e
     t->type = RUNNER_TASK_SUBMIT;
     t->req_id = id;
     struct compress_params *p = &t->params;
-    const char *method = "svdllm", *windows = "random";
-    long long nsamples = 32, seqlen = 128, seed = 0, eval_seqlen = 0, eval_max = 0;
+    const char *method = "svdllm", *windows = "random", *ranks = "default";
+    long long nsamples = 32, seqlen = 128, seed = 0, eval_seqlen = 0, eval_max = 0, layers = 0;
     double ratio = 0, alpha = 0;   /* alpha absent: 0, the engine's default */
-    int has_alpha = 0;
-    bool dense = false, overwrite = false;
+    double attn_split = 0;         /* likewise */
+    int has_alpha = 0, has_split = 0;
+    bool dense = false, overwrite = false, centered = false;
     int r;
     if ((r = get_path(msg, "model", true, p->model_dir, e)) < 0 ||
         (r = get_path(msg, "out", true, p->out_dir, e)) < 0 ||
@@ -542,7 +563,11 @@ static int op_submit(struct client *c, long long id, json_t *msg, struct proto_e
         (r = get_path(msg, "eval_text", false, p->eval_path, e)) < 0 ||
         (r = proto_get_int(msg, "eval_seqlen", false, 0, 65536, &eval_seqlen, e)) < 0 ||
         (r = proto_get_int(msg, "eval_max_windows", false, 0, INT_MAX, &eval_max, e)) < 0 ||
-        (r = has_alpha = proto_get_number(msg, "alpha", false, &alpha, e)) < 0)
+        (r = has_alpha = proto_get_number(msg, "alpha", false, &alpha, e)) < 0 ||
+        (r = proto_get_string(msg, "ranks", false, &ranks, e)) < 0 ||
+        (r = proto_get_int(msg, "layers", false, 0, 1024, &layers, e)) < 0 ||
+        (r = has_split = proto_get_number(msg, "attn_split", false, &attn_split, e)) < 0 ||
+        (r = proto_get_bool(msg, "centered", false, &centered, e)) < 0)
         goto fail;
     if (compress_method_parse(method, &p->method) < 0) {
         char known[256] = "";
@@ -551,6 +576,15 @@ static int op_submit(struct client *c, long long id, json_t *msg, struct proto_e
                      compress_method_name((enum compress_method)i));
         r = proto_error_set(e, PROTO_BAD_REQUEST, "field 'method': unknown method '%.100s' (known: %s)",
                             method, known);
+        goto fail;
+    }
+    if (compress_ranks_parse(ranks, &p->ranks) < 0) {
+        char known[256] = "";
+        for (int i = 0; i < RANKS_COUNT; i++)
+            snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", i ? ", " : "",
+                     compress_ranks_name((enum compress_ranks)i));
+        r = proto_error_set(e, PROTO_BAD_REQUEST, "field 'ranks': unknown rank rule '%.100s' (known: %s)",
+                            ranks, known);
         goto fail;
     }
     if (!(ratio > 0.0 && ratio < 1.0)) {
@@ -565,6 +599,12 @@ static int op_submit(struct client *c, long long id, json_t *msg, struct proto_e
                             "field 'alpha': %g is outside (0, 4] (asvd's exponent)", alpha);
         goto fail;
     }
+    /* Likewise an explicit attn_split (lorap's rank rule alone uses it). */
+    if (has_split && !(isfinite(attn_split) && attn_split > 0.0 && attn_split <= 100.0)) {
+        r = proto_error_set(e, PROTO_BAD_REQUEST,
+                            "field 'attn_split': %g is outside (0, 100] (lorap's (v+o):(q+k) ratio)", attn_split);
+        goto fail;
+    }
     if (strcmp(windows, "random") != 0 && strcmp(windows, "first") != 0) {
         r = proto_error_set(e, PROTO_BAD_REQUEST,
                             "field 'calib_windows': expected \"random\" or \"first\", got '%.100s'", windows);
@@ -577,6 +617,9 @@ static int op_submit(struct client *c, long long id, json_t *msg, struct proto_e
     }
     p->ratio = ratio;
     p->alpha = alpha;
+    p->layers = (int)layers;
+    p->attn_split = attn_split;
+    p->centered = centered;
     p->nsamples = (int)nsamples;
     p->seqlen = (int)seqlen;
     p->seed = (uint64_t)seed;

@@ -264,9 +264,9 @@ int store_job_insert(struct store *s, struct store_job *j, const char *jobs_dir,
     static const char sql[] =
         "INSERT INTO jobs (state, model, out, method, ratio, calib, nsamples, seqlen, seed,"
         " calib_first, dense, overwrite, eval_text, eval_seqlen, eval_max_windows, job_key,"
-        " owner_uid, work_dir, created_at, alpha)"
+        " owner_uid, work_dir, created_at, alpha, ranks, layers, attn_split, centered)"
         " VALUES ('queued', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,"
-        " ?16, '', ?17, ?18)";
+        " ?16, '', ?17, ?18, ?19, ?20, ?21, ?22)";
     const struct compress_params *p = &j->params;
     sqlite3_stmt *st = NULL;
     char work[PATH_MAX];
@@ -293,6 +293,10 @@ int store_job_insert(struct store *s, struct store_job *j, const char *jobs_dir,
     sqlite3_bind_int64(st, 16, j->owner_uid);
     sqlite3_bind_int64(st, 17, j->created_at);
     sqlite3_bind_double(st, 18, p->alpha);
+    sqlite3_bind_text(st, 19, compress_ranks_name(p->ranks), -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 20, p->layers);
+    sqlite3_bind_double(st, 21, p->attn_split);
+    sqlite3_bind_int(st, 22, p->centered);
     if (sqlite3_step(st) != SQLITE_DONE) {
         r = db_fail(s, err, "insert job");
         goto out;
@@ -337,7 +341,8 @@ out:
     " overwrite, eval_text, eval_seqlen, eval_max_windows, job_key, owner_uid, work_dir," \
     " created_at, started_at, finished_at, error, n_layers, ppl_before, ppl_after," \
     " params_before, params_after, bytes_before, bytes_after, seconds, layers_resumed, peak_rss," \
-    " (SELECT count(*) FROM layers WHERE layers.job_id = jobs.id), alpha"
+    " (SELECT count(*) FROM layers WHERE layers.job_id = jobs.id), alpha," \
+    " ranks, layers, attn_split, centered"
 
 static void copy_text(char *dst, size_t n, sqlite3_stmt *st, int col) {
     const unsigned char *t = sqlite3_column_text(st, col);
@@ -387,6 +392,13 @@ static int row_to_job(sqlite3_stmt *st, struct store_job *j, struct sv_err *err)
     j->peak_rss = (uint64_t)sqlite3_column_int64(st, 32);
     j->layers_done = sqlite3_column_int(st, 33);
     p->alpha = sqlite3_column_double(st, 34);
+    const char *ranks = (const char *)sqlite3_column_text(st, 35);
+    if (!ranks || compress_ranks_parse(ranks, &p->ranks) < 0)
+        return sv_err_set(err, -EIO, "job %lld: unknown rank rule '%s' in database",
+                          (long long)j->id, ranks ? ranks : "");
+    p->layers = sqlite3_column_int(st, 36);
+    p->attn_split = sqlite3_column_double(st, 37);
+    p->centered = sqlite3_column_int(st, 38) != 0;
     return 0;
 }
 

@@ -74,3 +74,15 @@ CREATE TABLE layers (
 -- asvd's exponent (struct compress_params.alpha; 0 = the default 0.5). It is
 -- part of the job key of asvd jobs, so a resumed job must get it back.
 ALTER TABLE jobs ADD COLUMN alpha REAL NOT NULL DEFAULT 0;
+
+-- version 3
+-- The rank rule and its knobs (struct compress_params.ranks, layers,
+-- attn_split, centered; see daemon/engine/compress.h). Rows from version 2
+-- get what those jobs ran with: rule 'default' (uniform for the four methods
+-- version 2 knew), layers 0 (all), attn_split 0 (lorap's default 3) and
+-- centered 0 (rom's uncentred covariance). A resumed job must get them back,
+-- like alpha.
+ALTER TABLE jobs ADD COLUMN ranks TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE jobs ADD COLUMN layers INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN attn_split REAL NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN centered INTEGER NOT NULL DEFAULT 0;

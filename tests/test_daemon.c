@@ -426,6 +426,16 @@ static void test_submit_errors(void) {
     expect_error(submit_line(model, "o", "\"ratio\":0.5,\"method\":\"magic\""), "bad_request", "magic");
     expect_error(submit_line(model, "o", "\"ratio\":0.5,\"calib_windows\":\"all\""), "bad_request",
                  "calib_windows");
+    expect_error(submit_line(model, "o", "\"ratio\":0.5,\"ranks\":\"bogus\""), "bad_request",
+                 "field 'ranks': unknown rank rule 'bogus'");
+    expect_error(submit_line(model, "o", "\"ratio\":0.5,\"ranks\":\"bogus\""), "bad_request", "last-n");
+    expect_error(submit_line(model, "o", "\"ratio\":0.5,\"ranks\":3"), "bad_request", "'ranks'");
+    expect_error(submit_line(model, "o", "\"ratio\":0.5,\"layers\":-1"), "bad_request", "'layers'");
+    expect_error(submit_line(model, "o", "\"ratio\":0.5,\"layers\":1025"), "bad_request", "'layers'");
+    expect_error(submit_line(model, "o", "\"ratio\":0.5,\"attn_split\":0"), "bad_request",
+                 "field 'attn_split': 0 is outside (0, 100]");
+    expect_error(submit_line(model, "o", "\"ratio\":0.5,\"attn_split\":100.5"), "bad_request", "'attn_split'");
+    expect_error(submit_line(model, "o", "\"ratio\":0.5,\"centered\":1"), "bad_request", "'centered'");
     expect_error(submit_line(model, "o", "\"ratio\":0.5,\"colour\":\"red\""), "bad_request",
                  "unknown field 'colour'");
     snprintf(line, sizeof line, "{\"id\":5,\"op\":\"submit\",\"model\":\"%s\",\"ratio\":0.5,\"calib\":\"%s\"}",
@@ -546,7 +556,26 @@ static char *watch_end(long long id, int *n_events) {
     return state;
 }
 
-static void test_jobs(long long *ret_done_id) {
+/* Job id's rank rule and knobs read back as submitted in test_jobs, in the
+ * status JSON and in svdllmctl's status text. */
+static void check_knobs(long long id) {
+    json_t *j = job_status(id);
+    SV_CHECK(j && strcmp(json_string_value(json_object_get(j, "ranks")), "last-n") == 0);
+    SV_CHECK(j && json_integer_value(json_object_get(j, "layers")) == 4);
+    SV_CHECK(j && json_number_value(json_object_get(j, "attn_split")) == 2.5);
+    SV_CHECK(j && json_is_true(json_object_get(j, "centered")));
+    json_decref(j);
+    char ids[32];
+    snprintf(ids, sizeof ids, "%lld", id);
+    const char *status[] = {"status", ids, NULL};
+    struct ctl_result r;
+    ctl(&r, sock_path, status);
+    SV_ASSERT_EQ(r.status, 0);
+    SV_ASSERT_STR_CONTAINS(r.out, "ratio 0.5, centered");
+    SV_ASSERT_STR_CONTAINS(r.out, "ranks       last-n, last 4 layers, attn_split 2.5");
+}
+
+static void test_jobs(long long *ret_done_id, long long *ret_knobs_id) {
     /* Through svdllmctl, as a person would. */
     char out[600];
     snprintf(out, sizeof out, "%s/out-a", dir);
@@ -610,10 +639,22 @@ static void test_jobs(long long *ret_done_id) {
     SV_ASSERT_EQ(r.status, 1);
     SV_ASSERT_STR_CONTAINS(r.err, "exists");
 
+    /* The new knobs' numbers are checked by svdllmctl before it connects. */
+    const char *bad_layers[] = {"submit", "--model", model, "--out", out, "--ratio", "0.4", "--layers", "-1", NULL};
+    ctl(&r, sock_path, bad_layers);
+    SV_ASSERT_EQ(r.status, 2);
+    SV_ASSERT_STR_CONTAINS(r.err, "--layers");
+    const char *bad_split[] = {"submit", "--model", model, "--out", out, "--ratio", "0.4", "--attn-split", "x", NULL};
+    ctl(&r, sock_path, bad_split);
+    SV_ASSERT_EQ(r.status, 2);
+    SV_ASSERT_STR_CONTAINS(r.err, "--attn-split");
+
     /* Cancel right after submit: queued or running, it ends cancelled (or,
      * with a very fast engine, done); its work directory stays. */
     long long a = submit_ok("out-b", "\"ratio\":0.5,\"nsamples\":64,\"seqlen\":64");
-    long long b = submit_ok("out-c", "\"ratio\":0.5,\"nsamples\":4,\"seqlen\":32");
+    long long b = submit_ok("out-c", "\"ratio\":0.5,\"nsamples\":4,\"seqlen\":32,\"ranks\":\"last-n\","
+                               "\"layers\":4,\"attn_split\":2.5,\"centered\":true");
+    *ret_knobs_id = b;
     char line[4096];
     struct conn c;
     conn_open(&c);
@@ -632,6 +673,7 @@ static void test_jobs(long long *ret_done_id) {
     /* b was queued behind a when cancelled, unless a finished first. */
     const char *sb = watch_end(b, &n_events);
     SV_CHECK(strcmp(sb, "cancelled") == 0 || strcmp(sb, "done") == 0);
+    check_knobs(b);
     j = job_status(a);
     const char *wd = json_string_value(json_object_get(j, "work_dir"));
     struct stat st;
@@ -1292,8 +1334,8 @@ int main(int argc, char **argv) {
     test_submit_errors();
     test_unreadable_as_nobody();
     test_client_limit();
-    long long done_id = -1;
-    test_jobs(&done_id);
+    long long done_id = -1, knobs_id = -1;
+    test_jobs(&done_id, &knobs_id);
     check_ping();
     SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
     SV_CHECK(access(sock_path, F_OK) != 0);   /* socket removed on exit */
@@ -1308,6 +1350,7 @@ int main(int argc, char **argv) {
     json_t *j = job_status(done_id);
     SV_CHECK(j && strcmp(json_string_value(json_object_get(j, "state")), "done") == 0);
     json_decref(j);
+    check_knobs(knobs_id);   /* reloaded from the database */
 
     /* SIGKILL while a job may be running: the next start resumes it. */
     long long k = submit_ok("out-k", "\"ratio\":0.5,\"nsamples\":64,\"seqlen\":64");

@@ -1,9 +1,13 @@
 /* test_store: daemon/store.c on its own, in a mkdtemp directory.
- *  - a fresh database: an asvd job keeps its alpha through insert, get and
- *    list, and a reopen (nothing left to migrate) changes nothing;
+ *  - a fresh database: an asvd job keeps its alpha, a rom job its rank rule,
+ *    layers, attn_split and centered through insert, get and list, and a
+ *    reopen (nothing left to migrate) changes nothing;
  *  - a version-1 database, built by hand from the "-- version 1" section of
  *    schema/store.sql, migrates on open: user_version becomes the newest
- *    version and its old job (and layer row) read back with alpha 0;
+ *    version and its old job (and layer row) read back with alpha 0 and the
+ *    default rank rule;
+ *  - a version-2 database (sections 1 and 2) migrates likewise: its job keeps
+ *    its alpha and gets ranks default, layers 0, attn_split 0, centered off;
  *  - a database newer than the schema is refused. */
 #include <errno.h>
 #include <ftw.h>
@@ -115,6 +119,7 @@ struct seen {
     int n;
     double alpha[4];
     int64_t id[4];
+    struct compress_params p[4];
 };
 
 static int collect(void *ctx, const struct store_job *j) {
@@ -122,6 +127,7 @@ static int collect(void *ctx, const struct store_job *j) {
     if (s->n < 4) {
         s->alpha[s->n] = j->params.alpha;
         s->id[s->n] = j->id;
+        s->p[s->n] = j->params;
     }
     s->n++;
     return 0;
@@ -142,12 +148,18 @@ static void test_fresh(void) {
     }
     SV_ASSERT_EQ(db_user_version(db), newest_version());
 
-    struct store_job a, b, got;
+    struct store_job a, b, c, got;
     fill_params(&a, METHOD_ASVD, 0.7);
     fill_params(&b, METHOD_SVDLLM, 0);
+    fill_params(&c, METHOD_ROM, 0);
+    c.params.ranks = RANKS_LAST_N;
+    c.params.layers = 3;
+    c.params.attn_split = 2.25;
+    c.params.centered = true;
     SV_ASSERT_EQ(store_job_insert(s, &a, jobs, &err), 0);
     SV_ASSERT_EQ(store_job_insert(s, &b, jobs, &err), 0);
-    SV_CHECK(a.id > 0 && b.id > a.id);
+    SV_ASSERT_EQ(store_job_insert(s, &c, jobs, &err), 0);
+    SV_CHECK(a.id > 0 && b.id > a.id && c.id > b.id);
 
     SV_ASSERT_EQ(store_job_get(s, a.id, &got, &err), 0);
     SV_CHECK(got.params.method == METHOD_ASVD);
@@ -158,12 +170,23 @@ static void test_fresh(void) {
     SV_ASSERT_EQ(store_job_get(s, b.id, &got, &err), 0);
     SV_CHECK(got.params.method == METHOD_SVDLLM);
     SV_CHECK(got.params.alpha == 0);
+    SV_CHECK(got.params.ranks == RANKS_DEFAULT);
+    SV_CHECK(got.params.layers == 0 && got.params.attn_split == 0 && !got.params.centered);
+    SV_ASSERT_EQ(store_job_get(s, c.id, &got, &err), 0);
+    SV_CHECK(got.params.method == METHOD_ROM);
+    SV_CHECK(got.params.ranks == RANKS_LAST_N);
+    SV_ASSERT_EQ(got.params.layers, 3);
+    SV_CHECK(got.params.attn_split == 2.25);
+    SV_CHECK(got.params.centered);
 
     struct seen seen = {0};
     SV_ASSERT_EQ(store_job_list(s, collect, &seen, &err), 0);
-    SV_ASSERT_EQ(seen.n, 2);
+    SV_ASSERT_EQ(seen.n, 3);
     SV_CHECK(seen.id[0] == a.id && seen.alpha[0] == 0.7);
     SV_CHECK(seen.id[1] == b.id && seen.alpha[1] == 0);
+    SV_CHECK(seen.id[2] == c.id && seen.p[2].ranks == RANKS_LAST_N && seen.p[2].layers == 3 &&
+             seen.p[2].attn_split == 2.25 && seen.p[2].centered);
+    SV_CHECK(seen.p[0].ranks == RANKS_DEFAULT && !seen.p[0].centered);
     store_free(s);
 
     /* Reopen: already at the newest version, nothing runs, the job is intact. */
@@ -177,6 +200,9 @@ static void test_fresh(void) {
     SV_ASSERT_EQ(db_user_version(db), newest_version());
     SV_ASSERT_EQ(store_job_get(s, a.id, &got, &err), 0);
     SV_CHECK(got.params.alpha == 0.7);
+    SV_ASSERT_EQ(store_job_get(s, c.id, &got, &err), 0);
+    SV_CHECK(got.params.ranks == RANKS_LAST_N && got.params.layers == 3 && got.params.attn_split == 2.25 &&
+             got.params.centered);
     store_free(s);
 }
 
@@ -232,6 +258,8 @@ static void test_migrate_v1(void) {
     SV_CHECK(got.state == JOB_QUEUED);
     SV_CHECK(got.params.method == METHOD_ASVD);
     SV_CHECK(got.params.alpha == 0);   /* the engine's default, as under version 1 */
+    SV_CHECK(got.params.ranks == RANKS_DEFAULT);
+    SV_CHECK(got.params.layers == 0 && got.params.attn_split == 0 && !got.params.centered);
     SV_CHECK(got.params.ratio == 0.25);
     SV_CHECK(strcmp(got.key, "bbbb") == 0);
     SV_CHECK(strcmp(got.params.work_dir, "/state/jobs/1") == 0);
@@ -240,6 +268,65 @@ static void test_migrate_v1(void) {
     struct compress_checkpoint ck;
     SV_ASSERT_EQ(store_layer_get(s, 1, 0, &ck, &err), 1);
     SV_CHECK(strcmp(ck.file, "layer-0.st") == 0 && ck.size == 123);
+    store_free(s);
+}
+
+static void test_migrate_v2(void) {
+    char db[PATH_MAX];
+    path_in(db, sizeof db, "v2.db");
+    char *v1 = section(1), *v2 = section(2);
+    SV_CHECK(v1 != NULL && v2 != NULL);
+    if (!v1 || !v2) {
+        free(v1);
+        free(v2);
+        return;
+    }
+    /* What a version-2 svdllmd left behind: a queued asvd job with its alpha. */
+    sqlite3 *raw = NULL;
+    char *msg = NULL;
+    int rc = sqlite3_open(db, &raw);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(raw, v1, NULL, NULL, &msg);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(raw, v2, NULL, NULL, &msg);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(raw,
+            "PRAGMA user_version = 2;"
+            "INSERT INTO jobs (state, model, out, method, ratio, calib, nsamples, seqlen, seed,"
+            " calib_first, dense, overwrite, eval_text, eval_seqlen, eval_max_windows, job_key,"
+            " owner_uid, work_dir, created_at, alpha)"
+            " VALUES ('queued', '/models/tiny', '/out/v2', 'asvd', 0.2, '/data/calib.txt', 4, 32,"
+            " 3, 0, 0, 0, '', 0, 0, 'dddd', 1000, '/state/jobs/1', 1695000000, 0.9);",
+            NULL, NULL, &msg);
+    SV_ASSERT_EQ(rc, SQLITE_OK);
+    if (msg)
+        fprintf(stderr, "building the version-2 database: %s\n", msg);
+    sqlite3_free(msg);
+    sqlite3_close(raw);
+    free(v1);
+    free(v2);
+    if (rc != SQLITE_OK)
+        return;
+    SV_ASSERT_EQ(db_user_version(db), 2);
+
+    struct sv_err err = {0};
+    struct store *s = NULL;
+    int r = store_open(&s, db, &err);
+    SV_ASSERT_EQ(r, 0);
+    if (r < 0) {
+        fprintf(stderr, "store_open: %s\n", err.msg);
+        return;
+    }
+    SV_CHECK(newest_version() >= 3);
+    SV_ASSERT_EQ(db_user_version(db), newest_version());
+    struct store_job got;
+    SV_ASSERT_EQ(store_job_get(s, 1, &got, &err), 0);
+    SV_CHECK(got.state == JOB_QUEUED);
+    SV_CHECK(got.params.method == METHOD_ASVD);
+    SV_CHECK(got.params.alpha == 0.9);
+    SV_CHECK(got.params.ranks == RANKS_DEFAULT);
+    SV_CHECK(got.params.layers == 0 && got.params.attn_split == 0 && !got.params.centered);
+    SV_CHECK(strcmp(got.key, "dddd") == 0);
     store_free(s);
 }
 
@@ -274,6 +361,7 @@ int main(void) {
     }
     test_fresh();
     test_migrate_v1();
+    test_migrate_v2();
     test_too_new();
     nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
     return sv_test_result("store");
