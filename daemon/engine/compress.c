@@ -5,23 +5,47 @@
  *     KEY                  the job key (hash of every input); a resume whose
  *                          inputs changed is refused
  *     hidden-L.f32         calibration hidden states entering layer L:
- *                          (nsamples, seqlen, hidden) f32, written atomically
- *     layer-L.safetensors  layer L's factors (f32) and, in __metadata__, its
- *                          per-matrix report and the sha256 of hidden-(L+1)
+ *                          (nsamples, seqlen, hidden) f32, written atomically;
+ *                          for rom and svdllm-update those of the COMPRESSED
+ *                          model (layers 0..L-1 already replaced)
+ *     orig-L.f32           svdllm-update only: the original model's states
+ *     ranks.json           --ranks auto: the allocation, written once before
+ *                          layer 0 (pre-L.f32 are the pre-pass's states)
+ *     layer-L.safetensors  layer L's factors (f32), LoRAP's pruned MLP, and in
+ *                          __metadata__ the per-matrix report and the sha256
+ *                          of hidden-(L+1) (and orig-(L+1))
  * Layer L is done when the store has its row (file, size, sha256). On resume
- * the first layer without a row is redone from hidden-L, whose checksum the
- * previous layer's file records. Same inputs give the same bytes: fixed window
- * choice, fixed chunk order, BLIS's deterministic partitioning, and no
- * timestamps in anything that reaches the model files.
+ * the first layer without a row is redone from hidden-L (and orig-L), whose
+ * checksums the previous layer's file records. Same inputs give the same
+ * bytes: fixed window choice, fixed chunk order, BLIS's deterministic
+ * partitioning, and no timestamps in anything that reaches the model files.
  *
- * Statistics per decoder layer (method svdllm), all accumulated in double:
- *     G_attn = X^T X of the attention input (shared by q, k, v),
- *     G_o    of o_proj's input, G_mlp of the MLP input (gate, up),
- *     C_down = Y^T Y of down_proj's OUTPUT (hidden^2 instead of ffn^2; see
- *              lowrank.h for why that is the same projection).
- * Method svd needs no calibration: G = I. The calibration hidden states for
- * layer L+1 are produced by the original layer L (whitening methods are not
- * sequential). */
+ * One core for every method (lowrank.h: a statistic, then a projection);
+ * they differ only in the statistic and in which model produced it:
+ *   svd      G = I, no calibration.
+ *   svdllm   G_attn = X^T X of the attention input (shared by q, k, v), G_o of
+ *            o_proj's input, G_mlp of the MLP input (gate, up), and C_down =
+ *            Y^T Y of down_proj's OUTPUT (hidden^2 instead of ffn^2), all from
+ *            the original model, accumulated in double.
+ *   asvd, awsvd, lorap's attention: G = diag(s^2) from channel statistics.
+ *   rom      the same Grams, but measured on the compressed model, and within
+ *            a layer in four stages (q/k/v; o; gate/up; down), each stage's
+ *            pass running the layer with the earlier stages already
+ *            compressed and stopping at the stage's tap (FORWARD_STOP).
+ *   svdllm-update  B = U_k^T W from svdllm's statistics; then, per stage, the
+ *            original layer on the original states (targets Y) runs in
+ *            lockstep with the compressed-so-far layer on the compressed
+ *            states (Z = X' B^T), accumulating Z^T Z (k^2) and Y^T Z
+ *            (d_out k): A = (Y^T Z)(Z^T Z)^+. DESIGN.md's A = C'U_k(U_k^T C'
+ *            U_k)^-1 with C' = W G' W^T fits the compressed inputs to X' W^T;
+ *            fitting them to the original outputs X W^T is what SVD-LLM's
+ *            update is for (undo upstream error), and it needs no d_in^2
+ *            statistic even for down_proj.
+ *   lorap    attention as awsvd with the (v+o):(q+k) split; MLP channels
+ *            pruned by activation-weighted magnitude (lorap_channels()).
+ * Cost per layer, in passes of the layer over the calibration states: 1 for
+ * the whitening methods, up to 5 for rom (four partial), up to 10 for the
+ * update (eight partial); --ranks auto adds one pre-pass over the model. */
 #include "compress.h"
 
 #include <dirent.h>
