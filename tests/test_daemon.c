@@ -4,7 +4,11 @@
  * code and message and that the daemon still answers ping. Then it drives
  * jobs with svdllmctl the way a person would (submit, status, list, watch,
  * cancel), restarts the daemon (SIGTERM and SIGKILL) and checks the jobs
- * survived, and runs svdllmctl against a daemon that is not running. When
+ * survived, and runs svdllmctl against a daemon that is not running. The
+ * newer methods and rank rules (svdllm-update with auto ranks, lorap with
+ * dense output, rom on the last layer) run through svdllmctl on the
+ * tinystories-656K model; their outputs are checked with tests/hf_layout.py
+ * (python3) and, for lorap, by svdllmctl eval. When
  * run as root (which can read any file) the unreadable-path case runs against
  * a second daemon started as nobody. Finally the durability acceptance test
  * kills the daemon with the engine's crash injection (SVDLLM_FAULT) after a
@@ -21,6 +25,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <math.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -45,7 +50,7 @@
 
 static const char *svdllmd, *svdllmctl;
 static char dir[256], sock_path[300], state_dir[300], log_path[300];
-static char model[1024], calib[1024];
+static char model[1024], calib[1024], model656[1024], srcdir[512];
 static pid_t daemon_pid = -1;
 
 /* ---- Daemon process --------------------------------------------------------------- */
@@ -816,6 +821,188 @@ static void test_bad_config(void) {
     SV_ASSERT_STR_CONTAINS(text, "bad.conf:3: unknown key 'colour'");
 }
 
+/* ---- Methods and rank rules end to end (tinystories-656K) ---------------------------- */
+
+/* dirpath/name parsed, or NULL (printing why). */
+static json_t *load_json_in(const char *dirpath, const char *name) {
+    char path[PATH_MAX];
+    json_error_t e;
+    snprintf(path, sizeof path, "%s/%s", dirpath, name);
+    json_t *j = json_load_file(path, 0, &e);
+    if (!j)
+        fprintf(stderr, "%s: %s\n", path, e.text);
+    return j;
+}
+
+/* Exit status of the independent layout check tests/hf_layout.py on out. */
+static int hf_layout(const char *out, bool dense) {
+    char cmd[3 * PATH_MAX];
+    snprintf(cmd, sizeof cmd, "python3 '%s/tests/hf_layout.py' '%s'%s >&2", srcdir, out, dense ? " --dense" : "");
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Submits a tinystories-656K job with svdllmctl (32 calibration windows of
+ * 128 tokens, perplexity on 8 windows) plus extra options, follows it with
+ * svdllmctl watch and returns the job object of svdllmctl status --json
+ * (caller decrefs), or NULL when it did not end done. */
+static json_t *ctl_job(const char *out, const char *const *extra) {
+    const char *args[32] = {"submit", "--model", model656, "--out", out, "--calib", calib, "--nsamples", "32",
+                            "--seqlen", "128", "--eval-text", calib, "--eval-max-windows", "8"};
+    int n = 15;
+    for (int i = 0; extra[i] && n < 28; i++)
+        args[n++] = extra[i];
+    args[n] = NULL;
+    struct ctl_result r;
+    ctl(&r, sock_path, args);
+    SV_ASSERT_EQ(r.status, 0);
+    long long id = atoll(r.out);
+    SV_CHECK(id > 0);
+    if (r.status != 0 || id <= 0) {
+        fprintf(stderr, "submit %s: %s%s", out, r.out, r.err);
+        return NULL;
+    }
+    char ids[32];
+    snprintf(ids, sizeof ids, "%lld", id);
+    const char *watch[] = {"watch", ids, NULL}, *status[] = {"status", ids, "--json", NULL};
+    ctl(&r, sock_path, watch);
+    SV_ASSERT_EQ(r.status, 0);   /* done */
+    if (r.status != 0)
+        fprintf(stderr, "watch %s: %s%s", ids, r.out, r.err);
+    ctl(&r, sock_path, status);
+    SV_ASSERT_EQ(r.status, 0);
+    json_t *m = json_loads(r.out, 0, NULL);
+    json_t *j = json_incref(json_object_get(m, "job"));
+    json_decref(m);
+    const char *state = json_string_value(json_object_get(j, "state"));
+    SV_CHECK(state && strcmp(state, "done") == 0);
+    if (!state || strcmp(state, "done") != 0) {
+        json_decref(j);
+        return NULL;
+    }
+    return j;
+}
+
+static bool str_is(json_t *v, const char *want) {
+    return json_string_value(v) && strcmp(json_string_value(v), want) == 0;
+}
+
+static bool str_starts(json_t *v, const char *prefix) {
+    return json_string_value(v) && strncmp(json_string_value(v), prefix, strlen(prefix)) == 0;
+}
+
+/* ppl_before and ppl_after of a done job's result: finite, and worse after. */
+static void check_ppl(json_t *job, const char *what) {
+    json_t *res = json_object_get(job, "result");
+    double b = json_number_value(json_object_get(res, "ppl_before")),
+           a = json_number_value(json_object_get(res, "ppl_after"));
+    SV_CHECK(isfinite(b) && b > 1.0);
+    SV_CHECK(isfinite(a) && a > b);
+    fprintf(stderr, "methods: %s: perplexity %.4f -> %.4f (%.2f s)\n", what, b, a,
+            json_number_value(json_object_get(res, "seconds")));
+}
+
+/* The engine's newer methods and rank rules through svdllmctl and the real
+ * daemon, on tinystories-656K (2 layers, hidden 128, ffn 384): what the
+ * status reports, what config.json and compression.json say, and that
+ * tests/hf_layout.py (independent of our C code) accepts the tensors. */
+static void test_methods(void) {
+    char out[PATH_MAX];
+    const char *k;
+    json_t *v;
+
+    /* 1. svdllm-update under the auto rule: 14 factored matrices, each refit
+     * never raising the calibration loss. */
+    snprintf(out, sizeof out, "%s/out-update-auto", dir);
+    const char *update[] = {"--method", "svdllm-update", "--ranks", "auto", "--ratio", "0.4", NULL};
+    json_t *j = ctl_job(out, update);
+    SV_CHECK(j && str_is(json_object_get(j, "method"), "svdllm-update"));
+    SV_CHECK(j && str_is(json_object_get(j, "ranks"), "auto"));
+    if (j)
+        check_ppl(j, "svdllm-update, auto, 0.4");
+    json_decref(j);
+    json_t *cfg = load_json_in(out, "config.json"), *rep = load_json_in(out, "compression.json");
+    json_t *lr = json_object_get(cfg, "low_rank");
+    SV_CHECK(str_is(json_object_get(lr, "allocation"), "auto"));
+    SV_CHECK(str_is(json_object_get(lr, "method"), "svdllm-update"));
+    SV_ASSERT_EQ(json_object_size(json_object_get(lr, "ranks")), 14);   /* 2 layers x 7 */
+    SV_CHECK(str_starts(json_object_get(rep, "rank_rule"), "auto"));
+    int n_refit = 0;
+    json_object_foreach(json_object_get(rep, "matrices"), k, v) {
+        json_t *lb = json_object_get(v, "refit_loss_before"), *la = json_object_get(v, "refit_loss_after");
+        bool ok = json_is_number(lb) && json_is_number(la) &&
+                  json_number_value(la) <= json_number_value(lb) * (1 + 1e-9);
+        if (!ok)
+            fprintf(stderr, "%s: refit loss %g -> %g\n", k, json_number_value(lb), json_number_value(la));
+        n_refit += ok;
+    }
+    SV_ASSERT_EQ(n_refit, 14);
+    SV_ASSERT_EQ(hf_layout(out, false), 0);
+    json_decref(cfg);
+    json_decref(rep);
+
+    /* 2. lorap with dense output: a plain LLaMA with ffn round(384 * 0.6) =
+     * 230, loadable by svdllmctl eval, which gives the job's ppl_after. */
+    snprintf(out, sizeof out, "%s/out-lorap-dense", dir);
+    const char *lorap[] = {"--method", "lorap", "--ratio", "0.4", "--dense", NULL};
+    j = ctl_job(out, lorap);
+    SV_CHECK(j && str_is(json_object_get(j, "method"), "lorap"));
+    if (j)
+        check_ppl(j, "lorap, dense, 0.4");
+    cfg = load_json_in(out, "config.json");
+    rep = load_json_in(out, "compression.json");
+    SV_ASSERT_EQ(json_integer_value(json_object_get(cfg, "intermediate_size")), 230);
+    SV_CHECK(cfg && !json_object_get(cfg, "low_rank"));
+    SV_CHECK(str_starts(json_object_get(rep, "rank_rule"), "lorap"));
+    int n_pruned = 0;
+    json_object_foreach(json_object_get(rep, "matrices"), k, v)
+        n_pruned += str_is(json_object_get(v, "pruned"), "lorap-channels") &&
+                    json_integer_value(json_object_get(v, "channels_kept")) == 230;
+    SV_ASSERT_EQ(n_pruned, 6);   /* gate, up, down of both layers */
+    SV_ASSERT_EQ(hf_layout(out, true), 0);
+    const char *eval[] = {"eval", "--model", out, "--text", calib, "--seqlen", "128", "--max-windows", "8",
+                          "--json", NULL};
+    struct ctl_result r;
+    ctl(&r, sock_path, eval);
+    SV_ASSERT_EQ(r.status, 0);
+    json_t *m = json_loads(r.out, 0, NULL);
+    SV_CHECK(m && json_is_true(json_object_get(m, "ok")));
+    double ppl_eval = json_number_value(json_object_get(m, "ppl"));
+    SV_ASSERT_NEAR_REL(ppl_eval, json_number_value(json_object_get(json_object_get(j, "result"), "ppl_after")),
+                       1e-6);
+    fprintf(stderr, "methods: svdllmctl eval of the lorap output: perplexity %.4f\n", ppl_eval);
+    json_decref(m);
+    json_decref(j);
+    json_decref(cfg);
+    json_decref(rep);
+
+    /* 3. rom on the last layer only (--layers 1: the last-n rule by default):
+     * layer 1's 7 matrices factored, layer 0's kept dense and unlisted. */
+    snprintf(out, sizeof out, "%s/out-rom-last1", dir);
+    const char *rom[] = {"--method", "rom", "--layers", "1", "--ratio", "0.3", NULL};
+    j = ctl_job(out, rom);
+    SV_CHECK(j && str_is(json_object_get(j, "method"), "rom"));
+    SV_CHECK(j && json_integer_value(json_object_get(j, "layers")) == 1);
+    if (j)
+        check_ppl(j, "rom, last 1 layer, 0.3");
+    json_decref(j);
+    cfg = load_json_in(out, "config.json");
+    rep = load_json_in(out, "compression.json");
+    json_t *ranks = json_object_get(json_object_get(cfg, "low_rank"), "ranks");
+    SV_ASSERT_EQ(json_object_size(ranks), 7);
+    int n_layer1 = 0, n_dense = 0;
+    json_object_foreach(ranks, k, v)
+        n_layer1 += strncmp(k, "model.layers.1.", 15) == 0 && json_integer_value(v) > 0;
+    SV_ASSERT_EQ(n_layer1, 7);
+    SV_CHECK(str_starts(json_object_get(rep, "rank_rule"), "last-n"));
+    json_object_foreach(json_object_get(rep, "matrices"), k, v)
+        n_dense += strncmp(k, "model.layers.0.", 15) == 0 && str_is(json_object_get(v, "kept"), "dense");
+    SV_ASSERT_EQ(n_dense, 7);
+    SV_ASSERT_EQ(hf_layout(out, false), 0);
+    json_decref(cfg);
+    json_decref(rep);
+}
+
 /* ---- Crash injection: kill -9 after a checkpoint and mid-write, then resume ---------- */
 
 /* Waits up to timeout_s for the daemon to end on its own (no signal sent);
@@ -1303,7 +1490,9 @@ int main(int argc, char **argv) {
     char cwd[512];
     if (!src)
         src = getcwd(cwd, sizeof cwd);
+    snprintf(srcdir, sizeof srcdir, "%s", src);
     snprintf(model, sizeof model, "%s/tests/data/stories260K-hf", src);
+    snprintf(model656, sizeof model656, "%s/tests/data/tinystories-656K", src);
     snprintf(calib, sizeof calib, "%s/tests/data/text/tinystories-valid-head.txt", src);
 
     const char *tmp = getenv("TMPDIR");
@@ -1365,6 +1554,7 @@ int main(int argc, char **argv) {
     SV_CHECK(strcmp(sk, "done") == 0);
     if (strcmp(sk, "done") != 0)
         fprintf(stderr, "job %lld after SIGKILL and restart ended '%s'\n", k, sk);
+    test_methods();
     check_ping();
     SV_ASSERT_EQ(stop_daemon(SIGINT), 0);
 
