@@ -1365,6 +1365,108 @@ static void cross_accum(void) {
     free(init);
 }
 
+/* 13. ASVD / AWSVD: G = diag(s^2). The known answer is the literal recipe:
+ * truncated SVD of W diag(s), then diag(1/s) folded back (la_gesdd, double).
+ * Output side through lowrank_scaled_cov, input side through the diagonal G;
+ * 1e-8 relative in double (distinct singular values at k, k+1 checked). */
+static void diag_case(int d_out, int d_in, int k, uint64_t seed) {
+    rng_seed(seed);
+    float *w = make_w(d_out, d_in);
+    double *sc = ALLOC(double, d_in), *ws = ALLOC(double, (size_t)d_out * d_in);
+    for (int j = 0; j < d_in; j++)
+        sc[j] = 0.2 + 3.0 * (uni() + 1.0); /* 0.2 .. 6.2 */
+    for (int i = 0; i < d_out; i++)
+        for (int j = 0; j < d_in; j++)
+            ws[(size_t)j * d_out + i] = w[(size_t)i * d_in + j] * sc[j]; /* column-major W diag(s) */
+    int mn = d_out < d_in ? d_out : d_in;
+    double *sv = ALLOC(double, mn), *u = ALLOC(double, (size_t)d_out * mn), *vt = ALLOC(double, (size_t)mn * d_in);
+    struct sv_err err = {0};
+    SV_ASSERT_EQ(la_gesdd(ws, d_out, d_in, sv, u, vt, "diag-ref", &err), 0);
+    SV_CHECK(sv[k - 1] - sv[k] > 1e-6 * sv[0]);
+    double *ref = ALLOC(double, (size_t)d_out * d_in);
+    for (int i = 0; i < d_out; i++)
+        for (int j = 0; j < d_in; j++) {
+            double t = 0;
+            for (int c = 0; c < k; c++)
+                t += u[(size_t)c * d_out + i] * sv[c] * vt[(size_t)j * mn + c];
+            ref[(size_t)i * d_in + j] = t / sc[j];
+        }
+    struct lowrank_result res;
+    double *c = NULL, *g = NULL;
+    if (d_out <= d_in) {
+        c = ALLOC(double, (size_t)d_out * d_out);
+        SV_ASSERT_EQ(lowrank_scaled_cov(w, d_out, d_in, sc, c, &err), 0);
+    } else {
+        g = ALLOC(double, (size_t)d_in * d_in);
+        for (int j = 0; j < d_in; j++)
+            g[(size_t)j * d_in + j] = sc[j] * sc[j];
+    }
+    SV_ASSERT_EQ(lowrank_project64(w, d_out, d_in, g, c, k, "diag", &res, &err), 0);
+    double *wp = ALLOC(double, (size_t)d_out * d_in);
+    for (int i = 0; i < d_out; i++)
+        for (int cc = 0; cc < k; cc++)
+            for (int j = 0; j < d_in; j++)
+                wp[(size_t)i * d_in + j] += res.a64[(size_t)i * k + cc] * res.b64[(size_t)cc * d_in + j];
+    double e = rel_fro(wp, ref, (size_t)d_out * d_in);
+    printf("  %dx%d k=%d (%s side): W' vs SVD of W diag(s) rel %.2e\n", d_out, d_in, k, res.side == 'o' ? "output" : "input", e);
+    SV_CHECK(e <= 1e-8);
+    lowrank_result_free(&res);
+    free(w), free(sc), free(ws), free(sv), free(u), free(vt), free(ref), free(c), free(g), free(wp);
+}
+
+/* 14. LoRAP channel choice: against the importance recomputed here in
+ * double, plus the structural facts (dead channels pruned except the 1 %
+ * kept on purpose, indices ascending, bad keep refused). */
+static void channel_select(void) {
+    const int d = 12, ff = 200, keep = 150;
+    rng_seed(1401);
+    float *wg = make_w(ff, d), *wu = make_w(ff, d), *wd = make_w(d, ff);
+    double *xs = ALLOC(double, d), *hs = ALLOC(double, ff);
+    for (int j = 0; j < d; j++)
+        xs[j] = 1.0 + 50.0 * (uni() + 1.0);
+    for (int i = 0; i < ff; i++)
+        hs[i] = 0.1 + 10.0 * (uni() + 1.0);
+    for (int i = 10; i < 20; i++) { /* dead channels: importance 0 */
+        for (int j = 0; j < d; j++)
+            wg[(size_t)i * d + j] = wu[(size_t)i * d + j] = wd[(size_t)j * ff + i] = 0.0f;
+    }
+    int *kept = ALLOC(int, keep);
+    struct sv_err err = {0};
+    SV_ASSERT_EQ(lowrank_channel_select(wg, wu, wd, d, ff, xs, hs, keep, kept, "mlp", &err), 0);
+    /* Independent: score, then the 2 lowest (ties by index) and the 148 highest. */
+    double *score = ALLOC(double, ff);
+    for (int i = 0; i < ff; i++) {
+        for (int j = 0; j < d; j++)
+            score[i] += (fabs(wg[(size_t)i * d + j]) + fabs(wu[(size_t)i * d + j])) * sqrt(xs[j]);
+        for (int o = 0; o < d; o++)
+            score[i] += fabs(wd[(size_t)o * ff + i]) * sqrt(hs[i]);
+    }
+    char *want = ALLOC(char, ff);
+    want[10] = want[11] = 1; /* the ceil(1 %) = 2 least important: dead, lowest indices */
+    for (int n = 0; n < keep - 2; n++) {
+        int best = -1;
+        for (int i = 0; i < ff; i++)
+            if (!want[i] && (best < 0 || score[i] > score[best]))
+                best = i;
+        want[best] = 1;
+    }
+    int same = 1, ascending = 1;
+    for (int n = 0; n < keep; n++) {
+        same &= want[kept[n]];
+        if (n)
+            ascending &= kept[n] > kept[n - 1];
+    }
+    printf("  kept %d of %d: matches the independent ranking %s\n", keep, ff, same ? "yes" : "no");
+    SV_CHECK(same && ascending);
+    int dead_kept = 0;
+    for (int n = 0; n < keep; n++)
+        dead_kept += kept[n] >= 10 && kept[n] < 20;
+    SV_ASSERT_EQ(dead_kept, 2);
+    SV_ASSERT_EQ(lowrank_channel_select(wg, wu, wd, d, ff, xs, hs, ff + 1, kept, "mlp", &err), -EINVAL);
+    SV_ASSERT_STR_CONTAINS(err.msg, "mlp: cannot keep 201 of 200 channels");
+    free(wg), free(wu), free(wd), free(xs), free(hs), free(kept), free(score), free(want);
+}
+
 int main(void) {
     forward_threads_set(0);
     printf("1+2. SVD-LLM equivalence, covariance path, loss identity\n");
@@ -1410,5 +1512,10 @@ int main(void) {
     refit_singular_case(40, 24, 200, 10, SING_ZERO_ROW, 1104);
     printf("12. cross-product accumulation\n");
     cross_accum();
+    printf("13. diagonal scaling (asvd, awsvd) vs SVD of W diag(s)\n");
+    diag_case(24, 40, 9, 1301);
+    diag_case(40, 24, 9, 1302);
+    printf("14. LoRAP channel selection\n");
+    channel_select();
     return sv_test_result("lowrank");
 }

@@ -818,63 +818,14 @@ static int factor_matrices(struct job *j, enum compress_method m, const struct l
 
 /* ---- lorap: structured pruning of MLP channels ---------------------------- */
 
-struct score_idx {
-    double s;
-    int i;
-};
-
-static int score_cmp(const void *a, const void *b) {
-    const struct score_idx *x = a, *y = b;
-    if (x->s != y->s)
-        return x->s < y->s ? -1 : 1;
-    return x->i - y->i; /* deterministic ties */
-}
-
-/* LoRAP's importance of intermediate channel i, activation-weighted weight
- * magnitude summed over the channel's whole group (row i of gate and up,
- * column i of down): sum_j (|Wg_ij| + |Wu_ij|) ||x_j|| + sum_o |Wd_oi| ||h_i||,
- * with ||.|| the L2 norm of a channel over the calibration tokens. The
- * ff_keep channels kept are the ceil(1 %) least important (LoRAP keeps them:
- * low-importance channels still carry information the rest cannot cover)
- * plus the most important of the rest; kept channels stay in their order.
- * kept: (ff_keep) indices ascending. */
+/* LoRAP's channel choice for layer lw (lowrank_channel_select()), from the
+ * sums of squares of the MLP input (x) and of down_proj's input (h). */
 static int lorap_channels(const struct job *j, const struct layer_w *lw, const struct stats *s, int *kept,
                           struct sv_err *err) {
-    int ff = j->c->intermediate, d = j->c->hidden, keep = j->ff_keep;
-    struct score_idx *sc = malloc((size_t)ff * sizeof *sc);
-    char *take = calloc((size_t)ff, 1);
-    if (!sc || !take) {
-        free(sc);
-        free(take);
-        return sv_err_set(err, -ENOMEM, "layer %d: out of memory for channel scores", lw->index);
-    }
-    const float *wg = lw->proj[PROJ_GATE].w, *wu = lw->proj[PROJ_UP].w, *wd = lw->proj[PROJ_DOWN].w;
-    for (int i = 0; i < ff; i++) {
-        double t = 0;
-        for (int c = 0; c < d; c++)
-            t += (fabs((double)wg[(size_t)i * d + c]) + fabs((double)wu[(size_t)i * d + c])) * sqrt(s->sq_sum[2][c]);
-        double col = 0;
-        for (int o = 0; o < d; o++)
-            col += fabs((double)wd[(size_t)o * ff + i]);
-        sc[i] = (struct score_idx){t + col * sqrt(s->sq_sum[3][i]), i};
-    }
-    qsort(sc, (size_t)ff, sizeof *sc, score_cmp);
-    int low = (ff + 99) / 100;
-    if (low > keep / 2)
-        low = keep / 2;
-    for (int i = 0; i < low; i++)
-        take[sc[i].i] = 1;
-    for (int i = ff - 1, n = low; i >= 0 && n < keep; i--)
-        if (!take[sc[i].i]) {
-            take[sc[i].i] = 1;
-            n++;
-        }
-    for (int i = 0, n = 0; i < ff; i++)
-        if (take[i])
-            kept[n++] = i;
-    free(sc);
-    free(take);
-    return 0;
+    char what[200];
+    model_proj_prefix(lw->index, PROJ_GATE, what, sizeof what);
+    return lowrank_channel_select(lw->proj[PROJ_GATE].w, lw->proj[PROJ_UP].w, lw->proj[PROJ_DOWN].w, j->c->hidden,
+                                  j->c->intermediate, s->sq_sum[2], s->sq_sum[3], j->ff_keep, kept, what, err);
 }
 
 /* pruned[0..2]: gate (keep, d), up (keep, d), down (d, keep), malloc'ed. */

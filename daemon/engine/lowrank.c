@@ -385,3 +385,53 @@ out:
     free(t);
     return r;
 }
+
+struct score_idx {
+    double s;
+    int i;
+};
+
+static int score_cmp(const void *a, const void *b) {
+    const struct score_idx *x = a, *y = b;
+    if (x->s != y->s)
+        return x->s < y->s ? -1 : 1;
+    return x->i - y->i; /* deterministic ties */
+}
+
+int lowrank_channel_select(const float *wg, const float *wu, const float *wd, int d, int ff, const double *x_sq,
+                           const double *h_sq, int keep, int *kept, const char *what, struct sv_err *err) {
+    if (keep < 1 || keep > ff)
+        return sv_err_set(err, -EINVAL, "%s: cannot keep %d of %d channels", what, keep, ff);
+    struct score_idx *sc = malloc((size_t)ff * sizeof *sc);
+    char *take = calloc((size_t)ff, 1);
+    if (!sc || !take) {
+        free(sc);
+        free(take);
+        return sv_err_set(err, -ENOMEM, "%s: out of memory for channel scores", what);
+    }
+    for (int i = 0; i < ff; i++) {
+        double t = 0, col = 0;
+        for (int c = 0; c < d; c++)
+            t += (fabs((double)wg[(size_t)i * d + c]) + fabs((double)wu[(size_t)i * d + c])) * sqrt(x_sq[c]);
+        for (int o = 0; o < d; o++)
+            col += fabs((double)wd[(size_t)o * ff + i]);
+        sc[i] = (struct score_idx){t + col * sqrt(h_sq[i]), i};
+    }
+    qsort(sc, (size_t)ff, sizeof *sc, score_cmp);
+    int low = (ff + 99) / 100;
+    if (low > keep / 2)
+        low = keep / 2;
+    for (int i = 0; i < low; i++)
+        take[sc[i].i] = 1;
+    for (int i = ff - 1, n = low; i >= 0 && n < keep; i--)
+        if (!take[sc[i].i]) {
+            take[sc[i].i] = 1;
+            n++;
+        }
+    for (int i = 0, n = 0; i < ff; i++)
+        if (take[i])
+            kept[n++] = i;
+    free(sc);
+    free(take);
+    return 0;
+}

@@ -90,4 +90,16 @@ int lowrank_gram_accum(double *g, const float *x, size_t ntok, int n, struct sv_
 /* Copies the lower triangle into the upper one. */
 void lowrank_gram_symmetrize(double *g, int n);
 
+/* LoRAP's structured MLP pruning: which `keep` of the ff intermediate
+ * channels stay. Importance of channel i is the activation-weighted weight
+ * magnitude of its whole group (row i of gate and up, column i of down):
+ *     sum_j (|Wg_ij| + |Wu_ij|) ||x_j|| + sum_o |Wd_oi| ||h_i||,
+ * ||x_j||^2 = x_sq[j] (MLP input channel j), ||h_i||^2 = h_sq[i] (down_proj
+ * input channel i), sums of squares over the calibration tokens. Kept: the
+ * ceil(1 %) least important (at most keep / 2; LoRAP keeps them, since low
+ * importance is not no information), then the most important of the rest.
+ * wg, wu: (ff, d); wd: (d, ff). kept: keep indices, ascending. */
+int lowrank_channel_select(const float *wg, const float *wu, const float *wd, int d, int ff, const double *x_sq,
+                           const double *h_sq, int keep, int *kept, const char *what, struct sv_err *err);
+
 #endif
