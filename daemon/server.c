@@ -501,6 +501,15 @@ static int op_version(struct client *c, long long id, json_t *msg, struct proto_
     return 0;
 }
 
+/* "a, b, c": the names 0..count-1, for an error that lists the known values. */
+static void join_names(char *buf, size_t n, int count, const char *(*name)(int)) {
+    buf[0] = '\0';
+    for (int i = 0; i < count; i++)
+        snprintf(buf + strlen(buf), n - strlen(buf), "%s%s", i ? ", " : "", name(i));
+}
+static const char *method_name_i(int i) { return compress_method_name((enum compress_method)i); }
+static const char *ranks_name_i(int i) { return compress_ranks_name((enum compress_ranks)i); }
+
 /* Copies a path field (required or not) into dst; "" when absent. */
 static int get_path(json_t *msg, const char *field, bool required, char dst[PATH_MAX],
                     struct proto_error *e) {
@@ -570,19 +579,15 @@ static int op_submit(struct client *c, long long id, json_t *msg, struct proto_e
         (r = proto_get_bool(msg, "centered", false, &centered, e)) < 0)
         goto fail;
     if (compress_method_parse(method, &p->method) < 0) {
-        char known[256] = "";
-        for (int i = 0; i < METHOD_COUNT; i++)
-            snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", i ? ", " : "",
-                     compress_method_name((enum compress_method)i));
+        char known[256];
+        join_names(known, sizeof known, METHOD_COUNT, method_name_i);
         r = proto_error_set(e, PROTO_BAD_REQUEST, "field 'method': unknown method '%.100s' (known: %s)",
                             method, known);
         goto fail;
     }
     if (compress_ranks_parse(ranks, &p->ranks) < 0) {
-        char known[256] = "";
-        for (int i = 0; i < RANKS_COUNT; i++)
-            snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", i ? ", " : "",
-                     compress_ranks_name((enum compress_ranks)i));
+        char known[256];
+        join_names(known, sizeof known, RANKS_COUNT, ranks_name_i);
         r = proto_error_set(e, PROTO_BAD_REQUEST, "field 'ranks': unknown rank rule '%.100s' (known: %s)",
                             ranks, known);
         goto fail;

@@ -206,38 +206,45 @@ static void test_fresh(void) {
     store_free(s);
 }
 
-static void test_migrate_v1(void) {
-    char db[PATH_MAX];
-    path_in(db, sizeof db, "v1.db");
-    char *v1 = section(1);
-    SV_CHECK(v1 != NULL);
-    if (!v1)
-        return;
-    /* What a version-1 svdllmd left behind: a running asvd job (its alpha
-     * was never recorded) with one committed layer. */
+/* Builds db as an older svdllmd left it: schema sections 1..version of
+ * store.sql, user_version set, then rows_sql. Returns 0 or -1. */
+static int old_db(const char *db, int version, const char *rows_sql) {
     sqlite3 *raw = NULL;
     char *msg = NULL;
     int rc = sqlite3_open(db, &raw);
+    for (int v = 1; v <= version && rc == SQLITE_OK; v++) {
+        char *sql = section(v);
+        SV_CHECK(sql != NULL);
+        rc = sql ? sqlite3_exec(raw, sql, NULL, NULL, &msg) : SQLITE_ERROR;
+        free(sql);
+    }
+    char pragma[64];
+    snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d;", version);
     if (rc == SQLITE_OK)
-        rc = sqlite3_exec(raw, v1, NULL, NULL, &msg);
+        rc = sqlite3_exec(raw, pragma, NULL, NULL, &msg);
     if (rc == SQLITE_OK)
-        rc = sqlite3_exec(raw,
-            "PRAGMA user_version = 1;"
+        rc = sqlite3_exec(raw, rows_sql, NULL, NULL, &msg);
+    SV_ASSERT_EQ(rc, SQLITE_OK);
+    if (msg)
+        fprintf(stderr, "building the version-%d database: %s\n", version, msg);
+    sqlite3_free(msg);
+    sqlite3_close(raw);
+    return rc == SQLITE_OK ? 0 : -1;
+}
+
+static void test_migrate_v1(void) {
+    char db[PATH_MAX];
+    path_in(db, sizeof db, "v1.db");
+    /* What a version-1 svdllmd left behind: a running asvd job (its alpha
+     * was never recorded) with one committed layer. */
+    if (old_db(db, 1,
             "INSERT INTO jobs (state, model, out, method, ratio, calib, nsamples, seqlen, seed,"
             " calib_first, dense, overwrite, eval_text, eval_seqlen, eval_max_windows, job_key,"
             " owner_uid, work_dir, created_at, started_at, n_layers)"
             " VALUES ('running', '/models/tiny', '/out/old', 'asvd', 0.25, '/data/calib.txt', 4, 32,"
             " 3, 0, 0, 0, '', 0, 0, 'bbbb', 1000, '/state/jobs/1', 1690000000, 1690000005, 2);"
             "INSERT INTO layers (job_id, layer, file, size, sha256, done_at)"
-            " VALUES (1, 0, 'layer-0.st', 123, 'cccc', 1690000010);",
-            NULL, NULL, &msg);
-    SV_ASSERT_EQ(rc, SQLITE_OK);
-    if (msg)
-        fprintf(stderr, "building the version-1 database: %s\n", msg);
-    sqlite3_free(msg);
-    sqlite3_close(raw);
-    free(v1);
-    if (rc != SQLITE_OK)
+            " VALUES (1, 0, 'layer-0.st', 123, 'cccc', 1690000010);") < 0)
         return;
     SV_ASSERT_EQ(db_user_version(db), 1);
 
@@ -274,38 +281,13 @@ static void test_migrate_v1(void) {
 static void test_migrate_v2(void) {
     char db[PATH_MAX];
     path_in(db, sizeof db, "v2.db");
-    char *v1 = section(1), *v2 = section(2);
-    SV_CHECK(v1 != NULL && v2 != NULL);
-    if (!v1 || !v2) {
-        free(v1);
-        free(v2);
-        return;
-    }
     /* What a version-2 svdllmd left behind: a queued asvd job with its alpha. */
-    sqlite3 *raw = NULL;
-    char *msg = NULL;
-    int rc = sqlite3_open(db, &raw);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_exec(raw, v1, NULL, NULL, &msg);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_exec(raw, v2, NULL, NULL, &msg);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_exec(raw,
-            "PRAGMA user_version = 2;"
+    if (old_db(db, 2,
             "INSERT INTO jobs (state, model, out, method, ratio, calib, nsamples, seqlen, seed,"
             " calib_first, dense, overwrite, eval_text, eval_seqlen, eval_max_windows, job_key,"
             " owner_uid, work_dir, created_at, alpha)"
             " VALUES ('queued', '/models/tiny', '/out/v2', 'asvd', 0.2, '/data/calib.txt', 4, 32,"
-            " 3, 0, 0, 0, '', 0, 0, 'dddd', 1000, '/state/jobs/1', 1695000000, 0.9);",
-            NULL, NULL, &msg);
-    SV_ASSERT_EQ(rc, SQLITE_OK);
-    if (msg)
-        fprintf(stderr, "building the version-2 database: %s\n", msg);
-    sqlite3_free(msg);
-    sqlite3_close(raw);
-    free(v1);
-    free(v2);
-    if (rc != SQLITE_OK)
+            " 3, 0, 0, 0, '', 0, 0, 'dddd', 1000, '/state/jobs/1', 1695000000, 0.9);") < 0)
         return;
     SV_ASSERT_EQ(db_user_version(db), 2);
 

@@ -35,22 +35,38 @@ static void dgemm(int ta, int tb, int m, int n, int k, double alpha, const doubl
               (double *)a, lda, 1, (double *)b, ldb, 1, &beta, c, ldc, 1);
 }
 
-int lowrank_gram_accum(double *g, const float *x, size_t ntok, int n, struct sv_err *err) {
-    float *t = malloc((size_t)n * n * sizeof *t);
+/* c (dy, dz) += y^T z over row chunks of at most GRAM_CHUNK: the product of
+ * a chunk in f32 (BLIS), added into the double accumulator. sym: z == y and
+ * only the lower triangle is formed (syrk, half the flops). */
+static int chunked_product(double *c, const float *y, int dy, const float *z, int dz, size_t ntok, int sym,
+                           struct sv_err *err) {
+    if (dy < 1 || dz < 1)
+        return 0;
+    float *t = malloc((size_t)dy * dz * sizeof *t);
     if (!t)
-        return sv_err_set(err, -ENOMEM, "Gram %d x %d: out of memory", n, n);
+        return sv_err_set(err, -ENOMEM, "%s %d x %d: out of memory", sym ? "Gram" : "cross product", dy, dz);
     for (size_t r0 = 0; r0 < ntok; r0 += GRAM_CHUNK) {
         size_t nr = ntok - r0 < GRAM_CHUNK ? ntok - r0 : GRAM_CHUNK;
-        float one = 1.0f, zero = 0.0f;
-        /* t (n, n) lower = x_chunk^T x_chunk: x_chunk^T is (n, nr) with row stride 1, column stride n. */
-        bli_ssyrk(BLIS_LOWER, BLIS_NO_TRANSPOSE, n, (dim_t)nr, &one, (float *)(x + r0 * (size_t)n), 1, n, &zero,
-                  t, n, 1);
-        for (int i = 0; i < n; i++)
-            for (int j = 0; j <= i; j++)
-                g[(size_t)i * n + j] += t[(size_t)i * n + j];
+        float one = 1.0f, zero = 0.0f, *yc = (float *)(y + r0 * (size_t)dy), *zc = (float *)(z + r0 * (size_t)dz);
+        if (sym) /* y_chunk^T is (dy, nr) with row stride 1, column stride dy */
+            bli_ssyrk(BLIS_LOWER, BLIS_NO_TRANSPOSE, dy, (dim_t)nr, &one, yc, 1, dy, &zero, t, dy, 1);
+        else
+            bli_sgemm(BLIS_TRANSPOSE, BLIS_NO_TRANSPOSE, dy, dz, (dim_t)nr, &one, yc, dy, 1, zc, dz, 1, &zero, t,
+                      dz, 1);
+        for (int i = 0; i < dy; i++)
+            for (int j = 0; j < (sym ? i + 1 : dz); j++)
+                c[(size_t)i * dz + j] += t[(size_t)i * dz + j];
     }
     free(t);
     return 0;
+}
+
+int lowrank_gram_accum(double *g, const float *x, size_t ntok, int n, struct sv_err *err) {
+    return chunked_product(g, x, n, x, n, ntok, 1, err);
+}
+
+int lowrank_cross_accum(double *c, const float *y, int dy, const float *z, int dz, size_t ntok, struct sv_err *err) {
+    return chunked_product(c, y, dy, z, dz, ntok, 0, err);
 }
 
 int lowrank_scaled_cov(const float *w, int d_out, int d_in, const double *s, double *c, struct sv_err *err) {
@@ -317,25 +333,6 @@ int lowrank_project64(const float *w, int d_out, int d_in, const double *g_in, c
 int lowrank_spectrum(const float *w, int d_out, int d_in, const double *g_in, const double *c_out, double *ev,
                      int *n, const char *what, struct sv_err *err) {
     return project(w, d_out, d_in, g_in, c_out, 0, 0, ev, n, what, NULL, err);
-}
-
-int lowrank_cross_accum(double *c, const float *y, int dy, const float *z, int dz, size_t ntok, struct sv_err *err) {
-    if (dy < 1 || dz < 1)
-        return 0;
-    float *t = malloc((size_t)dy * dz * sizeof *t);
-    if (!t)
-        return sv_err_set(err, -ENOMEM, "cross product %d x %d: out of memory", dy, dz);
-    for (size_t r0 = 0; r0 < ntok; r0 += GRAM_CHUNK) {
-        size_t nr = ntok - r0 < GRAM_CHUNK ? ntok - r0 : GRAM_CHUNK;
-        float one = 1.0f, zero = 0.0f;
-        /* t (dy, dz) = y_chunk^T z_chunk */
-        bli_sgemm(BLIS_TRANSPOSE, BLIS_NO_TRANSPOSE, dy, dz, (dim_t)nr, &one, (float *)(y + r0 * (size_t)dy), dy, 1,
-                  (float *)(z + r0 * (size_t)dz), dz, 1, &zero, t, dz, 1);
-        for (size_t i = 0; i < (size_t)dy * dz; i++)
-            c[i] += t[i];
-    }
-    free(t);
-    return 0;
 }
 
 /* A (d_out, k) = YZ ZZ^+ : the least-squares left factor for fixed B. ZZ is
