@@ -4,6 +4,11 @@
  *
  *   bench_methods [--model DIR]... [--method NAME]... [--ratio R]... [--ranks NAME]
  *                 [--nsamples N] [--seqlen L] [--eval-windows N] [--data DIR]
+ *                 [--calib FILE] [--no-eval]
+ *
+ * --calib FILE replaces the calibration text (e.g. .i32 ids for a synthetic
+ * model without a tokenizer); --no-eval skips perplexity, so "sec" is the
+ * compression alone (bench/methods_cost.sh).
  *
  * Protocol (printed with the table): calibration text = the first 300 kB of
  * DATA/text/tinystories-valid-head.txt, nsamples windows of seqlen tokens
@@ -31,11 +36,14 @@ int main(int argc, char **argv) {
     double ratios[MAXN];
     enum compress_ranks ranks = RANKS_DEFAULT;
     long nsamples = 32, seqlen = 128, evalw = 120;
+    const char *calib = NULL;
+    int no_eval = 0;
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},  {"method", required_argument, 0, 'M'},
         {"ratio", required_argument, 0, 'r'},  {"ranks", required_argument, 0, 'R'},
         {"nsamples", required_argument, 0, 'n'}, {"seqlen", required_argument, 0, 'L'},
         {"eval-windows", required_argument, 0, 'w'}, {"data", required_argument, 0, 'd'},
+        {"calib", required_argument, 0, 'c'}, {"no-eval", no_argument, 0, 'E'},
         {0, 0, 0, 0},
     };
     int c;
@@ -79,6 +87,8 @@ int main(int argc, char **argv) {
             break;
         }
         case 'd': data = optarg; break;
+        case 'c': calib = optarg; break;
+        case 'E': no_eval = 1; break;
         default: return 2;
         }
     }
@@ -125,8 +135,12 @@ int main(int argc, char **argv) {
                 snprintf(p.model_dir, sizeof p.model_dir, "%s", models[mi]);
                 snprintf(p.out_dir, sizeof p.out_dir, "%s/out-%d", tmp, run);
                 snprintf(p.work_dir, sizeof p.work_dir, "%s/work-%d", tmp, run);
-                snprintf(p.calib_path, sizeof p.calib_path, "%s/calib.txt", tmp);
-                snprintf(p.eval_path, sizeof p.eval_path, "%s/eval.txt", tmp);
+                if (calib)
+                    snprintf(p.calib_path, sizeof p.calib_path, "%s", calib);
+                else
+                    snprintf(p.calib_path, sizeof p.calib_path, "%s/calib.txt", tmp);
+                if (!no_eval)
+                    snprintf(p.eval_path, sizeof p.eval_path, "%s/eval.txt", tmp);
                 run++;
                 snprintf(cmd, sizeof cmd, "mkdir -p '%s'", p.work_dir);
                 if (system(cmd) != 0)
@@ -144,7 +158,7 @@ int main(int argc, char **argv) {
                     printf("  failed: %s", err.msg);
                     fails++;
                 } else {
-                    printf("  %8.2f %5.1f", res.ppl_after, mono_now() - t0);
+                    printf("  %8.2f %5.1f", no_eval ? 0.0 : res.ppl_after, mono_now() - t0);
                     before = res.ppl_before;
                 }
                 fflush(stdout);
@@ -154,7 +168,10 @@ int main(int argc, char **argv) {
             }
             printf("\n");
         }
-        printf("original      ppl %.2f (the 'sec' column includes the two evaluations)\n", before);
+        if (no_eval)
+            printf("(no evaluation: 'sec' is the compression job alone)\n");
+        else
+            printf("original      ppl %.2f (the 'sec' column includes the two evaluations)\n", before);
     }
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
     if (system(cmd) != 0)
