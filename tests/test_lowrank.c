@@ -1145,6 +1145,12 @@ static void refit_case(int d_out, int d_in, int n_tok, int k, double pert, uint6
     SV_CHECK(all_finite_d(a, (size_t)d_out * k));
     double l0 = refit_loss(y, z, a0, n_tok, d_out, k), l1 = refit_loss(y, z, a, n_tok, d_out, k);
     SV_CHECK(l1 <= l0 * (1 + 1e-12));
+    /* The loss from the statistics alone (what compression.json reports)
+     * equals the one measured on the tokens; relative to ||Y||^2 since the
+     * formula subtracts nearly equal terms. */
+    double yy = fro2(y, (size_t)n_tok * d_out);
+    SV_CHECK(fabs(lowrank_refit_loss(yy, a0, yz, zz, d_out, k) - l0) <= 1e-10 * yy);
+    SV_CHECK(fabs(lowrank_refit_loss(yy, a, yz, zz, d_out, k) - l1) <= 1e-10 * yy);
     SV_ASSERT_EQ(ref_normal_solve(yz, zz, d_out, k, ane), 0);
     double e_ne = rel_fro(a, ane, (size_t)d_out * k);
     SV_CHECK(e_ne <= 1e-9);

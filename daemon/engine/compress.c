@@ -952,22 +952,6 @@ static int upd_in(void *ctx, enum config_proj p, const float *x, size_t ntok, in
     return FORWARD_STOP;
 }
 
-/* ||Y - Z A^T||^2 = yy - 2 <A, YZ> + <A ZZ, A>, A (d_out, k). */
-static double refit_loss(double yy, const double *a, const double *yz, const double *zz, int d_out, int k) {
-    double cross = 0, quad = 0;
-    for (int i = 0; i < d_out; i++) {
-        const double *ai = a + (size_t)i * k;
-        for (int c = 0; c < k; c++) {
-            cross += ai[c] * yz[(size_t)i * k + c];
-            double t = 0;
-            for (int e = 0; e < k; e++)
-                t += ai[e] * zz[(size_t)e * k + c];
-            quad += t * ai[c];
-        }
-    }
-    return yy - 2 * cross + quad;
-}
-
 static void seq_ctx_free(struct seq_ctx *c) {
     free(c->g);
     free(c->sum);
@@ -1091,8 +1075,8 @@ static int seq_layer(struct job *j, const struct layer_w *lw, struct lowrank_res
                 r = lowrank_refit(cx.yz[p], cx.zz[p], d_out, k, what, a1, &rep[p].refit_dropped, err);
                 if (r == 0) {
                     rep[p].refit = 1;
-                    rep[p].loss_before = refit_loss(cx.yy[p], a0, cx.yz[p], cx.zz[p], d_out, k);
-                    rep[p].loss_after = refit_loss(cx.yy[p], a1, cx.yz[p], cx.zz[p], d_out, k);
+                    rep[p].loss_before = lowrank_refit_loss(cx.yy[p], a0, cx.yz[p], cx.zz[p], d_out, k);
+                    rep[p].loss_after = lowrank_refit_loss(cx.yy[p], a1, cx.yz[p], cx.zz[p], d_out, k);
                     for (size_t i = 0; i < (size_t)d_out * k; i++)
                         res[p].a[i] = (float)a1[i];
                     rep[p].seconds += mono_now() - t0;

@@ -383,6 +383,20 @@ out:
     return r;
 }
 
+double lowrank_refit_loss(double yy, const double *a, const double *yz, const double *zz, int d_out, int k) {
+    double *t = malloc((size_t)d_out * k * sizeof *t);
+    if (!t)
+        return NAN;
+    dgemm(0, 0, d_out, k, k, 1.0, a, k, zz, k, 0.0, t, k); /* A ZZ */
+    double cross = 0, quad = 0;
+    for (size_t i = 0; i < (size_t)d_out * k; i++) {
+        cross += a[i] * yz[i];
+        quad += a[i] * t[i];
+    }
+    free(t);
+    return yy - 2 * cross + quad;
+}
+
 struct score_idx {
     double s;
     int i;

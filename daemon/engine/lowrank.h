@@ -71,6 +71,10 @@ int lowrank_spectrum(const float *w, int d_out, int d_in, const double *g_in, co
  * their count goes to *dropped. */
 int lowrank_refit(const double *yz, const double *zz, int d_out, int k, const char *what, double *a,
                   int *dropped, struct sv_err *err);
+/* ||Y - Z A^T||^2 = yy - 2 <A, YZ> + <A ZZ, A> from the statistics, yy =
+ * ||Y||^2: the refit's calibration loss for any A (d_out, k); NaN when out of
+ * memory. */
+double lowrank_refit_loss(double yy, const double *a, const double *yz, const double *zz, int d_out, int k);
 /* c (dy, dz) += y^T z for row blocks y (ntok, dy), z (ntok, dz), f32 products
  * over chunks of at most 256 rows added into the double accumulator. */
 int lowrank_cross_accum(double *c, const float *y, int dy, const float *z, int dz, size_t ntok, struct sv_err *err);
