@@ -117,9 +117,13 @@ int main(int argc, char **argv) {
     if (system(cmd) != 0)
         return 1;
     forward_threads_set(0);
-    printf("calibration: first 300 kB of tinystories-valid-head.txt, %ld x %ld tokens (seeded windows); "
-           "eval: next 200 kB, %ld windows of %ld tokens; ranks %s; %d threads\n",
-           nsamples, seqlen, evalw, seqlen, compress_ranks_name(ranks), forward_threads_get());
+    printf("calibration: %s, %ld x %ld tokens (seeded windows); ", calib ? calib : "first 300 kB of tinystories-valid-head.txt",
+           nsamples, seqlen);
+    if (no_eval)
+        printf("no evaluation");
+    else
+        printf("eval: next 200 kB, %ld windows of %ld tokens", evalw, seqlen);
+    printf("; ranks %s; %d threads\n", compress_ranks_name(ranks), forward_threads_get());
     int fails = 0, run = 0;
     for (int mi = 0; mi < nmodels; mi++) {
         printf("\n%s\n%-14s", models[mi], "method");
