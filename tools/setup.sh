@@ -41,12 +41,13 @@ demo)
   # on the next 200 kB (held out from calibration).
   head -c 300000 "$data/text/tinystories-valid-head.txt" > "$tmp/calib.txt"
   head -c 500000 "$data/text/tinystories-valid-head.txt" | tail -c 200000 > "$tmp/eval.txt"
-  id=$(ctl submit --model "$data/tinystories-656K" --out "$tmp/tinystories-656K-svdllm40" --method svdllm \
-         --ratio 0.4 --calib "$tmp/calib.txt" --nsamples 64 --seqlen 128 --eval-text "$tmp/eval.txt")
+  # SVD-LLM with its closed-form update and ranks allocated from the spectra.
+  id=$(ctl submit --model "$data/tinystories-656K" --out "$tmp/tinystories-656K-40" --method svdllm-update \
+         --ranks auto --ratio 0.4 --calib "$tmp/calib.txt" --nsamples 64 --seqlen 128 --eval-text "$tmp/eval.txt")
   echo "submitted job $id"
   ctl watch "$id"
   ctl status "$id"
-  echo "output:"; ls -l "$tmp/tinystories-656K-svdllm40"
+  echo "output:"; ls -l "$tmp/tinystories-656K-40"
   ;;
 test)
   build build --buildtype=release
