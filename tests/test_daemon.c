@@ -1452,6 +1452,19 @@ static void test_cancel_running(void) {
     }
     SV_CHECK(strcmp(v.state, "running") == 0 && v.layers_done == 1);
     struct conn c;
+    /* An eval submitted while a job runs is answered without waiting for
+     * the job (runner.c: they share the cores). */
+    if (conn_open(&c) == 0) {
+        char req[2600];
+        snprintf(req, sizeof req, "{\"id\":8,\"op\":\"eval\",\"model\":\"%s\",\"text\":\"%s\",\"seqlen\":64,"
+                 "\"max_windows\":2}", model, calib200);
+        json_t *m = request(&c, req);
+        SV_CHECK(m && json_is_true(json_object_get(m, "ok")));
+        SV_CHECK(m && json_number_value(json_object_get(m, "ppl")) > 1.0);
+        json_decref(m);
+        conn_close(&c);
+        SV_CHECK(strcmp(status_view(id).state, "running") == 0);
+    }
     if (conn_open(&c) == 0) {
         snprintf(line, sizeof line, "{\"id\":9,\"op\":\"cancel\",\"job\":%lld}", id);
         json_t *m = request(&c, line);
