@@ -16,6 +16,7 @@
 #include "harness.h"
 #include "ppl.h"
 #include "sha256.h"
+#include "st.h"
 
 static char tmp[64];
 
@@ -82,6 +83,24 @@ static json_t *report_load(const char *dir) {
     json_t *root = json_load_file(path, 0, NULL);
     SV_CHECK(root != NULL);
     return root;
+}
+
+/* 1 if tensor `name` has the same bytes in the model.safetensors of dirs a and b. */
+static int same_tensor(const char *a, const char *b, const char *name) {
+    char pa[PATH_MAX + 32], pb[PATH_MAX + 32];
+    snprintf(pa, sizeof pa, "%s/model.safetensors", a);
+    snprintf(pb, sizeof pb, "%s/model.safetensors", b);
+    struct st_model *ma = NULL, *mb = NULL;
+    struct sv_err err = {0};
+    int same = -1;
+    if (st_open_file(&ma, pa, &err) == 0 && st_open_file(&mb, pb, &err) == 0) {
+        const struct st_tensor *ta = st_find(ma, name), *tb = st_find(mb, name);
+        same = ta && tb && ta->nbytes == tb->nbytes && memcmp(ta->data, tb->data, ta->nbytes) == 0;
+    }
+    SV_CHECK(same >= 0);
+    st_free(ma);
+    st_free(mb);
+    return same == 1;
 }
 
 static void file_hash(const char *dir, const char *name, char hex[65]) {
@@ -247,6 +266,48 @@ int main(void) {
         SV_ASSERT_EQ(n, 14);
         SV_CHECK(lower > n / 2);
         json_decref(rep);
+    }
+
+    /* The sequential methods' structure, visible in the bytes (ratio 0.4):
+     * svdllm-update keeps svdllm's right factors B everywhere (they come from
+     * the original model's statistics) and refits only A; rom's layer-0
+     * q/k/v see the same inputs as svdllm's and are identical, while its
+     * o_proj sees the compressed q/k/v and differs. */
+    {
+        char dsvd[PATH_MAX], dupd[PATH_MAX], drom[PATH_MAX], name[128];
+        snprintf(dsvd, sizeof dsvd, "%s/out-0-%d-1", tmp, METHOD_SVDLLM);
+        snprintf(dupd, sizeof dupd, "%s/out-0-%d-1", tmp, METHOD_SVDLLM_UPDATE);
+        snprintf(drom, sizeof drom, "%s/out-0-%d-1", tmp, METHOD_ROM);
+        static const char *const mods[7] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                            "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+        int b_same = 0, a_same = 0;
+        for (int l = 0; l < 2; l++)
+            for (int q = 0; q < 7; q++) {
+                snprintf(name, sizeof name, "model.layers.%d.%s.0.weight", l, mods[q]);
+                b_same += same_tensor(dsvd, dupd, name);
+                snprintf(name, sizeof name, "model.layers.%d.%s.1.weight", l, mods[q]);
+                a_same += same_tensor(dsvd, dupd, name);
+            }
+        printf("svdllm-update vs svdllm: %d of 14 B identical, %d of 14 A identical\n", b_same, a_same);
+        SV_ASSERT_EQ(b_same, 14);
+        SV_CHECK(a_same < 14);
+        for (int q = 0; q < 4; q++)
+            for (int half = 0; half < 2; half++) {
+                snprintf(name, sizeof name, "model.layers.0.%s.%d.weight", mods[q], half);
+                SV_ASSERT_EQ(same_tensor(dsvd, drom, name), q < 3);
+            }
+    }
+
+    /* rom --centered: mean-removed covariance, a different (finite) model. */
+    params(&p, model, "rom-centered", "work-rom-centered", METHOD_ROM, 0.4);
+    p.centered = 1;
+    SV_ASSERT_EQ(run(&p, NULL, &res, &err), 0);
+    printf("rom --centered at 0.4: ppl %.4f\n", res.ppl_after);
+    SV_CHECK(isfinite(res.ppl_after) && res.ppl_after > res.ppl_before);
+    {
+        char drom[PATH_MAX];
+        snprintf(drom, sizeof drom, "%s/out-0-%d-1", tmp, METHOD_ROM);
+        SV_CHECK(!same_tensor(drom, p.out_dir, "model.layers.0.self_attn.q_proj.0.weight"));
     }
 
     /* last-n: only the last layer, at 0.3 * 2 / 1 = 0.6 of its parameters;
