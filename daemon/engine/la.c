@@ -29,10 +29,10 @@ int la_cholesky(double *g, int n, const char *what, struct sv_err *err) {
  * below the true need, so round up with margin. */
 static int ws_size(double q) { return (int)(q * 1.0001) + 64; }
 
-int la_syevd(double *a, double *w, int n, const char *what, struct sv_err *err) {
+static int syevd(const char *jobz, double *a, double *w, int n, const char *what, struct sv_err *err) {
     int info = 0, lwork = -1, liwork = -1, iq = 0;
     double q = 0;
-    dsyevd_("V", "L", &n, a, &n, w, &q, &lwork, &iq, &liwork, &info);
+    dsyevd_(jobz, "L", &n, a, &n, w, &q, &lwork, &iq, &liwork, &info);
     if (info != 0)
         return sv_err_set(err, -EINVAL, "%s: dsyevd workspace query failed (info %d)", what, info);
     lwork = ws_size(q);
@@ -44,7 +44,7 @@ int la_syevd(double *a, double *w, int n, const char *what, struct sv_err *err) 
         r = sv_err_set(err, -ENOMEM, "%s: out of memory for the eigensolver workspace (n = %d)", what, n);
         goto out;
     }
-    dsyevd_("V", "L", &n, a, &n, w, work, &lwork, iwork, &liwork, &info);
+    dsyevd_(jobz, "L", &n, a, &n, w, work, &lwork, iwork, &liwork, &info);
     if (info < 0)
         r = sv_err_set(err, -EINVAL, "%s: dsyevd argument %d is invalid", what, -info);
     else if (info > 0)
@@ -53,6 +53,14 @@ out:
     free(work);
     free(iwork);
     return r;
+}
+
+int la_syevd(double *a, double *w, int n, const char *what, struct sv_err *err) {
+    return syevd("V", a, w, n, what, err);
+}
+
+int la_syevd_values(double *a, double *w, int n, const char *what, struct sv_err *err) {
+    return syevd("N", a, w, n, what, err);
 }
 
 int la_gesdd(double *a, int m, int n, double *s, double *u, double *vt, const char *what, struct sv_err *err) {

@@ -22,6 +22,8 @@ int la_cholesky(double *g, int n, const char *what, struct sv_err *err);
  * eigenvectors (column j of the column-major matrix, i.e. a[j*n + i] is
  * component i of vector j) and w the eigenvalues in ascending order. */
 int la_syevd(double *a, double *w, int n, const char *what, struct sv_err *err);
+/* The eigenvalues only (ascending, into w); a is destroyed. */
+int la_syevd_values(double *a, double *w, int n, const char *what, struct sv_err *err);
 
 /* Thin SVD of the column-major m x n a (overwritten): s (min(m,n)), u (m x
  * min), vt (min x n). Only for tests and small references: libFLAME's gesdd

@@ -221,7 +221,7 @@ static int project(const float *w, int d_out, int d_in, const double *g_in, cons
         r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
         goto out;
     }
-    if ((r = la_syevd(m, ev, n, what, err)) < 0)
+    if ((r = (spec ? la_syevd_values : la_syevd)(m, ev, n, what, err)) < 0)
         goto out;
     if (spec) {
         for (int j = 0; j < n; j++)
