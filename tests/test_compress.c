@@ -404,6 +404,10 @@ int main(void) {
     p.layers = 3;
     SV_ASSERT_EQ(compress_params_check(&p, &err), -EINVAL);
     SV_ASSERT_STR_CONTAINS(err.msg, "exceeds the model's 2 decoder layers");
+    p.layers = 1;
+    p.ranks = RANKS_AUTO;
+    SV_ASSERT_EQ(compress_params_check(&p, &err), -EINVAL);
+    SV_ASSERT_STR_CONTAINS(err.msg, "layers 1 applies to ranks last-n only, not auto");
     p.method = METHOD_LORAP;
     p.layers = 0;
     p.ranks = RANKS_AUTO;

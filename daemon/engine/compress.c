@@ -248,6 +248,9 @@ int compress_params_check(const struct compress_params *p, struct sv_err *err) {
         return sv_err_set(err, -EINVAL, "method lorap allocates its own ranks: use ranks lorap or uniform, no layers");
     if (p->ranks == RANKS_LAST_N && !p->layers)
         return sv_err_set(err, -EINVAL, "ranks last-n needs layers (how many final layers to compress)");
+    if (p->layers && p->ranks != RANKS_LAST_N && p->ranks != RANKS_DEFAULT)
+        return sv_err_set(err, -EINVAL, "layers %d applies to ranks last-n only, not %s", p->layers,
+                          compress_ranks_name(p->ranks));
     if (p->nsamples < 1 || p->nsamples > 1000000)
         return sv_err_set(err, -EINVAL, "nsamples %d is outside [1, 1000000]", p->nsamples);
     if (p->seqlen < 2 || p->seqlen > 1 << 20)
@@ -1290,7 +1293,7 @@ static int ranks_file_read(struct job *j, const char *path, struct sv_err *err) 
             json_t *v = json_array_get(json_array_get(a, (size_t)l), (size_t)p);
             int d_out, d_in;
             config_proj_shape(j->c, p, &d_out, &d_in);
-            if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > d_out)
+            if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > (d_out < d_in ? d_out : d_in))
                 r = sv_err_set(err, -EIO, "rank file '%s' is damaged (restart the job)", path);
             else
                 j->rank[l][p] = (int)json_integer_value(v);
