@@ -1841,7 +1841,7 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
     r = 0;
     res.layers_resumed = l0;
     j.layers_done = l0;
-    int need_calib = p->method != METHOD_SVD || (j.ranks == RANKS_AUTO && l0 == 0);
+    int need_calib = p->method != METHOD_SVD; /* svd: G = I, also for its auto pre-pass */
     if (need_calib && l0 < c->n_layers) {
         if (l0 == 0) {
             progress(&j, 0, "calibrate", 0);
