@@ -260,6 +260,9 @@ static void print_status(json_t *job) {
         double b = jnum(res, "ppl_before", 0), a = jnum(res, "ppl_after", 0);
         if (b > 0 || a > 0)
             printf("  perplexity  %.4g -> %.4g\n", b, a);
+        double sb = jnum(res, "tokens_per_s_before", 0), sa = jnum(res, "tokens_per_s_after", 0);
+        if (sb > 0 && sa > 0)
+            printf("  speed       %.0f -> %.0f tokens/s (x%.2f, evaluation forward pass)\n", sb, sa, sa / sb);
         long long pb = jint(res, "params_before"), pa = jint(res, "params_after");
         if (pb > 0)
             printf("  params      %lld -> %lld (%.1f%% removed)\n", pb, pa, 100.0 * (double)(pb - pa) / (double)pb);

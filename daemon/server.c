@@ -347,6 +347,10 @@ static json_t *job_json(const struct sjob *j, bool full) {
             proto_set_real(r, "ppl_before", res->ppl_before);
         if (res->ppl_after > 0)
             proto_set_real(r, "ppl_after", res->ppl_after);
+        if (res->tok_s_before > 0)
+            proto_set_real(r, "tokens_per_s_before", res->tok_s_before);
+        if (res->tok_s_after > 0)
+            proto_set_real(r, "tokens_per_s_after", res->tok_s_after);
         proto_set_int(r, "params_before", (long long)res->params_before);
         proto_set_int(r, "params_after", (long long)res->params_after);
         proto_set_int(r, "bytes_before", (long long)res->bytes_before);

@@ -342,7 +342,7 @@ out:
     " created_at, started_at, finished_at, error, n_layers, ppl_before, ppl_after," \
     " params_before, params_after, bytes_before, bytes_after, seconds, layers_resumed, peak_rss," \
     " (SELECT count(*) FROM layers WHERE layers.job_id = jobs.id), alpha," \
-    " ranks, layers, attn_split, centered"
+    " ranks, layers, attn_split, centered, tok_s_before, tok_s_after"
 
 static void copy_text(char *dst, size_t n, sqlite3_stmt *st, int col) {
     const unsigned char *t = sqlite3_column_text(st, col);
@@ -383,6 +383,8 @@ static int row_to_job(sqlite3_stmt *st, struct store_job *j, struct sv_err *err)
     j->has_result = sqlite3_column_type(st, 30) != SQLITE_NULL;
     j->result.ppl_before = sqlite3_column_double(st, 24);
     j->result.ppl_after = sqlite3_column_double(st, 25);
+    j->result.tok_s_before = sqlite3_column_double(st, 39);
+    j->result.tok_s_after = sqlite3_column_double(st, 40);
     j->result.params_before = (uint64_t)sqlite3_column_int64(st, 26);
     j->result.params_after = (uint64_t)sqlite3_column_int64(st, 27);
     j->result.bytes_before = (uint64_t)sqlite3_column_int64(st, 28);
@@ -495,7 +497,8 @@ int store_job_finish(struct store *s, int64_t id, enum job_state state, const ch
     static const char sql[] =
         "UPDATE jobs SET state = ?2, error = ?3, finished_at = ?4, ppl_before = ?5, ppl_after = ?6,"
         " params_before = ?7, params_after = ?8, bytes_before = ?9, bytes_after = ?10,"
-        " seconds = ?11, layers_resumed = ?12, peak_rss = ?13 WHERE id = ?1";
+        " seconds = ?11, layers_resumed = ?12, peak_rss = ?13, tok_s_before = ?14, tok_s_after = ?15"
+        " WHERE id = ?1";
     sqlite3_stmt *st;
     int r = prepare(s, sql, &st, err);
     if (r < 0)
@@ -514,6 +517,10 @@ int store_job_finish(struct store *s, int64_t id, enum job_state state, const ch
         sqlite3_bind_int64(st, 10, (sqlite3_int64)res->bytes_after);
         sqlite3_bind_double(st, 11, res->seconds);
         sqlite3_bind_int(st, 12, res->layers_resumed);
+        if (res->tok_s_before > 0)
+            sqlite3_bind_double(st, 14, res->tok_s_before);
+        if (res->tok_s_after > 0)
+            sqlite3_bind_double(st, 15, res->tok_s_after);
     }
     sqlite3_bind_int64(st, 13, (sqlite3_int64)peak_rss);
     if (sqlite3_step(st) != SQLITE_DONE)

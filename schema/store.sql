@@ -86,3 +86,9 @@ ALTER TABLE jobs ADD COLUMN ranks TEXT NOT NULL DEFAULT 'default';
 ALTER TABLE jobs ADD COLUMN layers INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN attn_split REAL NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN centered INTEGER NOT NULL DEFAULT 0;
+
+-- version 4
+-- CPU inference speed of the evaluation before and after (tokens/s; struct
+-- compress_result.tok_s_before/after). NULL for jobs finished before.
+ALTER TABLE jobs ADD COLUMN tok_s_before REAL;
+ALTER TABLE jobs ADD COLUMN tok_s_after REAL;

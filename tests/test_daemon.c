@@ -891,14 +891,18 @@ static bool str_starts(json_t *v, const char *prefix) {
     return json_string_value(v) && strncmp(json_string_value(v), prefix, strlen(prefix)) == 0;
 }
 
-/* ppl_before and ppl_after of a done job's result: finite, and worse after. */
+/* ppl_before and ppl_after of a done job's result: finite, and worse after;
+ * the inference speed of both evaluations is reported (positive). */
 static void check_ppl(json_t *job, const char *what) {
     json_t *res = json_object_get(job, "result");
     double b = json_number_value(json_object_get(res, "ppl_before")),
-           a = json_number_value(json_object_get(res, "ppl_after"));
+           a = json_number_value(json_object_get(res, "ppl_after")),
+           sb = json_number_value(json_object_get(res, "tokens_per_s_before")),
+           sa = json_number_value(json_object_get(res, "tokens_per_s_after"));
     SV_CHECK(isfinite(b) && b > 1.0);
     SV_CHECK(isfinite(a) && a > b);
-    fprintf(stderr, "methods: %s: perplexity %.4f -> %.4f (%.2f s)\n", what, b, a,
+    SV_CHECK(sb > 0 && sa > 0);
+    fprintf(stderr, "methods: %s: perplexity %.4f -> %.4f, %.0f -> %.0f tokens/s (%.2f s)\n", what, b, a, sb, sa,
             json_number_value(json_object_get(res, "seconds")));
 }
 
@@ -1188,7 +1192,8 @@ static void free_names(struct dirent **names, int n) {
     free(names);
 }
 
-/* compression.json minus each matrix's "seconds", dumped with sorted keys. */
+/* compression.json minus its wall-clock values (each matrix's "seconds", the
+ * evaluation's "speed"), dumped with sorted keys. */
 static char *report_sans_seconds(const char *path, int *n_matrices, int *n_removed) {
     json_error_t e;
     json_t *root = json_load_file(path, 0, &e);
@@ -1203,6 +1208,7 @@ static char *report_sans_seconds(const char *path, int *n_matrices, int *n_remov
         (*n_matrices)++;
         *n_removed += json_object_del(v, "seconds") == 0;
     }
+    json_object_del(json_object_get(root, "perplexity"), "speed");
     char *s = json_dumps(root, JSON_SORT_KEYS | JSON_COMPACT);
     json_decref(root);
     return s;

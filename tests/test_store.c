@@ -187,6 +187,17 @@ static void test_fresh(void) {
     SV_CHECK(seen.id[2] == c.id && seen.p[2].ranks == RANKS_LAST_N && seen.p[2].layers == 3 &&
              seen.p[2].attn_split == 2.25 && seen.p[2].centered);
     SV_CHECK(seen.p[0].ranks == RANKS_DEFAULT && !seen.p[0].centered);
+
+    /* A finished job's result, inference speeds included (schema v4). */
+    SV_ASSERT_EQ(store_job_claim(s, b.id, &err), 1);
+    struct compress_result res = {.ppl_before = 37.2, .ppl_after = 130.9, .tok_s_before = 21467.5,
+                                  .tok_s_after = 23727.25, .params_before = 393216, .params_after = 233216,
+                                  .seconds = 1.5};
+    SV_ASSERT_EQ(store_job_finish(s, b.id, JOB_DONE, NULL, &res, 1 << 20, &err), 0);
+    SV_ASSERT_EQ(store_job_get(s, b.id, &got, &err), 0);
+    SV_CHECK(got.state == JOB_DONE && got.has_result);
+    SV_CHECK(got.result.ppl_after == 130.9 && got.result.tok_s_before == 21467.5 &&
+             got.result.tok_s_after == 23727.25);
     store_free(s);
 
     /* Reopen: already at the newest version, nothing runs, the job is intact. */

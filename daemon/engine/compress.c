@@ -1682,6 +1682,15 @@ static int write_report(struct job *j, const char *dir, const char *key, const s
                                "after", res->ppl_after, "protocol",
                                "whole text tokenized once with one BOS; non-overlapping windows of L tokens from "
                                "position 0; L-1 predictions per window; exp(mean NLL)");
+        /* Wall-clock: the only values here, with each matrix's "seconds",
+         * that differ between two runs of the same job. */
+        json_object_set_new(ev, "speed",
+                            json_pack("{s:f, s:f, s:f, s:i, s:s}", "tokens_per_s_before", res->tok_s_before,
+                                      "tokens_per_s_after", res->tok_s_after, "ratio",
+                                      res->tok_s_before > 0 ? res->tok_s_after / res->tok_s_before : 0.0,
+                                      "threads", forward_threads_get(), "measured",
+                                      "the evaluation's batched forward pass (all windows, logits and NLL "
+                                      "included), original then compressed model, in this job"));
         json_object_set_new(root, "perplexity", ev);
     }
     json_object_set_new(root, "job_key", json_string(key));
@@ -1827,6 +1836,7 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
         if ((r = ppl_eval(p->model_dir, p->eval_path, eval_L, (size_t)p->eval_max_windows, eval_cancel, &j, &pr, err)) < 0)
             goto out;
         res.ppl_before = pr.ppl;
+        res.tok_s_before = pr.tokens_per_s;
     }
 
     /* Resume: the first layer without an intact committed checkpoint. */
@@ -1928,6 +1938,7 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
         if ((r = ppl_eval(tmp, p->eval_path, eval_L, (size_t)p->eval_max_windows, eval_cancel, &j, &pr, err)) < 0)
             goto out;
         res.ppl_after = pr.ppl;
+        res.tok_s_after = pr.tokens_per_s;
     }
     if ((r = write_report(&j, tmp, key, &res, err)) < 0 || (r = publish(&j, tmp, key, err)) < 0)
         goto out;

@@ -94,6 +94,10 @@ struct compress_hooks {
 
 struct compress_result {
     double ppl_before, ppl_after;     /* 0 when not evaluated */
+    /* CPU inference speed of the evaluation (batched forward pass, tokens/s),
+     * original and compressed model, measured in this job on the same
+     * threads; 0 when not evaluated. */
+    double tok_s_before, tok_s_after;
     uint64_t params_before, params_after;   /* decoder-linear parameters */
     uint64_t bytes_before, bytes_after;     /* whole model files */
     double seconds;
