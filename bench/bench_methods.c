@@ -4,11 +4,13 @@
  *
  *   bench_methods [--model DIR]... [--method NAME]... [--ratio R]... [--ranks NAME]
  *                 [--nsamples N] [--seqlen L] [--eval-windows N] [--data DIR]
- *                 [--calib FILE] [--no-eval]
+ *                 [--calib FILE] [--eval FILE] [--no-eval]
  *
- * --calib FILE replaces the calibration text (e.g. .i32 ids for a synthetic
- * model without a tokenizer); --no-eval skips perplexity, so "sec" is the
- * compression alone (bench/methods_cost.sh).
+ * --calib FILE and --eval FILE replace the calibration and evaluation texts
+ * (e.g. .i32 ids for a synthetic model without a tokenizer); --no-eval skips
+ * perplexity, so "sec" is the compression alone (bench/methods_cost.sh).
+ * "speed" is the compressed model's evaluation tokens/s over the original's,
+ * both measured in the same job.
  *
  * Protocol (printed with the table): calibration text = the first 300 kB of
  * DATA/text/tinystories-valid-head.txt, nsamples windows of seqlen tokens
@@ -36,7 +38,7 @@ int main(int argc, char **argv) {
     double ratios[MAXN];
     enum compress_ranks ranks = RANKS_DEFAULT;
     long nsamples = 32, seqlen = 128, evalw = 120;
-    const char *calib = NULL;
+    const char *calib = NULL, *evalf = NULL;
     int no_eval = 0;
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},  {"method", required_argument, 0, 'M'},
@@ -44,6 +46,7 @@ int main(int argc, char **argv) {
         {"nsamples", required_argument, 0, 'n'}, {"seqlen", required_argument, 0, 'L'},
         {"eval-windows", required_argument, 0, 'w'}, {"data", required_argument, 0, 'd'},
         {"calib", required_argument, 0, 'c'}, {"no-eval", no_argument, 0, 'E'},
+        {"eval", required_argument, 0, 'e'},
         {0, 0, 0, 0},
     };
     int c;
@@ -88,6 +91,7 @@ int main(int argc, char **argv) {
         }
         case 'd': data = optarg; break;
         case 'c': calib = optarg; break;
+        case 'e': evalf = optarg; break;
         case 'E': no_eval = 1; break;
         default: return 2;
         }
@@ -128,7 +132,7 @@ int main(int argc, char **argv) {
     for (int mi = 0; mi < nmodels; mi++) {
         printf("\n%s\n%-14s", models[mi], "method");
         for (int ri = 0; ri < nratios; ri++)
-            printf("  ppl@%.2f  sec ", ratios[ri]);
+            printf("  ppl@%.2f  sec speed", ratios[ri]);
         printf("\n");
         double before = 0;
         for (int k = 0; k < nmethods; k++) {
@@ -144,6 +148,8 @@ int main(int argc, char **argv) {
                 else
                     snprintf(p.calib_path, sizeof p.calib_path, "%s/calib.txt", tmp);
                 if (!no_eval)
+                    snprintf(p.eval_path, sizeof p.eval_path, "%s", evalf ? evalf : "");
+                if (!no_eval && !evalf)
                     snprintf(p.eval_path, sizeof p.eval_path, "%s/eval.txt", tmp);
                 run++;
                 snprintf(cmd, sizeof cmd, "mkdir -p '%s'", p.work_dir);
@@ -162,7 +168,8 @@ int main(int argc, char **argv) {
                     printf("  failed: %s", err.msg);
                     fails++;
                 } else {
-                    printf("  %8.2f %5.1f", no_eval ? 0.0 : res.ppl_after, mono_now() - t0);
+                    printf("  %8.2f %5.1f %4.2fx", no_eval ? 0.0 : res.ppl_after, mono_now() - t0,
+                           res.tok_s_before > 0 ? res.tok_s_after / res.tok_s_before : 0.0);
                     before = res.ppl_before;
                 }
                 fflush(stdout);
