@@ -1270,6 +1270,9 @@ static void plan_ranks(struct job *j) {
     }
 }
 
+/* 0 for the attention projections, 1 for the MLP's. */
+static int sublayer(int p) { return p <= PROJ_O ? 0 : 1; }
+
 struct gain {
     double score;
     int m, i;
@@ -1385,8 +1388,7 @@ static int plan_auto(struct job *j, const char *hex0, struct sv_err *err) {
      * one global budget measured 106 / 272 (and 93 / 229 on stories260K);
      * with the attention / MLP split 100 / 258 (94 / 193): relative errors of
      * the two sub-layers are not worth the same, as LoRAP also finds. */
-#define GROUP(p) ((p) <= PROJ_O ? 0 : 1)
-    double budget[2] = {0, 0};
+    double budget[2] = {0, 0}; /* [sublayer(p)] */
     if (!(g = malloc((ng ? ng : 1) * sizeof *g))) {
         r = sv_err_set(err, -ENOMEM, "rank allocation: out of memory");
         goto out;
@@ -1397,7 +1399,7 @@ static int plan_auto(struct job *j, const char *hex0, struct sv_err *err) {
         config_proj_shape(c, p, &d_out, &d_in);
         double cost = d_out + d_in;
         j->rank[mi / PROJ_COUNT][p] = 1;
-        budget[GROUP(p)] += (1 - j->p->ratio) * d_out * d_in - cost;
+        budget[sublayer(p)] += (1 - j->p->ratio) * d_out * d_in - cost;
         double tot = total[mi];
         for (int i = 1; i < cap[mi]; i++)
             g[ng++] = (struct gain){tot > 0 ? spec[mi][i] / tot / cost : 0, mi, i};
@@ -1412,12 +1414,11 @@ static int plan_auto(struct job *j, const char *hex0, struct sv_err *err) {
         int l = g[i].m / PROJ_COUNT, p = g[i].m % PROJ_COUNT, d_out, d_in;
         config_proj_shape(c, p, &d_out, &d_in);
         /* Within a matrix the scores descend, so a taken gain always extends a prefix. */
-        if (budget[GROUP(p)] >= d_out + d_in && g[i].i == j->rank[l][p]) {
+        if (budget[sublayer(p)] >= d_out + d_in && g[i].i == j->rank[l][p]) {
             j->rank[l][p]++;
-            budget[GROUP(p)] -= d_out + d_in;
+            budget[sublayer(p)] -= d_out + d_in;
         }
     }
-#undef GROUP
     json_t *a = json_array();
     for (int l = 0; l < L; l++) {
         json_t *row = json_array();
