@@ -1,0 +1,64 @@
+/* fuzz_util: helpers shared by the libFuzzer targets in tests/fuzz/.
+ *
+ * The readers under test open files by path (they mmap or fopen them), so a
+ * target writes each input into one memfd, created once per process and
+ * rewritten per iteration, and hands the reader "/proc/self/fd/N". No file
+ * touches the disk, the path is the same on every run (determinism), and
+ * nothing leaks between iterations. */
+#ifndef FUZZ_UTIL_H
+#define FUZZ_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+/* Aborts with a message: libFuzzer reports it as a crash and saves the input. */
+#define FUZZ_CHECK(cond, ...)                                                 \
+    do {                                                                     \
+        if (!(cond)) {                                                       \
+            fprintf(stderr, "fuzz invariant failed at %s:%d: %s: ", __FILE__, \
+                    __LINE__, #cond);                                        \
+            fprintf(stderr, __VA_ARGS__);                                    \
+            fputc('\n', stderr);                                             \
+            abort();                                                         \
+        }                                                                    \
+    } while (0)
+
+struct fuzz_file {
+    int fd;
+    char path[64];
+};
+
+/* Creates the memfd on first use; returns its /proc path after replacing its
+ * contents by data[0..size). */
+static inline const char *fuzz_file_put(struct fuzz_file *f, const char *name, const uint8_t *data,
+                                        size_t size) {
+    if (f->fd <= 0) {
+        f->fd = memfd_create(name, MFD_CLOEXEC);
+        if (f->fd < 0) {
+            perror("memfd_create");
+            abort();
+        }
+        snprintf(f->path, sizeof f->path, "/proc/self/fd/%d", f->fd);
+    }
+    if (ftruncate(f->fd, 0) < 0) {
+        perror("ftruncate");
+        abort();
+    }
+    size_t off = 0;
+    while (off < size) {
+        ssize_t w = pwrite(f->fd, data + off, size - off, (off_t)off);
+        if (w <= 0) {
+            perror("pwrite");
+            abort();
+        }
+        off += (size_t)w;
+    }
+    return f->path;
+}
+
+#endif
