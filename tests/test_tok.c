@@ -373,6 +373,12 @@ static void test_errors(void) {
                    -EINVAL, "merge 0");
     expect_refused("badid.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": -3}, \"merges\": []}}",
                    -EINVAL, "vocab piece 'a' has id -3");
+    expect_refused("bosrange.json",
+                   "{\"post_processor\": {\"type\": \"TemplateProcessing\", \"single\": ["
+                   "{\"SpecialToken\": {\"id\": \"<s>\", \"type_id\": 0}}, {\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}], "
+                   "\"special_tokens\": {\"<s>\": {\"id\": \"<s>\", \"ids\": [5000], \"tokens\": [\"<s>\"]}}}, "
+                   "\"model\": {\"type\": \"BPE\", \"vocab\": {\"<s>\": 0, \"a\": 1}, \"merges\": []}}",
+                   -EINVAL, "post_processor BOS id 5000 is outside the vocabulary (2 ids)");
     expect_refused("dropout.json",
                    "{\"model\": {\"type\": \"BPE\", \"dropout\": 0.1, \"vocab\": {\"a\": 0}, \"merges\": []}}",
                    -ENOTSUP, "dropout");

@@ -656,6 +656,12 @@ int tok_new(struct tok **ret, const char *tokenizer_json_path, struct sv_err *er
         if (json_is_integer(id) && json_integer_value(id) >= t->vocab_size && json_integer_value(id) < INT32_MAX)
             t->vocab_size = (int)json_integer_value(id) + 1;
     }
+    /* A BOS id must name a row of the embedding table like any other id
+     * (found by fuzzing: post_processor ids were taken as given). */
+    for (size_t b = 0; b < t->n_bos && r == 0; b++)
+        if (t->bos[b] >= t->vocab_size)
+            r = fail(t, err, -EINVAL, "post_processor BOS id %d is outside the vocabulary (%d ids)", (int)t->bos[b],
+                     t->vocab_size);
 out:
     json_decref(root);
     if (r < 0) {
