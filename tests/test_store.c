@@ -133,19 +133,26 @@ static int collect(void *ctx, const struct store_job *j) {
     return 0;
 }
 
+/* store_open, asserted; NULL (after a message) on failure. */
+static struct store *open_store(const char *db) {
+    struct sv_err err = {0};
+    struct store *s = NULL;
+    int r = store_open(&s, db, &err);
+    SV_ASSERT_EQ(r, 0);
+    if (r < 0)
+        fprintf(stderr, "store_open: %s\n", err.msg);
+    return r < 0 ? NULL : s;
+}
+
 static void test_fresh(void) {
     char db[PATH_MAX], jobs[PATH_MAX];
     path_in(db, sizeof db, "fresh.db");
     path_in(jobs, sizeof jobs, "jobs");
     SV_CHECK(mkdir(jobs, 0750) == 0);
     struct sv_err err = {0};
-    struct store *s = NULL;
-    int r = store_open(&s, db, &err);
-    SV_ASSERT_EQ(r, 0);
-    if (r < 0) {
-        fprintf(stderr, "store_open: %s\n", err.msg);
+    struct store *s = open_store(db);
+    if (!s)
         return;
-    }
     SV_ASSERT_EQ(db_user_version(db), newest_version());
 
     struct store_job a, b, c, got;
@@ -201,13 +208,8 @@ static void test_fresh(void) {
     store_free(s);
 
     /* Reopen: already at the newest version, nothing runs, the job is intact. */
-    s = NULL;
-    r = store_open(&s, db, &err);
-    SV_ASSERT_EQ(r, 0);
-    if (r < 0) {
-        fprintf(stderr, "store_open (again): %s\n", err.msg);
+    if (!(s = open_store(db)))
         return;
-    }
     SV_ASSERT_EQ(db_user_version(db), newest_version());
     SV_ASSERT_EQ(store_job_get(s, a.id, &got, &err), 0);
     SV_CHECK(got.params.alpha == 0.7);
@@ -260,13 +262,9 @@ static void test_migrate_v1(void) {
     SV_ASSERT_EQ(db_user_version(db), 1);
 
     struct sv_err err = {0};
-    struct store *s = NULL;
-    int r = store_open(&s, db, &err);
-    SV_ASSERT_EQ(r, 0);
-    if (r < 0) {
-        fprintf(stderr, "store_open: %s\n", err.msg);
+    struct store *s = open_store(db);
+    if (!s)
         return;
-    }
     SV_CHECK(newest_version() >= 2);
     SV_ASSERT_EQ(db_user_version(db), newest_version());
     SV_ASSERT_EQ(store_recover(s, &err), 1);
@@ -303,13 +301,9 @@ static void test_migrate_v2(void) {
     SV_ASSERT_EQ(db_user_version(db), 2);
 
     struct sv_err err = {0};
-    struct store *s = NULL;
-    int r = store_open(&s, db, &err);
-    SV_ASSERT_EQ(r, 0);
-    if (r < 0) {
-        fprintf(stderr, "store_open: %s\n", err.msg);
+    struct store *s = open_store(db);
+    if (!s)
         return;
-    }
     SV_CHECK(newest_version() >= 3);
     SV_ASSERT_EQ(db_user_version(db), newest_version());
     struct store_job got;

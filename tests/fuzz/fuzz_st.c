@@ -63,10 +63,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     struct sv_err err = {0};
     int r = st_open_file(&m, path, &err);
     if (r < 0) {
-        FUZZ_CHECK(m == NULL, "model returned on failure");
-        FUZZ_CHECK(err.code == r, "err.code %d, returned %d", err.code, r);
-        size_t len = strnlen(err.msg, sizeof err.msg);
-        FUZZ_CHECK(len > 0 && len < sizeof err.msg, "error message length %zu", len);
+        FUZZ_CHECK_FAILURE(r, m, err);
         return 0;
     }
     FUZZ_CHECK(m != NULL && r == 0, "st_open_file returned %d", r);

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -26,6 +27,18 @@
             fputc('\n', stderr);                                             \
             abort();                                                         \
         }                                                                    \
+    } while (0)
+
+/* The error contract of every reader: a failure returns a negative code,
+ * stores the same code in err and a non-empty, terminated message, and hands
+ * back no object (obj: what the reader returned through its out-pointer, or
+ * NULL where the reader has none to check). */
+#define FUZZ_CHECK_FAILURE(r, obj, err)                                                  \
+    do {                                                                                 \
+        FUZZ_CHECK((obj) == NULL, "object returned on failure");                         \
+        FUZZ_CHECK((err).code == (r), "err.code %d, returned %d", (err).code, (r));        \
+        size_t len_ = strnlen((err).msg, sizeof (err).msg);                               \
+        FUZZ_CHECK(len_ > 0 && len_ < sizeof (err).msg, "error message length %zu", len_); \
     } while (0)
 
 struct fuzz_file {
