@@ -1473,6 +1473,34 @@ static void channel_select(void) {
     free(wg), free(wu), free(wd), free(xs), free(hs), free(kept), free(score), free(want);
 }
 
+/* 15. A rank-deficient W (rank 5, 24 x 40 and 40 x 24) at k = 10: the five
+ * directions beyond its rank are rounding noise, so the effective rank is 5,
+ * their factor columns/rows are zero, and W' reproduces W (1e-6: f32 factors). */
+static void rank_deficient_case(int d_out, int d_in, uint64_t seed) {
+    rng_seed(seed);
+    const int r = 5, k = 10;
+    float *u = make_w(d_out, r), *v = make_w(r, d_in), *w = ALLOC(float, (size_t)d_out * d_in);
+    for (int i = 0; i < d_out; i++)
+        for (int j = 0; j < d_in; j++) {
+            double t = 0;
+            for (int c = 0; c < r; c++)
+                t += (double)u[(size_t)i * r + c] * v[(size_t)c * d_in + j];
+            w[(size_t)i * d_in + j] = (float)t;
+        }
+    struct sv_err err = {0};
+    struct lowrank_result res;
+    SV_ASSERT_EQ(lowrank_project(w, d_out, d_in, NULL, NULL, k, "rank5", &res, &err), 0);
+    SV_ASSERT_EQ(res.k_effective, r);
+    double *wp = wprime(&res, d_out, d_in), *wd = ALLOC(double, (size_t)d_out * d_in);
+    for (size_t i = 0; i < (size_t)d_out * d_in; i++)
+        wd[i] = w[i];
+    double e = rel_fro(wp, wd, (size_t)d_out * d_in);
+    printf("  rank-5 W %dx%d, k=%d: k_effective %d, W' vs W rel %.2e\n", d_out, d_in, k, res.k_effective, e);
+    SV_CHECK(e <= 1e-6);
+    lowrank_result_free(&res);
+    free(u), free(v), free(w), free(wp), free(wd);
+}
+
 int main(void) {
     forward_threads_set(0);
     printf("1+2. SVD-LLM equivalence, covariance path, loss identity\n");
@@ -1523,5 +1551,8 @@ int main(void) {
     diag_case(40, 24, 9, 1302);
     printf("14. LoRAP channel selection\n");
     channel_select();
+    printf("15. rank-deficient W\n");
+    rank_deficient_case(24, 40, 1501);
+    rank_deficient_case(40, 24, 1502);
     return sv_test_result("lowrank");
 }

@@ -255,7 +255,10 @@ static int project(const float *w, int d_out, int d_in, const double *g_in, cons
         int j = n - 1 - c;
         double lam = ev[j] > 0 ? ev[j] : 0;
         kept += lam;
-        int live = lam > 0 && lam > 1e-24 * top; /* sigma <= 1e-12 sigma_1: no signal */
+        /* dsyevd's absolute error is ~n eps lambda_max: below that an
+         * eigenvalue is rounding noise around zero (a rank-deficient W or G),
+         * not a direction with signal. */
+        int live = lam > 0 && lam > n * DBL_EPSILON * top;
         res.k_effective += live;
         memcpy(vk + (size_t)c * n, m + (size_t)j * n, (size_t)n * sizeof *vk);
         scale[c] = live ? (res.side == 'o' ? 1.0 : 1.0 / sqrt(lam)) : 0.0;

@@ -20,8 +20,9 @@
  * tokens, dead channels) the documented fallback is the eigen square root
  * S = Q max(Lambda, 0)^(1/2), with eigenvalues below n eps lambda_max (rounding
  * noise around an exact zero) also clamped; their number is reported.
- * Directions with sigma_k <= 1e-12 sigma_1 carry no signal: their columns of
- * A and rows of B are zero (reported as a smaller effective rank).
+ * Directions whose eigenvalue is at the eigensolver's rounding level
+ * (<= n eps lambda_max) carry no signal: their columns of A and rows of B are
+ * zero (reported as a smaller effective rank).
  *
  * All arithmetic is double; inputs and factors are f32. Thread count is the
  * BLIS one set by forward_threads_set(). */
