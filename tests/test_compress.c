@@ -103,6 +103,56 @@ static int same_tensor(const char *a, const char *b, const char *name) {
     return same == 1;
 }
 
+/* The pruned MLP of every layer of dir is the original's restricted to one
+ * channel set: each kept gate row is an original row i (found by value), and
+ * the up row and the down column at that position are the original's row and
+ * column i; the indices ascend and are distinct. Values compared exactly (the
+ * model is f32 and pruning copies). */
+static void check_pruned_mlp(const char *orig_dir, const char *dir, int keep) {
+    struct st_model *mo = NULL, *mp = NULL;
+    struct sv_err err = {0};
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    SV_ASSERT_EQ(st_open(&mo, orig_dir, &err), 0);
+    SV_ASSERT_EQ(st_open_file(&mp, path, &err), 0);
+    if (!mo || !mp)
+        goto out;
+    const int d = 128, ff = 384; /* tinystories-656K */
+    float *g0 = malloc(sizeof(float) * ff * d), *u0 = malloc(sizeof(float) * ff * d), *d0 = malloc(sizeof(float) * d * ff);
+    float *g1 = malloc(sizeof(float) * keep * d), *u1 = malloc(sizeof(float) * keep * d), *d1 = malloc(sizeof(float) * d * keep);
+    int consistent = 1;
+    for (int l = 0; l < 2; l++) {
+        char n[128];
+        const char *mods[3] = {"gate_proj", "up_proj", "down_proj"};
+        float *o[3] = {g0, u0, d0}, *q[3] = {g1, u1, d1};
+        for (int m = 0; m < 3; m++) {
+            snprintf(n, sizeof n, "model.layers.%d.mlp.%s.weight", l, mods[m]);
+            SV_ASSERT_EQ(st_read_f32(mo, n, o[m], (size_t)ff * d, &err), 0);
+            SV_ASSERT_EQ(st_read_f32(mp, n, q[m], (size_t)keep * d, &err), 0);
+        }
+        int prev = -1;
+        for (int c = 0; c < keep; c++) {
+            int idx = -1;
+            for (int i = prev + 1; i < ff && idx < 0; i++)
+                if (!memcmp(g1 + (size_t)c * d, g0 + (size_t)i * d, sizeof(float) * d))
+                    idx = i;
+            if (idx < 0 || memcmp(u1 + (size_t)c * d, u0 + (size_t)idx * d, sizeof(float) * d) != 0) {
+                consistent = 0;
+                break;
+            }
+            for (int r = 0; r < d; r++)
+                consistent &= d1[(size_t)r * keep + c] == d0[(size_t)r * ff + idx];
+            prev = idx;
+        }
+    }
+    printf("lorap: pruned gate/up rows and down columns are one original channel set: %s\n", consistent ? "yes" : "no");
+    SV_CHECK(consistent);
+    free(g0), free(u0), free(d0), free(g1), free(u1), free(d1);
+out:
+    st_free(mo);
+    st_free(mp);
+}
+
 static void file_hash(const char *dir, const char *name, char hex[65]) {
     char path[PATH_MAX + 64];
     snprintf(path, sizeof path, "%s/%s", dir, name);
@@ -244,6 +294,7 @@ int main(void) {
         SV_ASSERT_EQ(ppl_eval(p.out_dir, p.eval_path, 128, 120, NULL, NULL, &pd, &err), 0);
         printf("lorap factored ppl %.6f, dense ppl %.6f\n", pf.ppl, pd.ppl);
         SV_ASSERT_NEAR_REL(pd.ppl, pf.ppl, 1e-4);
+        check_pruned_mlp(model, p.out_dir, 230);
     }
 
     /* The closed-form update never raised a matrix's calibration loss
