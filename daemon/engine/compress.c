@@ -376,7 +376,6 @@ struct job {
     int layers_done;
     enum compress_ranks ranks;   /* resolved: never RANKS_DEFAULT */
     int ff_keep;                 /* lorap: intermediate channels kept; 0 = not pruned */
-    int sequential;              /* rom, svdllm-update: states from the compressed model */
 };
 
 static int cancelled(const struct job *j) { return j->h && j->h->should_cancel && j->h->should_cancel(j->h->ctx); }
@@ -493,6 +492,11 @@ struct stats {
 };
 
 enum stats_kind { STATS_NONE = 0, STATS_GRAMS, STATS_DIAG };
+
+/* What a non-sequential method measures on the original model. */
+static enum stats_kind stats_kind_of(enum compress_method m) {
+    return m == METHOD_SVD ? STATS_NONE : m == METHOD_SVDLLM ? STATS_GRAMS : STATS_DIAG;
+}
 
 static int stats_group(enum config_proj p) {
     return p <= PROJ_V ? 0 : p == PROJ_O ? 1 : p <= PROJ_UP ? 2 : 3;
@@ -865,9 +869,10 @@ static int lorap_prune(const struct job *j, const struct layer_w *lw, const stru
  * already-compressed earlier ones: q/k/v (input: the attention norm), o
  * (input: attention of compressed q/k/v), gate/up (input: the MLP norm after
  * the compressed attention block), down (input: silu(gate') * up'). */
+/* A stage's matrices are stage_in[s]..stage_last[s]; the first of them names
+ * the stage's tapped input (q/k/v share the attention input, gate/up the MLP's). */
 static const int stage_in[4] = {PROJ_Q, PROJ_O, PROJ_GATE, PROJ_DOWN};
 static const int stage_last[4] = {PROJ_V, PROJ_O, PROJ_UP, PROJ_DOWN};
-static const int stage_first[4] = {PROJ_Q, PROJ_O, PROJ_GATE, PROJ_DOWN};
 
 struct seq_ctx {
     const struct job *j;
@@ -887,9 +892,10 @@ struct seq_ctx {
 };
 
 static int rom_tap(struct seq_ctx *c, const float *x, size_t ntok, int width) {
-    for (size_t t = 0; t < ntok; t++)
-        for (int i = 0; i < width; i++)
-            c->sum[i] += x[t * (size_t)width + i];
+    if (c->j->p->centered) /* the mean is needed only to remove it */
+        for (size_t t = 0; t < ntok; t++)
+            for (int i = 0; i < width; i++)
+                c->sum[i] += x[t * (size_t)width + i];
     c->n += (double)ntok;
     int r = lowrank_gram_accum(c->g, x, ntok, width, NULL);
     return r < 0 ? r : FORWARD_STOP;
@@ -908,7 +914,7 @@ static int rom_out(void *ctx, enum config_proj p, const float *y, size_t ntok, i
 /* Original layer on the original stream: keep the stage's outputs Y. */
 static int upd_out(void *ctx, enum config_proj p, const float *y, size_t ntok, int width) {
     struct seq_ctx *c = ctx;
-    if ((int)p < stage_first[c->stage] || (int)p > stage_last[c->stage])
+    if ((int)p < stage_in[c->stage] || (int)p > stage_last[c->stage])
         return 0;
     size_t n = ntok * (size_t)width;
     if (c->ycap[p] < n) {
@@ -931,7 +937,7 @@ static int upd_in(void *ctx, enum config_proj p, const float *x, size_t ntok, in
     struct seq_ctx *c = ctx;
     if ((int)p != stage_in[c->stage])
         return 0;
-    for (int m = stage_first[c->stage]; m <= stage_last[c->stage]; m++) {
+    for (int m = stage_in[c->stage]; m <= stage_last[c->stage]; m++) {
         const struct lowrank_result *rs = &c->res[m];
         if (!rs->k)
             continue;
@@ -1001,7 +1007,7 @@ static int seq_layer(struct job *j, const struct layer_w *lw, struct lowrank_res
     }
     for (int sg = 0; sg < 4; sg++) {
         int any = 0;
-        for (int p = stage_first[sg]; p <= stage_last[sg]; p++)
+        for (int p = stage_in[sg]; p <= stage_last[sg]; p++)
             any |= j->rank[l][p] > 0;
         if (!any)
             continue;
@@ -1029,7 +1035,7 @@ static int seq_layer(struct job *j, const struct layer_w *lw, struct lowrank_res
                 for (int a = 0; a < w; a++)
                     for (int b = 0; b < w; b++)
                         cx.g[(size_t)a * w + b] -= cx.sum[a] * cx.sum[b] / cx.n;
-            for (int p = stage_first[sg]; p <= stage_last[sg]; p++) {
+            for (int p = stage_in[sg]; p <= stage_last[sg]; p++) {
                 if (!j->rank[l][p])
                     continue;
                 const struct linear *lin = &lw->proj[p];
@@ -1042,7 +1048,7 @@ static int seq_layer(struct job *j, const struct layer_w *lw, struct lowrank_res
                 report_factored(&rep[p], &res[p], mono_now() - t0);
             }
         } else {
-            for (int p = stage_first[sg]; p <= stage_last[sg]; p++) {
+            for (int p = stage_in[sg]; p <= stage_last[sg]; p++) {
                 if (!res[p].k)
                     continue;
                 size_t k = (size_t)res[p].k;
@@ -1059,7 +1065,7 @@ static int seq_layer(struct job *j, const struct layer_w *lw, struct lowrank_res
             snprintf(s[1].in, sizeof s[1].in, "%s", comp_in);
             if ((r = stream_pass(j, l, s, 2, p0, p0 + 0.1, err)) < 0)
                 goto out;
-            for (int p = stage_first[sg]; p <= stage_last[sg]; p++) {
+            for (int p = stage_in[sg]; p <= stage_last[sg]; p++) {
                 if (!res[p].k)
                     continue;
                 int k = res[p].k, d_out = lw->proj[p].d_out;
@@ -1091,7 +1097,7 @@ static int seq_layer(struct job *j, const struct layer_w *lw, struct lowrank_res
             }
         }
         /* The later stages see these matrices compressed. */
-        for (int p = stage_first[sg]; p <= stage_last[sg]; p++)
+        for (int p = stage_in[sg]; p <= stage_last[sg]; p++)
             if (res[p].k)
                 lc.proj[p] = (struct linear){.d_out = lw->proj[p].d_out, .d_in = lw->proj[p].d_in, .rank = res[p].k,
                                              .a = res[p].a, .b = res[p].b};
@@ -1320,7 +1326,7 @@ static int plan_auto(struct job *j, const char *hex0, struct sv_err *err) {
     enum compress_method m = j->p->method;
     if (m == METHOD_ROM || m == METHOD_SVDLLM_UPDATE)
         m = METHOD_SVDLLM;
-    enum stats_kind kind = m == METHOD_SVD ? STATS_NONE : m == METHOD_SVDLLM ? STATS_GRAMS : STATS_DIAG;
+    enum stats_kind kind = stats_kind_of(m);
     double **spec = calloc((size_t)M, sizeof *spec);
     int *cap = calloc((size_t)M, sizeof *cap), r = 0;
     double *total = calloc((size_t)M, sizeof *total);
@@ -1827,7 +1833,8 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
               : p->method == METHOD_LORAP ? RANKS_LORAP
               : p->layers                 ? RANKS_LAST_N
                                           : RANKS_UNIFORM;
-    j.sequential = p->method == METHOD_ROM || p->method == METHOD_SVDLLM_UPDATE;
+    /* rom, svdllm-update: the states come from the compressed model */
+    const int sequential = p->method == METHOD_ROM || p->method == METHOD_SVDLLM_UPDATE;
     plan_ranks(&j);
 
     int eval_L = p->eval_seqlen ? p->eval_seqlen : p->seqlen;
@@ -1875,9 +1882,7 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
         if (r < 0)
             goto out;
     }
-    enum stats_kind kind = p->method == METHOD_SVD      ? STATS_NONE
-                           : p->method == METHOD_SVDLLM ? STATS_GRAMS
-                                                        : STATS_DIAG;
+    enum stats_kind kind = stats_kind_of(p->method);
     for (int l = l0; l < c->n_layers; l++) {
         if (cancelled(&j)) {
             r = sv_err_set(err, -ECANCELED, "cancelled before layer %d", l);
@@ -1889,7 +1894,7 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
         next_hex[0] = orig_next_hex[0] = '\0';
         memset(lres, 0, sizeof lres);
         memset(rep, 0, sizeof rep);
-        if (j.sequential) {
+        if (sequential) {
             r = seq_layer(&j, &lw, lres, rep, hex, orig_hex, next_hex, orig_next_hex, err);
         } else {
             if (p->method != METHOD_SVD) {
