@@ -532,6 +532,16 @@ static int get_path(json_t *msg, const char *field, bool required, char dst[PATH
     return 1;
 }
 
+/* A zeroed task of this type answering request id, or NULL. */
+static struct runner_task *task_new(enum runner_task_type type, long long id) {
+    struct runner_task *t = calloc(1, sizeof *t);
+    if (t) {
+        t->type = type;
+        t->req_id = id;
+    }
+    return t;
+}
+
 static int push_task(struct client *c, struct runner_task *t) {
     t->client_id = c->id;
     t->uid = c->uid;
@@ -549,11 +559,9 @@ static int op_submit(struct client *c, long long id, json_t *msg, struct proto_e
     struct server *s = c->srv;
     if (proto_check_fields(msg, fields, e) < 0)
         return -EINVAL;
-    struct runner_task *t = calloc(1, sizeof *t);
+    struct runner_task *t = task_new(RUNNER_TASK_SUBMIT, id);
     if (!t)
         return proto_error_set(e, PROTO_INTERNAL, "out of memory");
-    t->type = RUNNER_TASK_SUBMIT;
-    t->req_id = id;
     struct compress_params *p = &t->params;
     const char *method = "svdllm", *windows = "random", *ranks = "default";
     long long nsamples = 32, seqlen = 128, seed = 0, eval_seqlen = 0, eval_max = 0, layers = 0;
@@ -752,11 +760,9 @@ static int op_cancel(struct client *c, long long id, json_t *msg, struct proto_e
     if (c->uid != 0 && c->uid != j->owner_uid && c->uid != (uint32_t)getuid())
         return proto_error_set(e, PROTO_FORBIDDEN, "job %lld belongs to uid %u; only it or root may cancel it",
                                (long long)j->id, (unsigned)j->owner_uid);
-    struct runner_task *t = calloc(1, sizeof *t);
+    struct runner_task *t = task_new(RUNNER_TASK_CANCEL, id);
     if (!t)
         return proto_error_set(e, PROTO_INTERNAL, "out of memory");
-    t->type = RUNNER_TASK_CANCEL;
-    t->req_id = id;
     t->job_id = j->id;
     return push_task(c, t);
 }
@@ -766,11 +772,9 @@ static int op_eval(struct client *c, long long id, json_t *msg, struct proto_err
     struct server *s = c->srv;
     if (proto_check_fields(msg, fields, e) < 0)
         return -EINVAL;
-    struct runner_task *t = calloc(1, sizeof *t);
+    struct runner_task *t = task_new(RUNNER_TASK_EVAL, id);
     if (!t)
         return proto_error_set(e, PROTO_INTERNAL, "out of memory");
-    t->type = RUNNER_TASK_EVAL;
-    t->req_id = id;
     long long seqlen = 128, maxw = 0;
     int r;
     if ((r = get_path(msg, "model", true, t->eval.model_dir, e)) < 0 ||

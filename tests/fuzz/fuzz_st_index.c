@@ -53,13 +53,6 @@ static void put(const char *name, const uint8_t *data, size_t n) {
     FUZZ_CHECK((n == 0 || fwrite(data, 1, n, f) == n) && fclose(f) == 0, "cannot write %s", p);
 }
 
-static const uint8_t *find_sep(const uint8_t *p, const uint8_t *end) {
-    for (; end - p >= 4; p++)
-        if (memcmp(p, "####", 4) == 0)
-            return p;
-    return NULL;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!dir[0]) {
         snprintf(dir, sizeof dir, "/tmp/svdllm-fuzz-index.XXXXXX");
@@ -68,7 +61,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     /* Split the input into the index and up to NSHARDS shards. */
     const uint8_t *p = data, *end = data + size;
-    const uint8_t *sep = find_sep(p, end);
+    const uint8_t *sep = fuzz_find_sep(p, end);
     const uint8_t *iend = sep ? sep : end;
     put("model.safetensors.index.json", data, (size_t)(iend - data));
     for (int i = 0; i < NSHARDS; i++) {
@@ -79,7 +72,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             continue;
         }
         p = sep + 4;
-        sep = find_sep(p, end);
+        sep = fuzz_find_sep(p, end);
         const uint8_t *send = sep ? sep : end;
         put(shard_names[i], p, (size_t)(send - p));
     }

@@ -24,15 +24,8 @@ static struct fuzz_file file;
 static const char sample[] = "Once upon a time, there was a little girl named Lily. She said \"hi!\"\n"
                              "\xe2\x96\x81 caf\xc3\xa9 \xf0\x9f\x98\x80 \xff\xfe\x80 <s> <0x41>  end";
 
-static const uint8_t *find_sep(const uint8_t *p, const uint8_t *end) {
-    for (; end - p >= 4; p++)
-        if (memcmp(p, "####", 4) == 0)
-            return p;
-    return NULL;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    const uint8_t *sep = find_sep(data, data + size);
+    const uint8_t *sep = fuzz_find_sep(data, data + size);
     size_t jlen = sep ? (size_t)(sep - data) : size;
     const char *text = sep ? (const char *)sep + 4 : sample;
     size_t tlen = sep ? size - jlen - 4 : sizeof sample - 1;

@@ -41,6 +41,14 @@
         FUZZ_CHECK(len_ > 0 && len_ < sizeof (err).msg, "error message length %zu", len_); \
     } while (0)
 
+/* The first "####" in [p, end): how targets with several parts split an input. */
+static inline const uint8_t *fuzz_find_sep(const uint8_t *p, const uint8_t *end) {
+    for (; end - p >= 4; p++)
+        if (memcmp(p, "####", 4) == 0)
+            return p;
+    return NULL;
+}
+
 struct fuzz_file {
     int fd;
     char path[64];
