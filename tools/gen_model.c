@@ -4,6 +4,7 @@
  *
  *   svdllm-genmodel --out DIR --hidden 2048 --layers N --heads H [--kv-heads K]
  *                   --ffn F --vocab V [--dtype bf16|f16|f32] [--seed S] [--max-pos P]
+ *                   [--spectrum-decay A]
  *
  * Design note. Weights are normal(0, 1/sqrt(d_in)) for every matrix (the
  * embedding and lm_head use d_in = hidden), so activations keep unit scale
@@ -16,6 +17,28 @@
  * memory is one tensor (the embedding, vocab x hidden x 2 bytes in BF16),
  * never the model. The directory is created if needed; config.json is written
  * after the weights, so a directory with a config.json is complete.
+ *
+ * --spectrum-decay A (A > 0). Gaussian matrices have a flat singular spectrum;
+ * pretrained LLaMA linears decay roughly like a power law. With the option,
+ * every decoder linear W (d_out x d_in, r = min of the two) is instead
+ * W = Q_out D Q_in^T with D[k][k] = s_k = c (k+1)^-A for k < r (zero
+ * elsewhere), c chosen so that ||W||_F^2 = d_out d_in std^2, the expected
+ * squared norm of the normal(0, std) init (activations keep their scale).
+ * Q_out and Q_in are random orthogonal matrices, so the singular values of W
+ * are exactly the s_k (to double rounding, then the dtype's). Each Q is a
+ * product of "levels", a level being a random row permutation followed by a
+ * block-diagonal matrix of random 16 x 16 orthogonal blocks (the last block
+ * smaller when 16 does not divide d); a block is modified Gram-Schmidt, run
+ * twice, of a Gaussian matrix, in double. With L levels an output coordinate
+ * mixes up to 16^L inputs; we use one level more than 16^L >= d needs, so W
+ * is dense and its singular vectors are spread over all coordinates. Cost:
+ * 32 L flops per element per side (about 13 GFLOP for 11008 x 4096, seconds
+ * on two cores), in plain C with a fixed summation order, so the bytes still
+ * depend only on the seed and shapes (OpenMP splits the blocks, not the sums).
+ * Memory: two double copies of the largest matrix. The permutations and
+ * blocks come from the tensor's own generator (Q_in's levels first), so the
+ * other tensors (embedding, norms, head) are the same bytes as without the
+ * option, and without it the output is byte for byte what it always was.
  *
  * Exits 0 on success; on failure prints one line "svdllm-genmodel: <reason>"
  * to stderr and exits 1 (2 for usage errors). */
@@ -40,6 +63,7 @@ struct gen_opts {
     int hidden, layers, heads, kv_heads, ffn, vocab, max_pos;
     enum st_dtype dtype;
     uint64_t seed;
+    double decay; /* --spectrum-decay; 0: Gaussian weights */
 };
 
 /* One declared tensor: name, shape (d0, d1) or (d0) if d1 == 0, and its init. */
@@ -47,6 +71,7 @@ struct gen_tensor {
     char name[ST_MAX_NAME];
     int64_t d0, d1;
     int ones;        /* norm weight: all 1 */
+    int linear;      /* a decoder linear: power-law spectrum under --spectrum-decay */
     double std;      /* otherwise normal(0, std) */
 };
 
@@ -100,6 +125,7 @@ static void gen_add(struct gen_tensor *t, size_t *n, int64_t d0, int64_t d1, int
     e->d0 = d0;
     e->d1 = d1;
     e->ones = ones;
+    e->linear = strstr(fmt, "_proj.") != NULL;
     e->std = std;
 }
 
@@ -127,26 +153,207 @@ static size_t gen_plan(const struct gen_opts *o, struct gen_tensor *t) {
     return n;
 }
 
-/* Generates tensor i into buf (nelem elements of the on-disk dtype). */
-static void gen_fill(const struct gen_opts *o, const struct gen_tensor *t, uint64_t i, unsigned char *buf,
-                     size_t nelem) {
+/* ---- --spectrum-decay: W = Q_out D Q_in^T ------------------------------------ */
+
+#define SPEC_B 16    /* orthogonal block size */
+#define SPEC_JB 128  /* columns per L1 tile */
+/* Two doubles (GCC/clang vector extension): element-wise IEEE mul and add,
+ * the same results as scalar code; no FMA contraction on the baseline x86-64
+ * target, so the bytes do not depend on the CPU. */
+typedef double spec_v2 __attribute__((vector_size(16)));
+
+/* One level: a row permutation, then 16 x 16 orthogonal blocks. */
+struct spec_level {
+    int *perm;     /* d entries: output row i of the permutation is input row perm[i] */
+    double *q;     /* nblk blocks of SPEC_B^2, row-major; the last one uses its top-left bs x bs */
+};
+
+static int spec_nlevels(int64_t d) {
+    int l = 1;
+    for (int64_t m = SPEC_B; m < d; m *= SPEC_B)
+        l++;
+    return l + 1;
+}
+
+/* A Haar-distributed n x n orthogonal matrix (row-major, stride SPEC_B):
+ * modified Gram-Schmidt, twice, over the rows of a Gaussian matrix. */
+static void spec_orthogonal(struct gen_rng *g, double *q, int n) {
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++)
+            q[i * SPEC_B + j] = gen_rng_normal(g);
+    for (int i = 0; i < n; i++) {
+        double *qi = q + i * SPEC_B;
+        for (int pass = 0; pass < 2; pass++)
+            for (int p = 0; p < i; p++) {
+                const double *qp = q + p * SPEC_B;
+                double dot = 0;
+                for (int j = 0; j < n; j++)
+                    dot += qp[j] * qi[j];
+                for (int j = 0; j < n; j++)
+                    qi[j] -= dot * qp[j];
+            }
+        double nrm = 0;
+        for (int j = 0; j < n; j++)
+            nrm += qi[j] * qi[j];
+        nrm = sqrt(nrm);
+        for (int j = 0; j < n; j++)
+            qi[j] /= nrm;
+    }
+}
+
+static void spec_levels_free(struct spec_level *lv, int nl) {
+    for (int i = 0; i < nl; i++) {
+        free(lv[i].perm);
+        free(lv[i].q);
+    }
+}
+
+/* Draws nl levels of dimension d from g into the zeroed lv. */
+static int spec_levels_new(struct gen_rng *g, struct spec_level *lv, int nl, int64_t d) {
+    int64_t nblk = (d + SPEC_B - 1) / SPEC_B;
+    for (int l = 0; l < nl; l++) {
+        lv[l].perm = malloc((size_t)d * sizeof *lv[l].perm);
+        lv[l].q = malloc((size_t)nblk * SPEC_B * SPEC_B * sizeof *lv[l].q);
+        if (!lv[l].perm || !lv[l].q)
+            return -ENOMEM; /* the caller frees all nl levels */
+        for (int64_t i = 0; i < d; i++)
+            lv[l].perm[i] = (int)i;
+        for (int64_t i = d - 1; i > 0; i--) { /* Fisher-Yates */
+            int64_t j = (int64_t)(gen_rng_next(g) % (uint64_t)(i + 1));
+            int t = lv[l].perm[i];
+            lv[l].perm[i] = lv[l].perm[j];
+            lv[l].perm[j] = t;
+        }
+        for (int64_t b = 0; b < nblk; b++) {
+            int bs = (int)(d - b * SPEC_B < SPEC_B ? d - b * SPEC_B : SPEC_B);
+            spec_orthogonal(g, lv[l].q + b * SPEC_B * SPEC_B, bs);
+        }
+    }
+    return 0;
+}
+
+/* y (d x n) = level * x (d x n), row-major. Each output element is one sum in
+ * a fixed order (k ascending), whatever the thread count. */
+static void spec_apply(const struct spec_level *lv, int64_t d, int64_t n, const double *x, double *y) {
+    int64_t nblk = (d + SPEC_B - 1) / SPEC_B;
+#pragma omp parallel for schedule(dynamic, 4)
+    for (int64_t b = 0; b < nblk; b++) {
+        int bs = (int)(d - b * SPEC_B < SPEC_B ? d - b * SPEC_B : SPEC_B);
+        const double *q = lv->q + b * SPEC_B * SPEC_B;
+        const double *xr[SPEC_B];
+        for (int k = 0; k < bs; k++)
+            xr[k] = x + (size_t)lv->perm[b * SPEC_B + k] * (size_t)n;
+        for (int64_t j0 = 0; j0 < n; j0 += SPEC_JB) { /* bs x SPEC_JB of x stays in L1 */
+            int64_t j1 = n - j0 < SPEC_JB ? n : j0 + SPEC_JB;
+            for (int i = 0; i < bs; i++) {
+                double *yr = y + (size_t)(b * SPEC_B + i) * (size_t)n;
+                const double *qi = q + i * SPEC_B;
+                int64_t j = j0;
+                for (; j + 16 <= j1; j += 16) { /* 16 columns in 8 registers */
+                    spec_v2 a[8] = {{0, 0}};
+                    for (int k = 0; k < bs; k++) {
+                        const spec_v2 qk = {qi[k], qi[k]};
+                        const double *xk = xr[k] + j;
+                        for (int u = 0; u < 8; u++) {
+                            spec_v2 xv;
+                            memcpy(&xv, xk + 2 * u, sizeof xv);
+                            a[u] += qk * xv;
+                        }
+                    }
+                    memcpy(yr + j, a, sizeof a);
+                }
+                for (; j < j1; j++) {
+                    double acc = 0;
+                    for (int k = 0; k < bs; k++)
+                        acc += qi[k] * xr[k][j];
+                    yr[j] = acc;
+                }
+            }
+        }
+    }
+}
+
+/* Applies Q = L_nl ... L_1 to the d x n matrix in *x (row-major), with *tmp
+ * (same size) as scratch; on return *x holds the result (the two buffers may
+ * have been swapped). */
+static void spec_transform(const struct spec_level *lv, int nl, int64_t d, int64_t n, double **x, double **tmp) {
+    for (int l = 0; l < nl; l++) {
+        spec_apply(&lv[l], d, n, *x, *tmp);
+        double *t = *x;
+        *x = *tmp;
+        *tmp = t;
+    }
+}
+
+static void gen_store(enum st_dtype dtype, float v, unsigned char *p);
+
+/* Tensor t (d0 = d_out, d1 = d_in) into buf (d_out x d_in, row-major, the
+ * on-disk dtype). -ENOMEM if the scratch cannot be allocated. */
+static int spec_matrix(const struct gen_opts *o, const struct gen_tensor *t, struct gen_rng *g, unsigned char *buf) {
+    const int64_t dout = t->d0, din = t->d1, r = dout < din ? dout : din;
+    const int nli = spec_nlevels(din), nlo = spec_nlevels(dout);
+    struct spec_level lvi[8] = {{0}}, lvo[8] = {{0}}; /* 6 levels at most: d <= 2^18 */
+    size_t ne = (size_t)dout * (size_t)din;
+    double *x = calloc(ne, sizeof *x), *y = malloc(ne * sizeof *y);
+    int rc = -ENOMEM;
+    if (!x || !y || spec_levels_new(g, lvi, nli, din) < 0)
+        goto out;
+    if (spec_levels_new(g, lvo, nlo, dout) < 0)
+        goto out;
+    double sum = 0;
+    for (int64_t k = r - 1; k >= 0; k--) /* smallest first */
+        sum += pow((double)(k + 1), -2.0 * o->decay);
+    const double c = sqrt((double)dout * (double)din * t->std * t->std / sum);
+    /* x = D^T (d_in x d_out), then Q_in D^T. */
+    for (int64_t k = 0; k < r; k++)
+        x[(size_t)k * (size_t)dout + (size_t)k] = c * pow((double)(k + 1), -o->decay);
+    spec_transform(lvi, nli, din, dout, &x, &y);
+    /* y = (Q_in D^T)^T = D Q_in^T (d_out x d_in), in 32 x 32 tiles. */
+    for (int64_t i0 = 0; i0 < din; i0 += 32)
+        for (int64_t j0 = 0; j0 < dout; j0 += 32)
+            for (int64_t i = i0; i < i0 + 32 && i < din; i++)
+                for (int64_t j = j0; j < j0 + 32 && j < dout; j++)
+                    y[(size_t)j * (size_t)din + (size_t)i] = x[(size_t)i * (size_t)dout + (size_t)j];
+    spec_transform(lvo, nlo, dout, din, &y, &x);
+    const size_t es = st_dtype_size(o->dtype);
+    for (size_t i = 0; i < ne; i++)
+        gen_store(o->dtype, (float)y[i], buf + i * es);
+    rc = 0;
+out:
+    spec_levels_free(lvi, nli);
+    spec_levels_free(lvo, nlo);
+    free(x);
+    free(y);
+    return rc;
+}
+
+static void gen_store(enum st_dtype dtype, float v, unsigned char *p) {
+    if (dtype == ST_F32) {
+        uint32_t u;
+        memcpy(&u, &v, 4);
+        for (int b = 0; b < 4; b++)
+            p[b] = (unsigned char)(u >> (8 * b));
+    } else {
+        uint16_t h = dtype == ST_BF16 ? st_f32_to_bf16(v) : st_f32_to_f16(v);
+        p[0] = (unsigned char)(h & 0xff); /* little-endian, as safetensors stores */
+        p[1] = (unsigned char)(h >> 8);
+    }
+}
+
+/* Generates tensor i into buf (nelem elements of the on-disk dtype). Returns
+ * 0, or -ENOMEM (--spectrum-decay's scratch). */
+static int gen_fill(const struct gen_opts *o, const struct gen_tensor *t, uint64_t i, unsigned char *buf,
+                    size_t nelem) {
     struct gen_rng g;
     gen_rng_seed(&g, o->seed, i + 1);
     size_t es = st_dtype_size(o->dtype);
+    if (o->decay > 0 && t->linear)
+        return spec_matrix(o, t, &g, buf);
     for (size_t j = 0; j < nelem; j++) {
         float v = t->ones ? 1.0f : (float)(t->std * gen_rng_normal(&g));
-        unsigned char *p = buf + j * es;
-        if (o->dtype == ST_F32) {
-            uint32_t u;
-            memcpy(&u, &v, 4);
-            for (int b = 0; b < 4; b++)
-                p[b] = (unsigned char)(u >> (8 * b));
-        } else {
-            uint16_t h = o->dtype == ST_BF16 ? st_f32_to_bf16(v) : st_f32_to_f16(v);
-            p[0] = (unsigned char)(h & 0xff); /* little-endian, as safetensors stores */
-            p[1] = (unsigned char)(h >> 8);
-        }
+        gen_store(o->dtype, v, buf + j * es);
     }
+    return 0;
 }
 
 static int gen_config(const struct gen_opts *o, struct sv_err *err) {
@@ -178,10 +385,12 @@ static int gen_config(const struct gen_opts *o, struct sv_err *err) {
             "  \"bos_token_id\": 1,\n"
             "  \"eos_token_id\": 2,\n"
             "  \"torch_dtype\": \"%s\",\n"
-            "  \"svdllm_synthetic\": {\"generator\": \"svdllm-genmodel\", \"seed\": %llu}\n"
-            "}\n",
+            "  \"svdllm_synthetic\": {\"generator\": \"svdllm-genmodel\", \"seed\": %llu",
             o->hidden, o->ffn, o->layers, o->heads, o->kv_heads, o->vocab, o->max_pos, td,
             (unsigned long long)o->seed);
+    if (o->decay > 0)
+        fprintf(f, ", \"spectrum_decay\": %.17g", o->decay);
+    fprintf(f, "}\n}\n");
     int bad = ferror(f);
     if (fflush(f) != 0 || fsync(fileno(f)) != 0)
         bad = 1;
@@ -235,7 +444,10 @@ static int gen_model(const struct gen_opts *o, struct sv_err *err) {
     }
     for (size_t i = 0; i < n; i++) {
         size_t ne = (size_t)t[i].d0 * (size_t)(t[i].d1 ? t[i].d1 : 1);
-        gen_fill(o, &t[i], i, buf, ne);
+        if (gen_fill(o, &t[i], i, buf, ne) < 0) {
+            r = sv_err_set(err, -ENOMEM, "out of memory for the spectrum of %s", t[i].name);
+            goto out;
+        }
         if ((r = st_writer_write_raw(w, t[i].name, buf, ne * st_dtype_size(o->dtype), err)) < 0)
             goto out;
     }
@@ -252,7 +464,8 @@ out:
 
 static void usage(FILE *f) {
     fprintf(f, "usage: svdllm-genmodel --out DIR --hidden D --layers N --heads H [--kv-heads K] --ffn F --vocab V\n"
-               "                       [--dtype bf16|f16|f32] [--seed S] [--max-pos P]\n");
+               "                       [--dtype bf16|f16|f32] [--seed S] [--max-pos P] [--spectrum-decay A]\n"
+               "  --spectrum-decay A: decoder linears get singular values proportional to (i+1)^-A, A in (0, 8]\n");
 }
 
 int main(int argc, char **argv) {
@@ -262,6 +475,7 @@ int main(int argc, char **argv) {
         {"kv-heads", required_argument, 0, 'K'}, {"ffn", required_argument, 0, 'f'},
         {"vocab", required_argument, 0, 'v'},  {"dtype", required_argument, 0, 't'},
         {"seed", required_argument, 0, 's'},   {"max-pos", required_argument, 0, 'p'},
+        {"spectrum-decay", required_argument, 0, 'a'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
     };
     /* Limits match what config.c accepts. */
@@ -301,6 +515,17 @@ int main(int argc, char **argv) {
                 return 2;
             }
             o.seed = s;
+            break;
+        }
+        case 'a': {
+            char *end;
+            errno = 0;
+            double a = strtod(optarg, &end);
+            if (errno || end == optarg || *end || !(a > 0 && a <= 8)) {
+                fprintf(stderr, "svdllm-genmodel: --spectrum-decay '%s' must be a number in (0, 8]\n", optarg);
+                return 2;
+            }
+            o.decay = a;
             break;
         }
         case 'h': usage(stdout); return 0;
