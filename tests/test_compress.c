@@ -381,7 +381,7 @@ int main(void) {
     }
 
     /* Too few calibration tokens (2 x 16 = 32 < hidden 128): the Grams are
-     * singular; the whitening takes the eigen-square-root fallback, the
+     * singular; the whitening takes the shifted-Cholesky fallback, the
      * refit drops directions, both reported, and the model stays finite. */
     for (int m = 0; m < 2; m++) {
         params(&p, model, m ? "few-update" : "few-svdllm", m ? "work-few-update" : "work-few-svdllm",
@@ -396,7 +396,7 @@ int main(void) {
         const char *name;
         int fb = 0, dropped = 0;
         json_object_foreach(mats, name, e) {
-            fb += strcmp(json_string_value(json_object_get(e, "fallback")), "eigen-sqrt") == 0;
+            fb += strcmp(json_string_value(json_object_get(e, "fallback")), "shifted-cholesky") == 0;
             dropped += (int)json_integer_value(json_object_get(e, "refit_dropped_directions"));
         }
         printf("  fallbacks %d, refit directions dropped %d\n", fb, dropped);

@@ -365,6 +365,18 @@ int compress_job_key(const struct compress_params *p, char key[65], struct sv_er
 
 /* ---- the job ------------------------------------------------------------- */
 
+/* Where this run's time went (compression.json "timing"; a resumed job
+ * counts only what it redid). statistics: inside the forward taps (Gram and
+ * cross-product accumulation); forward: the layer passes minus that; write:
+ * calibration-state I/O and checkpoints. */
+struct job_timing {
+    double forward, statistics, factorize, write, assemble, eval;
+    long passes;
+};
+
+/* Seconds spent in this thread's taps (a job runs on one thread). */
+static __thread double tap_seconds;
+
 struct job {
     const struct compress_params *p;
     const struct compress_hooks *h;
@@ -376,6 +388,7 @@ struct job {
     int layers_done;
     enum compress_ranks ranks;   /* resolved: never RANKS_DEFAULT */
     int ff_keep;                 /* lorap: intermediate channels kept; 0 = not pruned */
+    struct job_timing t;
 };
 
 static int cancelled(const struct job *j) { return j->h && j->h->should_cancel && j->h->should_cancel(j->h->ctx); }
@@ -502,8 +515,7 @@ static int stats_group(enum config_proj p) {
     return p <= PROJ_V ? 0 : p == PROJ_O ? 1 : p <= PROJ_UP ? 2 : 3;
 }
 
-static int stats_input(void *ctx, enum config_proj p, const float *x, size_t ntok, int width) {
-    struct stats *s = ctx;
+static int stats_input_body(struct stats *s, enum config_proj p, const float *x, size_t ntok, int width) {
     if (s->abs_sum[0]) {
         int g = stats_group(p);
         double *a = s->abs_sum[g], *q = s->sq_sum[g];
@@ -521,9 +533,21 @@ static int stats_input(void *ctx, enum config_proj p, const float *x, size_t nto
     return g ? lowrank_gram_accum(g, x, ntok, width, NULL) : 0;
 }
 
+static int stats_input(void *ctx, enum config_proj p, const float *x, size_t ntok, int width) {
+    double t0 = mono_now();
+    int r = stats_input_body(ctx, p, x, ntok, width);
+    tap_seconds += mono_now() - t0;
+    return r;
+}
+
 static int stats_output(void *ctx, enum config_proj p, const float *y, size_t ntok, int width) {
     struct stats *s = ctx;
-    return p == PROJ_DOWN && s->c_down ? lowrank_gram_accum(s->c_down, y, ntok, width, NULL) : 0;
+    if (p != PROJ_DOWN || !s->c_down)
+        return 0;
+    double t0 = mono_now();
+    int r = lowrank_gram_accum(s->c_down, y, ntok, width, NULL);
+    tap_seconds += mono_now() - t0;
+    return r;
 }
 
 static void stats_free(struct stats *s) {
@@ -610,12 +634,14 @@ static int stream_pass(struct job *j, int layer, struct stream *s, int ns, doubl
         }
         sha256_init(&s[i].h_in);
         sha256_init(&s[i].h_out);
+        j->t.passes++;
     }
     for (int s0 = 0; s0 < j->n_samples; s0 += per) {
         int nb = j->n_samples - s0 < per ? j->n_samples - s0 : per;
         size_t want = (size_t)nb * row;
         for (int i = 0; i < ns; i++) {
             size_t got = 0;
+            double t_io = mono_now();
             while (got < want) {
                 ssize_t k = pread(s[i].fd_in, (char *)s[i].x + got, want - got, (off_t)((size_t)s0 * row + got));
                 if (k <= 0) {
@@ -626,14 +652,20 @@ static int stream_pass(struct job *j, int layer, struct stream *s, int ns, doubl
             }
             if (s[i].in_hex)
                 sha256_update(&s[i].h_in, s[i].x, want);
+            double t_fw = mono_now(), tap0 = tap_seconds;
+            j->t.write += t_fw - t_io;
             if ((r = forward_layer(j->c, s[i].lw, s[i].x, nb, (int)T, s[i].taps, err)) < 0)
                 goto out;
             r = 0;
+            double t_end = mono_now();
+            j->t.statistics += tap_seconds - tap0;
+            j->t.forward += t_end - t_fw - (tap_seconds - tap0);
             if (s[i].fd_out >= 0) {
                 sha256_update(&s[i].h_out, s[i].x, want);
                 if ((r = write_full(s[i].fd_out, s[i].x, want, tmp[i], err)) < 0)
                     goto out;
             }
+            j->t.write += mono_now() - t_end;
         }
         if (cancelled(j)) {
             r = sv_err_set(err, -ECANCELED, "cancelled");
@@ -698,7 +730,9 @@ enum mat_kind { MAT_FACTORED = 0, MAT_DENSE, MAT_PRUNED };
 struct mat_report {
     int rank, k_effective;
     double energy, discarded, seconds;
-    int fallback, clamped;
+    int fallback;
+    double shift;
+    double gflop;
     char side;
     enum mat_kind kind;
     int channels;                  /* pruned: intermediate channels kept */
@@ -717,10 +751,11 @@ static int report_json(const struct mat_report *rep, char **ret) {
             e = json_pack("{s:s, s:i, s:f}", "pruned", "lorap-channels", "channels_kept", rep[p].channels, "seconds",
                           rep[p].seconds);
         else
-            e = json_pack("{s:i, s:i, s:f, s:f, s:s, s:i, s:s, s:f}", "rank", rep[p].rank, "k_effective",
+            e = json_pack("{s:i, s:i, s:f, s:f, s:s, s:f, s:s, s:f, s:f}", "rank", rep[p].rank, "k_effective",
                           rep[p].k_effective, "retained_energy", rep[p].energy, "discarded", rep[p].discarded,
-                          "fallback", rep[p].fallback ? "eigen-sqrt" : "none", "clamped_eigenvalues", rep[p].clamped,
-                          "side", rep[p].side == 'i' ? "input" : "output", "seconds", rep[p].seconds);
+                          "fallback", rep[p].fallback ? "shifted-cholesky" : "none", "shift", rep[p].shift,
+                          "side", rep[p].side == 'i' ? "input" : "output", "gflop", rep[p].gflop, "seconds",
+                          rep[p].seconds);
         if (rep[p].refit) {
             json_object_set_new(e, "refit_loss_before", json_real(rep[p].loss_before));
             json_object_set_new(e, "refit_loss_after", json_real(rep[p].loss_after));
@@ -736,7 +771,7 @@ static int report_json(const struct mat_report *rep, char **ret) {
 static void report_factored(struct mat_report *rep, const struct lowrank_result *res, double seconds) {
     *rep = (struct mat_report){.rank = res->k, .k_effective = res->k_effective, .energy = res->energy,
                                .discarded = res->discarded, .seconds = seconds, .fallback = (int)res->fallback,
-                               .clamped = res->clamped, .side = res->side};
+                               .shift = res->shift, .gflop = res->gflop, .side = res->side};
 }
 
 /* ASVD / AWSVD: G = diag(s^2) with s from the channel statistics. Output
@@ -796,31 +831,66 @@ static int method_statistic(const struct job *j, enum compress_method m, const s
     return 0; /* svd: G = I */
 }
 
-/* Non-sequential methods: every matrix with rank > 0 from its statistic. */
-static int factor_matrices(struct job *j, enum compress_method m, const struct layer_w *lw, const struct stats *s,
+/* The Gram that matrix p is the last reader of (q/k/v share the attention
+ * input's, gate/up the MLP input's), or NULL. */
+static double **last_reader(struct stats *s, int p) {
+    return p == PROJ_V ? &s->g_attn : p == PROJ_O ? &s->g_o : p == PROJ_UP ? &s->g_mlp : p == PROJ_DOWN ? &s->c_down : NULL;
+}
+
+/* Non-sequential methods: every matrix with rank > 0 from its statistic.
+ * The whitening (Cholesky) of a shared Gram is computed once for all its
+ * readers, and each Gram is freed after its last reader: at LLaMA-7B a Gram
+ * is 128 MiB. */
+static int factor_matrices(struct job *j, enum compress_method m, const struct layer_w *lw, struct stats *s,
                            struct lowrank_result *res, struct mat_report *rep, struct sv_err *err) {
     char what[200];
-    int l = lw->index;
-    for (int p = 0; p < PROJ_COUNT; p++) {
-        if (!j->rank[l][p])
-            continue;
-        if (cancelled(j))
-            return sv_err_set(err, -ECANCELED, "cancelled");
-        progress(j, l, "factorize", 0.5 + 0.45 * p / PROJ_COUNT);
-        const struct linear *lin = &lw->proj[p];
-        model_proj_prefix(l, p, what, sizeof what);
-        const double *g, *cout;
-        double *own;
-        int r = method_statistic(j, m, s, p, lin, &own, &g, &cout, what, err);
-        double t0 = mono_now();
-        if (r == 0)
-            r = lowrank_project(lin->w, lin->d_out, lin->d_in, g, cout, j->rank[l][p], what, &res[p], err);
-        free(own);
-        if (r < 0)
-            return r;
-        report_factored(&rep[p], &res[p], mono_now() - t0);
+    int l = lw->index, r = 0;
+    struct lowrank_white wh = {0};
+    const double *wh_of = NULL; /* the Gram wh whitens */
+    for (int p = 0; p < PROJ_COUNT && r == 0; p++) {
+        if (j->rank[l][p]) {
+            if (cancelled(j)) {
+                r = sv_err_set(err, -ECANCELED, "cancelled");
+                break;
+            }
+            progress(j, l, "factorize", 0.5 + 0.45 * p / PROJ_COUNT);
+            const struct linear *lin = &lw->proj[p];
+            model_proj_prefix(l, p, what, sizeof what);
+            const double *g, *cout;
+            double *own;
+            r = method_statistic(j, m, s, p, lin, &own, &g, &cout, what, err);
+            double t0 = mono_now();
+            if (r == 0 && g && g != wh_of) {
+                lowrank_white_free(&wh);
+                wh_of = NULL;
+                if ((r = lowrank_white_new(g, lin->d_in, what, &wh, err)) == 0)
+                    wh_of = g;
+            }
+            if (r == 0 && cout)
+                r = lowrank_project(lin->w, lin->d_out, lin->d_in, NULL, cout, j->rank[l][p], what, &res[p], err);
+            else if (r == 0)
+                r = lowrank_project_white(lin->w, lin->d_out, lin->d_in, g ? &wh : NULL, j->rank[l][p], what, &res[p],
+                                          err);
+            if (own && own == wh_of) { /* a per-matrix statistic: its address may be reused */
+                lowrank_white_free(&wh);
+                wh_of = NULL;
+            }
+            free(own);
+            if (r == 0)
+                report_factored(&rep[p], &res[p], mono_now() - t0);
+        }
+        double **gr = last_reader(s, p);
+        if (gr && *gr) {
+            if (*gr == wh_of) {
+                lowrank_white_free(&wh);
+                wh_of = NULL;
+            }
+            free(*gr);
+            *gr = NULL;
+        }
     }
-    return 0;
+    lowrank_white_free(&wh);
+    return r;
 }
 
 /* ---- lorap: structured pruning of MLP channels ---------------------------- */
@@ -892,12 +962,14 @@ struct seq_ctx {
 };
 
 static int rom_tap(struct seq_ctx *c, const float *x, size_t ntok, int width) {
+    double t0 = mono_now();
     if (c->j->p->centered) /* the mean is needed only to remove it */
         for (size_t t = 0; t < ntok; t++)
             for (int i = 0; i < width; i++)
                 c->sum[i] += x[t * (size_t)width + i];
     c->n += (double)ntok;
     int r = lowrank_gram_accum(c->g, x, ntok, width, NULL);
+    tap_seconds += mono_now() - t0;
     return r < 0 ? r : FORWARD_STOP;
 }
 
@@ -917,6 +989,7 @@ static int upd_out(void *ctx, enum config_proj p, const float *y, size_t ntok, i
     if ((int)p < stage_in[c->stage] || (int)p > stage_last[c->stage])
         return 0;
     size_t n = ntok * (size_t)width;
+    double t0 = mono_now();
     if (c->ycap[p] < n) {
         float *t = realloc(c->y[p], n * sizeof *t);
         if (!t)
@@ -928,6 +1001,7 @@ static int upd_out(void *ctx, enum config_proj p, const float *y, size_t ntok, i
     c->ydim[p] = width;
     for (size_t i = 0; i < n; i++)
         c->yy[p] += (double)y[i] * y[i];
+    tap_seconds += mono_now() - t0;
     return (int)p == stage_last[c->stage] ? FORWARD_STOP : 0;
 }
 
@@ -937,6 +1011,7 @@ static int upd_in(void *ctx, enum config_proj p, const float *x, size_t ntok, in
     struct seq_ctx *c = ctx;
     if ((int)p != stage_in[c->stage])
         return 0;
+    double t0 = mono_now();
     for (int m = stage_in[c->stage]; m <= stage_last[c->stage]; m++) {
         const struct lowrank_result *rs = &c->res[m];
         if (!rs->k)
@@ -958,6 +1033,7 @@ static int upd_in(void *ctx, enum config_proj p, const float *x, size_t ntok, in
         if (r < 0)
             return r;
     }
+    tap_seconds += mono_now() - t0;
     return FORWARD_STOP;
 }
 
@@ -1035,18 +1111,23 @@ static int seq_layer(struct job *j, const struct layer_w *lw, struct lowrank_res
                 for (int a = 0; a < w; a++)
                     for (int b = 0; b < w; b++)
                         cx.g[(size_t)a * w + b] -= cx.sum[a] * cx.sum[b] / cx.n;
-            for (int p = stage_in[sg]; p <= stage_last[sg]; p++) {
+            struct lowrank_white wh = {0}; /* the stage's whitening, shared by its matrices */
+            for (int p = stage_in[sg]; p <= stage_last[sg] && r == 0; p++) {
                 if (!j->rank[l][p])
                     continue;
                 const struct linear *lin = &lw->proj[p];
                 model_proj_prefix(l, p, what, sizeof what);
                 double t0 = mono_now();
-                r = lowrank_project(lin->w, lin->d_out, lin->d_in, sg == 3 ? NULL : cx.g, sg == 3 ? cx.g : NULL,
-                                    j->rank[l][p], what, &res[p], err);
-                if (r < 0)
-                    goto out;
-                report_factored(&rep[p], &res[p], mono_now() - t0);
+                if (sg == 3)
+                    r = lowrank_project(lin->w, lin->d_out, lin->d_in, NULL, cx.g, j->rank[l][p], what, &res[p], err);
+                else if (wh.s || (r = lowrank_white_new(cx.g, w, what, &wh, err)) == 0)
+                    r = lowrank_project_white(lin->w, lin->d_out, lin->d_in, &wh, j->rank[l][p], what, &res[p], err);
+                if (r == 0)
+                    report_factored(&rep[p], &res[p], mono_now() - t0);
             }
+            lowrank_white_free(&wh);
+            if (r < 0)
+                goto out;
         } else {
             for (int p = stage_in[sg]; p <= stage_last[sg]; p++) {
                 if (!res[p].k)
@@ -1700,6 +1781,14 @@ static int write_report(struct job *j, const char *dir, const char *key, const s
                                       "included), original then compressed model, in this job"));
         json_object_set_new(root, "perplexity", ev);
     }
+    json_object_set_new(root, "threads", json_integer(forward_threads_get()));
+    /* Wall-clock too, like each matrix's seconds: this run's phases. */
+    const struct job_timing *t = &j->t;
+    json_object_set_new(root, "timing",
+                        json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:I, s:I}", "calibration_forward", t->forward,
+                                  "statistics", t->statistics, "factorize", t->factorize, "write", t->write,
+                                  "assemble", t->assemble, "eval", t->eval, "total", mono_now() - j->t_start,
+                                  "tokens", (json_int_t)j->n_samples * j->T, "passes", (json_int_t)t->passes));
     json_object_set_new(root, "job_key", json_string(key));
     json_object_set_new(root, "matrices", mats);
     char *text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
@@ -1841,8 +1930,10 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
     if (p->eval_path[0]) {
         progress(&j, 0, "eval", 0);
         struct ppl_result pr;
+        double t_e = mono_now();
         if ((r = ppl_eval(p->model_dir, p->eval_path, eval_L, (size_t)p->eval_max_windows, eval_cancel, &j, &pr, err)) < 0)
             goto out;
+        j.t.eval += mono_now() - t_e;
         res.ppl_before = pr.ppl;
         res.tok_s_before = pr.tokens_per_s;
     }
@@ -1863,8 +1954,10 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
     if (need_calib && l0 < c->n_layers) {
         if (l0 == 0) {
             progress(&j, 0, "calibrate", 0);
+            double t_h = mono_now();
             if ((r = make_hidden0(&j, hex, err)) < 0)
                 goto out;
+            j.t.write += mono_now() - t_h;
             snprintf(orig_hex, sizeof orig_hex, "%s", hex);
         } else if ((r = layer_meta(&j, l0 - 1, "hidden_next_sha256", hex, sizeof hex, err)) < 0 ||
                    (p->method == METHOD_SVDLLM_UPDATE &&
@@ -1912,9 +2005,13 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
         for (int q = 0; q < PROJ_COUNT; q++)
             if (!lres[q].k && rep[q].kind != MAT_PRUNED)
                 rep[q].kind = MAT_DENSE;
+        for (int q = 0; q < PROJ_COUNT; q++)
+            j.t.factorize += rep[q].seconds;
         struct compress_checkpoint ck;
+        double t_w = mono_now();
         if (r == 0)
             r = write_layer(&j, &lw, lres, pruned, rep, next_hex, orig_next_hex, &ck, err);
+        j.t.write += mono_now() - t_w;
         layer_scratch_free(&st, &lw, lres, pruned);
         if (r < 0)
             goto out;
@@ -1936,13 +2033,17 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
     progress(&j, c->n_layers, "assemble", 0);
     char tmp[PATH_MAX + 16];
     snprintf(tmp, sizeof tmp, "%s.tmp", p->out_dir);
+    double t_a = mono_now();
     if ((r = assemble(&j, tmp, &res, err)) < 0)
         goto out;
+    j.t.assemble = mono_now() - t_a;
     if (p->eval_path[0]) {
         progress(&j, c->n_layers, "eval", 0.5);
         struct ppl_result pr;
+        double t_e = mono_now();
         if ((r = ppl_eval(tmp, p->eval_path, eval_L, (size_t)p->eval_max_windows, eval_cancel, &j, &pr, err)) < 0)
             goto out;
+        j.t.eval += mono_now() - t_e;
         res.ppl_after = pr.ppl;
         res.tok_s_after = pr.tokens_per_s;
     }

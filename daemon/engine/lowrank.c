@@ -98,73 +98,100 @@ void lowrank_result_free(struct lowrank_result *r) {
     r->a64 = r->b64 = NULL;
 }
 
-/* S (n, n) row-major with S S^T = G: Cholesky, or the eigen square root when G
- * is not positive definite. */
-static int whitening(const double *g, int n, const char *what, double *s, struct lowrank_result *res,
-                     struct sv_err *err) {
+int lowrank_white_new(const double *g, int n, const char *what, struct lowrank_white *ret, struct sv_err *err) {
+    memset(ret, 0, sizeof *ret);
     size_t nn = (size_t)n * n;
-    memcpy(s, g, nn * sizeof *s);
-    struct sv_err cerr = {0};
-    int r = la_cholesky(s, n, what, &cerr);
-    if (r == 0) {
-        /* The buffer read row-major is L^T; S = L. */
-        for (int i = 0; i < n; i++)
-            for (int j = 0; j < i; j++) {
-                double tmp = s[(size_t)i * n + j];
-                s[(size_t)i * n + j] = s[(size_t)j * n + i];
-                s[(size_t)j * n + i] = tmp;
-            }
-        return 0;
-    }
-    if (r != -EDOM)
-        return sv_err_set(err, r, "%s", cerr.msg);
-    /* Fallback: G = Q Lambda Q^T, S = Q max(Lambda, 0)^(1/2). */
-    double *q = malloc(nn * sizeof *q), *w = malloc((size_t)n * sizeof *w);
-    if (!q || !w) {
-        free(q);
-        free(w);
-        return sv_err_set(err, -ENOMEM, "%s: out of memory for the whitening fallback", what);
-    }
-    memcpy(q, g, nn * sizeof *q);
-    r = la_syevd(q, w, n, what, err);
-    if (r == 0) {
-        res->fallback = LOWRANK_EIGEN_SQRT;
-        /* dsyevd's eigenvalues carry an absolute error of ~n eps lambda_max:
-         * below that, an exact zero (a dead channel, too few tokens) comes out
-         * as +-rounding noise. Treat it as zero so it is clamped and counted. */
-        double tol = n * DBL_EPSILON * (w[n - 1] > 0 ? w[n - 1] : 0);
+    double trace = 0, gersh = 0;
+    for (int i = 0; i < n; i++) {
+        double row = 0;
         for (int j = 0; j < n; j++) {
-            double lam = w[j];
-            if (!(lam > tol)) {
-                lam = 0;
-                res->clamped++;
-            }
-            double sq = sqrt(lam);
-            for (int i = 0; i < n; i++) /* column-major vector j, component i */
-                s[(size_t)i * n + j] = q[(size_t)j * n + i] * sq;
+            double v = g[(size_t)i * n + j];
+            if (!isfinite(v))
+                return sv_err_set(err, -EDOM, "%s: Gram matrix has a non-finite entry (%d, %d)", what, i, j);
+            row += fabs(v);
+        }
+        trace += g[(size_t)i * n + i];
+        gersh = row > gersh ? row : gersh;
+    }
+    double *s = malloc(nn * sizeof *s);
+    if (!s)
+        return sv_err_set(err, -ENOMEM, "%s: out of memory for the whitening (n = %d)", what, n);
+    /* A Gram of N < n tokens (or with dead channels) has exact zero
+     * eigenvalues, which rounding turns into +-n eps lambda_max <= n eps
+     * trace: 10 n eps trace is the first shift certain to dominate that noise
+     * (3.7e-8 of the mean diagonal at n = 4096). Larger ones exist only for
+     * inputs that are not a Gram at all (indefinite); the last resort, the
+     * Gershgorin bound, makes any symmetric matrix definite. All-zero input:
+     * the shift alone whitens, i.e. plain SVD. */
+    double base = 10.0 * n * DBL_EPSILON * (trace > 0 ? trace : (double)n);
+    int r = 0;
+    for (int t = 0; t <= 6; t++) {
+        double shift = t == 0 ? 0 : t < 6 ? base * pow(1e3, t - 1) : 2 * gersh + base;
+        memcpy(s, g, nn * sizeof *s);
+        for (int i = 0; i < n; i++)
+            s[(size_t)i * n + i] += shift;
+        struct sv_err cerr = {0};
+        r = la_cholesky(s, n, what, &cerr);
+        if (r == 0) {
+            /* The buffer read row-major is L^T; S = L, row-major lower. */
+            for (int i = 0; i < n; i++)
+                for (int j = 0; j < i; j++) {
+                    double tmp = s[(size_t)i * n + j];
+                    s[(size_t)i * n + j] = s[(size_t)j * n + i];
+                    s[(size_t)j * n + i] = tmp;
+                }
+            ret->n = n;
+            ret->s = s;
+            ret->shift = shift;
+            ret->rel_shift = trace > 0 ? shift * n / trace : shift;
+            return 0;
+        }
+        if (r != -EDOM) {
+            free(s);
+            return sv_err_set(err, r, "%s", cerr.msg);
         }
     }
-    free(q);
-    free(w);
-    return r;
+    free(s);
+    return sv_err_set(err, -EDOM, "%s: Gram matrix is not positive definite even shifted by its Gershgorin bound",
+                      what);
+}
+
+void lowrank_white_free(struct lowrank_white *wh) {
+    if (!wh)
+        return;
+    free(wh->s);
+    memset(wh, 0, sizeof *wh);
+}
+
+/* ws (d_out, n) = W S for the row-major lower-triangular S of wh: a
+ * triangular product, half the flops of a general one. */
+static void times_white(double *ws, int d_out, const struct lowrank_white *wh) {
+    double one = 1.0;
+    bli_dtrmm(BLIS_RIGHT, BLIS_LOWER, BLIS_NO_TRANSPOSE, BLIS_NONUNIT_DIAG, d_out, wh->n, &one, wh->s, wh->n, 1, ws,
+              wh->n, 1);
 }
 
 /* The core. k = 0 with spec != NULL: only the spectrum (descending, n values)
- * is returned. keep64: the result also carries the double factors. */
-static int project(const float *w, int d_out, int d_in, const double *g_in, const double *c_out, int k, int keep64,
-                   double *spec, int *spec_n, const char *what, struct lowrank_result *ret, struct sv_err *err) {
+ * is returned. keep64: the result also carries the double factors. wh: the
+ * whitening of the input Gram (shared by the matrices that read one input),
+ * or NULL for G = I; c_out, when given, replaces W G W^T. */
+static int project(const float *w, int d_out, int d_in, const struct lowrank_white *wh, const double *c_out, int k,
+                   int keep64, double *spec, int *spec_n, const char *what, struct lowrank_result *ret,
+                   struct sv_err *err) {
     struct lowrank_result res;
     memset(&res, 0, sizeof res);
     int mn = d_out < d_in ? d_out : d_in;
     if (!spec && (k < 1 || k > mn))
         return sv_err_set(err, -EINVAL, "%s: rank %d outside [1, %d]", what, k, mn);
+    if (wh && wh->n != d_in)
+        return sv_err_set(err, -EINVAL, "%s: whitening of width %d for a %d x %d matrix", what, wh->n, d_out, d_in);
     if (k < 1)
         k = 1;
     size_t wn = (size_t)d_out * d_in;
     double *wd = malloc(wn * sizeof *wd);
     double *ut = malloc((size_t)k * d_out * sizeof *ut);   /* U_k^T: (k, d_out) */
     double *bd = malloc((size_t)k * d_in * sizeof *bd);    /* B: (k, d_in) */
-    double *m = NULL, *ev = NULL, *s = NULL, *ws = NULL, *tmp = NULL;
+    double *m = NULL, *ev = NULL, *ws = NULL;
     int r = 0;
     if (!wd || !ut || !bd) {
         r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
@@ -172,49 +199,44 @@ static int project(const float *w, int d_out, int d_in, const double *g_in, cons
     }
     for (size_t i = 0; i < wn; i++)
         wd[i] = w[i];
+    if (wh) {
+        res.fallback = wh->shift > 0 ? LOWRANK_SHIFT : LOWRANK_OK;
+        res.shift = wh->rel_shift;
+    }
     int n; /* size of the eigenproblem */
     res.side = (c_out || d_out <= d_in) ? 'o' : 'i';
-    if (res.side == 'o') {
-        n = d_out;
-        m = malloc((size_t)n * n * sizeof *m);
-        if (!m) {
-            r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
-            goto out;
-        }
-        if (c_out) {
-            memcpy(m, c_out, (size_t)n * n * sizeof *m);
-        } else if (!g_in) {
-            dgemm(0, 1, n, n, d_in, 1.0, wd, d_in, wd, d_in, 0.0, m, n); /* W W^T */
-        } else {
-            tmp = malloc(wn * sizeof *tmp);
-            if (!tmp) {
-                r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
-                goto out;
-            }
-            dgemm(0, 0, d_out, d_in, d_in, 1.0, wd, d_in, g_in, d_in, 0.0, tmp, d_in); /* W G */
-            dgemm(0, 1, n, n, d_in, 1.0, tmp, d_in, wd, d_in, 0.0, m, n);               /* (W G) W^T */
-        }
-    } else {
-        n = d_in;
+    double one = 1.0, zero = 0.0;
+    if (!c_out) {
+        /* ws = W S (W itself for G = I). */
         ws = malloc(wn * sizeof *ws);
-        m = malloc((size_t)n * n * sizeof *m);
-        if (!ws || !m) {
+        if (!ws) {
             r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
             goto out;
         }
-        if (g_in) {
-            s = malloc((size_t)n * n * sizeof *s);
-            if (!s) {
-                r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
-                goto out;
-            }
-            if ((r = whitening(g_in, n, what, s, &res, err)) < 0)
-                goto out;
-            dgemm(0, 0, d_out, n, n, 1.0, wd, d_in, s, n, 0.0, ws, n); /* W S */
-        } else {
-            memcpy(ws, wd, wn * sizeof *ws);
+        memcpy(ws, wd, wn * sizeof *ws);
+        if (wh)
+            times_white(ws, d_out, wh);
+    }
+    n = res.side == 'o' ? d_out : d_in;
+    m = malloc((size_t)n * n * sizeof *m);
+    if (!m) {
+        r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
+        goto out;
+    }
+    if (c_out) {
+        memcpy(m, c_out, (size_t)n * n * sizeof *m);
+    } else {
+        /* Output side C = (W S)(W S)^T, input side M = (W S)^T (W S): one
+         * symmetric rank-k update, lower triangle, then mirrored. */
+        if (res.side == 'o')
+            bli_dsyrk(BLIS_LOWER, BLIS_NO_TRANSPOSE, n, d_in, &one, ws, d_in, 1, &zero, m, n, 1);
+        else
+            bli_dsyrk(BLIS_LOWER, BLIS_TRANSPOSE, n, d_out, &one, ws, d_in, 1, &zero, m, n, 1);
+        lowrank_gram_symmetrize(m, n);
+        if (res.side == 'o') {
+            free(ws);
+            ws = NULL;
         }
-        dgemm(1, 0, n, n, d_out, 1.0, ws, n, ws, n, 0.0, m, n); /* (W S)^T (W S) */
     }
     ev = malloc((size_t)n * sizeof *ev);
     if (!ev) {
@@ -223,12 +245,18 @@ static int project(const float *w, int d_out, int d_in, const double *g_in, cons
     }
     if ((r = (spec ? la_syevd_values : la_syevd)(m, ev, n, what, err)) < 0)
         goto out;
+    /* Nominal flops: W S (trmm), the rank-k update, dsyevd (tridiagonal
+     * reduction 4/3 n^3, divide and conquer up to 4/3 n^3, back-transformation
+     * 2 n^3), then U_k (input side) and B. */
+    res.gflop = ((wh ? (double)d_out * d_in * d_in : 0) + (c_out ? 0 : (double)d_out * d_in * n) +
+                 (spec ? 4.0 / 3 : 14.0 / 3) * n * (double)n * n +
+                 (spec ? 0 : 2.0 * k * d_out * ((res.side == 'i' ? n : 0) + (double)d_in))) / 1e9;
     if (spec) {
         for (int j = 0; j < n; j++)
             spec[j] = ev[n - 1 - j] > 0 ? ev[n - 1 - j] : 0;
         *spec_n = n;
         if (ret)
-            *ret = res; /* side, fallback, clamped */
+            *ret = res; /* side, fallback, shift */
         goto out;
     }
     /* The dropped mass is summed directly, not as total - kept: that
@@ -271,10 +299,25 @@ static int project(const float *w, int d_out, int d_in, const double *g_in, cons
     if (vk != ut)
         free(vk);
     free(scale);
+    dgemm(0, 0, k, d_in, d_out, 1.0, ut, d_out, wd, d_in, 0.0, bd, d_in); /* B = U_k^T W */
+    if (wh && wh->shift > 0) {
+        /* The eigenvalues are those of W (G + shift I) W^T. For the true G:
+         * kept = sum kept - shift ||B||^2 (B = U_k^T W), total = sum all -
+         * shift ||W||^2, so dropped loses shift (||W||^2 - ||B||^2): the
+         * report stays the exact calibration-output error of these factors. */
+        double wf = 0, bf = 0;
+        for (size_t i = 0; i < wn; i++)
+            wf += wd[i] * wd[i];
+        for (size_t i = 0; i < (size_t)k * d_in; i++)
+            bf += bd[i] * bd[i];
+        kept -= wh->shift * bf;
+        dropped -= wh->shift * (wf - bf);
+        kept = kept > 0 ? kept : 0;
+        dropped = dropped > 0 ? dropped : 0;
+    }
     double total = kept + dropped;
     res.energy = total > 0 ? kept / total : 1.0;
     res.discarded = dropped;
-    dgemm(0, 0, k, d_in, d_out, 1.0, ut, d_out, wd, d_in, 0.0, bd, d_in); /* B = U_k^T W */
     res.a = malloc((size_t)d_out * k * sizeof *res.a);
     res.b = malloc((size_t)k * d_in * sizeof *res.b);
     if (!res.a || !res.b) {
@@ -317,25 +360,41 @@ out:
     free(bd);
     free(m);
     free(ev);
-    free(s);
     free(ws);
-    free(tmp);
+    return r;
+}
+
+/* g_in given: whiten once here (callers that factor several matrices of one
+ * input share a lowrank_white instead). */
+static int project_g(const float *w, int d_out, int d_in, const double *g_in, const double *c_out, int k, int keep64,
+                     double *spec, int *spec_n, const char *what, struct lowrank_result *ret, struct sv_err *err) {
+    struct lowrank_white wh = {0};
+    int r = 0;
+    if (g_in && !c_out && (r = lowrank_white_new(g_in, d_in, what, &wh, err)) < 0)
+        return r;
+    r = project(w, d_out, d_in, wh.s ? &wh : NULL, c_out, k, keep64, spec, spec_n, what, ret, err);
+    lowrank_white_free(&wh);
     return r;
 }
 
 int lowrank_project(const float *w, int d_out, int d_in, const double *g_in, const double *c_out, int k,
                     const char *what, struct lowrank_result *ret, struct sv_err *err) {
-    return project(w, d_out, d_in, g_in, c_out, k, 0, NULL, NULL, what, ret, err);
+    return project_g(w, d_out, d_in, g_in, c_out, k, 0, NULL, NULL, what, ret, err);
+}
+
+int lowrank_project_white(const float *w, int d_out, int d_in, const struct lowrank_white *wh, int k,
+                          const char *what, struct lowrank_result *ret, struct sv_err *err) {
+    return project(w, d_out, d_in, wh, NULL, k, 0, NULL, NULL, what, ret, err);
 }
 
 int lowrank_project64(const float *w, int d_out, int d_in, const double *g_in, const double *c_out, int k,
                       const char *what, struct lowrank_result *ret, struct sv_err *err) {
-    return project(w, d_out, d_in, g_in, c_out, k, 1, NULL, NULL, what, ret, err);
+    return project_g(w, d_out, d_in, g_in, c_out, k, 1, NULL, NULL, what, ret, err);
 }
 
 int lowrank_spectrum(const float *w, int d_out, int d_in, const double *g_in, const double *c_out, double *ev,
                      int *n, const char *what, struct sv_err *err) {
-    return project(w, d_out, d_in, g_in, c_out, 0, 0, ev, n, what, NULL, err);
+    return project_g(w, d_out, d_in, g_in, c_out, 0, 0, ev, n, what, NULL, err);
 }
 
 /* A (d_out, k) = YZ ZZ^+ : the least-squares left factor for fixed B. ZZ is

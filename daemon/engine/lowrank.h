@@ -16,10 +16,19 @@
  *    down_proj that is a 4096^2 statistic instead of 11008^2.
  *  - input side (d_out > d_in, gate/up): eigen-decompose M = S^T W^T W S
  *    (d_in^2) with S S^T = G; then U_k = W S V_k / sigma_k.
- * S is the Cholesky factor of G. When G is not positive definite (too few
- * tokens, dead channels) the documented fallback is the eigen square root
- * S = Q max(Lambda, 0)^(1/2), with eigenvalues below n eps lambda_max (rounding
- * noise around an exact zero) also clamped; their number is reported.
+ * S is the Cholesky factor of G, computed once per input and shared
+ * (lowrank_white: q/k/v read one input, gate/up another); both sides use it,
+ * W S by a triangular product and C or M by a symmetric rank-k update. When
+ * G is not positive definite (fewer tokens than channels, dead channels: at
+ * LLaMA-7B's 4096-wide MLP input with 4096 tokens this is the rule) the
+ * documented fallback is the Cholesky of G + shift I, shift = 10 n eps
+ * trace(G) first (just above the rounding noise of G's zero eigenvalues;
+ * 3.7e-8 of the mean diagonal at n = 4096), raised 1000-fold per failure;
+ * the shift is reported. It costs one more Cholesky (n^3/3), not an
+ * eigendecomposition, and it is a ridge term: directions the calibration
+ * never excited keep W's own energy. The reported discarded energy is
+ * corrected for it exactly (see project()), so it is still the calibration
+ * output error of the stored factors under the unshifted G.
  * Directions whose eigenvalue is at the eigensolver's rounding level
  * (<= n eps lambda_max) carry no signal: their columns of A and rows of B are
  * zero (reported as a smaller effective rank).
@@ -31,7 +40,7 @@
 
 #include "sv_err.h"
 
-enum lowrank_fallback { LOWRANK_OK = 0, LOWRANK_EIGEN_SQRT = 1 };
+enum lowrank_fallback { LOWRANK_OK = 0, LOWRANK_SHIFT = 1 };
 
 struct lowrank_result {
     int k;               /* rank stored */
@@ -42,8 +51,9 @@ struct lowrank_result {
     double energy;       /* retained fraction: sum of kept / all eigenvalues */
     double discarded;    /* sum of dropped eigenvalues = squared calibration-output error */
     enum lowrank_fallback fallback;
-    int clamped;         /* eigenvalues of G clamped to zero by the fallback */
+    double shift;        /* fallback: diagonal shift added to G, relative to its mean diagonal */
     char side;           /* 'o' output side, 'i' input side */
+    double gflop;        /* nominal double-precision work of the factorization (for benchmarks) */
 };
 
 /* w: (d_out, d_in) row-major. g_in: (d_in, d_in) symmetric, or NULL for the
@@ -52,6 +62,19 @@ struct lowrank_result {
 int lowrank_project(const float *w, int d_out, int d_in, const double *g_in, const double *c_out, int k,
                     const char *what, struct lowrank_result *ret, struct sv_err *err);
 void lowrank_result_free(struct lowrank_result *r);
+/* The whitening of one input Gram: S (n, n) row-major lower triangular with
+ * S S^T = G + shift I (shift 0 when G is positive definite). */
+struct lowrank_white {
+    int n;
+    double *s;
+    double shift;       /* absolute */
+    double rel_shift;   /* shift / mean diagonal of G */
+};
+int lowrank_white_new(const double *g, int n, const char *what, struct lowrank_white *ret, struct sv_err *err);
+void lowrank_white_free(struct lowrank_white *wh);
+/* lowrank_project with g_in's whitening already computed (wh NULL: G = I). */
+int lowrank_project_white(const float *w, int d_out, int d_in, const struct lowrank_white *wh, int k,
+                          const char *what, struct lowrank_result *ret, struct sv_err *err);
 /* The same, also keeping the factors in double (a64, b64): for tests that
  * compare methods beyond f32 storage precision. */
 int lowrank_project64(const float *w, int d_out, int d_in, const double *g_in, const double *c_out, int k,
