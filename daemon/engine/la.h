@@ -25,6 +25,11 @@ int la_syevd(double *a, double *w, int n, const char *what, struct sv_err *err);
 /* The eigenvalues only (ascending, into w); a is destroyed. */
 int la_syevd_values(double *a, double *w, int n, const char *what, struct sv_err *err);
 
+/* The top k eigenvectors of the n x n symmetric a (destroyed): w gets all n
+ * eigenvalues ascending, z (n x k, column-major) the eigenvectors of the k
+ * largest, ascending (column c belongs to w[n - k + c]). */
+int la_syevr_top(double *a, int n, int k, double *w, double *z, const char *what, struct sv_err *err);
+
 /* Thin SVD of the column-major m x n a (overwritten): s (min(m,n)), u (m x
  * min), vt (min x n). Only for tests and small references: libFLAME's gesdd
  * is QR iteration, far slower than divide and conquer at large n. */

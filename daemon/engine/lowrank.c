@@ -191,7 +191,7 @@ static int project(const float *w, int d_out, int d_in, const struct lowrank_whi
     double *wd = malloc(wn * sizeof *wd);
     double *ut = malloc((size_t)k * d_out * sizeof *ut);   /* U_k^T: (k, d_out) */
     double *bd = malloc((size_t)k * d_in * sizeof *bd);    /* B: (k, d_in) */
-    double *m = NULL, *ev = NULL, *ws = NULL;
+    double *m = NULL, *ev = NULL, *ws = NULL, *z = NULL;
     int r = 0;
     if (!wd || !ut || !bd) {
         r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
@@ -243,13 +243,17 @@ static int project(const float *w, int d_out, int d_in, const struct lowrank_whi
         r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
         goto out;
     }
-    if ((r = (spec ? la_syevd_values : la_syevd)(m, ev, n, what, err)) < 0)
+    if (!spec && !(z = malloc((size_t)n * k * sizeof *z))) {
+        r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
         goto out;
-    /* Nominal flops: W S (trmm), the rank-k update, dsyevd (tridiagonal
-     * reduction 4/3 n^3, divide and conquer up to 4/3 n^3, back-transformation
-     * 2 n^3), then U_k (input side) and B. */
+    }
+    if ((r = spec ? la_syevd_values(m, ev, n, what, err) : la_syevr_top(m, n, k, ev, z, what, err)) < 0)
+        goto out;
+    /* Nominal flops: W S (trmm), the rank-k update, the tridiagonal
+     * reduction (4/3 n^3), the back-transformation of k vectors (2 n^2 k),
+     * then U_k (input side) and B. */
     res.gflop = ((wh ? (double)d_out * d_in * d_in : 0) + (c_out ? 0 : (double)d_out * d_in * n) +
-                 (spec ? 4.0 / 3 : 14.0 / 3) * n * (double)n * n +
+                 4.0 / 3 * n * (double)n * n + (spec ? 0 : 2.0 * n * (double)n * k) +
                  (spec ? 0 : 2.0 * k * d_out * ((res.side == 'i' ? n : 0) + (double)d_in))) / 1e9;
     if (spec) {
         for (int j = 0; j < n; j++)
@@ -288,7 +292,7 @@ static int project(const float *w, int d_out, int d_in, const struct lowrank_whi
          * not a direction with signal. */
         int live = lam > 0 && lam > n * DBL_EPSILON * top;
         res.k_effective += live;
-        memcpy(vk + (size_t)c * n, m + (size_t)j * n, (size_t)n * sizeof *vk);
+        memcpy(vk + (size_t)c * n, z + (size_t)(j - (n - k)) * n, (size_t)n * sizeof *vk);
         scale[c] = live ? (res.side == 'o' ? 1.0 : 1.0 / sqrt(lam)) : 0.0;
     }
     if (res.side == 'i')
@@ -361,6 +365,7 @@ out:
     free(m);
     free(ev);
     free(ws);
+    free(z);
     return r;
 }
 
