@@ -2,6 +2,9 @@
  *
  *   svdllm-engine eval --model DIR --text FILE --seqlen L [--max-windows N] [--threads N] [--json]
  *
+ * --threads goes to forward_threads_set(), as svdllmd's does: 0 or absent
+ * means the CPUs this process may run on (its affinity mask).
+ *
  * Exits 0 on success; on failure prints one line "svdllm-engine: <reason>" to
  * stderr and exits 1 (2 for usage errors). */
 #include <errno.h>

@@ -21,6 +21,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <omp.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -65,13 +66,42 @@ static inline float vexpf(float x) {
     return p * sc.f;
 }
 
-int forward_threads_set(int n) {
-    if (n <= 0) {
-        long c = sysconf(_SC_NPROCESSORS_ONLN);
-        n = c > 0 ? (int)c : 1;
+/* The CPUs this process may run on: its affinity mask, so systemd's
+ * CPUAffinity= and a container's cpuset count, not the machine's online
+ * cores (BLIS would otherwise run more threads than cores it gets). The mask
+ * is grown past CPU_SETSIZE for kernels configured with more CPUs; the online
+ * count only when the mask cannot be read at all. */
+static int cpus_allowed(void) {
+    for (int ncpu = CPU_SETSIZE; ncpu <= (1 << 16); ncpu *= 2) {
+        cpu_set_t *set = CPU_ALLOC(ncpu);
+        if (!set)
+            break;
+        size_t size = CPU_ALLOC_SIZE(ncpu);
+        int r = sched_getaffinity(0, size, set), e = errno;
+        int n = r == 0 ? CPU_COUNT_S(size, set) : 0;
+        CPU_FREE(set);
+        if (n > 0)
+            return n;
+        if (r == 0 || e != EINVAL)   /* EINVAL: the kernel's mask is larger */
+            break;
     }
-    forward_nthreads = n;
+    long c = sysconf(_SC_NPROCESSORS_ONLN);
+    return c > 0 ? (int)c : 1;
+}
+
+int forward_threads_set(int n) {
+    if (n <= 0)
+        n = cpus_allowed();
+    /* Written only on a change, so a worker thread re-applying the count in
+     * force (for its own OpenMP default, below) races no reader. */
+    if (forward_nthreads != n)
+        forward_nthreads = n;
+    /* BLIS 0.9 keeps this in its global rntm: it holds for calls from every
+     * thread. OpenMP's default team size is per thread and not inherited by
+     * a new pthread: it covers OpenMP code without num_threads (libFLAME's)
+     * run on the calling thread. */
     bli_thread_set_num_threads(n);
+    omp_set_num_threads(n);
     return n;
 }
 

@@ -25,8 +25,13 @@ struct forward_taps {
     int (*output)(void *ctx, enum config_proj p, const float *y, size_t ntok, int width);
 };
 
-/* Sets the thread count BLIS uses for every product (n <= 0: the number of
- * online cores). Call before any compute; returns the count in force. */
+/* Sets the thread count of every BLIS product and of OpenMP regions (ours
+ * pass it as num_threads). n <= 0: the CPUs this process may run on, counted
+ * by a helper here from sched_getaffinity (so CPUAffinity= and cpusets are
+ * respected; sysconf's online count only if that fails). Call once before
+ * any compute; returns the count in force. BLIS's setting is process-wide,
+ * OpenMP's default team size per thread: another thread that computes calls
+ * forward_threads_set(forward_threads_get()) once to adopt the same count. */
 int forward_threads_set(int n);
 int forward_threads_get(void);
 
