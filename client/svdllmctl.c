@@ -51,7 +51,7 @@ static void usage(FILE *f) {
           "\n"
           "Commands:\n"
           "  ping                      check that svdllmd answers\n"
-          "  version                   daemon version, protocol and methods\n"
+          "  version                   daemon version, protocol, compute threads and methods\n"
           "  submit --model DIR --out DIR --ratio R\n"
           "         [--method svd|svdllm|asvd|awsvd|svdllm-update|rom|lorap]\n"
           "         [--ranks default|uniform|lorap|last-n|auto] [--layers N]\n"
@@ -251,6 +251,8 @@ static void print_status(json_t *job) {
         fmt_duration(buf, sizeof buf, jnum(job, "elapsed_s", -1));
         printf("  elapsed     %s\n", buf);
     }
+    if (json_is_integer(json_object_get(job, "threads")))   /* absent: ended under an earlier daemon */
+        printf("  threads     %lld\n", jint(job, "threads"));
     if (json_is_integer(json_object_get(job, "peak_rss"))) {
         fmt_bytes(buf, sizeof buf, (double)jint(job, "peak_rss"));
         printf("  peak rss    %s (svdllmd)\n", buf);
@@ -328,7 +330,8 @@ static int cmd_simple(struct conn *c, const char *op) {
         if (strcmp(op, "ping") == 0)
             printf("svdllmd at %s is alive\n", c->path);
         else {
-            printf("svdllmd %s, protocol %lld, methods:", jstr(r, "version"), jint(r, "protocol"));
+            printf("svdllmd %s, protocol %lld, threads %lld, methods:", jstr(r, "version"), jint(r, "protocol"),
+                   jint(r, "threads"));
             size_t i;
             json_t *m;
             json_array_foreach(json_object_get(r, "methods"), i, m)

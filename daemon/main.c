@@ -4,7 +4,9 @@
  * with file:line), prepares the state directory (locked against a second
  * daemon), lets server_new() recover interrupted jobs and listen, then
  * signals readiness (READY=1 on $NOTIFY_SOCKET and on --ready-fd) and runs
- * the libuv loop until SIGTERM/SIGINT. Command-line flags override the file. */
+ * the libuv loop until SIGTERM/SIGINT. Command-line flags override the file.
+ * The compute thread count is decided here, once, before any worker thread
+ * exists (forward_threads_set: BLIS and OpenMP). */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -23,6 +25,7 @@
 
 #include <uv.h>
 
+#include "forward.h"
 #include "log.h"
 #include "runner.h"
 #include "server.h"
@@ -33,6 +36,7 @@
 
 #define DEFAULT_SOCKET "/run/svdllmd/svdllmd.sock"
 #define DEFAULT_STATE_DIR "/var/lib/svdllmd"
+#define MAX_THREADS 1024
 
 struct settings {
     char socket_path[PATH_MAX];
@@ -40,19 +44,24 @@ struct settings {
     enum log_level log_level;
     mode_t socket_mode;
     int max_clients, max_queued_jobs, max_evals;
+    int threads;          /* 0: the CPUs this process may run on */
     int ready_fd;
 };
 
 static void usage(FILE *f) {
     fprintf(f,
             "Usage: svdllmd [--socket PATH] [--state-dir DIR] [--config FILE]\n"
-            "               [--log-level err|warning|notice|info|debug] [--ready-fd N]\n"
+            "               [--log-level err|warning|notice|info|debug] [--threads N]\n"
+            "               [--ready-fd N]\n"
             "\n"
             "  --socket PATH     Unix socket to serve (default " DEFAULT_SOCKET ")\n"
             "  --state-dir DIR   jobs database and checkpoints (default " DEFAULT_STATE_DIR ")\n"
             "  --config FILE     key = value settings: socket, state_dir, log_level,\n"
-            "                    socket_mode, max_clients, max_queued_jobs, max_evals\n"
+            "                    socket_mode, max_clients, max_queued_jobs, max_evals,\n"
+            "                    threads\n"
             "  --log-level L     default info\n"
+            "  --threads N       compute threads of every job and eval, 1..1024 (default or\n"
+            "                    0: the CPUs this process may run on, sched_getaffinity)\n"
             "  --ready-fd N      write READY=1 to fd N once serving, then close it\n");
 }
 
@@ -113,6 +122,10 @@ static int apply_key(struct settings *st, const char *key, const char *v, const 
     if (strcmp(key, "max_queued_jobs") == 0) {
         *why = "expected an integer in [1, 100000]";
         return parse_int(v, 1, 100000, 10, &st->max_queued_jobs);
+    }
+    if (strcmp(key, "threads") == 0) {
+        *why = "expected an integer in [0, 1024]; 0: the CPUs this process may run on";
+        return parse_int(v, 0, MAX_THREADS, 10, &st->threads);
     }
     if (strcmp(key, "max_evals") == 0) {
         *why = "expected an integer in [1, 1024]";
@@ -271,12 +284,14 @@ int main(int argc, char **argv) {
         {"state-dir", required_argument, NULL, 'd'},
         {"config", required_argument, NULL, 'c'},
         {"log-level", required_argument, NULL, 'l'},
+        {"threads", required_argument, NULL, 't'},
         {"ready-fd", required_argument, NULL, 'r'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
-    const char *opt_socket = NULL, *opt_state = NULL, *opt_config = NULL, *opt_level = NULL;
+    const char *opt_socket = NULL, *opt_state = NULL, *opt_config = NULL, *opt_level = NULL,
+               *opt_threads = NULL;
     int opt;
     while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (opt) {
@@ -284,6 +299,7 @@ int main(int argc, char **argv) {
         case 'd': opt_state = optarg; break;
         case 'c': opt_config = optarg; break;
         case 'l': opt_level = optarg; break;
+        case 't': opt_threads = optarg; break;
         case 'r':
             if (parse_int(optarg, 0, INT_MAX, 10, &st.ready_fd) < 0 || fcntl(st.ready_fd, F_GETFD) < 0) {
                 fprintf(stderr, "svdllmd: --ready-fd %s: not an open file descriptor\n", optarg);
@@ -301,12 +317,20 @@ int main(int argc, char **argv) {
     }
     if (opt_config && load_config(&st, opt_config) < 0)
         return 1;
-    const char *why = NULL;
-    if ((opt_socket && apply_key(&st, "socket", opt_socket, &why) < 0) ||
-        (opt_state && apply_key(&st, "state_dir", opt_state, &why) < 0) ||
-        (opt_level && apply_key(&st, "log_level", opt_level, &why) < 0)) {
-        fprintf(stderr, "svdllmd: invalid option value (%s)\n", why);
-        return 2;
+    const struct {
+        const char *flag, *key, *val;
+    } flags[] = {
+        {"--socket", "socket", opt_socket},
+        {"--state-dir", "state_dir", opt_state},
+        {"--log-level", "log_level", opt_level},
+        {"--threads", "threads", opt_threads},
+    };
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+        const char *why = NULL;
+        if (flags[i].val && apply_key(&st, flags[i].key, flags[i].val, &why) < 0) {
+            fprintf(stderr, "svdllmd: %s: invalid value '%s' (%s)\n", flags[i].flag, flags[i].val, why);
+            return 2;
+        }
     }
     if (st.ready_fd >= 0)
         fcntl(st.ready_fd, F_SETFD, FD_CLOEXEC);
@@ -318,6 +342,10 @@ int main(int argc, char **argv) {
         return 1;
     log_msg(LOG_INFO, "svdllmd %s starting: socket %s, state %s", SV_VERSION, st.socket_path,
             st.state_dir);
+    /* Before server_new() starts the worker threads, which adopt this count. */
+    int threads = forward_threads_set(st.threads);
+    log_msg(LOG_NOTICE, "%d compute thread(s) per job and eval (%s)", threads,
+            st.threads > 0 ? "set by threads" : "the CPUs this process may run on");
 
     uv_loop_t loop;
     int r = uv_loop_init(&loop);
@@ -332,6 +360,7 @@ int main(int argc, char **argv) {
         .max_clients = st.max_clients,
         .max_queued_jobs = st.max_queued_jobs,
         .max_evals = st.max_evals,
+        .threads = threads,
         .max_inflight = SERVER_DEFAULT_MAX_INFLIGHT,
         .max_unsent = SERVER_DEFAULT_MAX_UNSENT,
         .on_stopping = on_stopping,

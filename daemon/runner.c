@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "forward.h"
 #include "log.h"
 
 #define PROGRESS_PERIOD 0.25   /* seconds between progress events */
@@ -483,6 +484,7 @@ static void do_eval(struct runner *r, struct runner_task *t) {
 static void *eval_main(void *arg) {
     struct runner *r = arg;
     struct runner_task *t;
+    forward_threads_set(forward_threads_get());   /* see job_main */
     while ((t = queue_take(r, &r->eval))) {
         do_eval(r, t);
         queue_done(&r->eval);
@@ -659,6 +661,9 @@ out:
 
 static void *job_main(void *arg) {
     struct runner *r = arg;
+    /* main() chose the count; OpenMP's default for this thread is its own
+     * setting (a new pthread does not inherit it), so adopt the same one. */
+    forward_threads_set(forward_threads_get());
     while (!atomic_load(&r->stopping)) {
         pthread_mutex_lock(&r->job_mu);
         uint64_t gen = r->kick_gen;

@@ -101,6 +101,8 @@ struct sjob {
     uint64_t peak_rss;
     bool has_progress;           /* prog is from this daemon's current run */
     struct runner_progress prog;
+    int threads;                 /* this daemon's count; 0: the job had ended before
+                                  * it started, under a count not known here */
 };
 
 struct server {
@@ -244,6 +246,7 @@ static struct sjob *job_upsert(struct server *s, const struct store_job *rec, bo
     j->has_result = rec->has_result;
     j->result = rec->result;
     j->peak_rss = rec->peak_rss;
+    j->threads = s->cfg.threads;
     if (rec->state != JOB_RUNNING)
         j->has_progress = j->has_progress && store_state_final(rec->state);
     return j;
@@ -251,7 +254,10 @@ static struct sjob *job_upsert(struct server *s, const struct store_job *rec, bo
 
 static int load_job(void *ctx, const struct store_job *rec) {
     bool changed;
-    return job_upsert(ctx, rec, &changed) ? 0 : -ENOMEM;
+    struct sjob *j = job_upsert(ctx, rec, &changed);
+    if (j && store_state_final(j->state))
+        j->threads = 0;   /* ran under an earlier daemon (its compression.json says) */
+    return j ? 0 : -ENOMEM;
 }
 
 /* ---- JSON views of a job ---------------------------------------------------------- */
@@ -321,6 +327,8 @@ static json_t *job_json(const struct sjob *j, bool full) {
     proto_set_str(o, "model", j->model);
     proto_set_str(o, "out", j->out);
     set_opt_time(o, "created_at", j->created_at);
+    if (j->threads > 0)
+        proto_set_int(o, "threads", j->threads);
     add_progress(o, j);
     set_opt_str(o, "error", j->error);
     if (!full)
@@ -497,6 +505,7 @@ static int op_version(struct client *c, long long id, json_t *msg, struct proto_
     json_t *r = proto_reply_ok(id);
     proto_set_str(r, "version", SV_VERSION);
     proto_set_int(r, "protocol", PROTO_VERSION);
+    proto_set_int(r, "threads", c->srv->cfg.threads);
     json_t *m = json_array();
     for (int i = 0; i < METHOD_COUNT; i++)
         json_array_append_new(m, proto_str(compress_method_name((enum compress_method)i)));

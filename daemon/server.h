@@ -23,6 +23,8 @@ struct server_config {
     int max_clients;              /* connections served at once */
     int max_queued_jobs;          /* jobs in state queued (plus submits being checked) */
     int max_evals;                /* eval requests queued or running */
+    int threads;                  /* compute threads in force (forward_threads_set's
+                                   * result): reported in job objects and version */
     int max_inflight;             /* asynchronous requests pending per connection */
     size_t max_unsent;            /* bytes of replies a client may leave unread */
     /* Called once when shutdown begins (e.g. to send STOPPING=1). May be NULL. */

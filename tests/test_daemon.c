@@ -28,6 +28,7 @@
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -59,6 +60,7 @@ static pid_t daemon_pid = -1;
  * notify is set, on a $NOTIFY_SOCKET datagram socket at that address. */
 static uid_t run_as = 0;   /* when non-zero (and we are root): the daemon's uid */
 static const char *daemon_fault;   /* SVDLLM_FAULT for the daemon (NULL: unset) */
+static const char *daemon_threads; /* --threads for the daemon (NULL: not passed) */
 
 static int start_daemon(const char *notify, const char *config) {
     int p[2];
@@ -98,12 +100,19 @@ static int start_daemon(const char *notify, const char *config) {
             _exit(126);
         char fdarg[16];
         snprintf(fdarg, sizeof fdarg, "%d", p[1]);
-        if (config)
-            execl(svdllmd, svdllmd, "--socket", sock_path, "--state-dir", state_dir, "--ready-fd", fdarg,
-                  "--log-level", "debug", "--config", config, (char *)NULL);
-        else
-            execl(svdllmd, svdllmd, "--socket", sock_path, "--state-dir", state_dir, "--ready-fd", fdarg,
-                  "--log-level", "debug", (char *)NULL);
+        const char *argv[16] = {svdllmd, "--socket", sock_path, "--state-dir", state_dir, "--ready-fd", fdarg,
+                                "--log-level", "debug"};
+        int n = 9;
+        if (config) {
+            argv[n++] = "--config";
+            argv[n++] = config;
+        }
+        if (daemon_threads) {
+            argv[n++] = "--threads";
+            argv[n++] = daemon_threads;
+        }
+        argv[n] = NULL;
+        execv(svdllmd, (char *const *)argv);
         _exit(127);
     }
     close(p[1]);
@@ -626,8 +635,16 @@ static void test_jobs(long long *ret_done_id, long long *ret_knobs_id) {
     SV_CHECK(j && json_object_get(j, "result") != NULL);
     SV_CHECK(j && json_integer_value(json_object_get(j, "n_layers")) > 0);
     SV_CHECK(j && json_integer_value(json_object_get(j, "layers_done")) == json_integer_value(json_object_get(j, "n_layers")));
+    SV_CHECK(j && json_integer_value(json_object_get(j, "threads")) == 1);   /* threads = 1 in the config */
     json_decref(j);
     *ret_done_id = id;
+    ctl(&r, sock_path, status);
+    SV_ASSERT_STR_CONTAINS(r.out, "  threads     1\n");
+    ctl(&r, sock_path, status_json);
+    SV_ASSERT_STR_CONTAINS(r.out, "\"threads\":1");
+    const char *version[] = {"version", NULL};
+    ctl(&r, sock_path, version);
+    SV_ASSERT_STR_CONTAINS(r.out, ", threads 1, methods:");
 
     /* A finished job cannot be cancelled; watching it ends at once. */
     const char *cancel[] = {"cancel", ids, NULL};
@@ -799,26 +816,54 @@ static void test_not_running(void) {
     unlink(path);
 }
 
-static void test_bad_config(void) {
-    char cfg[400];
-    snprintf(cfg, sizeof cfg, "%s/bad.conf", dir);
-    write_file(cfg, "# comment\nmax_clients = 8\ncolour = blue\n");
+/* svdllmd with the test's socket and state plus extra args must exit with
+ * status want before serving, its stderr containing needle. */
+static void expect_refused(const char *const *extra, int want, const char *needle) {
+    char errp[400], text[1024];
+    snprintf(errp, sizeof errp, "%s/refused.err", dir);
     pid_t pid = fork();
     if (pid == 0) {
-        char errp[400];
-        snprintf(errp, sizeof errp, "%s/badconf.err", dir);
         int e = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         dup2(e, STDERR_FILENO);
-        execl(svdllmd, svdllmd, "--socket", sock_path, "--state-dir", state_dir, "--config", cfg, (char *)NULL);
+        const char *argv[16] = {svdllmd, "--socket", sock_path, "--state-dir", state_dir};
+        int n = 5;
+        for (int i = 0; extra[i] && n < 15; i++)
+            argv[n++] = extra[i];
+        argv[n] = NULL;
+        execv(svdllmd, (char *const *)argv);
         _exit(127);
     }
     int st;
     waitpid(pid, &st, 0);
-    SV_CHECK(WIFEXITED(st) && WEXITSTATUS(st) != 0);
-    char errp[400], text[1024];
-    snprintf(errp, sizeof errp, "%s/badconf.err", dir);
+    SV_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == want);
     slurp(errp, text, sizeof text);
-    SV_ASSERT_STR_CONTAINS(text, "bad.conf:3: unknown key 'colour'");
+    SV_ASSERT_STR_CONTAINS(text, needle);
+    SV_ASSERT_EQ(lines(text), 1);
+}
+
+static void test_bad_config(void) {
+    char cfg[400];
+    snprintf(cfg, sizeof cfg, "%s/bad.conf", dir);
+    const char *with_cfg[] = {"--config", cfg, NULL};
+    write_file(cfg, "# comment\nmax_clients = 8\ncolour = blue\n");
+    expect_refused(with_cfg, 1, "bad.conf:3: unknown key 'colour'");
+    write_file(cfg, "threads = 2\nthreads = abc\n");
+    expect_refused(with_cfg, 1, "bad.conf:2: 'threads' is set twice");
+    write_file(cfg, "\nthreads = abc\n");
+    expect_refused(with_cfg, 1, "bad.conf:2: threads: invalid value 'abc' (expected an integer in [0, 1024]");
+    write_file(cfg, "threads = 1025\n");
+    expect_refused(with_cfg, 1, "bad.conf:1: threads: invalid value '1025'");
+    const char *neg[] = {"--threads", "-1", NULL}, *word[] = {"--threads", "all", NULL};
+    expect_refused(neg, 2, "svdllmd: --threads: invalid value '-1' (expected an integer in [0, 1024]");
+    expect_refused(word, 2, "svdllmd: --threads: invalid value 'all'");
+}
+
+/* The CPUs this process may run on, as the daemon counts them by default. */
+static int cpus_allowed(void) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    SV_ASSERT_EQ(sched_getaffinity(0, sizeof set, &set), 0);
+    return CPU_COUNT(&set);
 }
 
 /* ---- Methods and rank rules end to end (tinystories-656K) ---------------------------- */
@@ -1529,7 +1574,7 @@ int main(int argc, char **argv) {
 
     char cfg[400], notify[400];
     snprintf(cfg, sizeof cfg, "%s/svdllmd.conf", dir);
-    write_file(cfg, "# test settings\nmax_clients = 4\n\nsocket_mode = 0600\n");
+    write_file(cfg, "# test settings\nmax_clients = 4\n\nsocket_mode = 0600\nthreads = 1\n");
     snprintf(notify, sizeof notify, "%s/notify.sock", dir);
     if (start_daemon(notify, cfg) < 0) {
         SV_CHECK(!"daemon start");
@@ -1548,20 +1593,29 @@ int main(int argc, char **argv) {
     SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
     SV_CHECK(access(sock_path, F_OK) != 0);   /* socket removed on exit */
 
-    /* Restart (abstract notify address this time): jobs are still there. */
+    /* Restart (abstract notify address this time, --threads 1 and no
+     * config): jobs are still there. */
     char abstract[64];
     snprintf(abstract, sizeof abstract, "@svdllmd-test-%ld", (long)getpid());
-    if (start_daemon(abstract, NULL) < 0) {
+    daemon_threads = "1";
+    int rc_start = start_daemon(abstract, NULL);
+    daemon_threads = NULL;
+    if (rc_start < 0) {
         SV_CHECK(!"daemon restart");
         return sv_test_result("test_daemon");
     }
     json_t *j = job_status(done_id);
     SV_CHECK(j && strcmp(json_string_value(json_object_get(j, "state")), "done") == 0);
+    /* It ran under the previous daemon: this one does not claim a count. */
+    SV_CHECK(j && json_object_get(j, "threads") == NULL);
     json_decref(j);
     check_knobs(knobs_id);   /* reloaded from the database */
 
     /* SIGKILL while a job may be running: the next start resumes it. */
     long long k = submit_ok("out-k", "\"ratio\":0.5,\"nsamples\":64,\"seqlen\":64");
+    j = job_status(k);
+    SV_CHECK(j && json_integer_value(json_object_get(j, "threads")) == 1);   /* --threads 1 */
+    json_decref(j);
     usleep(300000);
     SV_ASSERT_EQ(stop_daemon(SIGKILL), 128 + SIGKILL);
     if (start_daemon(NULL, NULL) < 0) {   /* the stale socket file is replaced */
@@ -1573,6 +1627,11 @@ int main(int argc, char **argv) {
     SV_CHECK(strcmp(sk, "done") == 0);
     if (strcmp(sk, "done") != 0)
         fprintf(stderr, "job %lld after SIGKILL and restart ended '%s'\n", k, sk);
+    /* No flag, no config: as many threads as CPUs the daemon may run on. */
+    j = job_status(k);
+    SV_CHECK(j && json_integer_value(json_object_get(j, "threads")) == cpus_allowed());
+    json_decref(j);
+    SV_CHECK(log_contains(" compute thread(s) per job and eval (the CPUs this process may run on)"));
     test_methods();
     check_ping();
     SV_ASSERT_EQ(stop_daemon(SIGINT), 0);
