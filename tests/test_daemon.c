@@ -1237,8 +1237,9 @@ static void free_names(struct dirent **names, int n) {
     free(names);
 }
 
-/* compression.json minus its wall-clock values (each matrix's "seconds", the
- * evaluation's "speed"), dumped with sorted keys. */
+/* compression.json minus its wall-clock values (each matrix's "seconds" and
+ * "solver_seconds", the evaluation's "speed", the top-level "timing") and the
+ * per-matrix "gflop" diagnostic, dumped with sorted keys. */
 static char *report_sans_seconds(const char *path, int *n_matrices, int *n_removed) {
     json_error_t e;
     json_t *root = json_load_file(path, 0, &e);
@@ -1252,8 +1253,11 @@ static char *report_sans_seconds(const char *path, int *n_matrices, int *n_remov
     json_object_foreach(json_object_get(root, "matrices"), k, v) {
         (*n_matrices)++;
         *n_removed += json_object_del(v, "seconds") == 0;
+        json_object_del(v, "gflop");
+        json_object_del(v, "solver_seconds");
     }
     json_object_del(json_object_get(root, "perplexity"), "speed");
+    json_object_del(root, "timing");
     char *s = json_dumps(root, JSON_SORT_KEYS | JSON_COMPACT);
     json_decref(root);
     return s;
