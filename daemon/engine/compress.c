@@ -74,6 +74,7 @@
 
 #define KEY_VERSION "svdllm-job-v2"
 #define CHUNK_TOKENS 4096
+#define CHUNK_BYTES ((size_t)256 << 20)
 
 static const char *const method_names[METHOD_COUNT] = {"svd", "svdllm", "asvd", "awsvd", "svdllm-update", "rom", "lorap"};
 static const char *const ranks_names[RANKS_COUNT] = {"default", "uniform", "lorap", "last-n", "auto"};
@@ -609,7 +610,17 @@ struct stream {
 static int stream_pass(struct job *j, int layer, struct stream *s, int ns, double p0, double p1, struct sv_err *err) {
     const size_t d = (size_t)j->c->hidden, T = (size_t)j->T, row = T * d * sizeof(float);
     char tmp[2][PATH_MAX + 72];
-    int per = (int)(CHUNK_TOKENS / T), r = 0;
+    /* Samples per chunk: up to CHUNK_TOKENS tokens, fewer when the forward
+     * pass's activations of a chunk (the state, the norm, q/k/v/attention,
+     * gate/up: about 4 (3 d + 2 qw + 2 kvw + 2 ff) bytes a token) would pass
+     * CHUNK_BYTES: 1280 tokens at LLaMA-7B, so one layer's memory stays
+     * bounded whatever the calibration size. */
+    const struct config *c = j->c;
+    size_t tok_bytes = 4 * (3 * d + 2 * (size_t)c->n_heads * c->head_dim + 2 * (size_t)c->n_kv_heads * c->head_dim +
+                            2 * (size_t)c->intermediate);
+    size_t per_tok = CHUNK_TOKENS, cap = CHUNK_BYTES / tok_bytes;
+    per_tok = per_tok < cap ? per_tok : cap;
+    int per = (int)(per_tok / T), r = 0;
     if (per < 1)
         per = 1;
     for (int i = 0; i < ns; i++) {
@@ -831,62 +842,66 @@ static int method_statistic(const struct job *j, enum compress_method m, const s
     return 0; /* svd: G = I */
 }
 
-/* The Gram that matrix p is the last reader of (q/k/v share the attention
- * input's, gate/up the MLP input's), or NULL. */
-static double **last_reader(struct stats *s, int p) {
-    return p == PROJ_V ? &s->g_attn : p == PROJ_O ? &s->g_o : p == PROJ_UP ? &s->g_mlp : p == PROJ_DOWN ? &s->c_down : NULL;
+/* Where matrix p's Gram lives (q/k/v share the attention input's, gate/up
+ * the MLP input's; down_proj's is its output covariance). */
+static double **group_gram(struct stats *s, int p) {
+    return p <= PROJ_V ? &s->g_attn : p == PROJ_O ? &s->g_o : p <= PROJ_UP ? &s->g_mlp : &s->c_down;
 }
 
 /* Non-sequential methods: every matrix with rank > 0 from its statistic.
- * The whitening (Cholesky) of a shared Gram is computed once for all its
- * readers, and each Gram is freed after its last reader: at LLaMA-7B a Gram
- * is 128 MiB. */
-static int factor_matrices(struct job *j, enum compress_method m, const struct layer_w *lw, struct stats *s,
+ * A shared Gram is whitened (Cholesky) once for all its readers and freed as
+ * soon as it is: at LLaMA-7B a Gram is 128 MiB. drop_w: each W is freed once
+ * factored (the caller needs only the factors and the shapes). */
+static int factor_matrices(struct job *j, enum compress_method m, struct layer_w *lw, struct stats *s, int drop_w,
                            struct lowrank_result *res, struct mat_report *rep, struct sv_err *err) {
     char what[200];
-    int l = lw->index, r = 0;
+    int l = lw->index, r = 0, wh_grp = -1;
+    const int shared = m == METHOD_SVDLLM || m == METHOD_SVDLLM_UPDATE || m == METHOD_ROM;
     struct lowrank_white wh = {0};
-    const double *wh_of = NULL; /* the Gram wh whitens */
     for (int p = 0; p < PROJ_COUNT && r == 0; p++) {
+        struct linear *lin = &lw->proj[p];
         if (j->rank[l][p]) {
             if (cancelled(j)) {
                 r = sv_err_set(err, -ECANCELED, "cancelled");
                 break;
             }
             progress(j, l, "factorize", 0.5 + 0.45 * p / PROJ_COUNT);
-            const struct linear *lin = &lw->proj[p];
             model_proj_prefix(l, p, what, sizeof what);
-            const double *g, *cout;
-            double *own;
-            r = method_statistic(j, m, s, p, lin, &own, &g, &cout, what, err);
             double t0 = mono_now();
-            if (r == 0 && g && g != wh_of) {
-                lowrank_white_free(&wh);
-                wh_of = NULL;
-                if ((r = lowrank_white_new(g, lin->d_in, what, &wh, err)) == 0)
-                    wh_of = g;
+            if (shared && p != PROJ_DOWN) {
+                if (stats_group(p) != wh_grp) {
+                    double **gp = group_gram(s, p);
+                    lowrank_white_free(&wh);
+                    wh_grp = -1;
+                    if ((r = lowrank_white_new(*gp, lin->d_in, what, &wh, err)) == 0)
+                        wh_grp = stats_group(p);
+                    free(*gp); /* whitened: the Gram itself is not needed again */
+                    *gp = NULL;
+                }
+                if (r == 0)
+                    r = lowrank_project_white(lin->w, lin->d_out, lin->d_in, &wh, j->rank[l][p], what, &res[p], err);
+            } else {
+                const double *g, *cout;
+                double *own;
+                if ((r = method_statistic(j, m, s, p, lin, &own, &g, &cout, what, err)) == 0)
+                    r = lowrank_project(lin->w, lin->d_out, lin->d_in, g, cout, j->rank[l][p], what, &res[p], err);
+                free(own);
             }
-            if (r == 0 && cout)
-                r = lowrank_project(lin->w, lin->d_out, lin->d_in, NULL, cout, j->rank[l][p], what, &res[p], err);
-            else if (r == 0)
-                r = lowrank_project_white(lin->w, lin->d_out, lin->d_in, g ? &wh : NULL, j->rank[l][p], what, &res[p],
-                                          err);
-            if (own && own == wh_of) { /* a per-matrix statistic: its address may be reused */
-                lowrank_white_free(&wh);
-                wh_of = NULL;
-            }
-            free(own);
             if (r == 0)
                 report_factored(&rep[p], &res[p], mono_now() - t0);
-        }
-        double **gr = last_reader(s, p);
-        if (gr && *gr) {
-            if (*gr == wh_of) {
-                lowrank_white_free(&wh);
-                wh_of = NULL;
+            if (r == 0 && drop_w) {
+                free(lin->w);
+                lin->w = NULL;
             }
-            free(*gr);
-            *gr = NULL;
+        }
+        if (p == PROJ_V || p == PROJ_O || p >= PROJ_UP) { /* the group's last reader */
+            if (wh_grp == stats_group(p)) {
+                lowrank_white_free(&wh);
+                wh_grp = -1;
+            }
+            double **gp = group_gram(s, p);
+            free(*gp);
+            *gp = NULL;
         }
     }
     lowrank_white_free(&wh);
@@ -1077,7 +1092,9 @@ static int seq_layer(struct job *j, const struct layer_w *lw, struct lowrank_res
             goto out;
         work_path(j, path, sizeof path, "orig-%d.f32", l + 1);
         if ((r = calibrate_layer(j, lw, &st, orig_in, orig_in_hex, path, orig_next_hex, 0, 0.2, err)) < 0 ||
-            (r = factor_matrices(j, METHOD_SVDLLM, lw, &st, res, rep, err)) < 0)
+            /* drop_w 0: lw is only read (the cast drops a const factor_matrices
+             * needs for drop_w 1 alone). */
+            (r = factor_matrices(j, METHOD_SVDLLM, (struct layer_w *)lw, &st, 0, res, rep, err)) < 0)
             goto out;
         stats_free(&st);
     }
@@ -1998,7 +2015,7 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
                     r = calibrate_layer(&j, &lw, &st, in, hex, path, next_hex, 0, 0.5, err);
             }
             if (r == 0)
-                r = factor_matrices(&j, p->method, &lw, &st, lres, rep, err);
+                r = factor_matrices(&j, p->method, &lw, &st, !j.ff_keep, lres, rep, err);
             if (r == 0 && j.ff_keep)
                 r = lorap_prune(&j, &lw, &st, pruned, rep, err);
         }

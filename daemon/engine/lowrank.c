@@ -163,18 +163,23 @@ void lowrank_white_free(struct lowrank_white *wh) {
     memset(wh, 0, sizeof *wh);
 }
 
-/* ws (d_out, n) = W S for the row-major lower-triangular S of wh: a
- * triangular product, half the flops of a general one. */
-static void times_white(double *ws, int d_out, const struct lowrank_white *wh) {
-    double one = 1.0;
-    bli_dtrmm(BLIS_RIGHT, BLIS_LOWER, BLIS_NO_TRANSPOSE, BLIS_NONUNIT_DIAG, d_out, wh->n, &one, wh->s, wh->n, 1, ws,
-              wh->n, 1);
+/* Rows of W converted to double a block at a time: the core never holds a
+ * double copy of W (360 MiB for LLaMA-7B's gate_proj). */
+#define ROW_BLOCK 512
+
+static void rows_double(const float *w, int r0, int rows, int d_in, double *dst) {
+    const float *src = w + (size_t)r0 * d_in;
+    for (size_t i = 0; i < (size_t)rows * d_in; i++)
+        dst[i] = src[i];
 }
 
 /* The core. k = 0 with spec != NULL: only the spectrum (descending, n values)
  * is returned. keep64: the result also carries the double factors. wh: the
  * whitening of the input Gram (shared by the matrices that read one input),
- * or NULL for G = I; c_out, when given, replaces W G W^T. */
+ * or NULL for G = I; c_out, when given, replaces W G W^T.
+ * Memory beyond the result: the n^2 statistic, k x (n + d_out + d_in) for the
+ * vectors and factors, a block of ROW_BLOCK rows of W, and on the output side
+ * W S (d_out x d_in, d_out <= d_in). */
 static int project(const float *w, int d_out, int d_in, const struct lowrank_white *wh, const double *c_out, int k,
                    int keep64, double *spec, int *spec_n, const char *what, struct lowrank_result *ret,
                    struct sv_err *err) {
@@ -187,62 +192,51 @@ static int project(const float *w, int d_out, int d_in, const struct lowrank_whi
         return sv_err_set(err, -EINVAL, "%s: whitening of width %d for a %d x %d matrix", what, wh->n, d_out, d_in);
     if (k < 1)
         k = 1;
-    size_t wn = (size_t)d_out * d_in;
-    double *wd = malloc(wn * sizeof *wd);
-    double *ut = malloc((size_t)k * d_out * sizeof *ut);   /* U_k^T: (k, d_out) */
-    double *bd = malloc((size_t)k * d_in * sizeof *bd);    /* B: (k, d_in) */
-    double *m = NULL, *ev = NULL, *ws = NULL, *z = NULL;
-    int r = 0;
-    if (!wd || !ut || !bd) {
-        r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
-        goto out;
-    }
-    for (size_t i = 0; i < wn; i++)
-        wd[i] = w[i];
     if (wh) {
         res.fallback = wh->shift > 0 ? LOWRANK_SHIFT : LOWRANK_OK;
         res.shift = wh->rel_shift;
     }
-    int n; /* size of the eigenproblem */
     res.side = (c_out || d_out <= d_in) ? 'o' : 'i';
+    const int n = res.side == 'o' ? d_out : d_in; /* size of the eigenproblem */
+    const int nb = d_out < ROW_BLOCK ? d_out : ROW_BLOCK;
     double one = 1.0, zero = 0.0;
-    if (!c_out) {
-        /* ws = W S (W itself for G = I). */
-        ws = malloc(wn * sizeof *ws);
-        if (!ws) {
-            r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
-            goto out;
-        }
-        memcpy(ws, wd, wn * sizeof *ws);
-        if (wh)
-            times_white(ws, d_out, wh);
-    }
-    n = res.side == 'o' ? d_out : d_in;
-    m = malloc((size_t)n * n * sizeof *m);
-    if (!m) {
+    double *m = malloc((size_t)n * n * sizeof *m), *blk = malloc((size_t)nb * d_in * sizeof *blk);
+    double *ev = malloc((size_t)n * sizeof *ev), *ws = NULL, *z = NULL, *vk = NULL, *ut = NULL, *bd = NULL,
+           *scale = NULL;
+    int r = 0;
+    if (!m || !blk || !ev) {
         r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
         goto out;
     }
     if (c_out) {
         memcpy(m, c_out, (size_t)n * n * sizeof *m);
+    } else if (res.side == 'o') {
+        /* C = (W S)(W S)^T: W S by a triangular product, C by a rank-k update. */
+        if (!(ws = malloc((size_t)d_out * d_in * sizeof *ws))) {
+            r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
+            goto out;
+        }
+        rows_double(w, 0, d_out, d_in, ws);
+        if (wh)
+            bli_dtrmm(BLIS_RIGHT, BLIS_LOWER, BLIS_NO_TRANSPOSE, BLIS_NONUNIT_DIAG, d_out, d_in, &one, wh->s, d_in, 1,
+                      ws, d_in, 1);
+        bli_dsyrk(BLIS_LOWER, BLIS_NO_TRANSPOSE, n, d_in, &one, ws, d_in, 1, &zero, m, n, 1);
+        free(ws);
+        ws = NULL;
     } else {
-        /* Output side C = (W S)(W S)^T, input side M = (W S)^T (W S): one
-         * symmetric rank-k update, lower triangle, then mirrored. */
-        if (res.side == 'o')
-            bli_dsyrk(BLIS_LOWER, BLIS_NO_TRANSPOSE, n, d_in, &one, ws, d_in, 1, &zero, m, n, 1);
-        else
-            bli_dsyrk(BLIS_LOWER, BLIS_TRANSPOSE, n, d_out, &one, ws, d_in, 1, &zero, m, n, 1);
-        lowrank_gram_symmetrize(m, n);
-        if (res.side == 'o') {
-            free(ws);
-            ws = NULL;
+        /* M = (W S)^T (W S) = sum over row blocks of (W_b S)^T (W_b S). */
+        memset(m, 0, (size_t)n * n * sizeof *m);
+        for (int r0 = 0; r0 < d_out; r0 += nb) {
+            int rows = d_out - r0 < nb ? d_out - r0 : nb;
+            rows_double(w, r0, rows, d_in, blk);
+            if (wh)
+                bli_dtrmm(BLIS_RIGHT, BLIS_LOWER, BLIS_NO_TRANSPOSE, BLIS_NONUNIT_DIAG, rows, d_in, &one, wh->s, d_in,
+                          1, blk, d_in, 1);
+            bli_dsyrk(BLIS_LOWER, BLIS_TRANSPOSE, n, rows, &one, blk, d_in, 1, &one, m, n, 1);
         }
     }
-    ev = malloc((size_t)n * sizeof *ev);
-    if (!ev) {
-        r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
-        goto out;
-    }
+    if (!c_out)
+        lowrank_gram_symmetrize(m, n);
     if (!spec && !(z = malloc((size_t)n * k * sizeof *z))) {
         r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
         goto out;
@@ -251,10 +245,11 @@ static int project(const float *w, int d_out, int d_in, const struct lowrank_whi
         goto out;
     /* Nominal flops: W S (trmm), the rank-k update, the tridiagonal
      * reduction (4/3 n^3), the back-transformation of k vectors (2 n^2 k),
-     * then U_k (input side) and B. */
+     * then U_k (input side, with S V_k) and B. */
     res.gflop = ((wh ? (double)d_out * d_in * d_in : 0) + (c_out ? 0 : (double)d_out * d_in * n) +
                  4.0 / 3 * n * (double)n * n + (spec ? 0 : 2.0 * n * (double)n * k) +
-                 (spec ? 0 : 2.0 * k * d_out * ((res.side == 'i' ? n : 0) + (double)d_in))) / 1e9;
+                 (spec ? 0 : 2.0 * k * d_out * ((res.side == 'i' ? n : 0) + (double)d_in)) +
+                 (spec || res.side == 'o' || !wh ? 0 : (double)n * n * k)) / 1e9;
     if (spec) {
         for (int j = 0; j < n; j++)
             spec[j] = ev[n - 1 - j] > 0 ? ev[n - 1 - j] : 0;
@@ -263,6 +258,8 @@ static int project(const float *w, int d_out, int d_in, const struct lowrank_whi
             *ret = res; /* side, fallback, shift */
         goto out;
     }
+    free(m); /* the largest buffer: not needed past the eigensolver */
+    m = NULL;
     /* The dropped mass is summed directly, not as total - kept: that
      * difference cancels when little is dropped, and kept / total could
      * exceed 1 by an ulp (the two sums run in different orders). */
@@ -271,15 +268,11 @@ static int project(const float *w, int d_out, int d_in, const struct lowrank_whi
         dropped += ev[j] > 0 ? ev[j] : 0;
     res.k = k;
     /* Rows of vk: the top-k eigenvectors, descending. */
-    double *vk = res.side == 'o' ? ut : malloc((size_t)k * n * sizeof *vk);
-    if (!vk) {
-        r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
-        goto out;
-    }
-    double *scale = malloc((size_t)k * sizeof *scale);
-    if (!scale) {
-        if (vk != ut)
-            free(vk);
+    vk = malloc((size_t)k * n * sizeof *vk);
+    ut = malloc((size_t)k * d_out * sizeof *ut);   /* U_k^T: (k, d_out) */
+    bd = calloc((size_t)k * d_in, sizeof *bd);     /* B: (k, d_in) */
+    scale = malloc((size_t)k * sizeof *scale);
+    if (!vk || !ut || !bd || !scale) {
         r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
         goto out;
     }
@@ -287,31 +280,46 @@ static int project(const float *w, int d_out, int d_in, const struct lowrank_whi
         int j = n - 1 - c;
         double lam = ev[j] > 0 ? ev[j] : 0;
         kept += lam;
-        /* dsyevd's absolute error is ~n eps lambda_max: below that an
-         * eigenvalue is rounding noise around zero (a rank-deficient W or G),
-         * not a direction with signal. */
+        /* The eigensolver's absolute error is ~n eps lambda_max: below that
+         * an eigenvalue is rounding noise around zero (a rank-deficient W or
+         * G), not a direction with signal. */
         int live = lam > 0 && lam > n * DBL_EPSILON * top;
         res.k_effective += live;
         memcpy(vk + (size_t)c * n, z + (size_t)(j - (n - k)) * n, (size_t)n * sizeof *vk);
         scale[c] = live ? (res.side == 'o' ? 1.0 : 1.0 / sqrt(lam)) : 0.0;
     }
-    if (res.side == 'i')
-        dgemm(0, 1, k, d_out, n, 1.0, vk, n, ws, n, 0.0, ut, d_out); /* U_k^T = V_k^T (W S)^T, then / sigma */
+    free(z);
+    z = NULL;
+    if (res.side == 'o') {
+        memcpy(ut, vk, (size_t)k * n * sizeof *ut);
+    } else {
+        /* U_k^T = diag(1/sigma) V_k^T S^T W^T: first V_k^T S^T (a triangular
+         * product), then against W a row block at a time. */
+        if (wh)
+            bli_dtrmm(BLIS_RIGHT, BLIS_LOWER, BLIS_TRANSPOSE, BLIS_NONUNIT_DIAG, k, n, &one, wh->s, n, 1, vk, n, 1);
+        for (int r0 = 0; r0 < d_out; r0 += nb) {
+            int rows = d_out - r0 < nb ? d_out - r0 : nb;
+            rows_double(w, r0, rows, d_in, blk);
+            dgemm(0, 1, k, rows, n, 1.0, vk, n, blk, d_in, 0.0, ut + r0, d_out);
+        }
+    }
     for (int c = 0; c < k; c++)
         for (int i = 0; i < d_out; i++)
             ut[(size_t)c * d_out + i] *= scale[c];
-    if (vk != ut)
-        free(vk);
-    free(scale);
-    dgemm(0, 0, k, d_in, d_out, 1.0, ut, d_out, wd, d_in, 0.0, bd, d_in); /* B = U_k^T W */
+    /* B = U_k^T W, a row block of W at a time; ||W||^2 on the way. */
+    double wf = 0, bf = 0;
+    for (int r0 = 0; r0 < d_out; r0 += nb) {
+        int rows = d_out - r0 < nb ? d_out - r0 : nb;
+        rows_double(w, r0, rows, d_in, blk);
+        for (size_t i = 0; i < (size_t)rows * d_in; i++)
+            wf += blk[i] * blk[i];
+        dgemm(0, 0, k, d_in, rows, 1.0, ut + r0, d_out, blk, d_in, 1.0, bd, d_in);
+    }
     if (wh && wh->shift > 0) {
         /* The eigenvalues are those of W (G + shift I) W^T. For the true G:
          * kept = sum kept - shift ||B||^2 (B = U_k^T W), total = sum all -
          * shift ||W||^2, so dropped loses shift (||W||^2 - ||B||^2): the
          * report stays the exact calibration-output error of these factors. */
-        double wf = 0, bf = 0;
-        for (size_t i = 0; i < wn; i++)
-            wf += wd[i] * wd[i];
         for (size_t i = 0; i < (size_t)k * d_in; i++)
             bf += bd[i] * bd[i];
         kept -= wh->shift * bf;
@@ -359,13 +367,15 @@ static int project(const float *w, int d_out, int d_in, const struct lowrank_whi
     memset(&res, 0, sizeof res);
 out:
     lowrank_result_free(&res);
-    free(wd);
-    free(ut);
-    free(bd);
     free(m);
+    free(blk);
     free(ev);
     free(ws);
     free(z);
+    free(vk);
+    free(ut);
+    free(bd);
+    free(scale);
     return r;
 }
 
