@@ -28,10 +28,11 @@
 # the daemon's peak RSS (VmHWM just before it is stopped), and the CPU time
 # of every OTHER process over the same interval: the sum of utime + stime
 # over /proc/*/stat outside the daemon's and this script's process trees
-# (processes that end within the interval are missed), and the VM's busy
-# time from /proc/stat minus ours (which does not miss them; "VM other"),
-# with the hypervisor's steal time. On two cores the timings swing 10x when
-# anything else runs, so these are printed with every job.
+# ("procs"; it misses every process that ends within the interval, e.g. a
+# test suite, and has undercounted 14x), and the VM's busy time from
+# /proc/stat minus ours ("VM other", which misses nothing, kernel threads
+# included), with the hypervisor's steal time. On two cores the timings
+# swing 10x when anything else runs, so these are printed with every job.
 #
 # The phase table of each job comes from its compression.json: "timing"
 # (calibration_forward, statistics, factorize, write, assemble, eval, total,
@@ -243,14 +244,15 @@ def report(meta_path):
             print('  %-20s %9.2f' % ('not in a phase', total - known))
         print('  wall %.1f s (submit to watch end); peak RSS %.2f GiB; %s threads; daemon %.1f CPU s' %
               (job['wall'], job['rss_kb'] / 1048576.0, cj.get('threads', '?'), job['daemon_cpu_s']))
-        print('  other processes meanwhile: %.1f CPU s (/proc/*/stat utime+stime); the VM busy outside this '
-              'benchmark: %.1f CPU s; steal %.1f s' % (job['other_cpu_s'], job['machine_other_s'], job['steal_s']))
+        print('  other CPU use meanwhile: %.1f CPU s of the VM outside this benchmark (/proc/stat); %.1f CPU s '
+              'by /proc/*/stat of the processes alive at the end; steal %.1f s' %
+              (job['machine_other_s'], job['other_cpu_s'], job['steal_s']))
         summary.append((job, cj))
     base = [j for j, _ in summary if j['method'] == 'svdllm' and j['layers'] == 1]
     bw = base[0]['wall'] if base else None
     print()
     print('summary (1 layer):')
-    print('  %-14s %9s %9s %9s %12s %12s' % ('method', 'wall s', 'x svdllm', 'RSS GiB', 'other CPU s', 'VM other s'))
+    print('  %-14s %9s %9s %9s %12s %12s' % ('method', 'wall s', 'x svdllm', 'RSS GiB', 'procs CPU s', 'VM other s'))
     for j, _ in summary:
         if j['layers'] != 1:
             continue
