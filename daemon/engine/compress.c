@@ -53,6 +53,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -849,62 +850,164 @@ static double **group_gram(struct stats *s, int p) {
 }
 
 /* Non-sequential methods: every matrix with rank > 0 from its statistic.
- * A shared Gram is whitened (Cholesky) once for all its readers and freed as
- * soon as it is: at LLaMA-7B a Gram is 128 MiB. drop_w: each W is freed once
- * factored (the caller needs only the factors and the shapes). */
+ *
+ * Two matrices are factored side by side when the job has two or more
+ * threads, each with half of them for BLIS: the tridiagonal reduction that
+ * dominates at LLaMA-7B (dsytrd, half its flops in a memory-bound dsymv that
+ * BLIS runs on one thread) took 7.4 s on 2 threads and 8.6 s on 1, and the
+ * MRRR step is single-threaded, so one matrix at a time left a core idle for
+ * most of the factorization. Each matrix's arithmetic does not depend on
+ * which worker runs it (single-threaded BLIS and LAPACK are deterministic),
+ * so the bytes are the same as one at a time. Input-side matrices (gate,
+ * up: the largest working set, 0.5 GiB at 7B) never run together, so peak
+ * memory stays that of one of them plus one output-side matrix.
+ * A shared Gram is whitened (Cholesky) once, before the workers start, and
+ * freed as soon as it is: at LLaMA-7B a Gram is 128 MiB. drop_w: each W is
+ * freed once factored (the caller needs only the factors and the shapes). */
+struct factor_pool {
+    struct job *j;
+    enum compress_method m;
+    struct layer_w *lw;
+    struct stats *s;
+    int drop_w, shared;
+    struct lowrank_result *res;
+    struct mat_report *rep;
+    struct lowrank_white wh[3];   /* by stats_group: q/k/v, o, gate/up */
+    int order[PROJ_COUNT], n, next, done, big_running;
+    int r;                        /* first error */
+    struct sv_err err;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+};
+
+static int factor_big(const struct linear *lin) { return lin->d_out > lin->d_in; }
+
+static int factor_one(struct factor_pool *fp, int p, struct sv_err *err) {
+    struct job *j = fp->j;
+    int l = fp->lw->index, r;
+    struct linear *lin = &fp->lw->proj[p];
+    char what[200];
+    model_proj_prefix(l, p, what, sizeof what);
+    double t0 = mono_now();
+    if (fp->shared && p != PROJ_DOWN) {
+        r = lowrank_project_white(lin->w, lin->d_out, lin->d_in, &fp->wh[stats_group(p)], j->rank[l][p], what,
+                                  &fp->res[p], err);
+    } else {
+        const double *g, *cout;
+        double *own;
+        if ((r = method_statistic(j, fp->m, fp->s, p, lin, &own, &g, &cout, what, err)) == 0)
+            r = lowrank_project(lin->w, lin->d_out, lin->d_in, g, cout, j->rank[l][p], what, &fp->res[p], err);
+        free(own);
+    }
+    if (r < 0)
+        return r;
+    report_factored(&fp->rep[p], &fp->res[p], mono_now() - t0);
+    if (fp->drop_w) {
+        free(lin->w);
+        lin->w = NULL;
+    }
+    return 0;
+}
+
+static void *factor_worker(void *arg) {
+    struct factor_pool *fp = arg;
+    pthread_mutex_lock(&fp->mu);
+    while (fp->next < fp->n && fp->r == 0) {
+        int p = fp->order[fp->next], big = factor_big(&fp->lw->proj[p]);
+        if (big && fp->big_running) {
+            pthread_cond_wait(&fp->cv, &fp->mu);
+            continue;
+        }
+        fp->next++;
+        fp->big_running += big;
+        pthread_mutex_unlock(&fp->mu);
+        struct sv_err e = {0};
+        int r = cancelled(fp->j) ? sv_err_set(&e, -ECANCELED, "cancelled") : factor_one(fp, p, &e);
+        pthread_mutex_lock(&fp->mu);
+        fp->big_running -= big;
+        fp->done++;
+        if (r < 0 && fp->r == 0) {
+            fp->r = r;
+            fp->err = e;
+        }
+        progress(fp->j, fp->lw->index, "factorize", 0.5 + 0.45 * fp->done / fp->n);
+        pthread_cond_broadcast(&fp->cv);
+    }
+    pthread_mutex_unlock(&fp->mu);
+    return NULL;
+}
+
 static int factor_matrices(struct job *j, enum compress_method m, struct layer_w *lw, struct stats *s, int drop_w,
                            struct lowrank_result *res, struct mat_report *rep, struct sv_err *err) {
-    char what[200];
-    int l = lw->index, r = 0, wh_grp = -1;
-    const int shared = m == METHOD_SVDLLM || m == METHOD_SVDLLM_UPDATE || m == METHOD_ROM;
-    struct lowrank_white wh = {0};
+    struct factor_pool fp = {.j = j, .m = m, .lw = lw, .s = s, .drop_w = drop_w, .res = res, .rep = rep,
+                             .shared = m == METHOD_SVDLLM || m == METHOD_SVDLLM_UPDATE || m == METHOD_ROM};
+    const int l = lw->index;
+    int r = 0;
+    /* Queue order: the input-side matrices first and last, so the rule that
+     * two never run together costs no waiting. */
+    static const int order[PROJ_COUNT] = {PROJ_GATE, PROJ_Q, PROJ_K, PROJ_V, PROJ_O, PROJ_DOWN, PROJ_UP};
+    for (int i = 0; i < PROJ_COUNT; i++)
+        if (j->rank[l][order[i]])
+            fp.order[fp.n++] = order[i];
+    progress(j, l, "factorize", 0.5);
+    /* Whiten each shared Gram that a factored matrix reads, then free the
+     * Grams (down_proj's output covariance is read as it is). */
+    double t0 = mono_now();
     for (int p = 0; p < PROJ_COUNT && r == 0; p++) {
-        struct linear *lin = &lw->proj[p];
-        if (j->rank[l][p]) {
-            if (cancelled(j)) {
-                r = sv_err_set(err, -ECANCELED, "cancelled");
-                break;
-            }
-            progress(j, l, "factorize", 0.5 + 0.45 * p / PROJ_COUNT);
-            model_proj_prefix(l, p, what, sizeof what);
-            double t0 = mono_now();
-            if (shared && p != PROJ_DOWN) {
-                if (stats_group(p) != wh_grp) {
-                    double **gp = group_gram(s, p);
-                    lowrank_white_free(&wh);
-                    wh_grp = -1;
-                    if ((r = lowrank_white_new(*gp, lin->d_in, what, &wh, err)) == 0)
-                        wh_grp = stats_group(p);
-                    free(*gp); /* whitened: the Gram itself is not needed again */
-                    *gp = NULL;
-                }
-                if (r == 0)
-                    r = lowrank_project_white(lin->w, lin->d_out, lin->d_in, &wh, j->rank[l][p], what, &res[p], err);
-            } else {
-                const double *g, *cout;
-                double *own;
-                if ((r = method_statistic(j, m, s, p, lin, &own, &g, &cout, what, err)) == 0)
-                    r = lowrank_project(lin->w, lin->d_out, lin->d_in, g, cout, j->rank[l][p], what, &res[p], err);
-                free(own);
-            }
-            if (r == 0)
-                report_factored(&rep[p], &res[p], mono_now() - t0);
-            if (r == 0 && drop_w) {
-                free(lin->w);
-                lin->w = NULL;
-            }
-        }
-        if (p == PROJ_V || p == PROJ_O || p >= PROJ_UP) { /* the group's last reader */
-            if (wh_grp == stats_group(p)) {
-                lowrank_white_free(&wh);
-                wh_grp = -1;
-            }
-            double **gp = group_gram(s, p);
+        double **gp = group_gram(s, p);
+        if (p == PROJ_DOWN || !*gp)
+            continue;
+        int grp = stats_group(p), used = 0;
+        for (int q = 0; q < PROJ_DOWN; q++)
+            used |= stats_group(q) == grp && j->rank[l][q] > 0;
+        char what[200];
+        model_proj_prefix(l, p, what, sizeof what);
+        if (fp.shared && used)
+            r = lowrank_white_new(*gp, lw->proj[p].d_in, what, &fp.wh[grp], err);
+        if (fp.shared) {
             free(*gp);
             *gp = NULL;
         }
     }
-    lowrank_white_free(&wh);
+    /* The whitenings' time goes to the first matrix factored. */
+    double t_white = mono_now() - t0;
+    int workers = forward_threads_get() >= 2 && fp.n >= 2 ? 2 : 1;
+    if (r == 0) {
+        pthread_mutex_init(&fp.mu, NULL);
+        pthread_cond_init(&fp.cv, NULL);
+        pthread_t tid;
+        int second = 0;
+        if (workers == 2) {
+            forward_blas_threads(forward_threads_get() / 2);
+            second = pthread_create(&tid, NULL, factor_worker, &fp) == 0;
+            if (!second)
+                forward_blas_threads(0);
+        }
+        factor_worker(&fp);
+        if (second) {
+            pthread_join(tid, NULL);
+            forward_blas_threads(0);
+        }
+        pthread_mutex_destroy(&fp.mu);
+        pthread_cond_destroy(&fp.cv);
+        if ((r = fp.r) < 0)
+            *err = fp.err;
+    }
+    for (int i = 0; i < fp.n && r == 0; i++)
+        if (fp.order[i] != PROJ_DOWN) { /* the first matrix of the job order that read a whitened Gram */
+            rep[fp.order[i]].seconds += t_white;
+            break;
+        }
+    j->t.factorize += mono_now() - t0; /* wall time: the matrices' seconds overlap */
+    for (int g = 0; g < 3; g++)
+        lowrank_white_free(&fp.wh[g]);
+    for (int p = 0; p < PROJ_COUNT; p++) { /* what is left: c_down, diagonal methods' statistics stay */
+        if (!fp.shared)
+            break;
+        double **gp = group_gram(s, p);
+        free(*gp);
+        *gp = NULL;
+    }
     return r;
 }
 
@@ -921,7 +1024,7 @@ static int lorap_channels(const struct job *j, const struct layer_w *lw, const s
 }
 
 /* pruned[0..2]: gate (keep, d), up (keep, d), down (d, keep), malloc'ed. */
-static int lorap_prune(const struct job *j, const struct layer_w *lw, const struct stats *s, float *pruned[3],
+static int lorap_prune(struct job *j, const struct layer_w *lw, const struct stats *s, float *pruned[3],
                        struct mat_report *rep, struct sv_err *err) {
     int ff = j->c->intermediate, d = j->c->hidden, keep = j->ff_keep;
     double t0 = mono_now();
@@ -941,6 +1044,7 @@ static int lorap_prune(const struct job *j, const struct layer_w *lw, const stru
             for (int n = 0; n < keep; n++)
                 pruned[2][(size_t)o * keep + n] = lw->proj[PROJ_DOWN].w[(size_t)o * ff + kept[n]];
         double sec = mono_now() - t0;
+        j->t.factorize += sec;
         for (int p = PROJ_GATE; p <= PROJ_DOWN; p++)
             rep[p] = (struct mat_report){.kind = MAT_PRUNED, .channels = keep, .seconds = sec};
     }
@@ -1139,8 +1243,10 @@ static int seq_layer(struct job *j, const struct layer_w *lw, struct lowrank_res
                     r = lowrank_project(lin->w, lin->d_out, lin->d_in, NULL, cx.g, j->rank[l][p], what, &res[p], err);
                 else if (wh.s || (r = lowrank_white_new(cx.g, w, what, &wh, err)) == 0)
                     r = lowrank_project_white(lin->w, lin->d_out, lin->d_in, &wh, j->rank[l][p], what, &res[p], err);
-                if (r == 0)
+                if (r == 0) {
                     report_factored(&rep[p], &res[p], mono_now() - t0);
+                    j->t.factorize += rep[p].seconds;
+                }
             }
             lowrank_white_free(&wh);
             if (r < 0)
@@ -1187,6 +1293,7 @@ static int seq_layer(struct job *j, const struct layer_w *lw, struct lowrank_res
                     for (size_t i = 0; i < (size_t)d_out * k; i++)
                         res[p].a[i] = (float)a1[i];
                     rep[p].seconds += mono_now() - t0;
+                    j->t.factorize += mono_now() - t0;
                 }
                 free(a0);
                 free(a1);
@@ -2022,8 +2129,6 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
         for (int q = 0; q < PROJ_COUNT; q++)
             if (!lres[q].k && rep[q].kind != MAT_PRUNED)
                 rep[q].kind = MAT_DENSE;
-        for (int q = 0; q < PROJ_COUNT; q++)
-            j.t.factorize += rep[q].seconds;
         struct compress_checkpoint ck;
         double t_w = mono_now();
         if (r == 0)

@@ -107,6 +107,8 @@ int forward_threads_set(int n) {
 
 int forward_threads_get(void) { return forward_nthreads; }
 
+void forward_blas_threads(int n) { bli_thread_set_num_threads(n > 0 ? n : forward_nthreads); }
+
 /* Single-threaded sgemm for use inside our own parallel loops (BLIS would
  * otherwise start its own team per call and oversubscribe the cores). */
 static void sgemm1(int transb, size_t m, size_t n, size_t k, float alpha, const float *a, size_t lda, const float *b,

@@ -34,6 +34,10 @@ struct forward_taps {
  * forward_threads_set(forward_threads_get()) once to adopt the same count. */
 int forward_threads_set(int n);
 int forward_threads_get(void);
+/* For a caller that runs several BLIS computations side by side on its own
+ * threads: BLIS's (process-wide) count set to n for now, n <= 0 back to the
+ * count in force. OpenMP and the forward pass keep forward_threads_get(). */
+void forward_blas_threads(int n);
 
 /* y (ntok, d_out) = x (ntok, d_in) W^T, or (x B^T) A^T for a factor pair. */
 int forward_linear(const struct linear *lin, const float *x, size_t ntok, float *y, struct sv_err *err);
