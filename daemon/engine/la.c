@@ -68,40 +68,41 @@ int la_syevd(double *a, double *w, int n, const char *what, struct sv_err *err) 
     return syevd("V", a, w, n, what, err);
 }
 
-/* The upper-triangle reduction (see la_syevr_top) and dsterf: dsyevd's
- * eigenvalue-only path reduces the lower triangle, 3x slower at n = 4096. */
-int la_syevd_values(double *a, double *w, int n, const char *what, struct sv_err *err) {
-    int info = 0, lwork = -1, r = 0;
-    double q = 0, *e = malloc((size_t)n * sizeof *e), *tau = malloc((size_t)n * sizeof *tau), *work = NULL;
-    if (!e || !tau) {
-        r = sv_err_set(err, -ENOMEM, "%s: out of memory for the eigensolver (n = %d)", what, n);
-        goto out;
-    }
-    dsytrd_("U", &n, a, &n, w, e, tau, &q, &lwork, &info);
+/* a (symmetric, its upper triangle read) = Q T Q^T with T tridiagonal: d
+ * (n) its diagonal, e (n - 1) its off-diagonal, the reflectors in a and tau
+ * (n). The upper triangle: libFLAME's "L" path measured 3x slower at
+ * n = 4096 (21 s against 7.4 s on 2 cores), and dsyevd reduces that one. */
+static int tridiag_upper(double *a, int n, double *d, double *e, double *tau, const char *what, struct sv_err *err) {
+    int info = 0, lwork = -1;
+    double q = 0, *work = NULL;
+    dsytrd_("U", &n, a, &n, d, e, tau, &q, &lwork, &info);
     if (info == 0) {
         lwork = ws_size(q);
-        if (!(work = malloc((size_t)lwork * sizeof *work))) {
-            r = sv_err_set(err, -ENOMEM, "%s: out of memory for the eigensolver workspace (n = %d)", what, n);
-            goto out;
-        }
-        dsytrd_("U", &n, a, &n, w, e, tau, work, &lwork, &info);
+        if (!(work = malloc((size_t)lwork * sizeof *work)))
+            return sv_err_set(err, -ENOMEM, "%s: out of memory for the eigensolver workspace (n = %d)", what, n);
+        dsytrd_("U", &n, a, &n, d, e, tau, work, &lwork, &info);
+        free(work);
     }
-    if (info != 0) {
-        r = sv_err_set(err, -EINVAL, "%s: dsytrd failed (info %d)", what, info);
-        goto out;
+    return info != 0 ? sv_err_set(err, -EINVAL, "%s: dsytrd failed (info %d, n = %d)", what, info, n) : 0;
+}
+
+/* The upper-triangle reduction and dsterf (all eigenvalues, O(n^2)). */
+int la_syevd_values(double *a, double *w, int n, const char *what, struct sv_err *err) {
+    int info = 0, r = 0;
+    double *e = malloc((size_t)n * sizeof *e), *tau = malloc((size_t)n * sizeof *tau);
+    if (!e || !tau)
+        r = sv_err_set(err, -ENOMEM, "%s: out of memory for the eigensolver (n = %d)", what, n);
+    if (r == 0 && (r = tridiag_upper(a, n, w, e, tau, what, err)) == 0) {
+        dsterf_(&n, w, e, &info);
+        if (info != 0)
+            r = sv_err_set(err, info < 0 ? -EINVAL : -EDOM, "%s: dsterf failed (info %d, n = %d)", what, info, n);
     }
-    dsterf_(&n, w, e, &info);
-    if (info != 0)
-        r = sv_err_set(err, info < 0 ? -EINVAL : -EDOM, "%s: dsterf failed (info %d, n = %d)", what, info, n);
-out:
     free(e);
     free(tau);
-    free(work);
     return r;
 }
 
-/* Tridiagonal reduction of the upper triangle ("U"): libFLAME's "L" path
- * measured 3x slower at n = 4096 (21 s against 7.4 s on 2 cores). Then all
+/* Tridiagonal reduction of the upper triangle (tridiag_upper), then all
  * eigenvalues by dsterf (O(n^2)), the top k vectors of the tridiagonal matrix
  * by MRRR (dstemr, O(n k)) and their back-transformation (dormtr, 2 n^2 k):
  * the work of dsyevd's divide and conquer and of back-transforming the other
@@ -109,7 +110,7 @@ out:
 int la_syevr_top(double *a, int n, int k, double *w, double *z, const char *what, struct sv_err *err) {
     if (k < 1 || k > n)
         return sv_err_set(err, -EINVAL, "%s: %d eigenvectors of a %d x %d matrix", what, k, n, n);
-    int info = 0, lwork = -1, liwork = -1, m = 0, il = n - k + 1, iu = n, tryrac = 1, iq = 0, r = 0;
+    int info = 0, lwork = 0, liwork = -1, m = 0, il = n - k + 1, iu = n, tryrac = 1, iq = 0, r = 0;
     double q = 0, vl = 0, vu = 0;
     double *d = malloc((size_t)n * sizeof *d), *e = malloc((size_t)n * sizeof *e), *tau = malloc((size_t)n * sizeof *tau);
     double *d2 = malloc((size_t)n * sizeof *d2), *e2 = malloc((size_t)n * sizeof *e2);
@@ -121,19 +122,8 @@ int la_syevr_top(double *a, int n, int k, double *w, double *z, const char *what
         goto out;
     }
     /* Each routine's workspace is queried once its inputs exist. */
-    dsytrd_("U", &n, a, &n, d, e, tau, &q, &lwork, &info);
-    if (info == 0) {
-        lwork = ws_size(q);
-        if (!(work = malloc((size_t)lwork * sizeof *work))) {
-            r = sv_err_set(err, -ENOMEM, "%s: out of memory for the eigensolver workspace (n = %d)", what, n);
-            goto out;
-        }
-        dsytrd_("U", &n, a, &n, d, e, tau, work, &lwork, &info);
-    }
-    if (info != 0) {
-        r = sv_err_set(err, -EINVAL, "%s: dsytrd failed (info %d)", what, info);
+    if ((r = tridiag_upper(a, n, d, e, tau, what, err)) < 0)
         goto out;
-    }
     int lw = -1;
     dstemr_("V", "I", &n, d, e, &vl, &vu, &il, &iu, &m, wk, z, &n, &k, isuppz, &tryrac, &q, &lw, &iq, &liwork, &info);
     double q2 = 0;
@@ -143,12 +133,8 @@ int la_syevr_top(double *a, int n, int k, double *w, double *z, const char *what
         r = sv_err_set(err, -EINVAL, "%s: eigenvector workspace query failed (info %d)", what, info);
         goto out;
     }
-    lw = ws_size(q > q2 ? q : q2);
-    if (lw > lwork) {
-        free(work);
-        lwork = lw;
-        work = malloc((size_t)lwork * sizeof *work);
-    }
+    lwork = ws_size(q > q2 ? q : q2);
+    work = malloc((size_t)lwork * sizeof *work);
     liwork = iq + 64;
     iwork = malloc((size_t)liwork * sizeof *iwork);
     if (!work || !iwork) {
