@@ -56,7 +56,11 @@
 # 3): sgemm at (min(tokens, 4096), ffn, hidden) for the forward, sgemm at
 # (hidden, hidden, 256) (the Gram chunk) for the statistics, dgemm at
 # (hidden, hidden, hidden) for the factorizations (they are double).
-# ratio = seconds / floor: 1 would be every flop at GEMM speed.
+# ratio = seconds / floor: 1 would be every flop at GEMM speed. When matrices
+# are factored side by side their seconds overlap: the "factorize (phase)"
+# row (the phase's seconds, all seven matrices' GFLOP) is then the one to read.
+# All jobs run one copy of svdllmd taken at the start (its sha256 and the
+# source revision are printed), so a rebuild meanwhile does not mix binaries.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 build=$src/build
@@ -187,9 +191,9 @@ def report(meta_path):
     P = sum(o * i for o, i in shapes.values())
     rate = M['rates']
     print()
-    print('layer7b: %s; hidden %d, ffn %d, %d heads / %d kv heads, BF16, --spectrum-decay %g; '
-          '%d x %d calibration tokens, ratio %g' % (M['date'], h, f, nh, kvh, M['decay'], M['nsamples'],
-                                                    M['seqlen'], M['ratio']))
+    print('layer7b: %s (source %s); hidden %d, ffn %d, %d heads / %d kv heads, BF16, --spectrum-decay %g; '
+          '%d x %d calibration tokens, ratio %g' % (M['date'], M.get('rev', '?'), h, f, nh, kvh, M['decay'],
+                                                    M['nsamples'], M['seqlen'], M['ratio']))
     print('BLIS in this run (GFLOP/s, best of before/after the jobs): sgemm %s %.1f, sgemm %s %.1f, dgemm %s %.1f'
           % (rate['fwd_shape'], rate['fwd'], rate['stat_shape'], rate['stat'], rate['fac_shape'], rate['fac']))
     summary = []
@@ -235,8 +239,13 @@ def report(meta_path):
             print('  %-20s %9s %9s %9s %9s %7s' % (name, fmt(s, '.2f'), fmt(g, '.1f'), fmt(gs, '.1f'),
                                                   fmt(fl, '.2f'), fmt(ra, '.1f')))
             if mat and not rows[i + 1][4] and t.get('factorize') is not None:
-                print('  %-20s %9.2f   (timing.factorize; the seven matrices sum to %.2f)' %
-                      ('  factorize', t['factorize'], fs))
+                # The phase, with the seven matrices' work: their seconds may
+                # overlap (two factored side by side), the phase's do not.
+                fg = sum(r[2] for r in rows if r[4] and r[2] is not None)
+                ff, sf = fg / rate['fac'], t['factorize']
+                print('  %-20s %9.2f %9.1f %9s %9.2f %7s   (the matrices\' seconds sum to %.2f)' %
+                      ('factorize (phase)', sf, fg, fmt(fg / sf if sf else None, '.1f'), ff,
+                       fmt(sf / ff if ff else None, '.1f'), fs))
         total = t.get('total')
         if total is not None:
             print('  %-20s %9.2f %29s %7s' % ('job total', total, fmt(fsum, '.2f'),
@@ -294,6 +303,13 @@ PY
 started=$(date '+%F %T %Z')
 echo "layer7b: $started; $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')); load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "layer7b: work directory $work"
+# Every job runs the same copy of the binaries: the build directory may be
+# rebuilt while the benchmark runs.
+bin=$run/bin
+mkdir -p "$bin"
+cp "$build/svdllmd" "$build/svdllmctl" "$bin/"
+rev=$(git -C "$src" describe --always --dirty 2>/dev/null || echo unknown)
+echo "layer7b: svdllmd $(sha256sum "$bin/svdllmd" | cut -c1-12) (sha256), built $(date -r "$bin/svdllmd" '+%F %T'), source $rev"
 
 # ---- models ------------------------------------------------------------------
 genmodel() { # dir layers
@@ -332,11 +348,11 @@ runjob() { # name method model layers
     local jd=$work/jobs/$name sock=$run/$name.sock
     rm -rf "$jd"
     mkdir -p "$jd"
-    "$build/svdllmd" --socket "$sock" --state-dir "$jd/state" --log-level notice 2>"$jd/daemon.log" &
+    "$bin/svdllmd" --socket "$sock" --state-dir "$jd/state" --log-level notice 2>"$jd/daemon.log" &
     daemon=$!
     for _ in $(seq 200); do [ -S "$sock" ] && break; sleep 0.05; done
     [ -S "$sock" ] || { echo "layer7b: svdllmd did not start (see $jd/daemon.log)" >&2; exit 1; }
-    local ctl=("$build/svdllmctl" --socket "$sock")
+    local ctl=("$bin/svdllmctl" --socket "$sock")
     python3 "$helper" snap "$jd/cpu-before.json" "$daemon" $$
     local t0 t1 id
     t0=$(date +%s.%N)
@@ -383,7 +399,7 @@ import json, subprocess, sys
 out, helper, gb, ga = sys.argv[1:5]
 best = json.loads(subprocess.check_output([sys.executable, helper, 'rates', gb, ga]))
 fwd, stat, fac = 'sgemm ${m}x${ffn}x${hidden}', 'sgemm ${hidden}x${hidden}x256', 'dgemm ${hidden}x${hidden}x${hidden}'
-meta = {'date': '$started', 'hidden': $hidden, 'ffn': $ffn, 'heads': $heads, 'kv_heads': $kv,
+meta = {'date': '$started', 'rev': '$rev', 'hidden': $hidden, 'ffn': $ffn, 'heads': $heads, 'kv_heads': $kv,
         'decay': $decay, 'nsamples': $nsamples, 'seqlen': $seqlen, 'ratio': $ratio,
         'rates': {'fwd': best[fwd], 'stat': best[stat], 'fac': best[fac],
                   'fwd_shape': fwd.split()[1], 'stat_shape': stat.split()[1], 'fac_shape': fac.split()[1]},
