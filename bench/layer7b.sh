@@ -307,7 +307,7 @@ echo "layer7b: work directory $work"
 # rebuilt while the benchmark runs.
 bin=$run/bin
 mkdir -p "$bin"
-cp "$build/svdllmd" "$build/svdllmctl" "$bin/"
+cp -p "$build/svdllmd" "$build/svdllmctl" "$bin/"
 rev=$(git -C "$src" describe --always --dirty 2>/dev/null || echo unknown)
 echo "layer7b: svdllmd $(sha256sum "$bin/svdllmd" | cut -c1-12) (sha256), built $(date -r "$bin/svdllmd" '+%F %T'), source $rev"
 
