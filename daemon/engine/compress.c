@@ -1717,6 +1717,20 @@ static int write_config(const struct job *j, const char *dir, struct sv_err *err
     return r;
 }
 
+/* The output is assembled from mapped files; each tensor's pages are dropped
+ * once copied (st_release), or resident memory would grow with the model. */
+static int write_released(struct st_writer *w, const struct st_model *src, const struct st_tensor *t,
+                          struct sv_err *err) {
+    int r = st_writer_write_raw(w, t->name, t->data, t->nbytes, err);
+    st_release(src, t->name);
+    return r;
+}
+
+static int read_released(const struct st_model *m, const char *name, int r) {
+    st_release(m, name);
+    return r;
+}
+
 static int write_model(struct job *j, const char *dir, uint64_t *params_after, struct sv_err *err) {
     struct st_model *src = j->m->st;
     struct st_model **layers = calloc((size_t)j->c->n_layers, sizeof *layers);
@@ -1745,7 +1759,7 @@ static int write_model(struct job *j, const char *dir, uint64_t *params_after, s
                 if (pass == 0)
                     r = st_writer_declare(w, t->name, t->dtype, t->ndim, t->shape, err);
                 else
-                    r = st_writer_write_raw(w, t->name, t->data, t->nbytes, err);
+                    r = write_released(w, src, t, err);
                 continue;
             }
             int d_out = (int)t->shape[0], d_in = (int)t->shape[1], k = j->rank[l][p];
@@ -1758,7 +1772,7 @@ static int write_model(struct job *j, const char *dir, uint64_t *params_after, s
                     if (pass == 0)
                         r = st_writer_declare(w, t->name, t->dtype, t->ndim, t->shape, err);
                     else
-                        r = st_writer_write_raw(w, t->name, t->data, t->nbytes, err);
+                        r = write_released(w, src, t, err);
                     *params_after += pass == 0 ? (uint64_t)d_out * (uint64_t)d_in : 0;
                     continue;
                 }
@@ -1772,7 +1786,7 @@ static int write_model(struct job *j, const char *dir, uint64_t *params_after, s
                     r = sv_err_set(err, -ENOMEM, "output: out of memory for '%s'", t->name);
                     goto out;
                 }
-                if ((r = st_read_f32(layers[l], name, buf, n, err)) == 0)
+                if ((r = read_released(layers[l], name, st_read_f32(layers[l], name, buf, n, err))) == 0)
                     r = st_writer_write_f32(w, t->name, buf, n, err);
                 free(buf);
                 buf = NULL;
@@ -1792,10 +1806,10 @@ static int write_model(struct job *j, const char *dir, uint64_t *params_after, s
                     goto out;
                 }
                 snprintf(name, sizeof name, "%s.0.weight", pre);
-                if ((r = st_read_f32(layers[l], name, buf, (size_t)k * d_in, err)) < 0)
+                if ((r = read_released(layers[l], name, st_read_f32(layers[l], name, buf, (size_t)k * d_in, err))) < 0)
                     goto out;
                 snprintf(name, sizeof name, "%s.1.weight", pre);
-                if ((r = st_read_f32(layers[l], name, buf2, (size_t)d_out * k, err)) < 0)
+                if ((r = read_released(layers[l], name, st_read_f32(layers[l], name, buf2, (size_t)d_out * k, err))) < 0)
                     goto out;
                 float *wd = buf2 + (size_t)d_out * k;
                 forward_sgemm(0, (size_t)d_out, (size_t)d_in, (size_t)k, 1.0f, buf2, (size_t)k, buf, (size_t)d_in, 0.0f,
@@ -1820,7 +1834,7 @@ static int write_model(struct job *j, const char *dir, uint64_t *params_after, s
                     r = sv_err_set(err, -ENOMEM, "output: out of memory for '%s'", name);
                     goto out;
                 }
-                if ((r = st_read_f32(layers[l], name, buf, n, err)) == 0)
+                if ((r = read_released(layers[l], name, st_read_f32(layers[l], name, buf, n, err))) == 0)
                     r = st_writer_write_f32(w, name, buf, n, err); /* converted to the input's dtype */
                 free(buf);
                 buf = NULL;
