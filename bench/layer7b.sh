@@ -342,7 +342,7 @@ gemm "$work/gemm-before.txt"
 sed 's/^/layer7b: /' "$work/gemm-before.txt"
 
 # ---- jobs: a fresh daemon each -------------------------------------------------
-joblist=()
+joblist=() failed=()
 runjob() { # name method model layers
     local name=$1 method=$2 model=$3 layers=$4
     local jd=$work/jobs/$name sock=$run/$name.sock
@@ -359,9 +359,14 @@ runjob() { # name method model layers
     id=$("${ctl[@]}" submit --model "$model" --out "$jd/out" --method "$method" --ratio $ratio --calib "$ids" \
         --nsamples "$nsamples" --seqlen $seqlen --calib-windows first)
     if ! "${ctl[@]}" watch "$id" >"$jd/watch.txt" 2>&1; then
-        cat "$jd/watch.txt" >&2
-        echo "layer7b: job $name failed (see $jd/daemon.log)" >&2
-        exit 1
+        # Report the others anyway (a long run should not lose them to one job).
+        tail -n 2 "$jd/watch.txt" "$jd/daemon.log" | sed 's/^/layer7b:   /' >&2
+        echo "layer7b: job $name failed (files in $jd); the table leaves it out" >&2
+        kill "$daemon" 2>/dev/null || true
+        wait "$daemon" 2>/dev/null || true
+        daemon=
+        failed+=("$name")
+        return 0
     fi
     t1=$(date +%s.%N)
     python3 "$helper" snap "$jd/cpu-after.json" "$daemon" $$
@@ -392,6 +397,7 @@ done
 
 gemm "$work/gemm-after.txt"
 sed 's/^/layer7b: /' "$work/gemm-after.txt"
+[ ${#joblist[@]} -gt 0 ] || { echo "layer7b: no job finished" >&2; exit 1; }
 
 # ---- the table -------------------------------------------------------------------
 python3 - "$work/meta.json" "$helper" "$work/gemm-before.txt" "$work/gemm-after.txt" "${joblist[@]}" <<PY
@@ -407,3 +413,7 @@ meta = {'date': '$started', 'rev': '$rev', 'hidden': $hidden, 'ffn': $ffn, 'head
 json.dump(meta, open(out, 'w'), indent=1)
 PY
 python3 "$helper" report "$work/meta.json" | tee "$work/table.txt"
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "layer7b: failed: ${failed[*]}" >&2
+    exit 1
+fi
