@@ -39,15 +39,20 @@
 # tokens, passes; sums over layers) and per matrix "seconds" and "gflop".
 # GFLOP counted:
 #   forward      passes x (2 x tokens x P + 4 x B x T^2 x hidden), P = the
-#                parameters of a layer's seven linears (dense: for the
-#                already-compressed passes of rom and svdllm-update this
-#                overcounts, so their forward ratio is optimistic), the second
-#                term the full T x T attention products (QK^T, PV) the code
-#                computes, B windows of T tokens;
+#                parameters of a layer's seven linears, the second term the
+#                full T x T attention products (QK^T, PV) the code computes,
+#                B windows of T tokens. Exact when every pass is a whole dense
+#                layer (passes = layers: svdllm and the other one-pass
+#                methods). rom's and svdllm-update's extra passes stop early
+#                and run compressed matrices, which compression.json does not
+#                describe: their forward GFLOP is left out (a note gives the
+#                dense bound), unless "timing" has a "forward_gflop";
 #   statistics   layers x tokens x (3 hidden^2 + (heads x head_dim)^2): the four
-#                Grams of svdllm as syrk (n^2 per token: attention input,
-#                o_proj input, MLP input, down_proj output); rom and
-#                svdllm-update accumulate more (cross products, ZtZ) than this;
+#                Grams (syrk, n^2 per token: attention input, o_proj input,
+#                MLP input, down_proj output), for svdllm and rom (on the
+#                compressed model); svdllm-update adds, per matrix of rank k,
+#                tokens x (2 d_in k + k^2 + 2 d_out k) for Z = X'B^T, Z^T Z
+#                and Y^T Z;
 #   q .. down    the matrix's "gflop" in compression.json (the double-precision
 #                work of its factorization, summed over layers); if absent,
 #                4/3 n^3 + 2 n^2 k with n = min(d_out, d_in), k = max.
@@ -196,7 +201,7 @@ def report(meta_path):
                                                     M['nsamples'], M['seqlen'], M['ratio']))
     print('BLIS in this run (GFLOP/s, best of before/after the jobs): sgemm %s %.1f, sgemm %s %.1f, dgemm %s %.1f'
           % (rate['fwd_shape'], rate['fwd'], rate['stat_shape'], rate['stat'], rate['fac_shape'], rate['fac']))
-    summary = []
+    summary, notes = [], []
     for job in M['jobs']:
         cj = json.load(open(job['report']))
         t = cj.get('timing', {})
@@ -204,10 +209,26 @@ def report(meta_path):
         tok, passes = t.get('tokens', M['nsamples'] * M['seqlen']), t.get('passes', 0)
         layers = job['layers']
         rows = []  # (name, seconds, GFLOP, GFLOP/s of the floor, is a matrix)
-        g = passes * (2.0 * tok * P + 4.0 * M['nsamples'] * M['seqlen'] ** 2 * h) / 1e9
+        full = 2.0 * tok * P + 4.0 * M['nsamples'] * M['seqlen'] ** 2 * h  # one dense layer pass
+        if t.get('forward_gflop') is not None:  # the engine's own count, when it reports one
+            g = t['forward_gflop']
+        elif passes == layers:  # one whole dense pass per layer: exact
+            g = passes * full / 1e9
+        else:  # partial passes of partly compressed layers: only a bound
+            g = None
+            notes.append('%s: forward GFLOP not in compression.json; %d dense passes would be %.0f, an upper '
+                         'bound' % (job['method'], passes, passes * full / 1e9))
         rows.append(('calibration forward', t.get('calibration_forward'), g, rate['fwd'], 0))
-        g = layers * tok * (3.0 * h * h + qd * qd) / 1e9
-        rows.append(('statistics (Grams)', t.get('statistics'), g, rate['stat'], 0))
+        g = layers * tok * (3.0 * h * h + qd * qd)  # the four Grams (rom: on the compressed model)
+        if job['method'] == 'svdllm-update':  # per matrix Z = X' B^T, Z^T Z (syrk), Y^T Z
+            for key, e in mats.items():
+                for name, (do, di) in shapes.items():
+                    if key.endswith('.' + name) and isinstance(e, dict) and e.get('rank'):
+                        k = e['rank']
+                        g += tok * (2.0 * di * k + k * k + 2.0 * do * k)
+        elif job['method'] not in ('svdllm', 'rom'):
+            g = None
+        rows.append(('statistics', t.get('statistics'), g / 1e9 if g is not None else None, rate['stat'], 0))
         for name, (do, di) in shapes.items():
             secs = gfl = None
             for key, e in mats.items():
@@ -247,6 +268,8 @@ def report(meta_path):
                       ('factorize (phase)', sf, fg, fmt(fg / sf if sf else None, '.1f'), ff,
                        fmt(sf / ff if ff else None, '.1f'), fs))
         total = t.get('total')
+        if any(r[2] is None and r[3] for r in rows):
+            fsum = None  # a phase without a GFLOP count: no floor for the job
         if total is not None:
             print('  %-20s %9.2f %29s %7s' % ('job total', total, fmt(fsum, '.2f'),
                                               fmt(total / fsum if fsum else None, '.1f')))
@@ -267,6 +290,8 @@ def report(meta_path):
             continue
         print('  %-14s %9.1f %9s %9.2f %12.1f %12.1f' % (j['method'], j['wall'], fmt(j['wall'] / bw if bw else None, '.2f'),
                                                         j['rss_kb'] / 1048576.0, j['other_cpu_s'], j['machine_other_s']))
+    for n in notes:
+        print('  note: ' + n)
     four = [j for j, _ in summary if j['layers'] > 1]
     if four and base:
         j = four[0]
