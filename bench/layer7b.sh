@@ -340,7 +340,7 @@ echo "layer7b: svdllmd $(sha256sum "$bin/svdllmd" | cut -c1-12) (sha256), built 
 genmodel() { # dir layers
     local dir=$1 layers=$2
     local stamp="hidden=$hidden ffn=$ffn heads=$heads kv=$kv vocab=$vocab layers=$layers decay=$decay dtype=bf16 seed=0"
-    if [ -f "$dir/config.json" ] && [ "$(cat "$dir/.layer7b" 2>/dev/null)" = "$stamp" ]; then
+    if [ -f "$dir/config.json" ] && [ -f "$dir/model.safetensors" ] && [ "$(cat "$dir/.layer7b" 2>/dev/null)" = "$stamp" ]; then
         echo "layer7b: reusing $dir"
         return
     fi
