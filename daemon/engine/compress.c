@@ -1001,12 +1001,9 @@ static int factor_matrices(struct job *j, enum compress_method m, struct layer_w
     j->t.factorize += mono_now() - t0; /* wall time: the matrices' seconds overlap */
     for (int g = 0; g < 3; g++)
         lowrank_white_free(&fp.wh[g]);
-    for (int p = 0; p < PROJ_COUNT; p++) { /* what is left: c_down, diagonal methods' statistics stay */
-        if (!fp.shared)
-            break;
-        double **gp = group_gram(s, p);
-        free(*gp);
-        *gp = NULL;
+    if (fp.shared) { /* the whitened Grams are gone; what is left is c_down (diagonal statistics stay) */
+        free(s->c_down);
+        s->c_down = NULL;
     }
     return r;
 }
