@@ -1,5 +1,6 @@
 /* config.json: accepted LLaMA variants and every refused field, by message. */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,62 @@ static void expect_fail(const char *json, int code, const char *needle) {
     SV_ASSERT_STR_CONTAINS(err.msg, needle);
     if (r == 0)
         config_free(&c);
+}
+
+/* The test's own RoPE frequencies, written from the descriptions of
+ * transformers' rope_init functions (not from config.c): theta_i =
+ * base^(-2i/d); linear divides by factor; dynamic NTK replaces the base by
+ * base (factor L / L0 - (factor - 1))^(d / (d - 2)) when L > L0; llama3 keeps
+ * wavelengths below L_orig / high, stretches those above L_orig / low by
+ * factor and blends linearly in L_orig / wavelength between. */
+static double ref_freq(const char *type, double base, int d, int i, double factor, double lo, double hi,
+                       double l_orig, int seq_len, int max_pos) {
+    if (strcmp(type, "dynamic") == 0 && seq_len > max_pos)
+        base = base * pow(factor * seq_len / max_pos - (factor - 1), d / (d - 2.0));
+    double theta = 1.0 / pow(base, (2.0 * i) / d);
+    if (strcmp(type, "linear") == 0)
+        return theta / factor;
+    if (strcmp(type, "llama3") == 0) {
+        double wl = 2 * 3.14159265358979323846 / theta;
+        if (wl < l_orig / hi)
+            return theta;
+        if (wl > l_orig / lo)
+            return theta / factor;
+        double s = (l_orig / wl - lo) / (hi - lo);
+        return s * theta + (1 - s) * theta / factor;
+    }
+    return theta;
+}
+
+static void check_rope(const char *scaling, const char *type, double factor, double lo, double hi, int l_orig,
+                       int seq_len) {
+    char json[512];
+    snprintf(json, sizeof json,
+             "{\"model_type\": \"llama\", \"hidden_size\": 4096, \"intermediate_size\": 14336, "
+             "\"num_hidden_layers\": 1, \"num_attention_heads\": 32, \"vocab_size\": 128256, "
+             "\"rope_theta\": 500000.0, \"max_position_embeddings\": 8192, \"rope_scaling\": %s}", scaling);
+    struct config c;
+    struct sv_err err = {0};
+    SV_ASSERT_EQ(load_text(json, &c, &err), 0);
+    if (err.msg[0])
+        fprintf(stderr, "  %s\n", err.msg);
+    double inv[64], worst = 0;
+    config_rope_inv_freq(&c, seq_len, inv);
+    int changed = 0;
+    for (int i = 0; i < 64; i++) {
+        double want = ref_freq(type, 500000.0, 128, i, factor, lo, hi, l_orig, seq_len, 8192);
+        double e = fabs(inv[i] - want) / want;
+        worst = e > worst ? e : worst;
+        changed += fabs(inv[i] - pow(500000.0, -i / 64.0)) > 1e-12 * inv[i];
+    }
+    printf("  rope %-7s seq %5d: %2d of 64 frequencies scaled, max rel diff vs reference %.1e\n", type, seq_len,
+           changed, worst);
+    SV_CHECK(worst < 1e-13);
+    if (strcmp(type, "default") == 0 || (strcmp(type, "dynamic") == 0 && seq_len <= 8192))
+        SV_ASSERT_EQ(changed, 0);
+    else
+        SV_CHECK(changed > 0);
+    config_free(&c);
 }
 
 int main(void) {
@@ -69,7 +126,29 @@ int main(void) {
     SV_ASSERT_EQ(c.rank[0][PROJ_DOWN], 0);
     config_free(&c);
 
+    /* rope_scaling: Llama 3.1's own values, linear, dynamic below and above the trained context. */
+    check_rope("{\"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
+               "\"original_max_position_embeddings\": 8192, \"rope_type\": \"llama3\"}",
+               "llama3", 8, 1, 4, 8192, 128);
+    check_rope("{\"type\": \"linear\", \"factor\": 2.0}", "linear", 2, 0, 0, 0, 128);
+    check_rope("{\"rope_type\": \"dynamic\", \"factor\": 2.0}", "dynamic", 2, 0, 0, 0, 4096);
+    check_rope("{\"rope_type\": \"dynamic\", \"factor\": 2.0}", "dynamic", 2, 0, 0, 0, 12000);
+    check_rope("{\"rope_type\": \"default\"}", "default", 1, 0, 0, 0, 128);
+    check_rope("null", "default", 1, 0, 0, 0, 128);
     expect_fail("{" BASE ", \"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4}}", -ENOTSUP, "rope_scaling type 'yarn'");
+    expect_fail("{" BASE ", \"rope_scaling\": {\"rope_type\": \"longrope\", \"factor\": 4}}", -ENOTSUP,
+                "rope_scaling type 'longrope'");
+    expect_fail("{" BASE ", \"rope_scaling\": {\"rope_type\": \"linear\"}}", -EINVAL, "factor must be a number >= 1");
+    expect_fail("{" BASE ", \"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": 0.5}}", -EINVAL,
+                "factor must be a number >= 1");
+    expect_fail("{" BASE ", \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8, "
+                "\"original_max_position_embeddings\": 8192}}", -EINVAL, "needs low_freq_factor");
+    expect_fail("{" BASE ", \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8, \"low_freq_factor\": 4, "
+                "\"high_freq_factor\": 1, \"original_max_position_embeddings\": 8192}}", -EINVAL,
+                "must exceed low_freq_factor");
+    expect_fail("{" BASE ", \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8, \"low_freq_factor\": 1, "
+                "\"high_freq_factor\": 4}}", -EINVAL, "'original_max_position_embeddings' is missing");
+    expect_fail("{" BASE ", \"rope_scaling\": {\"factor\": 2}}", -EINVAL, "no 'rope_type'");
     expect_fail("{\"model_type\": \"gpt2\", \"hidden_size\": 64}", -ENOTSUP, "model_type 'gpt2'");
     expect_fail("{" BASE ", \"architectures\": [\"LlamaForSequenceClassification\"]}", -ENOTSUP,
                 "architecture 'LlamaForSequenceClassification'");

@@ -79,6 +79,76 @@ static int get_real(json_t *root, const char *path, const char *key, double def,
     return 0;
 }
 
+/* rope_scaling as transformers' rope_init functions read it: "rope_type" (or
+ * the legacy "type"); "default" is none. Types whose math we do not implement
+ * (yarn, longrope, ...) are refused by name. */
+static int parse_rope_scaling(json_t *rs, const char *path, struct config *c, struct sv_err *err) {
+    c->rope_type = CONFIG_ROPE_DEFAULT;
+    c->rope_factor = 1;
+    if (!rs || json_is_null(rs))
+        return 0;
+    if (!json_is_object(rs))
+        return sv_err_set(err, -EINVAL, "config '%s': field 'rope_scaling' must be an object or null", path);
+    const char *t = json_string_value(json_object_get(rs, "rope_type"));
+    if (!t)
+        t = json_string_value(json_object_get(rs, "type"));
+    if (!t)
+        return sv_err_set(err, -EINVAL, "config '%s': rope_scaling has no 'rope_type'", path);
+    if (strcmp(t, "default") == 0)
+        return 0;
+    c->rope_type = strcmp(t, "linear") == 0    ? CONFIG_ROPE_LINEAR
+                   : strcmp(t, "dynamic") == 0 ? CONFIG_ROPE_DYNAMIC
+                   : strcmp(t, "llama3") == 0  ? CONFIG_ROPE_LLAMA3
+                                               : CONFIG_ROPE_DEFAULT;
+    if (c->rope_type == CONFIG_ROPE_DEFAULT)
+        return sv_err_set(err, -ENOTSUP, "config '%s': rope_scaling type '%s' is not supported", path, t);
+    int r;
+    if ((r = get_real(rs, path, "factor", -1, &c->rope_factor, err)) < 0)
+        return r;
+    if (!(c->rope_factor >= 1))
+        return sv_err_set(err, -EINVAL, "config '%s': rope_scaling.factor must be a number >= 1", path);
+    if (c->rope_type != CONFIG_ROPE_LLAMA3)
+        return 0;
+    if ((r = get_real(rs, path, "low_freq_factor", -1, &c->rope_low_freq, err)) < 0 ||
+        (r = get_real(rs, path, "high_freq_factor", -1, &c->rope_high_freq, err)) < 0 ||
+        (r = get_int(rs, path, "original_max_position_embeddings", -1, 1, 1 << 24, &c->rope_orig_max_pos, err)) < 0)
+        return r;
+    if (c->rope_low_freq <= 0 || c->rope_high_freq <= 0)
+        return sv_err_set(err, -EINVAL, "config '%s': rope_scaling llama3 needs low_freq_factor and high_freq_factor",
+                          path);
+    if (!(c->rope_high_freq > c->rope_low_freq))
+        return sv_err_set(err, -EINVAL, "config '%s': rope_scaling.high_freq_factor must exceed low_freq_factor",
+                          path);
+    return 0;
+}
+
+void config_rope_inv_freq(const struct config *c, int seq_len, double *inv) {
+    const int hd = c->head_dim;
+    double base = c->rope_theta;
+    /* Dynamic NTK: the base grows once the sequence exceeds the trained
+     * context, so positions past it stay within the trained angle range. */
+    if (c->rope_type == CONFIG_ROPE_DYNAMIC && seq_len > c->max_pos)
+        base *= pow(c->rope_factor * seq_len / c->max_pos - (c->rope_factor - 1), (double)hd / (hd - 2));
+    for (int i = 0; i < hd / 2; i++) {
+        double f = pow(base, -2.0 * i / hd);
+        if (c->rope_type == CONFIG_ROPE_LINEAR) {
+            f /= c->rope_factor;
+        } else if (c->rope_type == CONFIG_ROPE_LLAMA3) {
+            /* Wavelengths longer than the original context / low_freq_factor
+             * are stretched by factor, shorter than context / high_freq_factor
+             * kept, and those between interpolated in 1 / wavelength. */
+            double old = c->rope_orig_max_pos, wavelen = 2 * M_PI / f;
+            if (wavelen > old / c->rope_low_freq) {
+                f /= c->rope_factor;
+            } else if (wavelen >= old / c->rope_high_freq) {
+                double sm = (old / wavelen - c->rope_low_freq) / (c->rope_high_freq - c->rope_low_freq);
+                f = (1 - sm) * f / c->rope_factor + sm * f;
+            }
+        }
+        inv[i] = f;
+    }
+}
+
 /* A boolean that must be false (or absent) for the math we implement. */
 static int require_false(json_t *root, const char *path, const char *key, struct sv_err *err) {
     json_t *v = json_object_get(root, key);
@@ -162,15 +232,8 @@ int config_load(struct config *ret, const char *path, struct sv_err *err) {
         r = sv_err_set(err, -ENOTSUP, "config '%s': hidden_act '%s' is not supported (only silu)", path, act);
         goto out;
     }
-    json_t *rs = json_object_get(root, "rope_scaling");
-    if (rs && !json_is_null(rs)) {
-        const char *t = json_string_value(json_object_get(rs, "rope_type"));
-        if (!t)
-            t = json_string_value(json_object_get(rs, "type"));
-        r = sv_err_set(err, -ENOTSUP, "config '%s': rope_scaling type '%s' is not supported", path,
-                       t ? t : "(unnamed)");
+    if ((r = parse_rope_scaling(json_object_get(root, "rope_scaling"), path, &c, err)) < 0)
         goto out;
-    }
     if ((r = require_false(root, path, "attention_bias", err)) < 0 ||
         (r = require_false(root, path, "mlp_bias", err)) < 0)
         goto out;
@@ -194,7 +257,7 @@ int config_load(struct config *ret, const char *path, struct sv_err *err) {
                        path, c.hidden, c.n_heads);
         goto out;
     }
-    if ((r = get_int(root, path, "head_dim", c.hidden / c.n_heads, 2, 1 << 12, &c.head_dim, err)) < 0)
+    if ((r = get_int(root, path, "head_dim", c.hidden / c.n_heads, 2, CONFIG_MAX_HEAD_DIM, &c.head_dim, err)) < 0)
         goto out;
     if (c.head_dim % 2 != 0) {
         r = sv_err_set(err, -EINVAL, "config '%s': head_dim %d must be even for RoPE", path, c.head_dim);

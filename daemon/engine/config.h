@@ -2,7 +2,8 @@
  *
  * Everything the forward pass depends on is read and checked; a field whose
  * value would change the math in a way we do not implement (another
- * architecture, rope_scaling, attention or MLP bias, an activation other than
+ * architecture, a rope_scaling type other than linear / dynamic / llama3,
+ * attention or MLP bias, an activation other than
  * silu, sliding-window attention actually in effect) is refused with a message
  * naming the field, never silently ignored. Fields that only matter for
  * training or generation (initializer_range, use_cache, ...) are ignored. */
@@ -14,9 +15,13 @@
 #include "sv_err.h"
 
 #define CONFIG_MAX_LAYERS 1024
+#define CONFIG_MAX_HEAD_DIM 4096
 
 /* Linear module ids within one decoder layer. */
 enum config_proj { PROJ_Q = 0, PROJ_K, PROJ_V, PROJ_O, PROJ_GATE, PROJ_UP, PROJ_DOWN, PROJ_COUNT };
+
+/* RoPE frequency scaling (config.json "rope_scaling"). */
+enum config_rope { CONFIG_ROPE_DEFAULT = 0, CONFIG_ROPE_LINEAR, CONFIG_ROPE_DYNAMIC, CONFIG_ROPE_LLAMA3 };
 
 struct config {
     int hidden;         /* d */
@@ -29,6 +34,10 @@ struct config {
     int max_pos;
     double rms_eps;
     double rope_theta;
+    enum config_rope rope_type;
+    double rope_factor;                   /* linear, dynamic, llama3; 1 otherwise */
+    double rope_low_freq, rope_high_freq; /* llama3: low_freq_factor, high_freq_factor */
+    int rope_orig_max_pos;                /* llama3: original_max_position_embeddings */
     bool tie_embeddings;
     int bos_id;         /* -1 if absent */
     int eos_id;         /* -1 if absent; the first one when a list */
@@ -45,6 +54,13 @@ void config_free(struct config *c);
 
 /* Input and output widths of projection p (d_in, d_out of W: d_out x d_in). */
 void config_proj_shape(const struct config *c, enum config_proj p, int *d_out, int *d_in);
+/* The head_dim / 2 rotary inverse frequencies (radians per position) for a
+ * sequence of seq_len positions, as transformers computes them for
+ * rope_type default, linear (divided by factor), dynamic (NTK: the base
+ * raised to (factor seq_len / max_pos - factor + 1)^(hd / (hd - 2)) once
+ * seq_len > max_position_embeddings) and llama3 (Llama 3.1's wavelength
+ * bands). */
+void config_rope_inv_freq(const struct config *c, int seq_len, double *inv);
 /* "self_attn.q_proj", ..., "mlp.down_proj". */
 const char *config_proj_name(enum config_proj p);
 

@@ -233,10 +233,11 @@ int forward_layer(const struct config *c, const struct layer_w *lw, float *x, in
     if ((r = tap_out(taps, PROJ_Q, q, ntok, qw)) < 0 || (r = tap_out(taps, PROJ_K, k, ntok, kvw)) < 0 ||
         (r = tap_out(taps, PROJ_V, v, ntok, kvw)) != 0)
         goto tap_fail;
+    double freq[CONFIG_MAX_HEAD_DIM / 2];
+    config_rope_inv_freq(c, T, freq);
     for (int t = 0; t < T; t++)
         for (int i = 0; i < hd / 2; i++) {
-            double inv = pow(c->rope_theta, -2.0 * i / hd);
-            double ang = (double)t * inv;
+            double ang = (double)t * freq[i];
             cosv[(size_t)t * (hd / 2) + i] = (float)cos(ang);
             sinv[(size_t)t * (hd / 2) + i] = (float)sin(ang);
         }
