@@ -5,8 +5,10 @@
 # tmpfiles.d rule), the installed daemon starting on the installed default
 # config and answering the installed client, the config kept by a second
 # install, `systemd-analyze verify` and `security` on the installed unit,
-# every man page rendering without warnings and documenting every flag of its
-# program's --help, and the bash completion.
+# systemd-sysusers and systemd-tmpfiles applied to a copy of the destdir (the
+# user, the group, the output directory's owner and mode), every man page
+# rendering without warnings and documenting every flag of its program's
+# --help, and the bash completion.
 #
 # Usage: test_install.sh MESON BUILDDIR, with the install directories in
 # SV_PREFIX, SV_BINDIR, ... (set by meson.build from the configured options).
@@ -162,6 +164,31 @@ else
   else
     check "systemd-analyze security --offline=true: exposure $score <= 1.0" \
       bash -c 'systemd-analyze security --offline=true --threshold=10 "$1" >/dev/null 2>&1' _ "$unit"
+  fi
+fi
+
+# ---- sysusers.d and tmpfiles.d applied to a copy of the destdir. ----------------
+if ! command -v systemd-sysusers >/dev/null || ! command -v systemd-tmpfiles >/dev/null; then
+  skip "systemd-sysusers/systemd-tmpfiles --root: not installed"
+elif [ "$(id -u)" != 0 ]; then
+  skip "systemd-sysusers/systemd-tmpfiles --root: need root (they chown inside the root)"
+else
+  sroot=$tmp/sroot
+  cp -a "$root" "$sroot"
+  mkdir -p "$sroot/etc"
+  if systemd-sysusers --root="$sroot" >"$tmp/sysusers.out" 2>&1 &&
+     systemd-tmpfiles --root="$sroot" --create >"$tmp/tmpfiles.out" 2>&1; then
+    uid=$(awk -F: '$1 == "svdllmd" {print $3}' "$sroot/etc/passwd")
+    gid=$(awk -F: '$1 == "svdllmd" {print $3}' "$sroot/etc/group")
+    home=$(awk -F: '$1 == "svdllmd" {print $6}' "$sroot/etc/passwd")
+    got=$(stat -c '%a %u:%g' "$sroot$SV_OUTPUTDIR" 2>/dev/null)
+    check "systemd-sysusers --root: user and group svdllmd ($uid:$gid), home /var/lib/svdllmd" \
+      test -n "$uid" -a -n "$gid" -a "$home" = /var/lib/svdllmd
+    check "systemd-tmpfiles --root --create: $SV_OUTPUTDIR is '2775 $uid:$gid' (got '$got')" \
+      test "$got" = "2775 $uid:$gid"
+  else
+    bad "systemd-sysusers/systemd-tmpfiles --root:"
+    sed 's/^/  /' "$tmp/sysusers.out" "$tmp/tmpfiles.out" 2>/dev/null
   fi
 fi
 
