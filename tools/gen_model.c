@@ -4,7 +4,18 @@
  *
  *   svdllm-genmodel --out DIR --hidden 2048 --layers N --heads H [--kv-heads K]
  *                   --ffn F --vocab V [--dtype bf16|f16|f32] [--seed S] [--max-pos P]
- *                   [--spectrum-decay A]
+ *                   [--spectrum-decay A] [--family llama|qwen2|qwen3] [--head-dim N]
+ *                   [--tie-embeddings]
+ *
+ * --family qwen2 writes a Qwen2/Qwen2.5 config (Qwen2ForCausalLM, its fields
+ * as the real configs have them) and a bias for q, k and v
+ * ("<module>.bias", normal(0, 0.5): Qwen's k bias is large); qwen3 a Qwen3
+ * config and "self_attn.q_norm.weight" / "k_norm.weight" (head_dim). In both,
+ * every norm weight is 1 + normal(0, 0.2) rather than 1, so a test of the
+ * forward pass sees each norm applied with its own weight. --head-dim sets
+ * head_dim apart from hidden / heads (written to config.json), as Qwen3 does;
+ * --tie-embeddings writes no lm_head.weight and tie_word_embeddings = true.
+ * The llama family without these options is byte for byte what it always was.
  *
  * Design note. Weights are normal(0, 1/sqrt(d_in)) for every matrix (the
  * embedding and lm_head use d_in = hidden), so activations keep unit scale
@@ -56,7 +67,7 @@
 #include "st.h"
 #include "sv_err.h"
 
-#define GEN_MAX_TENSORS (3 + 9 * 1024)
+#define GEN_MAX_TENSORS (3 + 12 * 1024)
 
 struct gen_opts {
     const char *out;
@@ -64,13 +75,16 @@ struct gen_opts {
     enum st_dtype dtype;
     uint64_t seed;
     double decay; /* --spectrum-decay; 0: Gaussian weights */
+    enum gen_family { GEN_LLAMA = 0, GEN_QWEN2, GEN_QWEN3 } family;
+    int head_dim;      /* 0: hidden / heads (and no head_dim in config.json) */
+    int tie;           /* --tie-embeddings */
 };
 
 /* One declared tensor: name, shape (d0, d1) or (d0) if d1 == 0, and its init. */
 struct gen_tensor {
     char name[ST_MAX_NAME];
     int64_t d0, d1;
-    int ones;        /* norm weight: all 1 */
+    int ones;        /* norm weight: all 1 (qwen families: 1 + normal(0, std)) */
     int linear;      /* a decoder linear: power-law spectrum under --spectrum-decay */
     double std;      /* otherwise normal(0, std) */
 };
@@ -125,31 +139,44 @@ static void gen_add(struct gen_tensor *t, size_t *n, int64_t d0, int64_t d1, int
     e->d0 = d0;
     e->d1 = d1;
     e->ones = ones;
-    e->linear = strstr(fmt, "_proj.") != NULL;
+    e->linear = strstr(fmt, "_proj.weight") != NULL;
     e->std = std;
 }
 
 /* Fills the tensor list in file order; returns the count. */
 static size_t gen_plan(const struct gen_opts *o, struct gen_tensor *t) {
-    const int hd = o->hidden / o->heads;
+    const int hd = o->head_dim ? o->head_dim : o->hidden / o->heads;
     const int64_t d = o->hidden, q = (int64_t)o->heads * hd, kv = (int64_t)o->kv_heads * hd, f = o->ffn;
     const double sd = 1.0 / sqrt((double)d), sq = 1.0 / sqrt((double)q), sf = 1.0 / sqrt((double)f);
+    /* Norm weights: exactly 1 for llama (unchanged bytes), 1 + normal(0, 0.2) for qwen. */
+    const double sn = o->family == GEN_LLAMA ? 0.0 : 0.2, sb = 0.5;
     size_t n = 0;
     gen_add(t, &n, o->vocab, d, 0, sd, "model.embed_tokens.weight", 0);
     for (int l = 0; l < o->layers; l++) {
         /* W: (d_out, d_in) row-major, std 1/sqrt(d_in). */
-        gen_add(t, &n, d, 0, 1, 0.0, "model.layers.%d.input_layernorm.weight", l);
+        gen_add(t, &n, d, 0, 1, sn, "model.layers.%d.input_layernorm.weight", l);
         gen_add(t, &n, q, d, 0, sd, "model.layers.%d.self_attn.q_proj.weight", l);
+        if (o->family == GEN_QWEN2)
+            gen_add(t, &n, q, 0, 0, sb, "model.layers.%d.self_attn.q_proj.bias", l);
         gen_add(t, &n, kv, d, 0, sd, "model.layers.%d.self_attn.k_proj.weight", l);
+        if (o->family == GEN_QWEN2)
+            gen_add(t, &n, kv, 0, 0, sb, "model.layers.%d.self_attn.k_proj.bias", l);
         gen_add(t, &n, kv, d, 0, sd, "model.layers.%d.self_attn.v_proj.weight", l);
+        if (o->family == GEN_QWEN2)
+            gen_add(t, &n, kv, 0, 0, sb, "model.layers.%d.self_attn.v_proj.bias", l);
         gen_add(t, &n, d, q, 0, sq, "model.layers.%d.self_attn.o_proj.weight", l);
-        gen_add(t, &n, d, 0, 1, 0.0, "model.layers.%d.post_attention_layernorm.weight", l);
+        if (o->family == GEN_QWEN3) {
+            gen_add(t, &n, hd, 0, 1, sn, "model.layers.%d.self_attn.q_norm.weight", l);
+            gen_add(t, &n, hd, 0, 1, sn, "model.layers.%d.self_attn.k_norm.weight", l);
+        }
+        gen_add(t, &n, d, 0, 1, sn, "model.layers.%d.post_attention_layernorm.weight", l);
         gen_add(t, &n, f, d, 0, sd, "model.layers.%d.mlp.gate_proj.weight", l);
         gen_add(t, &n, f, d, 0, sd, "model.layers.%d.mlp.up_proj.weight", l);
         gen_add(t, &n, d, f, 0, sf, "model.layers.%d.mlp.down_proj.weight", l);
     }
-    gen_add(t, &n, d, 0, 1, 0.0, "model.norm.weight", 0);
-    gen_add(t, &n, o->vocab, d, 0, sd, "lm_head.weight", 0);
+    gen_add(t, &n, d, 0, 1, sn, "model.norm.weight", 0);
+    if (!o->tie)
+        gen_add(t, &n, o->vocab, d, 0, sd, "lm_head.weight", 0);
     return n;
 }
 
@@ -350,7 +377,8 @@ static int gen_fill(const struct gen_opts *o, const struct gen_tensor *t, uint64
     if (o->decay > 0 && t->linear)
         return spec_matrix(o, t, &g, buf);
     for (size_t j = 0; j < nelem; j++) {
-        float v = t->ones ? 1.0f : (float)(t->std * gen_rng_normal(&g));
+        float v = t->ones ? (t->std > 0 ? (float)(1.0 + t->std * gen_rng_normal(&g)) : 1.0f)
+                          : (float)(t->std * gen_rng_normal(&g));
         gen_store(o->dtype, v, buf + j * es);
     }
     return 0;
@@ -364,6 +392,46 @@ static int gen_config(const struct gen_opts *o, struct sv_err *err) {
     if (!f)
         return sv_err_set(err, -errno, "cannot create '%s': %s", tmp, strerror(errno));
     const char *td = o->dtype == ST_BF16 ? "bfloat16" : o->dtype == ST_F16 ? "float16" : "float32";
+    if (o->family != GEN_LLAMA) {
+        /* The fields of Qwen2.5-0.5B's / Qwen3-0.6B's config.json, with our shapes. */
+        int q3 = o->family == GEN_QWEN3;
+        fprintf(f,
+                "{\n"
+                "  \"architectures\": [\"%s\"],\n"
+                "  \"model_type\": \"%s\",\n"
+                "%s"
+                "  \"attention_dropout\": 0.0,\n"
+                "  \"bos_token_id\": %d,\n"
+                "  \"eos_token_id\": %d,\n",
+                q3 ? "Qwen3ForCausalLM" : "Qwen2ForCausalLM", q3 ? "qwen3" : "qwen2",
+                q3 ? "  \"attention_bias\": false,\n" : "", o->vocab > 1 ? o->vocab - 2 : 0, o->vocab - 1);
+        if (o->head_dim)
+            fprintf(f, "  \"head_dim\": %d,\n", o->head_dim);
+        fprintf(f,
+                "  \"hidden_act\": \"silu\",\n"
+                "  \"hidden_size\": %d,\n"
+                "  \"initializer_range\": 0.02,\n"
+                "  \"intermediate_size\": %d,\n"
+                "  \"max_position_embeddings\": %d,\n"
+                "  \"max_window_layers\": %d,\n"
+                "  \"num_attention_heads\": %d,\n"
+                "  \"num_hidden_layers\": %d,\n"
+                "  \"num_key_value_heads\": %d,\n"
+                "  \"rms_norm_eps\": 1e-06,\n"
+                "%s"
+                "  \"rope_theta\": 1000000.0,\n"
+                "  \"sliding_window\": %s,\n"
+                "  \"tie_word_embeddings\": %s,\n"
+                "  \"torch_dtype\": \"%s\",\n"
+                "  \"use_cache\": true,\n"
+                "  \"use_sliding_window\": false,\n"
+                "  \"vocab_size\": %d,\n"
+                "  \"svdllm_synthetic\": {\"generator\": \"svdllm-genmodel\", \"seed\": %llu",
+                o->hidden, o->ffn, o->max_pos, o->layers, o->heads, o->layers, o->kv_heads,
+                q3 ? "  \"rope_scaling\": null,\n" : "", q3 ? "null" : "4096", o->tie ? "true" : "false", td,
+                o->vocab, (unsigned long long)o->seed);
+        goto tail;
+    }
     fprintf(f,
             "{\n"
             "  \"architectures\": [\"LlamaForCausalLM\"],\n"
@@ -381,13 +449,17 @@ static int gen_config(const struct gen_opts *o, struct sv_err *err) {
             "  \"rope_scaling\": null,\n"
             "  \"attention_bias\": false,\n"
             "  \"mlp_bias\": false,\n"
-            "  \"tie_word_embeddings\": false,\n"
+            "  \"tie_word_embeddings\": %s,\n"
             "  \"bos_token_id\": 1,\n"
-            "  \"eos_token_id\": 2,\n"
+            "  \"eos_token_id\": 2,\n",
+            o->hidden, o->ffn, o->layers, o->heads, o->kv_heads, o->vocab, o->max_pos, o->tie ? "true" : "false");
+    if (o->head_dim)
+        fprintf(f, "  \"head_dim\": %d,\n", o->head_dim);
+    fprintf(f,
             "  \"torch_dtype\": \"%s\",\n"
             "  \"svdllm_synthetic\": {\"generator\": \"svdllm-genmodel\", \"seed\": %llu",
-            o->hidden, o->ffn, o->layers, o->heads, o->kv_heads, o->vocab, o->max_pos, td,
-            (unsigned long long)o->seed);
+            td, (unsigned long long)o->seed);
+tail:
     if (o->decay > 0)
         fprintf(f, ", \"spectrum_decay\": %.17g", o->decay);
     fprintf(f, "}\n}\n");
@@ -465,6 +537,9 @@ out:
 static void usage(FILE *f) {
     fprintf(f, "usage: svdllm-genmodel --out DIR --hidden D --layers N --heads H [--kv-heads K] --ffn F --vocab V\n"
                "                       [--dtype bf16|f16|f32] [--seed S] [--max-pos P] [--spectrum-decay A]\n"
+               "                       [--family llama|qwen2|qwen3] [--head-dim N] [--tie-embeddings]\n"
+               "  --family qwen2: q/k/v biases; qwen3: q_norm/k_norm; both: Qwen's config.json fields\n"
+               "  --head-dim N: head size apart from hidden / heads (even); --tie-embeddings: no lm_head.weight\n"
                "  --spectrum-decay A: decoder linears get singular values proportional to (i+1)^-A, A in (0, 8]\n");
 }
 
@@ -476,6 +551,8 @@ int main(int argc, char **argv) {
         {"vocab", required_argument, 0, 'v'},  {"dtype", required_argument, 0, 't'},
         {"seed", required_argument, 0, 's'},   {"max-pos", required_argument, 0, 'p'},
         {"spectrum-decay", required_argument, 0, 'a'},
+        {"family", required_argument, 0, 'F'},    {"head-dim", required_argument, 0, 'D'},
+        {"tie-embeddings", no_argument, 0, 'T'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
     };
     /* Limits match what config.c accepts. */
@@ -486,7 +563,7 @@ int main(int argc, char **argv) {
     } lim[] = {
         {'d', "--hidden", 2, 1 << 16}, {'l', "--layers", 1, 1024}, {'H', "--heads", 1, 1024},
         {'K', "--kv-heads", 1, 1024},  {'f', "--ffn", 1, 1 << 18}, {'v', "--vocab", 1, 1 << 22},
-        {'p', "--max-pos", 1, 1 << 24},
+        {'p', "--max-pos", 1, 1 << 24}, {'D', "--head-dim", 2, 4096},
     };
     struct gen_opts o = {.dtype = ST_BF16, .max_pos = 4096};
     long val[128] = {0};
@@ -528,6 +605,19 @@ int main(int argc, char **argv) {
             o.decay = a;
             break;
         }
+        case 'F':
+            if (strcmp(optarg, "llama") == 0)
+                o.family = GEN_LLAMA;
+            else if (strcmp(optarg, "qwen2") == 0)
+                o.family = GEN_QWEN2;
+            else if (strcmp(optarg, "qwen3") == 0)
+                o.family = GEN_QWEN3;
+            else {
+                fprintf(stderr, "svdllm-genmodel: --family '%s' must be llama, qwen2 or qwen3\n", optarg);
+                return 2;
+            }
+            break;
+        case 'T': o.tie = 1; break;
         case 'h': usage(stdout); return 0;
         case '?': usage(stderr); return 2;
         default:
@@ -552,7 +642,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "svdllm-genmodel: needs --out, --hidden, --layers, --heads, --ffn and --vocab\n");
         return 2;
     }
-    if (o.hidden % o.heads != 0 || (o.hidden / o.heads) % 2 != 0) {
+    o.head_dim = (int)val['D'];
+    if (o.head_dim && o.head_dim % 2 != 0) {
+        fprintf(stderr, "svdllm-genmodel: --head-dim %d must be even for RoPE\n", o.head_dim);
+        return 2;
+    }
+    if (!o.head_dim && (o.hidden % o.heads != 0 || (o.hidden / o.heads) % 2 != 0)) {
         fprintf(stderr, "svdllm-genmodel: --hidden %d must be --heads %d times an even head size\n", o.hidden,
                 o.heads);
         return 2;

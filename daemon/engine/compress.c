@@ -1673,6 +1673,23 @@ static int is_factored_name(const struct job *j, const char *name, int *ret_l, i
     return 0;
 }
 
+/* 1 if NAME is the bias of a projection ("model.layers.L.<proj>.bias"). */
+static int is_bias_name(const struct job *j, const char *name, int *ret_l, int *ret_p) {
+    int l, n = 0;
+    if (sscanf(name, "model.layers.%d.%n", &l, &n) != 1 || n == 0 || l < 0 || l >= j->c->n_layers)
+        return 0;
+    for (int p = 0; p < PROJ_COUNT; p++) {
+        const char *pn = config_proj_name(p);
+        size_t pl = strlen(pn);
+        if (strncmp(name + n, pn, pl) == 0 && strcmp(name + n + pl, ".bias") == 0) {
+            *ret_l = l;
+            *ret_p = p;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static int write_config(const struct job *j, const char *dir, struct sv_err *err) {
     char src[PATH_MAX + 32], dst[PATH_MAX + 32];
     snprintf(src, sizeof src, "%s/config.json", j->p->model_dir);
@@ -1699,8 +1716,10 @@ static int write_config(const struct job *j, const char *dir, struct sv_err *err
         json_object_set_new(root, "low_rank",
                             json_pack("{s:s, s:f, s:s, s:s, s:o}", "method", compress_method_name(j->p->method), "ratio",
                                       j->p->ratio, "allocation", compress_ranks_name(j->ranks), "format",
-                                      "<module>.0.weight (rank, in) then <module>.1.weight (out, rank): "
-                                      "torch.nn.Sequential(Linear(in, rank, bias=False), Linear(rank, out, bias=False))",
+                                      "<module>.0.weight (rank, in) then <module>.1.weight (out, rank), and "
+                                      "<module>.1.bias (out) for a module with a bias: "
+                                      "torch.nn.Sequential(Linear(in, rank, bias=False), Linear(rank, out, "
+                                      "bias=<module has a bias>))",
                                       "ranks", ranks));
     }
     char *text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
@@ -1719,6 +1738,15 @@ static int write_config(const struct job *j, const char *dir, struct sv_err *err
 static int write_released(struct st_writer *w, const struct st_model *src, const struct st_tensor *t,
                           struct sv_err *err) {
     int r = st_writer_write_raw(w, t->name, t->data, t->nbytes, err);
+    st_release(src, t->name);
+    return r;
+}
+
+/* write_released under another name: a factored module's bias becomes
+ * "<module>.1.bias", the second Linear's (model.h). */
+static int write_released_as(struct st_writer *w, const struct st_model *src, const struct st_tensor *t,
+                             const char *name, struct sv_err *err) {
+    int r = st_writer_write_raw(w, name, t->data, t->nbytes, err);
     st_release(src, t->name);
     return r;
 }
@@ -1752,6 +1780,15 @@ static int write_model(struct job *j, const char *dir, uint64_t *params_after, s
         for (size_t i = 0; i < st_count(src) && r == 0; i++) {
             const struct st_tensor *t = st_get(src, i);
             int l, p;
+            if (!j->p->dense && is_bias_name(j, t->name, &l, &p) && j->rank[l][p] > 0) {
+                /* Only the weight is factored; the bias is copied as it is. */
+                model_bias_name(l, p, j->rank[l][p], name, sizeof name);
+                if (pass == 0)
+                    r = st_writer_declare(w, name, t->dtype, t->ndim, t->shape, err);
+                else
+                    r = write_released_as(w, src, t, name, err);
+                continue;
+            }
             if (!is_factored_name(j, t->name, &l, &p)) {
                 if (pass == 0)
                     r = st_writer_declare(w, t->name, t->dtype, t->ndim, t->shape, err);

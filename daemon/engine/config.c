@@ -150,11 +150,13 @@ void config_rope_inv_freq(const struct config *c, int seq_len, double *inv) {
 }
 
 /* A boolean that must be false (or absent) for the math we implement. */
-static int require_false(json_t *root, const char *path, const char *key, struct sv_err *err) {
+static int require_false(json_t *root, const char *path, const char *mt, const char *key, struct sv_err *err) {
     json_t *v = json_object_get(root, key);
     if (v && !json_is_null(v) && !json_is_false(v))
-        return sv_err_set(err, -ENOTSUP, "config '%s': '%s' = true is not supported (LLaMA has no bias)",
-                          path, key);
+        return sv_err_set(err, -ENOTSUP,
+                          "config '%s': '%s' = true is not supported for model_type '%s' (the only bias "
+                          "implemented is Qwen2's on q/k/v)",
+                          path, key, mt);
     return 0;
 }
 
@@ -209,9 +211,10 @@ int config_load(struct config *ret, const char *path, struct sv_err *err) {
         r = sv_err_set(err, -EINVAL, "config '%s': field 'model_type' is missing", path);
         goto out;
     }
-    if (strcmp(mt, "llama") != 0 && strcmp(mt, "mistral") != 0) {
-        r = sv_err_set(err, -ENOTSUP, "config '%s': model_type '%s' is not supported (only llama, mistral)",
-                       path, mt);
+    const int qwen2 = strcmp(mt, "qwen2") == 0, qwen3 = strcmp(mt, "qwen3") == 0;
+    if (strcmp(mt, "llama") != 0 && strcmp(mt, "mistral") != 0 && !qwen2 && !qwen3) {
+        r = sv_err_set(err, -ENOTSUP,
+                       "config '%s': model_type '%s' is not supported (only llama, mistral, qwen2, qwen3)", path, mt);
         goto out;
     }
     json_t *arch = json_object_get(root, "architectures");
@@ -220,7 +223,8 @@ int config_load(struct config *ret, const char *path, struct sv_err *err) {
         json_t *a;
         json_array_foreach(arch, i, a) {
             const char *s = json_string_value(a);
-            if (!s || (strcmp(s, "LlamaForCausalLM") != 0 && strcmp(s, "MistralForCausalLM") != 0)) {
+            if (!s || (strcmp(s, "LlamaForCausalLM") != 0 && strcmp(s, "MistralForCausalLM") != 0 &&
+                       strcmp(s, "Qwen2ForCausalLM") != 0 && strcmp(s, "Qwen3ForCausalLM") != 0)) {
                 r = sv_err_set(err, -ENOTSUP, "config '%s': architecture '%s' is not supported", path,
                                s ? s : "(not a string)");
                 goto out;
@@ -234,9 +238,14 @@ int config_load(struct config *ret, const char *path, struct sv_err *err) {
     }
     if ((r = parse_rope_scaling(json_object_get(root, "rope_scaling"), path, &c, err)) < 0)
         goto out;
-    if ((r = require_false(root, path, "attention_bias", err)) < 0 ||
-        (r = require_false(root, path, "mlp_bias", err)) < 0)
+    /* Qwen2's q/k/v bias is unconditional (transformers ignores an
+     * attention_bias field there); elsewhere attention_bias would also put a
+     * bias on o_proj, which we do not implement. */
+    if ((!qwen2 && (r = require_false(root, path, mt, "attention_bias", err)) < 0) ||
+        (r = require_false(root, path, mt, "mlp_bias", err)) < 0)
         goto out;
+    c.bias[PROJ_Q] = c.bias[PROJ_K] = c.bias[PROJ_V] = qwen2;
+    c.qk_norm = qwen3;
 
     if ((r = get_int(root, path, "hidden_size", -1, 1, 1 << 16, &c.hidden, err)) < 0 ||
         (r = get_int(root, path, "intermediate_size", -1, 1, 1 << 18, &c.intermediate, err)) < 0 ||
@@ -275,6 +284,11 @@ int config_load(struct config *ret, const char *path, struct sv_err *err) {
     /* transformers' default for LLaMA is false. */
     c.tie_embeddings = tie && json_is_true(tie);
     json_t *sw = json_object_get(root, "sliding_window");
+    /* Qwen2/Qwen3 configs carry a sliding_window that is in effect only with
+     * use_sliding_window = true (then on some layers; refusing longer
+     * sequences on every layer is exact for the ones we accept). */
+    if ((qwen2 || qwen3) && !json_is_true(json_object_get(root, "use_sliding_window")))
+        sw = NULL;
     if (sw && !json_is_null(sw)) {
         /* Mistral's window only changes attention beyond sliding_window
          * positions; the forward pass refuses longer sequences instead of

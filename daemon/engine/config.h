@@ -1,11 +1,19 @@
-/* config: a LLaMA-family config.json (LLaMA 1/2/3, Mistral, Vicuna).
+/* config: a LLaMA-family config.json (LLaMA 1/2/3, Mistral, Vicuna, Qwen2 /
+ * Qwen2.5, Qwen3).
  *
  * Everything the forward pass depends on is read and checked; a field whose
  * value would change the math in a way we do not implement (another
  * architecture, a rope_scaling type other than linear / dynamic / llama3,
- * attention or MLP bias, an activation other than
+ * attention or MLP bias beyond Qwen2's q/k/v bias, an activation other than
  * silu, sliding-window attention actually in effect) is refused with a message
- * naming the field, never silently ignored. Fields that only matter for
+ * naming the field, never silently ignored.
+ *
+ * The families differ in two places, both decided here from model_type, as
+ * transformers' modelling code hard-codes them: Qwen2 has a bias on q, k and v
+ * (always: Qwen2Attention builds them with bias=True and ignores any
+ * attention_bias field), Qwen3 an RMSNorm over each head of q and k
+ * (q_norm / k_norm, weight of head_dim) before RoPE. Qwen's sliding_window is
+ * in effect only with use_sliding_window = true. Fields that only matter for
  * training or generation (initializer_range, use_cache, ...) are ignored. */
 #ifndef CONFIG_H
 #define CONFIG_H
@@ -42,6 +50,9 @@ struct config {
     int bos_id;         /* -1 if absent */
     int eos_id;         /* -1 if absent; the first one when a list */
     int sliding_window; /* 0 = none; longer sequences are refused */
+    bool bias[PROJ_COUNT]; /* projection p has "<module>.bias" (d_out) added after it: Qwen2's q, k, v
+                              (the only ones ever set; forward.c adds no other) */
+    bool qk_norm;       /* Qwen3: per-head RMSNorm of q and k (q_norm, k_norm) before RoPE */
     /* Low-rank section written by our compressor ("low_rank": {"ranks": {...}}):
      * rank[l][p] > 0 means layer l's projection p is stored as a factor pair;
      * 0 means dense. */

@@ -171,6 +171,18 @@ static void add_inplace(float *x, const float *y, size_t n) {
         x[i] += y[i];
 }
 
+/* y (ntok, d) += b (d) broadcast over rows: a module's bias. */
+static void add_bias(float *y, const float *b, size_t ntok, int d) {
+    if (!b)
+        return;
+#pragma omp parallel for num_threads(forward_nthreads)
+    for (size_t i = 0; i < ntok; i++) {
+        float *yi = y + i * (size_t)d;
+        for (int j = 0; j < d; j++)
+            yi[j] += b[j];
+    }
+}
+
 /* HF rotate_half RoPE on v (B*T rows of nh heads of hd), position = row % T. */
 static void rope(float *v, int B, int T, int nh, int hd, const float *cosv, const float *sinv) {
     int half = hd / 2;
@@ -233,6 +245,13 @@ int forward_layer(const struct config *c, const struct layer_w *lw, float *x, in
     if ((r = tap_out(taps, PROJ_Q, q, ntok, qw)) < 0 || (r = tap_out(taps, PROJ_K, k, ntok, kvw)) < 0 ||
         (r = tap_out(taps, PROJ_V, v, ntok, kvw)) != 0)
         goto tap_fail;
+    add_bias(q, lw->bias[PROJ_Q], ntok, qw);
+    add_bias(k, lw->bias[PROJ_K], ntok, kvw);
+    add_bias(v, lw->bias[PROJ_V], ntok, kvw);
+    if (lw->q_norm) /* Qwen3: each head's row of hd values normalized on its own */
+        rmsnorm(q, q, lw->q_norm, ntok * (size_t)nh, hd, c->rms_eps);
+    if (lw->k_norm)
+        rmsnorm(k, k, lw->k_norm, ntok * (size_t)nkv, hd, c->rms_eps);
     double freq[CONFIG_MAX_HEAD_DIM / 2];
     config_rope_inv_freq(c, T, freq);
     for (int t = 0; t < T; t++)

@@ -7,7 +7,14 @@
  *
  * Taps let the compressor observe each linear's input (and output) without
  * the forward pass knowing about statistics: q/k/v share one input (reported
- * as PROJ_Q), gate/up share one (PROJ_GATE). */
+ * as PROJ_Q), gate/up share one (PROJ_GATE). An output is observed before the
+ * module's bias is added (Qwen2's q/k/v): the compressor factors W only, and
+ * the original and the compressed module add the same bias.
+ *
+ * Per family (config.h): a q/k/v bias is added after its linear, dense or factored
+ * (y = x W^T + b, or (x B^T) A^T + b); Qwen3's q_norm / k_norm is an RMSNorm
+ * over each head's head_dim values of q and k, with rms_norm_eps, after the
+ * bias and before RoPE, as in transformers' Qwen3Attention. */
 #ifndef FORWARD_H
 #define FORWARD_H
 

@@ -10,6 +10,10 @@ void model_proj_prefix(int l, enum config_proj p, char *buf, size_t n) {
     snprintf(buf, n, "model.layers.%d.%s", l, config_proj_name(p));
 }
 
+void model_bias_name(int l, enum config_proj p, int rank, char *buf, size_t n) {
+    snprintf(buf, n, "model.layers.%d.%s.%sbias", l, config_proj_name(p), rank > 0 ? "1." : "");
+}
+
 static const char *embed_name(const struct model *m) {
     /* Tied models may store only lm_head.weight, aliased by __metadata__. */
     if (st_find(m->st, "model.embed_tokens.weight"))
@@ -83,9 +87,23 @@ static int validate(const struct model *m, struct sv_err *err) {
         snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
         if ((r = check_tensor(m, name, c->hidden, -1, err)) < 0)
             return r;
-        for (int p = 0; p < PROJ_COUNT; p++)
-            if ((r = proj_rank(m, l, p, err)) < 0)
+        for (int p = 0; p < PROJ_COUNT; p++) {
+            int k = proj_rank(m, l, p, err), d_out, d_in;
+            if (k < 0)
+                return k;
+            config_proj_shape(c, p, &d_out, &d_in);
+            model_bias_name(l, p, k, name, sizeof name);
+            if (c->bias[p] && (r = check_tensor(m, name, d_out, -1, err)) < 0)
                 return r;
+        }
+        if (c->qk_norm) {
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.q_norm.weight", l);
+            if ((r = check_tensor(m, name, c->head_dim, -1, err)) < 0)
+                return r;
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", l);
+            if ((r = check_tensor(m, name, c->head_dim, -1, err)) < 0)
+                return r;
+        }
     }
     return 0;
 }
@@ -169,6 +187,17 @@ int model_layer_load(const struct model *m, int l, struct layer_w *ret, struct s
             if ((r = load_f32(m, name, lin->d_out, lin->rank, &lin->a, err)) < 0)
                 goto fail;
         }
+        model_bias_name(l, p, lin->rank, name, sizeof name);
+        if (c->bias[p] && (r = load_f32(m, name, lin->d_out, -1, &lw.bias[p], err)) < 0)
+            goto fail;
+    }
+    if (c->qk_norm) {
+        snprintf(name, sizeof name, "model.layers.%d.self_attn.q_norm.weight", l);
+        if ((r = load_f32(m, name, c->head_dim, -1, &lw.q_norm, err)) < 0)
+            goto fail;
+        snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", l);
+        if ((r = load_f32(m, name, c->head_dim, -1, &lw.k_norm, err)) < 0)
+            goto fail;
     }
     *ret = lw;
     return 0;
@@ -186,7 +215,10 @@ void model_layer_free(struct layer_w *lw) {
         free(lw->proj[p].w);
         free(lw->proj[p].a);
         free(lw->proj[p].b);
+        free(lw->bias[p]);
     }
+    free(lw->q_norm);
+    free(lw->k_norm);
     memset(lw, 0, sizeof *lw);
 }
 

@@ -11,6 +11,11 @@
  * torch.nn.Sequential(Linear(d_in, k), Linear(k, d_out)):
  *     "<module>.0.weight"  B: (k, d_in)
  *     "<module>.1.weight"  A: (d_out, k)        W' = A B
+ * A module with a bias (config.bias[p]: Qwen2's q/k/v) has "<module>.bias"
+ * (d_out) when dense and "<module>.1.bias" when factored: the bias belongs to
+ * the second Linear of the pair, so the state dict still loads as that
+ * Sequential. Qwen3 adds "self_attn.q_norm.weight" and "self_attn.k_norm.weight"
+ * (head_dim) per layer.
  * Layer weights are converted to f32 on load and freed by the caller; the
  * mapped pages are released after conversion so resident memory holds about
  * one layer. */
@@ -38,6 +43,10 @@ struct layer_w {
     float *attn_norm;   /* (hidden) */
     float *ffn_norm;    /* (hidden) */
     struct linear proj[PROJ_COUNT];
+    /* Kept beside the linears, not in them: the compressor replaces a
+     * struct linear by its factor pair and the bias stays as it was. */
+    float *bias[PROJ_COUNT];   /* (d_out of p), or NULL */
+    float *q_norm, *k_norm;    /* (head_dim), Qwen3 only, else NULL */
 };
 
 struct head_w {
@@ -56,6 +65,10 @@ void model_free(struct model *m);
 
 /* Tensor name of layer l's projection p, "model.layers.3.mlp.up_proj" (no suffix). */
 void model_proj_prefix(int l, enum config_proj p, char *buf, size_t n);
+
+/* Tensor name of the bias of a projection stored dense (rank 0: "<prefix>.bias")
+ * or as a factor pair ("<prefix>.1.bias"). */
+void model_bias_name(int l, enum config_proj p, int rank, char *buf, size_t n);
 
 int model_layer_load(const struct model *m, int l, struct layer_w *ret, struct sv_err *err);
 void model_layer_free(struct layer_w *lw);
