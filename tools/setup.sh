@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(gcc meson ninja-build pkg-config python3 libblis-dev libflame-dev libuv1-dev libjansson-dev
-      libsqlite3-dev)
+      libsqlite3-dev libpcre2-dev libutf8proc-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
