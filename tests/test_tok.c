@@ -18,6 +18,7 @@
 
 #include "harness.h"
 #include "mono.h"
+#include "pretok.h"
 #include "sha256.h"
 
 static char tmpdir[] = "/tmp/test_tok.XXXXXX";
@@ -539,6 +540,90 @@ static void test_bytelevel_toy(void) {
     tok_free(t);
 }
 
+/* Byte-level BPE loses nothing: on the Llama 3 file (no normalizer), the
+ * pieces of the ids, mapped back through GPT-2's table, are the input bytes,
+ * for random well-formed text built from chunks that stress the regex, the
+ * added tokens and the table. Random ill-formed bytes must still encode. */
+static void test_bytelevel_roundtrip(void) {
+    static const char *const chunks[] = {
+        " ", "  ", "\n", "\r\n", "\t", "'s", "'LL", "n't", "a", "The", " world", "123", "4567", "\xc3\xa9",
+        "e\xcc\x81", "\xe4\xb8\xad\xe6\x96\x87", "\xf0\x9f\x91\x8d\xf0\x9f\x8f\xbd", "\xe2\x80\x8d", "\xc2\x85",
+        "\xef\xbb\xbf", "\xe3\x80\x80", "!?", "...", "<|", "|>", "<|begin_of_text|>", "<|eot_id|>", "\x00", "\x7f",
+    };
+    struct sv_err err = {0};
+    struct tok *t = NULL;
+    int r = tok_new(&t, "tests/data/tokenizers/llama3/tokenizer.json", &err);
+    SV_ASSERT_EQ(r, 0);
+    if (r < 0) {
+        fprintf(stderr, "  %s\n", err.msg);
+        return;
+    }
+    uint64_t seed = 12345;
+    char text[2048], back[8192];
+    int bad = 0;
+    for (int it = 0; it < 300 && !bad; it++) {
+        size_t n = 0;
+        int pieces = 1 + (int)((seed = seed * 6364136223846793005ull + 1442695040888963407ull) >> 58);
+        for (int k = 0; k < pieces; k++) {
+            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            const char *c = chunks[(seed >> 33) % (sizeof chunks / sizeof chunks[0])];
+            size_t cl = c[0] ? strlen(c) : 1;  /* the NUL chunk is one byte */
+            memcpy(text + n, c, cl);
+            n += cl;
+        }
+        int32_t *ids = NULL;
+        size_t m = 0, k = 0;
+        if (tok_encode(t, text, n, 1, &ids, &m, &err) < 0) {
+            fprintf(stderr, "  %s\n", err.msg);
+            bad = 1;
+            break;
+        }
+        for (size_t i = 0; i < m && !bad; i++) {
+            const char *p;
+            size_t pl;
+            if (ids[i] < 0 || ids[i] >= tok_vocab_size(t) || tok_piece_borrow(t, ids[i], &p, &pl) < 0) {
+                bad = 1;
+                break;
+            }
+            if (ids[i] >= 128000) {  /* an added token: its content as written */
+                memcpy(back + k, p, pl);
+                k += pl;
+                continue;
+            }
+            long b = pretok_unicode_to_bytes(p, pl, back + k);
+            if (b < 0)
+                bad = 1;
+            else
+                k += (size_t)b;
+        }
+        if (bad || k != n || memcmp(back, text, n) != 0) {
+            fprintf(stderr, "  round trip %d: %zu bytes in, %zu out\n", it, n, k);
+            bad = 1;
+        }
+        free(ids);
+    }
+    SV_ASSERT_EQ(bad, 0);
+    /* Random bytes: mostly ill-formed; every id must be a real one. */
+    for (int it = 0; it < 200; it++) {
+        size_t n = (size_t)(it * 7 % 500);
+        for (size_t i = 0; i < n; i++)
+            text[i] = (char)((seed = seed * 6364136223846793005ull + 1442695040888963407ull) >> 56);
+        int32_t *ids = NULL;
+        size_t m = 0;
+        r = tok_encode(t, text, n, 0, &ids, &m, &err);
+        if (r < 0)
+            break;
+        for (size_t i = 0; i < m && r == 0; i++)
+            if (ids[i] < 0 || ids[i] >= tok_vocab_size(t))
+                r = -1;
+        free(ids);
+        if (r < 0)
+            break;
+    }
+    SV_ASSERT_EQ(r, 0);
+    tok_free(t);
+}
+
 /* The bundled tokenizers: ids, sizes, and an empty text. */
 static void test_bundled_basics(void) {
     static const struct {
@@ -729,6 +814,7 @@ int main(void) {
     test_errors_bytelevel();
     test_split_rules();
     test_bytelevel_toy();
+    test_bytelevel_roundtrip();
     test_bundled_basics();
     test_reference_ids();
 

@@ -1107,24 +1107,77 @@ static int prepend(char **s, size_t *n, const char *with, size_t with_len) {
     return 0;
 }
 
+/* NFC, line by line: '\n' is a starter that composes with nothing, so
+ * NFC(a "\n" b) = NFC(a) "\n" NFC(b); and a line with no code point from
+ * U+0300 up (lead bytes below 0xCC) is already NFC, since every character
+ * below U+0300 has NFC_Quick_Check=Yes and combining class 0. So only lines
+ * that can change go through utf8proc. */
 static int nfc(char **s, size_t *n) {
-    size_t i = 0;
-    while (i < *n && !((unsigned char)(*s)[i] & 0x80))
-        i++;
-    if (i == *n)  /* ASCII is its own NFC */
-        return 0;
-    utf8proc_uint8_t *out = NULL;
-    utf8proc_ssize_t m =
-        utf8proc_map((const utf8proc_uint8_t *)*s, (utf8proc_ssize_t)*n, &out, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
-    if (m < 0)  /* only NOMEM or invalid UTF-8, which step 0 rules out */
-        return m == UTF8PROC_ERROR_NOMEM ? -ENOMEM : -EILSEQ;
-    if ((size_t)m > TOK_TEXT_MAX) {
-        free(out);
-        return -E2BIG;
+    const char *p = *s, *end = *s + *n;
+    char *out = NULL;
+    size_t k = 0, cap = 0;
+    int r = 0;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *eol = nl ? nl + 1 : end;
+        int plain = 1;
+        for (const char *q = p; q < eol && plain; q++)
+            plain = (unsigned char)*q < 0xcc;
+        utf8proc_uint8_t *mapped = NULL;
+        const char *src = p;
+        size_t m = (size_t)(eol - p);
+        if (!plain) {
+            utf8proc_ssize_t got = utf8proc_map((const utf8proc_uint8_t *)p, (utf8proc_ssize_t)m, &mapped,
+                                                UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+            if (got < 0) {  /* only NOMEM or invalid UTF-8, which step 0 rules out */
+                r = got == UTF8PROC_ERROR_NOMEM ? -ENOMEM : -EILSEQ;
+                break;
+            }
+            src = (const char *)mapped;
+            m = (size_t)got;
+        }
+        if (!plain || out) {  /* nothing to copy while every line so far is unchanged */
+            if (!out) {
+                cap = *n + m + 64;
+                if (!(out = malloc(cap))) {
+                    free(mapped);
+                    r = -ENOMEM;
+                    break;
+                }
+                k = (size_t)(p - *s);
+                memcpy(out, *s, k);
+            }
+            if (k + m > TOK_TEXT_MAX) {
+                free(mapped);
+                r = -E2BIG;
+                break;
+            }
+            if (k + m + 1 > cap) {
+                size_t c = 2 * (k + m) + 64;
+                char *o = realloc(out, c);
+                if (!o) {
+                    free(mapped);
+                    r = -ENOMEM;
+                    break;
+                }
+                out = o;
+                cap = c;
+            }
+            memcpy(out + k, src, m);
+            k += m;
+        }
+        free(mapped);
+        p = eol;
     }
-    free(*s);
-    *s = (char *)out;
-    *n = (size_t)m;
+    if (r < 0) {
+        free(out);
+        return r;
+    }
+    if (out) {
+        free(*s);
+        *s = out;
+        *n = k;
+    }
     return 0;
 }
 
@@ -1439,6 +1492,89 @@ static int buf_reserve(struct buf *b, size_t n) {
     return 0;
 }
 
+/* Words repeat (Zipf), and a word's pieces depend on the word alone, so one
+ * encode call remembers the ids of short words it has merged, as the library's
+ * BPE cache does. Owned by one call, so no locking. */
+#define WCACHE_KEY_MAX 64
+#define WCACHE_SLOTS_MAX ((size_t)1 << 18)
+
+struct wslot {
+    uint64_t h;
+    uint32_t koff, klen;  /* klen 0: empty */
+    uint32_t voff, vlen;
+};
+
+struct wcache {
+    struct wslot *slots;
+    size_t mask, used;
+    struct buf keys;
+    size_t keys_n;
+    int32_t *vals;
+    size_t vals_n, vals_cap;
+};
+
+static void wcache_free(struct wcache *c) {
+    free(c->slots);
+    free(c->keys.p);
+    free(c->vals);
+}
+
+static const struct wslot *wcache_get(const struct wcache *c, uint64_t h, const char *s, size_t n) {
+    if (!c->slots)
+        return NULL;
+    for (size_t i = h & c->mask;; i = (i + 1) & c->mask) {
+        const struct wslot *w = &c->slots[i];
+        if (!w->klen)
+            return NULL;
+        if (w->h == h && w->klen == n && memcmp(c->keys.p + w->koff, s, n) == 0)
+            return w;
+    }
+}
+
+static void wcache_place(struct wcache *c, const struct wslot *x) {
+    size_t i = x->h & c->mask;
+    while (c->slots[i].klen)
+        i = (i + 1) & c->mask;
+    c->slots[i] = *x;
+}
+
+/* Best effort: a full or out-of-memory cache only stops remembering. */
+static void wcache_put(struct wcache *c, uint64_t h, const char *s, size_t n, const int32_t *ids, size_t k) {
+    if (!c->slots || 2 * (c->used + 1) > c->mask + 1) {
+        size_t cap = c->slots ? 2 * (c->mask + 1) : 4096;
+        if (cap > WCACHE_SLOTS_MAX)
+            return;
+        struct wslot *ns = calloc(cap, sizeof *ns);
+        if (!ns)
+            return;
+        struct wslot *old = c->slots;
+        size_t old_n = old ? c->mask + 1 : 0;
+        c->slots = ns;
+        c->mask = cap - 1;
+        for (size_t i = 0; i < old_n; i++)
+            if (old[i].klen)
+                wcache_place(c, &old[i]);
+        free(old);
+    }
+    if (buf_reserve(&c->keys, c->keys_n + n) < 0 || c->keys_n + n > UINT32_MAX)
+        return;
+    if (c->vals_n + k > c->vals_cap) {
+        size_t cap = 2 * (c->vals_n + k) + 1024;
+        int32_t *v = cap <= UINT32_MAX ? realloc(c->vals, cap * sizeof *v) : NULL;
+        if (!v)
+            return;
+        c->vals = v;
+        c->vals_cap = cap;
+    }
+    struct wslot x = {h, (uint32_t)c->keys_n, (uint32_t)n, (uint32_t)c->vals_n, (uint32_t)k};
+    memcpy(c->keys.p + c->keys_n, s, n);
+    c->keys_n += n;
+    memcpy(c->vals + c->vals_n, ids, k * sizeof *ids);
+    c->vals_n += k;
+    wcache_place(c, &x);
+    c->used++;
+}
+
 /* One tok_encode call's state: the output and the scratch it reuses. */
 struct enc {
     const struct tok *t;
@@ -1451,6 +1587,7 @@ struct enc {
     struct pretok_md *md;
     struct buf pre_in[TOK_PRE_MAX], pre_out[TOK_PRE_MAX];  /* ByteLevel: prefixed text, mapped piece */
     struct buf ms;  /* Metaspace's rewritten word */
+    struct wcache cache;
     size_t section;  /* index of the raw section being encoded */
 };
 
@@ -1477,6 +1614,18 @@ static int model_word(struct enc *e, const char *s, size_t n) {
         if (whole >= 0)
             return emit(e, whole);
     }
+    uint64_t h = 0;
+    if (n <= WCACHE_KEY_MAX) {
+        h = hash_bytes(s, n);
+        const struct wslot *hit = wcache_get(&e->cache, h, s, n);
+        for (uint32_t i = 0; hit && i < hit->vlen; i++) {
+            int r = emit(e, e->cache.vals[hit->voff + i]);
+            if (r < 0)
+                return r;
+        }
+        if (hit)
+            return 0;
+    }
     struct word *w = &e->w;
     if (n > e->wcap) {
         int32_t *id = realloc(w->id, n * sizeof *id);
@@ -1500,9 +1649,12 @@ static int model_word(struct enc *e, const char *s, size_t n) {
         return r;
     if ((r = merge_all(t, w, &e->h)) < 0)
         return fail(t, e->err, r, "out of memory merging %zu symbols", w->n);
+    size_t first = e->n;
     for (size_t i = 0; i < w->n; i++)
         if (w->len[i] && (r = emit(e, w->id[i])) < 0)
             return r;
+    if (n <= WCACHE_KEY_MAX)
+        wcache_put(&e->cache, h, s, n, e->ids + first, e->n - first);
     return 0;
 }
 
@@ -1799,6 +1951,7 @@ out:
         free(e.pre_out[d].p);
     }
     free(e.ms.p);
+    wcache_free(&e.cache);
     pretok_md_free(e.md);
     free(sec.a);
     free(clean);
