@@ -198,5 +198,48 @@ expect_fail "--seqlen 1" "--seqlen '1'" eval --model "$MODEL" --text "$TEXT" --s
 expect_fail "--seqlen beyond max_position_embeddings" "exceeds the model's max_position_embeddings 512" \
     eval --model "$MODEL" --text "$TEXT" --seqlen 1024
 
+# --- tokenize -----------------------------------------------------------------
+# check_tokenize NAME WANT ARGS...: exit 0, one line on stdout equal to WANT,
+# nothing on stderr. Text comes from --text or, without it, from stdin ($IN).
+check_tokenize() {
+    local name=$1 want=$2 rc
+    shift 2
+    "$ENGINE" tokenize "$@" <"${IN:-/dev/null}" >"$TMP/out" 2>"$TMP/err"
+    rc=$?
+    [ $rc -eq 0 ] && pass || { fail "$name: exit $rc: $(head -c 300 "$TMP/err")"; return; }
+    [ -s "$TMP/err" ] && fail "$name: unexpected stderr: $(head -c 300 "$TMP/err")" || pass
+    [ "$(wc -l <"$TMP/out")" -eq 1 ] && pass || fail "$name: expected one line on stdout"
+    [ "$(cat "$TMP/out")" = "$want" ] && pass ||
+        fail "$name: got '$(head -c 300 "$TMP/out")', want '${want:0:300}'"
+}
+# ids_of FILE.i32: the ids of a reference file, space-separated (od reads
+# host order; the files are little-endian, as is every host we build on).
+ids_of() { od -An -v -t d4 "$1" | tr -s ' \n' '  ' | sed 's/^ //; s/ $//'; }
+
+LLAMA3=tests/data/tokenizers/llama3/tokenizer.json
+QWEN3=tests/data/tokenizers/qwen3/tokenizer.json
+REF=tests/data/reference/tok
+# The committed @huggingface/tokenizers ids (tests/ref/gen_tok_ref.mjs).
+check_tokenize "tokenize llama3 stress text" "$(ids_of $REF/llama3.stress.i32)" \
+    --tokenizer "$LLAMA3" --text tests/data/text/tok-stress.txt
+check_tokenize "tokenize qwen3 ill-formed UTF-8" "$(ids_of $REF/qwen3.invalid.i32)" \
+    --tokenizer "$QWEN3" --text tests/data/text/tok-stress-invalid.bin
+printf 'Hello world' >"$TMP/hello.txt"
+IN=$TMP/hello.txt check_tokenize "tokenize stdin, llama3 (no BOS in its post-processor)" "9906 1917" --tokenizer "$LLAMA3"
+IN=$TMP/hello.txt check_tokenize "tokenize --model" "1 80 1288 139 410 555" --model "$MODEL"
+IN=$TMP/hello.txt check_tokenize "tokenize --no-bos" "80 1288 139 410 555" --model "$MODEL" --no-bos
+IN=$TMP/hello.txt check_tokenize "tokenize --json" \
+    '{"tokenizer":"tests/data/tokenizers/llama3/tokenizer.json","bytes":11,"tokens":2,"ids":[9906,1917],"pieces":["Hello","Ġworld"]}' \
+    --tokenizer "$LLAMA3" --json
+IN=/dev/null check_tokenize "tokenize empty text" "" --tokenizer "$LLAMA3"
+
+expect_fail "tokenize: both --tokenizer and --model" "exactly one of --tokenizer and --model" \
+    tokenize --tokenizer "$LLAMA3" --model "$MODEL"
+expect_fail "tokenize: missing tokenizer" "No such file or directory" tokenize --tokenizer "$TMP/no-such.json"
+printf '{"model": {"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0.0]]}}' >"$TMP/unigram.json"
+expect_fail "tokenize: unsupported tokenizer" "model type 'Unigram' not supported" \
+    tokenize --tokenizer "$TMP/unigram.json" --text "$TMP/hello.txt"
+expect_fail "tokenize: missing text" "cannot open" tokenize --tokenizer "$LLAMA3" --text "$TMP/no-such.txt"
+
 echo "engine_cli: $checks checks passed, $failures failed"
 [ "$failures" -eq 0 ]

@@ -1,6 +1,8 @@
 /* test_tok: token-for-token equality with the reference ids (made with the
- * tokenizers library's rules, see tests/data/reference/reference-values.json)
- * on whole files, small hand-checked cases of the BPE rules, and the errors a
+ * tokenizers library's rules, see tests/data/reference/reference-values.json,
+ * and by @huggingface/tokenizers for the Llama 3 / Qwen3 / Llama 2 files, see
+ * tests/data/reference/tok/manifest.json) on whole files, small hand-checked
+ * cases of the BPE, Split, ByteLevel and added-token rules, and the errors a
  * user sees for tokenizers we do not support. Run from the source root. */
 #include "tok.h"
 
@@ -12,8 +14,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "harness.h"
 #include "mono.h"
+#include "pretok.h"
+#include "sha256.h"
 
 static char tmpdir[] = "/tmp/test_tok.XXXXXX";
 
@@ -221,8 +227,15 @@ static void test_toy(void) {
     /* The library's order: a byte-fallback character does not flush a pending
      * unk, so 'd' and 'e' fuse into one unk that lands after <0x0A>. */
     EXPECT_IDS(t, "d\ne", 5, 13, 0);
-    /* Added tokens in the text are not split out. */
-    EXPECT_IDS(t, "<s>", 5, 0);  /* '<' 's' '>': one fused unk */
+    /* Added tokens are cut out of the text, as the library does by default.
+     * These say neither special nor normalized, so they are normalized ones:
+     * matched in the normalized text by their normalized form "\u2581<s>",
+     * or as a whole section. <extra> has no vocab piece. */
+    EXPECT_IDS(t, "<s>", 1);
+    EXPECT_IDS(t, "a <s>b", 8, 1, 3);
+    EXPECT_IDS(t, "a<s>b", 8, 0, 3);  /* no "\u2581<s>" in "\u2581a<s>b": '<' 's' '>' are one fused unk */
+    EXPECT_IDS(t, "<extra><s>", 20, 1);
+    EXPECT_IDS(t, "<s", 5, 0);  /* not a token: '<' 's' fuse into one unk */
 
     int32_t *ids = NULL;
     size_t n = 0;
@@ -339,16 +352,11 @@ static void test_errors(void) {
     struct sv_err err = {0};
     struct tok *t = NULL;
 
-    expect_refused("bytelevel.json",
-                   "{\"normalizer\": null, \"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false, "
-                   "\"trim_offsets\": true, \"use_regex\": true}, "
-                   "\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}}",
-                   -ENOTSUP, "byte-level BPE");
-    expect_refused("llama3.json",
+    expect_refused("nopattern.json",
                    "{\"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\"}, "
-                   "{\"type\": \"ByteLevel\"}]}, "
+                   "{\"type\": \"ByteLevel\", \"add_prefix_space\": false}]}, "
                    "\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}}",
-                   -ENOTSUP, "ByteLevel");
+                   -EINVAL, "pre_tokenizer 0 (Split) has no pattern");
     expect_refused("unigram.json",
                    "{\"model\": {\"type\": \"Unigram\", \"unk_id\": 0, \"vocab\": [[\"<unk>\", 0.0]]}}", -ENOTSUP,
                    "model type 'Unigram'");
@@ -392,6 +400,230 @@ static void test_errors(void) {
     tok_free(NULL);  /* free accepts NULL */
 }
 
+#define BPE_AB "\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \",\": 2, \" \": 3, \"ab\": 4}, " \
+    "\"merges\": [\"a b\"]}}"
+#define SPLIT(pattern, behavior, invert) "{\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": " pattern \
+    ", \"behavior\": \"" behavior "\", \"invert\": " invert "}, " BPE_AB
+
+/* What the byte-level parts refuse, by name. */
+static void test_errors_bytelevel(void) {
+    expect_refused("merged.json", SPLIT("{\"Regex\": \",\"}", "MergedWithPrevious", "false"), -ENOTSUP,
+                   "behavior 'MergedWithPrevious' not supported");
+    expect_refused("contiguous.json", SPLIT("{\"Regex\": \",\"}", "Contiguous", "false"), -ENOTSUP,
+                   "behavior 'Contiguous' not supported");
+    expect_refused("wordclass.json", SPLIT("{\"Regex\": \"\\\\w+\"}", "Isolated", "false"), -ENOTSUP,
+                   "regex escape \\w not supported");
+    expect_refused("boundary.json", SPLIT("{\"Regex\": \"\\\\bx\"}", "Isolated", "false"), -ENOTSUP,
+                   "regex escape \\b not supported");
+    expect_refused("nested.json", SPLIT("{\"Regex\": \"[a[b]]\"}", "Isolated", "false"), -ENOTSUP,
+                   "nested character class");
+    expect_refused("badregex.json", SPLIT("{\"Regex\": \"(a\"}", "Isolated", "false"), -EINVAL,
+                   "regex does not compile (PCRE2: missing closing parenthesis");
+    expect_refused("digits.json",
+                   "{\"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Digits\", "
+                   "\"individual_digits\": true}]}, " BPE_AB,
+                   -ENOTSUP, "pre_tokenizer type 'Digits' not supported");
+    expect_refused("noprefix.json", "{\"pre_tokenizer\": {\"type\": \"ByteLevel\", \"use_regex\": true}, " BPE_AB,
+                   -EINVAL, "(ByteLevel) has no boolean 'add_prefix_space'");
+    expect_refused("metaseq.json",
+                   "{\"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Metaspace\", "
+                   "\"replacement\": \"_\", \"split\": false}]}, " BPE_AB,
+                   -ENOTSUP, "Metaspace inside a Sequence");
+    expect_refused("roberta.json",
+                   "{\"post_processor\": {\"type\": \"RobertaProcessing\", \"sep\": [\"a\", 0], \"cls\": [\"b\", 1]}, "
+                   BPE_AB, -ENOTSUP, "post_processor type 'RobertaProcessing' not supported");
+    expect_refused("singleword.json",
+                   "{\"added_tokens\": [{\"id\": 9, \"content\": \"<x>\", \"single_word\": true}], " BPE_AB, -ENOTSUP,
+                   "added token '<x>': single_word=true not supported");
+    expect_refused("addedid.json", "{\"added_tokens\": [{\"id\": -1, \"content\": \"<x>\"}], " BPE_AB, -EINVAL,
+                   "added token '<x>' has id -1");
+}
+
+/* Split's behaviours on "a,b", with the merge a b -> ab: pieces never merge
+ * across a cut, so ids show exactly where the text was cut. */
+static void test_split_rules(void) {
+    static const struct {
+        const char *name, *json;
+        int32_t want[4];
+        size_t n;
+    } cases[] = {
+        {"isolated.json", SPLIT("{\"Regex\": \",\"}", "Isolated", "false"), {0, 2, 1}, 3},
+        {"removed.json", SPLIT("{\"Regex\": \",\"}", "Removed", "false"), {0, 1}, 2},
+        /* invert: the matches are the pieces; Removed then drops the gaps,
+         * Isolated keeps everything either way. */
+        {"inv-removed.json", SPLIT("{\"Regex\": \",\"}", "Removed", "true"), {2}, 1},
+        {"inv-isolated.json", SPLIT("{\"Regex\": \",\"}", "Isolated", "true"), {0, 2, 1}, 3},
+        /* A String pattern is literal: "." matches only a dot, so nothing is cut. */
+        {"literal.json", SPLIT("{\"String\": \".\"}", "Isolated", "false"), {0, 2, 1}, 3},
+        /* \h is Oniguruma's hex digit (PCRE2: horizontal space): cuts at 'a' and 'b', not ','. */
+        {"hex.json", SPLIT("{\"Regex\": \"\\\\h\"}", "Removed", "false"), {2}, 1},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        struct sv_err err = {0};
+        struct tok *t = NULL;
+        int r = load_json(cases[c].name, cases[c].json, &t, &err);
+        SV_ASSERT_EQ(r, 0);
+        if (r < 0) {
+            fprintf(stderr, "  %s\n", err.msg);
+            continue;
+        }
+        expect_ids(t, "a,b", 3, cases[c].want, cases[c].n, __LINE__);
+        tok_free(t);
+    }
+    /* A space-isolating Split leaves "ab" whole (so it merges) and keeps the
+     * pieces of "a b" apart; a regex that matches empty cuts at each match. */
+    struct sv_err err = {0};
+    struct tok *t = NULL;
+    int r = load_json("space.json", SPLIT("{\"Regex\": \" \"}", "Isolated", "false"), &t, &err);
+    SV_ASSERT_EQ(r, 0);
+    if (r == 0) {
+        EXPECT_IDS(t, "ab", 4);
+        EXPECT_IDS(t, "a b", 0, 3, 1);
+        EXPECT_IDS(t, "ab ab", 4, 3, 4);
+    }
+    tok_free(t);
+    r = load_json("empty.json", SPLIT("{\"Regex\": \"x*\"}", "Removed", "false"), &t, &err);
+    SV_ASSERT_EQ(r, 0);
+    if (r == 0)
+        EXPECT_IDS(t, "ab", 0, 1);  /* empty matches at 0, 1, 2 cut "a" | "b" (matchAll's walk) */
+    tok_free(t);
+}
+
+/* A toy byte-level tokenizer: GPT-2's table maps ' ' to 'Ġ' (U+0120), '\n'
+ * to 'Ċ' (U+010A), and the two bytes of 'é' (C3 A9) to 'Ã' 'Â©'. */
+#define BL_VOCAB "\"vocab\": {\"\\u0120\": 0, \"a\": 1, \"\\u0120a\": 2, \"\\u010a\": 3, \"\\u00c3\": 4, " \
+    "\"\\u00a9\": 5, \"\\u00c3\\u00a9\": 6, \"\\u00ef\": 7, \"\\u00bf\": 8, \"\\u00bd\": 9, \"b\": 10}"
+#define BL_MERGES "\"merges\": [\"\\u0120 a\", \"\\u00c3 \\u00a9\"]"
+
+static void test_bytelevel_toy(void) {
+    struct sv_err err = {0};
+    struct tok *t = NULL;
+    int r = load_json("bl.json",
+                      "{\"added_tokens\": [{\"id\": 11, \"content\": \"<e>\", \"special\": true, \"lstrip\": true, "
+                      "\"rstrip\": false, \"normalized\": false}, {\"id\": 12, \"content\": \"<r>\", \"special\": true, "
+                      "\"rstrip\": true, \"normalized\": false}], "
+                      "\"normalizer\": {\"type\": \"NFC\"}, "
+                      "\"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"use_regex\": false}, "
+                      "\"post_processor\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": true}, "
+                      "\"model\": {\"type\": \"BPE\", " BL_VOCAB ", " BL_MERGES "}}",
+                      &t, &err);
+    SV_ASSERT_EQ(r, 0);
+    if (r < 0) {
+        fprintf(stderr, "  %s\n", err.msg);
+        return;
+    }
+    SV_ASSERT_EQ(tok_is_byte_level(t), 1);
+    SV_ASSERT_EQ(tok_bos_id(t), -1);  /* the ByteLevel post-processor adds no token */
+    SV_ASSERT_EQ(tok_vocab_size(t), 13);
+    const char *p = NULL;
+    size_t pl = 0;
+    SV_ASSERT_EQ(tok_piece_borrow(t, 2, &p, &pl), 0);
+    SV_CHECK(pl == 3 && memcmp(p, "\xc4\xa0" "a", 3) == 0);
+    SV_ASSERT_EQ(tok_piece_borrow(t, 11, &p, &pl), 0);
+    SV_CHECK(pl == 3 && memcmp(p, "<e>", 3) == 0);
+    SV_ASSERT_EQ(tok_piece_borrow(t, 13, &p, &pl), -ENOENT);
+
+    EXPECT_IDS(t, "a", 2);        /* add_prefix_space: " a" -> "Ġa" */
+    EXPECT_IDS(t, " a", 2);       /* ... but never a second space */
+    EXPECT_IDS(t, "\xc3\xa9", 0, 6);   /* é: Ġ Ã © -> Ġ Ã© */
+    EXPECT_IDS(t, "e\xcc\x81", 0, 6);  /* NFC makes e + U+0301 into é first */
+    EXPECT_IDS(t, "\n", 0, 3);
+    /* Ill-formed UTF-8 reads as U+FFFD (EF BF BD -> ï ¿ ½): the lone FF, and
+     * the truncated E2 82 as one. */
+    EXPECT_IDS(t, "\xff", 0, 7, 8, 9);
+    EXPECT_IDS(t, "\xe2\x82" "a", 0, 7, 8, 9, 1);
+    /* Added tokens first: lstrip eats the spaces before <e>, rstrip those
+     * after <r>; each text section gets its own prefix space. */
+    EXPECT_IDS(t, "a  <e>a", 2, 11, 2);
+    EXPECT_IDS(t, "a<r> \n a", 2, 12, 2);
+    EXPECT_IDS(t, "<e><r>", 11, 12);
+    tok_free(t);
+}
+
+/* Byte-level BPE loses nothing: on the Llama 3 file (no normalizer), the
+ * pieces of the ids, mapped back through GPT-2's table, are the input bytes,
+ * for random well-formed text built from chunks that stress the regex, the
+ * added tokens and the table. Random ill-formed bytes must still encode. */
+static void test_bytelevel_roundtrip(void) {
+    static const char *const chunks[] = {
+        " ", "  ", "\n", "\r\n", "\t", "'s", "'LL", "n't", "a", "The", " world", "123", "4567", "\xc3\xa9",
+        "e\xcc\x81", "\xe4\xb8\xad\xe6\x96\x87", "\xf0\x9f\x91\x8d\xf0\x9f\x8f\xbd", "\xe2\x80\x8d", "\xc2\x85",
+        "\xef\xbb\xbf", "\xe3\x80\x80", "!?", "...", "<|", "|>", "<|begin_of_text|>", "<|eot_id|>", "\x00", "\x7f",
+    };
+    struct sv_err err = {0};
+    struct tok *t = NULL;
+    int r = tok_new(&t, "tests/data/tokenizers/llama3/tokenizer.json", &err);
+    SV_ASSERT_EQ(r, 0);
+    if (r < 0) {
+        fprintf(stderr, "  %s\n", err.msg);
+        return;
+    }
+    uint64_t seed = 12345;
+    char text[2048], back[8192];
+    int bad = 0;
+    for (int it = 0; it < 300 && !bad; it++) {
+        size_t n = 0;
+        int pieces = 1 + (int)((seed = seed * 6364136223846793005ull + 1442695040888963407ull) >> 58);
+        for (int k = 0; k < pieces; k++) {
+            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            const char *c = chunks[(seed >> 33) % (sizeof chunks / sizeof chunks[0])];
+            size_t cl = c[0] ? strlen(c) : 1;  /* the NUL chunk is one byte */
+            memcpy(text + n, c, cl);
+            n += cl;
+        }
+        int32_t *ids = NULL;
+        size_t m = 0, k = 0;
+        if (tok_encode(t, text, n, 1, &ids, &m, &err) < 0) {
+            fprintf(stderr, "  %s\n", err.msg);
+            bad = 1;
+            break;
+        }
+        for (size_t i = 0; i < m && !bad; i++) {
+            const char *p;
+            size_t pl;
+            if (ids[i] < 0 || ids[i] >= tok_vocab_size(t) || tok_piece_borrow(t, ids[i], &p, &pl) < 0) {
+                bad = 1;
+                break;
+            }
+            if (ids[i] >= 128000) {  /* an added token: its content as written */
+                memcpy(back + k, p, pl);
+                k += pl;
+                continue;
+            }
+            long b = pretok_unicode_to_bytes(p, pl, back + k);
+            if (b < 0)
+                bad = 1;
+            else
+                k += (size_t)b;
+        }
+        if (bad || k != n || memcmp(back, text, n) != 0) {
+            fprintf(stderr, "  round trip %d: %zu bytes in, %zu out\n", it, n, k);
+            bad = 1;
+        }
+        free(ids);
+    }
+    SV_ASSERT_EQ(bad, 0);
+    /* Random bytes: mostly ill-formed; every id must be a real one. */
+    for (int it = 0; it < 200; it++) {
+        size_t n = (size_t)(it * 7 % 500);
+        for (size_t i = 0; i < n; i++)
+            text[i] = (char)((seed = seed * 6364136223846793005ull + 1442695040888963407ull) >> 56);
+        int32_t *ids = NULL;
+        size_t m = 0;
+        r = tok_encode(t, text, n, 0, &ids, &m, &err);
+        if (r < 0)
+            break;
+        for (size_t i = 0; i < m && r == 0; i++)
+            if (ids[i] < 0 || ids[i] >= tok_vocab_size(t))
+                r = -1;
+        free(ids);
+        if (r < 0)
+            break;
+    }
+    SV_ASSERT_EQ(r, 0);
+    tok_free(t);
+}
+
 /* The bundled tokenizers: ids, sizes, and an empty text. */
 static void test_bundled_basics(void) {
     static const struct {
@@ -420,6 +652,156 @@ static void test_bundled_basics(void) {
     }
 }
 
+/* Prints ids[lo..hi) with their pieces, the mismatch at `at` in brackets. */
+static void print_pieces(const struct tok *t, const char *label, const int32_t *ids, size_t n, size_t at) {
+    size_t lo = at >= 6 ? at - 6 : 0, hi = at + 6 < n ? at + 6 : n;
+    fprintf(stderr, "  %s [%zu..%zu):", label, lo, hi);
+    for (size_t i = lo; i < hi; i++) {
+        const char *p = "?";
+        size_t pl = 1;
+        if (tok_piece_borrow(t, ids[i], &p, &pl) < 0) {
+            p = "?";
+            pl = 1;
+        }
+        fprintf(stderr, i == at ? " [%d '%.*s']" : " %d '%.*s'", ids[i], (int)pl, p);
+    }
+    fprintf(stderr, "\n");
+}
+
+/* Applies one manifest patch ([path, value] pairs) to a parsed tokenizer.json. */
+static int apply_patch(json_t *root, json_t *set) {
+    size_t i;
+    json_t *op;
+    json_array_foreach(set, i, op) {
+        json_t *path = json_array_get(op, 0), *value = json_array_get(op, 1);
+        json_t *o = root;
+        size_t n = json_array_size(path);
+        for (size_t k = 0; o && k + 1 < n; k++) {
+            json_t *key = json_array_get(path, k);
+            o = json_is_string(key) ? json_object_get(o, json_string_value(key))
+                                    : json_array_get(o, (size_t)json_integer_value(key));
+        }
+        json_t *last = json_array_get(path, n - 1);
+        if (!o || !n)
+            return -1;
+        if (json_is_string(last) ? json_object_set(o, json_string_value(last), value)
+                                 : json_array_set(o, (size_t)json_integer_value(last), value))
+            return -1;
+    }
+    return 0;
+}
+
+/* The variant's patched tokenizer.json in tmpdir (written once). */
+static int variant_file(json_t *variants, const char *name, const char *base_path, char *out, size_t outlen) {
+    snprintf(out, outlen, "%s/variant-%s.json", tmpdir, name);
+    if (access(out, R_OK) == 0)
+        return 0;
+    json_error_t jerr;
+    json_t *root = json_load_file(base_path, 0, &jerr);
+    json_t *set = json_object_get(json_object_get(variants, name), "set");
+    int r = root && set && apply_patch(root, set) == 0 && json_dump_file(root, out, JSON_COMPACT) == 0 ? 0 : -1;
+    json_decref(root);
+    return r;
+}
+
+/* Token-for-token equality with @huggingface/tokenizers on every tokenizer x
+ * text of tests/data/reference/tok/manifest.json (tests/ref/gen_tok_ref.mjs). */
+static void test_reference_ids(void) {
+    json_error_t jerr;
+    json_t *man = json_load_file("tests/data/reference/tok/manifest.json", 0, &jerr);
+    SV_CHECK(man != NULL);
+    if (!man) {
+        fprintf(stderr, "  manifest: %s\n", jerr.text);
+        return;
+    }
+    json_t *variants = json_object_get(man, "variants"), *cases = json_object_get(man, "cases");
+    SV_CHECK(json_array_size(cases) >= 20);
+    char loaded[512] = "";  /* the file t was loaded from */
+    struct tok *t = NULL;
+    char vpath[512];
+    size_t i;
+    json_t *c;
+    json_array_foreach(cases, i, c) {
+        const char *tpath = json_string_value(json_object_get(c, "tokenizer"));
+        const char *variant = json_string_value(json_object_get(c, "variant"));
+        const char *text_path = json_string_value(json_object_get(c, "text"));
+        const char *ids_path = json_string_value(json_object_get(c, "ids"));
+        const char *want_sha = json_string_value(json_object_get(c, "text_sha256"));
+        size_t bytes = (size_t)json_integer_value(json_object_get(c, "bytes"));
+        size_t want_n = (size_t)json_integer_value(json_object_get(c, "n_ids"));
+        SV_CHECK(tpath && text_path && ids_path && want_sha);
+        if (!tpath || !text_path || !ids_path || !want_sha)
+            continue;
+        if (variant) {
+            SV_ASSERT_EQ(variant_file(variants, variant, tpath, vpath, sizeof vpath), 0);
+            tpath = vpath;
+        }
+        if (strcmp(loaded, tpath) != 0) {
+            tok_free(t);
+            t = NULL;
+            struct sv_err err = {0};
+            double t0 = mono_now();
+            int r = tok_new(&t, tpath, &err);
+            SV_ASSERT_EQ(r, 0);
+            if (r < 0) {
+                fprintf(stderr, "  %s\n", err.msg);
+                loaded[0] = '\0';
+                continue;
+            }
+            printf("loaded %-40s %-18s in %.3f s\n", tpath, variant ? variant : "", mono_now() - t0);
+            snprintf(loaded, sizeof loaded, "%s", tpath);
+        }
+        size_t len = 0, ref_n = 0;
+        char *text = read_all(text_path, &len);
+        int32_t *ref = read_ids(ids_path, &ref_n);
+        SV_CHECK(text && ref && len >= bytes);
+        SV_ASSERT_EQ(ref_n, want_n);
+        if (!text || !ref || len < bytes) {
+            free(text);
+            free(ref);
+            continue;
+        }
+        struct sha256 h;
+        uint8_t dig[32];
+        char hex[65];
+        sha256_init(&h);
+        sha256_update(&h, text, bytes);
+        sha256_final(&h, dig);
+        sha256_hex(dig, hex);
+        SV_CHECK(strcmp(hex, want_sha) == 0);  /* the text the reference saw */
+
+        int32_t *ids = NULL;
+        size_t n = 0;
+        struct sv_err err = {0};
+        double t0 = mono_now();
+        int r = tok_encode(t, text, bytes, 1, &ids, &n, &err);
+        double dt = mono_now() - t0;
+        SV_ASSERT_EQ(r, 0);
+        if (r == 0) {
+            size_t k = 0, m = n < ref_n ? n : ref_n;
+            while (k < m && ids[k] == ref[k])
+                k++;
+            if (k < m || n != ref_n) {
+                fprintf(stderr, "%s%s%s on %s (%zu bytes): first difference at token %zu (got %zu tokens, want %zu)\n",
+                        tpath, variant ? " variant " : "", variant ? variant : "", text_path, bytes, k, n, ref_n);
+                print_pieces(t, "got ", ids, n, k);
+                print_pieces(t, "want", ref, ref_n, k);
+            }
+            SV_ASSERT_EQ(k, ref_n);
+            SV_ASSERT_EQ(n, ref_n);
+            printf("  %-18s %-44s %7zu bytes %7zu tokens  %.3f s  %6.2f MB/s\n", variant ? variant : "",
+                   text_path, bytes, n, dt, dt > 0 ? (double)bytes / dt / 1e6 : 0.0);
+        } else {
+            fprintf(stderr, "  %s\n", err.msg);
+        }
+        free(ids);
+        free(text);
+        free(ref);
+    }
+    tok_free(t);
+    json_decref(man);
+}
+
 int main(void) {
     if (!mkdtemp(tmpdir)) {
         perror("mkdtemp");
@@ -429,7 +811,12 @@ int main(void) {
     test_toy();
     test_toy_variants();
     test_errors();
+    test_errors_bytelevel();
+    test_split_rules();
+    test_bytelevel_toy();
+    test_bytelevel_roundtrip();
     test_bundled_basics();
+    test_reference_ids();
 
     check_file("tests/data/stories260K-hf/tokenizer.json", "tests/data/text/tinystories-valid-head.txt",
                "tests/data/reference/tinystories-valid-head.stories260K.tokens.i32", 393019);

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 # man-db and systemd: the install test's `man -l` and systemd-analyze checks.
 PKGS=(gcc meson ninja-build pkg-config python3 libblis-dev libflame-dev libuv1-dev libjansson-dev
-      libsqlite3-dev man-db systemd)
+      libsqlite3-dev libpcre2-dev libutf8proc-dev man-db systemd)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

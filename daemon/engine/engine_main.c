@@ -1,6 +1,14 @@
 /* svdllm-engine: one-shot command-line entry to the engine, without the daemon.
  *
  *   svdllm-engine eval --model DIR --text FILE --seqlen L [--max-windows N] [--threads N] [--json]
+ *   svdllm-engine tokenize (--tokenizer FILE | --model DIR) [--text FILE] [--no-bos] [--json]
+ *
+ * tokenize encodes the text (stdin without --text) with the tokenizer.json
+ * (DIR/tokenizer.json with --model) as the engine does for eval and
+ * calibration, BOS included unless --no-bos, and prints the ids on one line,
+ * separated by spaces; --json prints one object instead:
+ *   {"tokenizer": PATH, "bytes": N, "tokens": K, "ids": [...], "pieces": [...]}
+ * where pieces are the vocab strings as the file spells them ("Ġthe", "▁the").
  *
  * --threads goes to forward_threads_set(), as svdllmd's does: 0 or absent
  * means the CPUs this process may run on (its affinity mask).
@@ -17,9 +25,11 @@
 #include "args.h"
 #include "forward.h"
 #include "ppl.h"
+#include "tok.h"
 
 static void usage(FILE *f) {
     fprintf(f, "usage: svdllm-engine eval --model DIR --text FILE --seqlen L [--max-windows N] [--threads N] [--json]\n");
+    fprintf(f, "       svdllm-engine tokenize (--tokenizer FILE | --model DIR) [--text FILE] [--no-bos] [--json]\n");
 }
 
 static int cmd_eval(int argc, char **argv) {
@@ -92,6 +102,151 @@ static int cmd_eval(int argc, char **argv) {
     return 0;
 }
 
+/* Text to tokenize: a file, or stdin. Bounded so a runaway pipe fails
+ * cleanly rather than exhausting memory. */
+#define TOKENIZE_TEXT_MAX ((size_t)1 << 30)
+
+static int read_text(const char *path, char **ret, size_t *ret_len) {
+    FILE *f = path ? fopen(path, "rb") : stdin;
+    if (!f) {
+        fprintf(stderr, "svdllm-engine: text '%s': cannot open: %s\n", path, strerror(errno));
+        return -1;
+    }
+    size_t n = 0, cap = 1 << 16;
+    char *buf = malloc(cap);
+    int r = 0;
+    for (size_t got; buf && (got = fread(buf + n, 1, cap - n, f)) > 0;) {
+        n += got;
+        if (n == cap) {
+            char *b = cap >= TOKENIZE_TEXT_MAX ? NULL : realloc(buf, cap * 2);
+            if (!b) {
+                fprintf(stderr, "svdllm-engine: text '%s': %s\n", path ? path : "(stdin)",
+                        cap >= TOKENIZE_TEXT_MAX ? "larger than 1 GiB" : "out of memory");
+                r = -1;
+                break;
+            }
+            buf = b;
+            cap *= 2;
+        }
+    }
+    if (r == 0 && !buf) {
+        fprintf(stderr, "svdllm-engine: out of memory\n");
+        r = -1;
+    }
+    if (r == 0 && ferror(f)) {
+        fprintf(stderr, "svdllm-engine: text '%s': read error: %s\n", path ? path : "(stdin)", strerror(errno));
+        r = -1;
+    }
+    if (path)
+        fclose(f);
+    if (r < 0) {
+        free(buf);
+        return r;
+    }
+    *ret = buf;
+    *ret_len = n;
+    return 0;
+}
+
+static int print_tokens_json(const struct tok *t, const char *tpath, size_t bytes, const int32_t *ids, size_t n) {
+    json_t *jids = json_array(), *jpieces = json_array();
+    int bad = !jids || !jpieces;
+    for (size_t i = 0; i < n && !bad; i++) {
+        const char *p;
+        size_t pl;
+        bad |= json_array_append_new(jids, json_integer(ids[i]));
+        /* Every id the encoder emits has a piece; null would mean a bug. */
+        bad |= json_array_append_new(jpieces, tok_piece_borrow(t, ids[i], &p, &pl) == 0 ? json_stringn(p, pl)
+                                                                                        : json_null());
+    }
+    json_t *o = bad ? NULL : json_pack("{s:s, s:I, s:I, s:o, s:o}", "tokenizer", tpath, "bytes", (json_int_t)bytes,
+                                       "tokens", (json_int_t)n, "ids", jids, "pieces", jpieces);
+    if (!o) {
+        if (bad) {
+            json_decref(jids);
+            json_decref(jpieces);
+        }
+        fprintf(stderr, "svdllm-engine: cannot format the tokens as JSON\n");
+        return 1;
+    }
+    int r = json_dumpf(o, stdout, JSON_PRESERVE_ORDER | JSON_COMPACT);
+    json_decref(o);
+    if (r < 0 || putchar('\n') == EOF) {
+        fprintf(stderr, "svdllm-engine: cannot write the output\n");
+        return 1;
+    }
+    return 0;
+}
+
+static int cmd_tokenize(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"tokenizer", required_argument, 0, 'k'}, {"model", required_argument, 0, 'm'},
+        {"text", required_argument, 0, 't'}, {"no-bos", no_argument, 0, 'B'}, {"json", no_argument, 0, 'J'},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+    };
+    const char *tokfile = NULL, *model = NULL, *text = NULL;
+    int json = 0, bos = 1, c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'k': tokfile = optarg; break;
+        case 'm': model = optarg; break;
+        case 't': text = optarg; break;
+        case 'B': bos = 0; break;
+        case 'J': json = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!!tokfile == !!model) {
+        fprintf(stderr, "svdllm-engine: tokenize needs exactly one of --tokenizer and --model\n");
+        return 2;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "svdllm-engine: tokenize: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    char tpath[4096];
+    if (model && snprintf(tpath, sizeof tpath, "%s/tokenizer.json", model) >= (int)sizeof tpath) {
+        fprintf(stderr, "svdllm-engine: --model path too long\n");
+        return 2;
+    }
+    if (tokfile)
+        snprintf(tpath, sizeof tpath, "%s", tokfile);
+    struct sv_err err = {0};
+    struct tok *t = NULL;
+    if (tok_new(&t, tpath, &err) < 0) {
+        fprintf(stderr, "svdllm-engine: %s\n", err.msg);
+        return 1;
+    }
+    char *buf = NULL;
+    size_t len = 0;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int rc = 1;
+    if (read_text(text, &buf, &len) < 0)
+        goto out;
+    if (tok_encode(t, buf, len, bos, &ids, &n, &err) < 0) {
+        fprintf(stderr, "svdllm-engine: %s\n", err.msg);
+        goto out;
+    }
+    if (json) {
+        rc = print_tokens_json(t, tpath, len, ids, n);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        printf(i ? " %d" : "%d", (int)ids[i]);
+    if (putchar('\n') == EOF || fflush(stdout) == EOF) {
+        fprintf(stderr, "svdllm-engine: cannot write the output\n");
+        goto out;
+    }
+    rc = 0;
+out:
+    free(ids);
+    free(buf);
+    tok_free(t);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         usage(stderr);
@@ -99,6 +254,8 @@ int main(int argc, char **argv) {
     }
     if (strcmp(argv[1], "eval") == 0)
         return cmd_eval(argc - 1, argv + 1);
+    if (strcmp(argv[1], "tokenize") == 0)
+        return cmd_tokenize(argc - 1, argv + 1);
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         usage(stdout);
         return 0;

@@ -1,49 +1,64 @@
-/* tok: SentencePiece-style BPE read from a Hugging Face tokenizer.json.
+/* tok: BPE tokenizers read from a Hugging Face tokenizer.json, producing the
+ * same ids as the tokenizers library: SentencePiece-style (Llama 2, Mistral)
+ * and byte-level (GPT-2, Llama 3, Qwen).
  *
  * Design note. The goal is token-for-token equality with the `tokenizers`
- * library (what LlamaTokenizerFast runs), because perplexities are only
- * comparable across tools when the token streams are identical. So this file
- * mirrors that library's steps rather than SentencePiece's or llama2.c's:
+ * library (what the Transformers fast tokenizers run), because perplexities
+ * are only comparable across tools when the token streams are identical. So
+ * this file mirrors that library's steps, in its order (checked against the
+ * pure-JavaScript @huggingface/tokenizers, tests/ref/gen_tok_ref.mjs):
  *
- *   1. normalizer: a list of Prepend / Replace(String) steps applied in order
- *      to the whole text (Prepend only when the text is non-empty);
- *   2. pre-tokenizer: none, or a Metaspace with split=false (replace ' ',
- *      then prepend the replacement unless the text already starts with it);
- *      either way the whole normalized text is ONE word;
- *   3. BPE model (models/bpe/model.rs merge_word): the word is cut into
- *      Unicode scalars; a scalar in the vocab becomes that piece; one that is
- *      not becomes its <0xNN> byte pieces when byte_fallback is on and every
- *      one of those exists; otherwise an unk (consecutive unks fused into one
- *      with fuse_unk; dropped without an unk_token). Byte and unk symbols go
- *      through the merges like any other symbol, as in the library;
- *   4. merges (models/bpe/word.rs merge_all): a min-heap of candidate
+ *   0. text that is not valid UTF-8 (the library only takes valid strings):
+ *      for byte-level files and anything using a regex or NFC, each maximal
+ *      ill-formed subsequence becomes one U+FFFD, as a UTF-8 decoder hands the
+ *      library its string (WHATWG / Unicode "maximal subpart" rule). For
+ *      SentencePiece-style files the bytes are kept: a stray byte is a
+ *      one-byte symbol that is never in the vocab, so it goes to byte fallback
+ *      (<0xNN>) or unk like an unknown character;
+ *   1. added tokens (added_tokens: special or not) are cut out of the raw text
+ *      first, leftmost-longest, those with normalized=false on the raw text,
+ *      those with normalized=true on each normalized section; lstrip/rstrip
+ *      eat the Unicode white space next to them. A section that is a token
+ *      becomes its id and skips everything below;
+ *   2. normalizer, on each other section: Prepend (only to a non-empty
+ *      section), Replace(String) and NFC (utf8proc), in the file's order;
+ *   3. pre-tokenizer: none (the section is one word), Metaspace (split=false:
+ *      replace ' ', prepend the replacement unless already there; "first" only
+ *      for the section at the start of the text), or a Sequence of Split
+ *      (the file's regex, PCRE2; pretok.c) and ByteLevel (add_prefix_space;
+ *      GPT-2 regex when use_regex; bytes mapped through GPT-2's table);
+ *   4. BPE model (models/bpe/model.rs merge_word) on each word: the word is
+ *      cut into Unicode scalars; a scalar in the vocab becomes that piece; one
+ *      that is not becomes its <0xNN> byte pieces when byte_fallback is on and
+ *      every one of those exists; otherwise an unk (consecutive unks fused
+ *      into one with fuse_unk; dropped without an unk_token). Byte and unk
+ *      symbols go through the merges like any other symbol, as in the library.
+ *      ignore_merges takes a word that is itself a piece whole;
+ *   5. merges (models/bpe/word.rs merge_all): a min-heap of candidate
  *      adjacent pairs keyed by (rank, position of the left symbol) over a
  *      doubly linked list of symbols. Popped entries are checked lazily: a
  *      dead left symbol, a missing right neighbour, or a current pair whose
  *      merge yields a different id than the entry means it is stale. Each
  *      merge pushes the (at most two) new pairs it creates. O(n log n), so a
  *      whole 1 MB file as one word takes well under a second;
- *   5. post-processor: TemplateProcessing's special tokens in front of $A
- *      when the caller asks for BOS.
+ *   6. post-processor: TemplateProcessing's special tokens in front of $A
+ *      when the caller asks for BOS (alone or in a Sequence); ByteLevel adds
+ *      none (it only moves offsets).
  *
  * One library quirk is kept on purpose because it changes ids: a character
  * handled by byte fallback does not flush a pending unk, so the unk lands
  * after those byte pieces (only reachable when a vocab has some but not all
  * <0xNN> pieces).
  *
- * Input that is not valid UTF-8 (the library only takes valid strings): each
- * byte that does not start a well-formed sequence is a one-byte symbol that is
- * never in the vocab, so it goes to byte fallback or unk like an unknown
- * character.
- *
- * Also as in the library: ignore_merges takes a word that is itself a piece
- * whole; special tokens after $A (an EOS) are not added, since the API only
- * asks for BOS. tok_vocab_size is one past the largest id of the vocab and
- * added_tokens, i.e. the rows an embedding table needs. jansson refuses NUL
- * bytes in object keys, so a vocab with a "\u0000" piece is refused.
+ * Also as in the library: special tokens after $A (an EOS) are not added,
+ * since the API only asks for BOS. tok_vocab_size is one past the largest id
+ * of the vocab and added_tokens, i.e. the rows an embedding table needs.
+ * jansson refuses NUL bytes in object keys, so a vocab with a "\u0000" piece
+ * is refused. Anything else the library can do (other models, normalizers,
+ * pre-tokenizers, Split behaviours, single_word tokens) is refused by name.
  *
  * A struct tok is immutable after tok_new, so any number of threads may call
- * tok_encode on it at once. */
+ * tok_encode on it at once; each call has its own scratch state. */
 #include "tok.h"
 
 #include <errno.h>
@@ -53,6 +68,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <utf8proc.h>
+
+#include "pretok.h"
 
 /* The largest real tokenizer.json files (250k-piece vocabularies) are ~20 MB;
  * anything far beyond that is not a tokenizer and would only exhaust memory. */
@@ -61,15 +79,42 @@
 #define TOK_TEXT_MAX ((size_t)INT32_MAX - 1)
 /* Longest piece quoted in an error message. */
 #define TOK_QUOTE_MAX 80
+/* Pre-tokenizer steps in a Sequence; real files have one or two. */
+#define TOK_PRE_MAX 8
 
-enum norm_kind { NORM_PREPEND, NORM_REPLACE };
+enum norm_kind { NORM_PREPEND, NORM_REPLACE, NORM_NFC };
 
 struct norm_step {
     enum norm_kind kind;
-    char *pat;   /* Replace: the string matched; unused for Prepend */
+    char *pat;   /* Replace: the string matched; unused otherwise */
     size_t pat_len;
-    char *with;  /* Prepend: the prefix; Replace: the replacement */
+    char *with;  /* Prepend: the prefix; Replace: the replacement; NFC: NULL */
     size_t with_len;
+};
+
+enum pre_kind { PRE_SPLIT, PRE_BYTELEVEL };
+
+struct pre_step {
+    enum pre_kind kind;
+    struct pretok_split *sp;  /* Split's regex; ByteLevel's GPT-2 regex, or NULL without use_regex */
+    int add_prefix_space;     /* ByteLevel */
+};
+
+struct added_tok {
+    char *s;  /* content (for normalized tokens: the normalized content) */
+    size_t len;
+    int32_t id;
+    int lstrip, rstrip;
+    uint32_t order;  /* index in added_tokens */
+    int raw;         /* s is the content as written (not a normalized form) */
+};
+
+/* Added tokens of one kind (normalized or not), ordered by first byte and,
+ * within one first byte, longest first, so the first hit is the longest. */
+struct added_set {
+    struct added_tok *a;
+    size_t n;
+    uint32_t lo[256], hi[256];  /* a[lo[b]..hi[b]) start with byte b */
 };
 
 struct vocab_slot {
@@ -104,10 +149,22 @@ struct tok {
 
     struct norm_step *steps;
     size_t n_steps;
-    int metaspace;  /* a Metaspace pre-tokenizer (split=false) follows the normalizer */
+    int metaspace;  /* the pre-tokenizer is a Metaspace with split=false */
     char *ms_rep;
     size_t ms_rep_len;
-    int ms_prepend;
+    int ms_prepend;  /* 0 never, 1 always, 2 first */
+
+    struct pre_step pre[TOK_PRE_MAX];
+    size_t n_pre;
+    int byte_level;  /* a ByteLevel pre-tokenizer maps bytes to GPT-2's table */
+    int valid_utf8;  /* step 0 replaces ill-formed UTF-8 (byte-level, regex, NFC) */
+
+    struct added_set raw, norm;  /* added tokens with normalized false / true */
+    struct added_tok *whole;     /* every added token by its content, for step 1's section check */
+    size_t n_whole;
+
+    const char **piece;  /* id -> piece string (vocab or added token), NULL if none */
+    uint32_t *piece_len;
 
     int32_t *bos;  /* ids in front of $A in the "single" template */
     size_t n_bos;
@@ -286,28 +343,100 @@ static int parse_normalizer(struct tok *t, json_t *n, struct sv_err *err) {
             return fail(t, err, -EINVAL, "normalizer Replace has an empty pattern");
         return add_step(t, NORM_REPLACE, s, content, err);
     }
+    if (strcmp(type, "NFC") == 0) {
+        struct norm_step *st = realloc(t->steps, (t->n_steps + 1) * sizeof *st);
+        if (!st)
+            return fail(t, err, -ENOMEM, "out of memory");
+        t->steps = st;
+        memset(&t->steps[t->n_steps], 0, sizeof *st);
+        t->steps[t->n_steps++].kind = NORM_NFC;
+        t->valid_utf8 = 1;
+        return 0;
+    }
     return fail(t, err, -ENOTSUP, "normalizer type '%s' not supported", type);
 }
 
-/* Names the byte-level part of a refused pre-tokenizer, which is the common
- * case (GPT-2, LLaMA 3, Qwen): "byte-level BPE" tells the user what it is. */
-static int refuse_pretokenizer(struct tok *t, json_t *p, const char *type, struct sv_err *err) {
-    if (strcmp(type, "ByteLevel") == 0)
-        return fail(t, err, -ENOTSUP, "pre_tokenizer type 'ByteLevel': byte-level BPE not supported");
+static int parse_split(struct tok *t, json_t *p, size_t idx, struct sv_err *err) {
+    json_t *pattern = json_object_get(p, "pattern");
+    json_t *re = json_object_get(pattern, "Regex"), *str = json_object_get(pattern, "String");
+    if (!json_is_string(re) && !json_is_string(str))
+        return fail(t, err, -EINVAL, "pre_tokenizer %zu (Split) has no pattern.Regex or pattern.String string", idx);
+    const char *beh = json_string_value(json_object_get(p, "behavior"));
+    if (!beh)
+        return fail(t, err, -EINVAL, "pre_tokenizer %zu (Split) has no 'behavior'", idx);
+    int invert = json_is_true(json_object_get(p, "invert"));
+    enum pretok_behavior b;
+    /* As the library's NormalizedString::split: Isolated keeps every piece
+     * whichever side invert puts the matches on; Removed drops the matches,
+     * or with invert the gaps. */
+    if (strcmp(beh, "Isolated") == 0)
+        b = PRETOK_ISOLATED;
+    else if (strcmp(beh, "Removed") == 0)
+        b = invert ? PRETOK_MATCHES_ONLY : PRETOK_REMOVED;
+    else
+        return fail(t, err, -ENOTSUP, "pre_tokenizer %zu (Split) behavior '%s' not supported", idx, beh);
+    char what[SV_ERR_MSG_MAX / 2];
+    snprintf(what, sizeof what, "tokenizer '%.200s': pre_tokenizer %zu (Split)", t->path, idx);
+    json_t *pat = re ? re : str;
+    struct pre_step *st = &t->pre[t->n_pre];
+    memset(st, 0, sizeof *st);
+    st->kind = PRE_SPLIT;
+    int r = pretok_split_new(&st->sp, json_string_value(pat), json_string_length(pat), !re, b, what, err);
+    if (r < 0)
+        return r;
+    t->n_pre++;
+    return 0;
+}
+
+static int parse_bytelevel(struct tok *t, json_t *p, size_t idx, struct sv_err *err) {
+    json_t *aps = json_object_get(p, "add_prefix_space");
+    /* The Rust library defaults it to true, tokenizers.js to false; real
+     * files always say. */
+    if (!json_is_boolean(aps))
+        return fail(t, err, -EINVAL, "pre_tokenizer %zu (ByteLevel) has no boolean 'add_prefix_space'", idx);
+    json_t *ur = json_object_get(p, "use_regex");
+    struct pre_step *st = &t->pre[t->n_pre];
+    memset(st, 0, sizeof *st);
+    st->kind = PRE_BYTELEVEL;
+    st->add_prefix_space = json_is_true(aps);
+    if (!json_is_false(ur)) {  /* both default to true */
+        char what[SV_ERR_MSG_MAX / 2];
+        snprintf(what, sizeof what, "tokenizer '%.200s': pre_tokenizer %zu (ByteLevel)", t->path, idx);
+        int r = pretok_split_new_gpt2(&st->sp, what, err);
+        if (r < 0)
+            return r;
+    }
+    t->n_pre++;
+    t->byte_level = 1;
+    return 0;
+}
+
+/* Split and ByteLevel, alone or in a (nested) Sequence, in order. */
+static int parse_pre_steps(struct tok *t, json_t *p, struct sv_err *err) {
+    const char *type = type_of(p);
+    if (!json_is_object(p) || !type)
+        return fail(t, err, -EINVAL, "pre_tokenizer %zu has no 'type'", t->n_pre);
     if (strcmp(type, "Sequence") == 0) {
+        json_t *list = json_object_get(p, "pretokenizers");
+        if (!json_is_array(list))
+            return fail(t, err, -EINVAL, "pre_tokenizer Sequence has no 'pretokenizers' array");
         size_t i;
         json_t *sub;
-        json_array_foreach(json_object_get(p, "pretokenizers"), i, sub) {
-            const char *st = type_of(sub);
-            if (st && strcmp(st, "ByteLevel") == 0)
-                return fail(t, err, -ENOTSUP,
-                            "pre_tokenizer Sequence with 'ByteLevel': byte-level BPE not supported");
+        json_array_foreach(list, i, sub) {
+            int r = parse_pre_steps(t, sub, err);
+            if (r < 0)
+                return r;
         }
-        return fail(t, err, -ENOTSUP, "pre_tokenizer type 'Sequence' not supported");
+        return 0;
     }
+    if (t->n_pre == TOK_PRE_MAX)
+        return fail(t, err, -E2BIG, "pre_tokenizer has more than %d steps", TOK_PRE_MAX);
     if (strcmp(type, "Split") == 0)
-        return fail(t, err, -ENOTSUP,
-                    "pre_tokenizer type 'Split': regex pre-tokenization (byte-level BPE) not supported");
+        return parse_split(t, p, t->n_pre, err);
+    if (strcmp(type, "ByteLevel") == 0)
+        return parse_bytelevel(t, p, t->n_pre, err);
+    if (strcmp(type, "Metaspace") == 0)
+        return fail(t, err, -ENOTSUP, "pre_tokenizer Metaspace inside a Sequence not supported");
     return fail(t, err, -ENOTSUP, "pre_tokenizer type '%s' not supported", type);
 }
 
@@ -317,8 +446,12 @@ static int parse_pretokenizer(struct tok *t, json_t *p, struct sv_err *err) {
     const char *type = type_of(p);
     if (!json_is_object(p) || !type)
         return fail(t, err, -EINVAL, "pre_tokenizer has no 'type'");
-    if (strcmp(type, "Metaspace") != 0)
-        return refuse_pretokenizer(t, p, type, err);
+    if (strcmp(type, "Metaspace") != 0) {
+        int r = parse_pre_steps(t, p, err);
+        if (r == 0 && t->n_pre)
+            t->valid_utf8 = 1;  /* PCRE2 and the byte table need code points */
+        return r;
+    }
 
     json_t *rep = json_object_get(p, "replacement");
     if (!json_is_string(rep) || json_string_length(rep) == 0)
@@ -331,10 +464,10 @@ static int parse_pretokenizer(struct tok *t, json_t *p, struct sv_err *err) {
     json_t *scheme = json_object_get(p, "prepend_scheme");
     if (json_is_string(scheme)) {
         const char *s = json_string_value(scheme);
-        /* "first" and "always" agree here: the text is never cut into
-         * several pieces before the pre-tokenizer sees it. */
-        if (strcmp(s, "first") == 0 || strcmp(s, "always") == 0)
+        if (strcmp(s, "always") == 0)
             t->ms_prepend = 1;
+        else if (strcmp(s, "first") == 0)
+            t->ms_prepend = 2;  /* only the section at the start of the text */
         else if (strcmp(s, "never") == 0)
             t->ms_prepend = 0;
         else
@@ -560,18 +693,7 @@ static int special_ids(struct tok *t, json_t *root, json_t *pp, const char *name
 
 /* Only the special tokens in front of $A matter: the API adds a BOS, never an
  * EOS, and sequence B is never used. */
-static int parse_postprocessor(struct tok *t, json_t *root, struct sv_err *err) {
-    json_t *pp = json_object_get(root, "post_processor");
-    if (!pp || json_is_null(pp))
-        return 0;
-    const char *type = type_of(pp);
-    if (!json_is_object(pp) || !type)
-        return fail(t, err, -EINVAL, "post_processor has no 'type'");
-    if (strcmp(type, "ByteLevel") == 0)
-        return fail(t, err, -ENOTSUP, "post_processor type 'ByteLevel': byte-level BPE not supported");
-    if (strcmp(type, "TemplateProcessing") != 0)
-        return fail(t, err, -ENOTSUP, "post_processor type '%s' not supported", type);
-
+static int parse_template(struct tok *t, json_t *root, json_t *pp, struct sv_err *err) {
     json_t *single = json_object_get(pp, "single");
     if (!json_is_array(single))
         return fail(t, err, -EINVAL, "post_processor TemplateProcessing has no 'single' template");
@@ -589,6 +711,227 @@ static int parse_postprocessor(struct tok *t, json_t *root, struct sv_err *err) 
             return r;
     }
     return fail(t, err, -EINVAL, "post_processor 'single' template has no Sequence");
+}
+
+/* ByteLevel only trims offsets, which ids do not carry; a Sequence runs its
+ * processors in order, so each TemplateProcessing in it adds its tokens. */
+static int parse_post_one(struct tok *t, json_t *root, json_t *pp, int depth, struct sv_err *err) {
+    const char *type = type_of(pp);
+    if (!json_is_object(pp) || !type)
+        return fail(t, err, -EINVAL, "post_processor has no 'type'");
+    if (strcmp(type, "ByteLevel") == 0)
+        return 0;
+    if (strcmp(type, "TemplateProcessing") == 0)
+        return parse_template(t, root, pp, err);
+    if (strcmp(type, "Sequence") == 0) {
+        json_t *list = json_object_get(pp, "processors");
+        if (!json_is_array(list))
+            return fail(t, err, -EINVAL, "post_processor Sequence has no 'processors' array");
+        if (depth > 4)
+            return fail(t, err, -EINVAL, "post_processor Sequences nested too deep");
+        size_t i;
+        json_t *sub;
+        json_array_foreach(list, i, sub) {
+            int r = parse_post_one(t, root, sub, depth + 1, err);
+            if (r < 0)
+                return r;
+        }
+        return 0;
+    }
+    return fail(t, err, -ENOTSUP, "post_processor type '%s' not supported", type);
+}
+
+static int parse_postprocessor(struct tok *t, json_t *root, struct sv_err *err) {
+    json_t *pp = json_object_get(root, "post_processor");
+    if (!pp || json_is_null(pp))
+        return 0;
+    return parse_post_one(t, root, pp, 0, err);
+}
+
+/* ---- added tokens ----------------------------------------------------- */
+
+static int normalize(const struct tok *t, const char *text, size_t len, char **ret, size_t *ret_len);
+
+static int set_push(struct added_tok **a, size_t *n, size_t *cap, const char *s, size_t len, int32_t id,
+                    int lstrip, int rstrip, uint32_t order, int raw) {
+    if (*n == *cap) {
+        size_t c = *cap ? 2 * *cap : 16;
+        struct added_tok *p = realloc(*a, c * sizeof *p);
+        if (!p)
+            return -ENOMEM;
+        *a = p;
+        *cap = c;
+    }
+    struct added_tok *x = &(*a)[*n];
+    if (!(x->s = malloc(len + 1)))
+        return -ENOMEM;
+    memcpy(x->s, s, len);
+    x->s[len] = '\0';
+    x->len = len;
+    x->id = id;
+    x->lstrip = lstrip;
+    x->rstrip = rstrip;
+    x->order = order;
+    x->raw = raw;
+    (*n)++;
+    return 0;
+}
+
+/* Matching order: by first byte, then longest first; among equal contents
+ * the later entry first, since the later one wins (a map keyed by content). */
+static int added_cmp(const void *pa, const void *pb) {
+    const struct added_tok *a = pa, *b = pb;
+    unsigned char fa = (unsigned char)a->s[0], fb = (unsigned char)b->s[0];
+    if (fa != fb)
+        return fa < fb ? -1 : 1;
+    if (a->len != b->len)
+        return a->len > b->len ? -1 : 1;
+    int c = memcmp(a->s, b->s, a->len);
+    if (c)
+        return c;
+    return a->order > b->order ? -1 : a->order < b->order;
+}
+
+/* Lookup order for whole_find: by length, then bytes, later entry first. */
+static int whole_cmp(const void *pa, const void *pb) {
+    const struct added_tok *a = pa, *b = pb;
+    if (a->len != b->len)
+        return a->len < b->len ? -1 : 1;
+    int c = memcmp(a->s, b->s, a->len);
+    if (c)
+        return c;
+    return a->order > b->order ? -1 : a->order < b->order;
+}
+
+/* Sorts, drops the earlier duplicates of a content, and indexes by first byte. */
+static void set_finish(struct added_set *set) {
+    if (set->n)
+        qsort(set->a, set->n, sizeof *set->a, added_cmp);
+    size_t k = 0;
+    for (size_t i = 0; i < set->n; i++) {
+        if (k && set->a[k - 1].len == set->a[i].len && memcmp(set->a[k - 1].s, set->a[i].s, set->a[i].len) == 0) {
+            free(set->a[i].s);
+            continue;
+        }
+        set->a[k++] = set->a[i];
+    }
+    set->n = k;
+    memset(set->lo, 0, sizeof set->lo);
+    memset(set->hi, 0, sizeof set->hi);
+    for (size_t i = 0; i < set->n; i++) {
+        unsigned char b = (unsigned char)set->a[i].s[0];
+        if (set->lo[b] == set->hi[b])
+            set->lo[b] = (uint32_t)i;
+        set->hi[b] = (uint32_t)i + 1;
+    }
+}
+
+static void set_free(struct added_tok *a, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        free(a[i].s);
+    free(a);
+}
+
+static int parse_added(struct tok *t, json_t *root, struct sv_err *err) {
+    json_t *list = json_object_get(root, "added_tokens");
+    if (!list || json_is_null(list))
+        return 0;
+    if (!json_is_array(list))
+        return fail(t, err, -EINVAL, "'added_tokens' is not an array");
+    size_t cap_raw = 0, cap_norm = 0, cap_whole = 0, i;
+    json_t *at;
+    json_array_foreach(list, i, at) {
+        json_t *c = json_object_get(at, "content"), *id = json_object_get(at, "id");
+        if (!json_is_string(c) || !json_is_integer(id))
+            return fail(t, err, -EINVAL, "added token %zu has no string 'content' and integer 'id'", i);
+        const char *s = json_string_value(c);
+        size_t len = json_string_length(c);
+        json_int_t v = json_integer_value(id);
+        if (v < 0 || v >= INT32_MAX)
+            return fail(t, err, -EINVAL, "added token '%.*s' has id %lld, outside [0, %d)", quote_len(len), s,
+                        (long long)v, INT32_MAX);
+        /* The embedding table covers added tokens past the model vocab. */
+        if (v >= t->vocab_size)
+            t->vocab_size = (int)v + 1;
+        if (json_is_true(json_object_get(at, "single_word")))
+            return fail(t, err, -ENOTSUP, "added token '%.*s': single_word=true not supported", quote_len(len), s);
+        int special = json_is_true(json_object_get(at, "special"));
+        json_t *nj = json_object_get(at, "normalized");
+        int normalized = json_is_boolean(nj) ? json_is_true(nj) : !special;
+        int lstrip = json_is_true(json_object_get(at, "lstrip")), rstrip = json_is_true(json_object_get(at, "rstrip"));
+        if (len == 0)
+            continue;  /* matches nothing */
+        int r = set_push(&t->whole, &t->n_whole, &cap_whole, s, len, (int32_t)v, 0, 0, (uint32_t)i, 1);
+        if (r == 0 && (!normalized || t->n_steps == 0)) {
+            r = set_push(&t->raw.a, &t->raw.n, &cap_raw, s, len, (int32_t)v, lstrip, rstrip, (uint32_t)i, 1);
+        } else if (r == 0) {
+            /* Matched in normalized text, so by its normalized form. */
+            char *ns = NULL;
+            size_t nn = 0;
+            r = normalize(t, s, len, &ns, &nn);
+            if (r == 0 && nn)
+                r = set_push(&t->norm.a, &t->norm.n, &cap_norm, ns, nn, (int32_t)v, lstrip, rstrip, (uint32_t)i, 0);
+            if (r == 0 && nn)
+                r = set_push(&t->whole, &t->n_whole, &cap_whole, ns, nn, (int32_t)v, 0, 0, (uint32_t)i, 0);
+            free(ns);
+        }
+        if (r < 0)
+            return fail(t, err, r, "out of memory for added token %zu", i);
+    }
+    set_finish(&t->raw);
+    set_finish(&t->norm);
+    /* whole keeps duplicates' raw flags for the piece table; sort only. */
+    if (t->n_whole)
+        qsort(t->whole, t->n_whole, sizeof *t->whole, whole_cmp);
+    return 0;
+}
+
+/* The id of the added token whose content is exactly s[0..n), or -1. */
+static int32_t whole_find(const struct tok *t, const char *s, size_t n) {
+    size_t lo = 0, hi = t->n_whole;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const struct added_tok *a = &t->whole[mid];
+        int c = a->len != n ? (a->len < n ? -1 : 1) : memcmp(a->s, s, n);
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    /* lo is the first entry >= s, i.e. the latest of equal contents. */
+    if (lo < t->n_whole && t->whole[lo].len == n && memcmp(t->whole[lo].s, s, n) == 0)
+        return t->whole[lo].id;
+    return -1;
+}
+
+/* id -> piece: the vocab, then the added tokens' contents over it. */
+static int build_pieces(struct tok *t, struct sv_err *err) {
+    size_t n = (size_t)t->vocab_size;
+    t->piece = calloc(n ? n : 1, sizeof *t->piece);
+    t->piece_len = calloc(n ? n : 1, sizeof *t->piece_len);
+    if (!t->piece || !t->piece_len)
+        return fail(t, err, -ENOMEM, "out of memory for %zu pieces", n);
+    for (size_t i = 0; t->vocab && i <= t->vocab_mask; i++) {
+        const struct vocab_slot *v = &t->vocab[i];
+        if (v->s && v->id >= 0 && (size_t)v->id < n) {
+            t->piece[v->id] = v->s;
+            t->piece_len[v->id] = v->len;
+        }
+    }
+    /* The latest entry for an id wins, as in the library's id -> token map. */
+    uint32_t *best = calloc(n ? n : 1, sizeof *best);
+    if (!best)
+        return fail(t, err, -ENOMEM, "out of memory for %zu pieces", n);
+    for (size_t i = 0; i < t->n_whole; i++) {
+        const struct added_tok *a = &t->whole[i];
+        if (!a->raw || (t->piece[a->id] && best[a->id] > a->order + 1))
+            continue;
+        t->piece[a->id] = a->s;
+        t->piece_len[a->id] = (uint32_t)a->len;
+        best[a->id] = a->order + 1;
+    }
+    free(best);
+    return 0;
 }
 
 static int load_json(struct tok *t, json_t **ret, struct sv_err *err) {
@@ -644,18 +987,15 @@ int tok_new(struct tok **ret, const char *tokenizer_json_path, struct sv_err *er
     r = parse_pretokenizer(t, json_object_get(root, "pre_tokenizer"), err);
     if (r < 0)
         goto out;
+    r = parse_added(t, root, err);  /* after the normalizer: normalized tokens are matched by their normalized form */
+    if (r < 0)
+        goto out;
     r = parse_postprocessor(t, root, err);
     if (r < 0)
         goto out;
-
-    /* Added tokens may sit past the model vocab; the embedding table covers them. */
-    size_t i;
-    json_t *at;
-    json_array_foreach(json_object_get(root, "added_tokens"), i, at) {
-        json_t *id = json_object_get(at, "id");
-        if (json_is_integer(id) && json_integer_value(id) >= t->vocab_size && json_integer_value(id) < INT32_MAX)
-            t->vocab_size = (int)json_integer_value(id) + 1;
-    }
+    r = build_pieces(t, err);
+    if (r < 0)
+        goto out;
     /* A BOS id must name a row of the embedding table like any other id
      * (found by fuzzing: post_processor ids were taken as given). */
     for (size_t b = 0; b < t->n_bos && r == 0; b++)
@@ -680,6 +1020,13 @@ void tok_free(struct tok *t) {
         free(t->steps[i].with);
     }
     free(t->steps);
+    for (size_t i = 0; i < t->n_pre; i++)
+        pretok_split_free(t->pre[i].sp);
+    set_free(t->raw.a, t->raw.n);
+    set_free(t->norm.a, t->norm.n);
+    set_free(t->whole, t->n_whole);
+    free(t->piece);
+    free(t->piece_len);
     free(t->ms_rep);
     free(t->unk_token);
     free(t->bos);
@@ -760,6 +1107,81 @@ static int prepend(char **s, size_t *n, const char *with, size_t with_len) {
     return 0;
 }
 
+/* NFC, line by line: '\n' is a starter that composes with nothing, so
+ * NFC(a "\n" b) = NFC(a) "\n" NFC(b); and a line with no code point from
+ * U+0300 up (lead bytes below 0xCC) is already NFC, since every character
+ * below U+0300 has NFC_Quick_Check=Yes and combining class 0. So only lines
+ * that can change go through utf8proc. */
+static int nfc(char **s, size_t *n) {
+    const char *p = *s, *end = *s + *n;
+    char *out = NULL;
+    size_t k = 0, cap = 0;
+    int r = 0;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *eol = nl ? nl + 1 : end;
+        int plain = 1;
+        for (const char *q = p; q < eol && plain; q++)
+            plain = (unsigned char)*q < 0xcc;
+        utf8proc_uint8_t *mapped = NULL;
+        const char *src = p;
+        size_t m = (size_t)(eol - p);
+        if (!plain) {
+            utf8proc_ssize_t got = utf8proc_map((const utf8proc_uint8_t *)p, (utf8proc_ssize_t)m, &mapped,
+                                                UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+            if (got < 0) {  /* only NOMEM or invalid UTF-8, which step 0 rules out */
+                r = got == UTF8PROC_ERROR_NOMEM ? -ENOMEM : -EILSEQ;
+                break;
+            }
+            src = (const char *)mapped;
+            m = (size_t)got;
+        }
+        if (!plain || out) {  /* nothing to copy while every line so far is unchanged */
+            if (!out) {
+                cap = *n + m + 64;
+                if (!(out = malloc(cap))) {
+                    free(mapped);
+                    r = -ENOMEM;
+                    break;
+                }
+                k = (size_t)(p - *s);
+                memcpy(out, *s, k);
+            }
+            if (k + m > TOK_TEXT_MAX) {
+                free(mapped);
+                r = -E2BIG;
+                break;
+            }
+            if (k + m + 1 > cap) {
+                size_t c = 2 * (k + m) + 64;
+                char *o = realloc(out, c);
+                if (!o) {
+                    free(mapped);
+                    r = -ENOMEM;
+                    break;
+                }
+                out = o;
+                cap = c;
+            }
+            memcpy(out + k, src, m);
+            k += m;
+        }
+        free(mapped);
+        p = eol;
+    }
+    if (r < 0) {
+        free(out);
+        return r;
+    }
+    if (out) {
+        free(*s);
+        *s = out;
+        *n = k;
+    }
+    return 0;
+}
+
+/* The normalizer steps on one section; *ret is malloc'ed. */
 static int normalize(const struct tok *t, const char *text, size_t len, char **ret, size_t *ret_len) {
     if (len > TOK_TEXT_MAX)
         return -E2BIG;
@@ -774,13 +1196,10 @@ static int normalize(const struct tok *t, const char *text, size_t len, char **r
         const struct norm_step *st = &t->steps[i];
         if (st->kind == NORM_PREPEND)
             r = prepend(&s, &n, st->with, st->with_len);
-        else
+        else if (st->kind == NORM_REPLACE)
             r = replace_all(&s, &n, st->pat, st->pat_len, st->with, st->with_len);
-    }
-    if (r == 0 && t->metaspace) {
-        r = replace_all(&s, &n, " ", 1, t->ms_rep, t->ms_rep_len);
-        if (r == 0 && t->ms_prepend && !(n >= t->ms_rep_len && memcmp(s, t->ms_rep, t->ms_rep_len) == 0))
-            r = prepend(&s, &n, t->ms_rep, t->ms_rep_len);
+        else
+            r = nfc(&s, &n);
     }
     if (r < 0) {
         free(s);
@@ -902,15 +1321,21 @@ static int push_pair(const struct tok *t, struct heap *h, const struct word *w, 
     return m ? heap_push(h, m->rank, (size_t)pos, m->new_id) : 0;
 }
 
-static int merge_all(const struct tok *t, struct word *w) {
-    struct heap h = {0};
+/* h is scratch kept across words (emptied here). */
+static int merge_all(const struct tok *t, struct word *w, struct heap *hp) {
+    struct heap h = *hp;
     int r = 0;
+    h.n = 0;
     /* Start with every adjacent pair that has a merge, heapified in O(n). */
     if (w->n > 1) {
-        h.cap = w->n;
-        h.a = malloc(h.cap * sizeof *h.a);
-        if (!h.a)
-            return -ENOMEM;
+        if (h.cap < w->n) {
+            struct cand *a = realloc(h.a, w->n * sizeof *a);
+            if (!a)
+                return -ENOMEM;
+            h.a = a;
+            h.cap = w->n;
+            *hp = h;
+        }
         for (size_t i = 0; i + 1 < w->n; i++) {
             const struct merge_slot *m = merge_find(t, w->id[i], w->id[i + 1]);
             if (m)
@@ -939,7 +1364,7 @@ static int merge_all(const struct tok *t, struct word *w) {
         if ((r = push_pair(t, &h, w, w->prev[pos])) < 0 || (r = push_pair(t, &h, w, pos)) < 0)
             break;
     }
-    free(h.a);
+    *hp = h;  /* heap_push may have grown it */
     return r;
 }
 
@@ -997,64 +1422,550 @@ static int split_word(const struct tok *t, const char *s, size_t n, struct word 
     return 0;
 }
 
+/* Step 0 for files that need code points: each maximal ill-formed
+ * subsequence (a bad lead byte, or a good lead byte with fewer continuation
+ * bytes than it needs) becomes one U+FFFD. *ret is NULL when s is already
+ * well-formed, else a malloc'ed copy. */
+static int make_valid_utf8(const char *s, size_t n, char **ret, size_t *ret_n) {
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < n) {
+        size_t cl = utf8_len(u + i, n - i);
+        if (!cl)
+            break;
+        i += cl;
+    }
+    *ret = NULL;
+    if (i == n)
+        return 0;
+    if (n > TOK_TEXT_MAX / 3)
+        return -E2BIG;
+    char *out = malloc(3 * n + 1);
+    if (!out)
+        return -ENOMEM;
+    memcpy(out, s, i);
+    size_t k = i;
+    while (i < n) {
+        size_t cl = utf8_len(u + i, n - i);
+        if (cl) {
+            memcpy(out + k, s + i, cl);
+            k += cl;
+            i += cl;
+            continue;
+        }
+        /* How far the bytes at i go as the start of a sequence. */
+        unsigned c = u[i];
+        size_t need = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 1;
+        size_t got = 1;
+        if (need > 1) {
+            unsigned lo = c == 0xe0 ? 0xa0 : c == 0xf0 ? 0x90 : 0x80;
+            unsigned hi = c == 0xed ? 0x9f : c == 0xf4 ? 0x8f : 0xbf;
+            while (got < need && i + got < n && u[i + got] >= lo && u[i + got] <= hi) {
+                got++;
+                lo = 0x80;
+                hi = 0xbf;
+            }
+        }
+        memcpy(out + k, "\xef\xbf\xbd", 3);
+        k += 3;
+        i += got;
+    }
+    *ret = out;
+    *ret_n = k;
+    return 0;
+}
+
+struct buf {
+    char *p;
+    size_t cap;
+};
+
+static int buf_reserve(struct buf *b, size_t n) {
+    if (n <= b->cap)
+        return 0;
+    size_t cap = n + n / 2 + 64;
+    char *p = realloc(b->p, cap);
+    if (!p)
+        return -ENOMEM;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+/* Words repeat (Zipf), and a word's pieces depend on the word alone, so one
+ * encode call remembers the ids of short words it has merged, as the library's
+ * BPE cache does. Owned by one call, so no locking. */
+#define WCACHE_KEY_MAX 64
+#define WCACHE_SLOTS_MAX ((size_t)1 << 18)
+
+struct wslot {
+    uint64_t h;
+    uint32_t koff, klen;  /* klen 0: empty */
+    uint32_t voff, vlen;
+};
+
+struct wcache {
+    struct wslot *slots;
+    size_t mask, used;
+    struct buf keys;
+    size_t keys_n;
+    int32_t *vals;
+    size_t vals_n, vals_cap;
+};
+
+static void wcache_free(struct wcache *c) {
+    free(c->slots);
+    free(c->keys.p);
+    free(c->vals);
+}
+
+static const struct wslot *wcache_get(const struct wcache *c, uint64_t h, const char *s, size_t n) {
+    if (!c->slots)
+        return NULL;
+    for (size_t i = h & c->mask;; i = (i + 1) & c->mask) {
+        const struct wslot *w = &c->slots[i];
+        if (!w->klen)
+            return NULL;
+        if (w->h == h && w->klen == n && memcmp(c->keys.p + w->koff, s, n) == 0)
+            return w;
+    }
+}
+
+static void wcache_place(struct wcache *c, const struct wslot *x) {
+    size_t i = x->h & c->mask;
+    while (c->slots[i].klen)
+        i = (i + 1) & c->mask;
+    c->slots[i] = *x;
+}
+
+/* Best effort: a full or out-of-memory cache only stops remembering. */
+static void wcache_put(struct wcache *c, uint64_t h, const char *s, size_t n, const int32_t *ids, size_t k) {
+    if (!c->slots || 2 * (c->used + 1) > c->mask + 1) {
+        size_t cap = c->slots ? 2 * (c->mask + 1) : 4096;
+        if (cap > WCACHE_SLOTS_MAX)
+            return;
+        struct wslot *ns = calloc(cap, sizeof *ns);
+        if (!ns)
+            return;
+        struct wslot *old = c->slots;
+        size_t old_n = old ? c->mask + 1 : 0;
+        c->slots = ns;
+        c->mask = cap - 1;
+        for (size_t i = 0; i < old_n; i++)
+            if (old[i].klen)
+                wcache_place(c, &old[i]);
+        free(old);
+    }
+    if (buf_reserve(&c->keys, c->keys_n + n) < 0 || c->keys_n + n > UINT32_MAX)
+        return;
+    if (c->vals_n + k > c->vals_cap) {
+        size_t cap = 2 * (c->vals_n + k) + 1024;
+        int32_t *v = cap <= UINT32_MAX ? realloc(c->vals, cap * sizeof *v) : NULL;
+        if (!v)
+            return;
+        c->vals = v;
+        c->vals_cap = cap;
+    }
+    struct wslot x = {h, (uint32_t)c->keys_n, (uint32_t)n, (uint32_t)c->vals_n, (uint32_t)k};
+    memcpy(c->keys.p + c->keys_n, s, n);
+    c->keys_n += n;
+    memcpy(c->vals + c->vals_n, ids, k * sizeof *ids);
+    c->vals_n += k;
+    wcache_place(c, &x);
+    c->used++;
+}
+
+/* One tok_encode call's state: the output and the scratch it reuses. */
+struct enc {
+    const struct tok *t;
+    struct sv_err *err;
+    int32_t *ids;
+    size_t n, cap;
+    struct word w;
+    size_t wcap;
+    struct heap h;
+    struct pretok_md *md;
+    struct buf pre_in[TOK_PRE_MAX], pre_out[TOK_PRE_MAX];  /* ByteLevel: prefixed text, mapped piece */
+    struct buf ms;  /* Metaspace's rewritten word */
+    struct wcache cache;
+    size_t section;  /* index of the raw section being encoded */
+};
+
+static int emit(struct enc *e, int32_t id) {
+    if (e->n == e->cap) {
+        size_t cap = e->cap ? 2 * e->cap : 1024;
+        int32_t *p = realloc(e->ids, cap * sizeof *p);
+        if (!p)
+            return fail(e->t, e->err, -ENOMEM, "out of memory for %zu tokens", cap);
+        e->ids = p;
+        e->cap = cap;
+    }
+    e->ids[e->n++] = id;
+    return 0;
+}
+
+/* Steps 4-5 on one word. */
+static int model_word(struct enc *e, const char *s, size_t n) {
+    const struct tok *t = e->t;
+    if (n == 0)
+        return 0;
+    if (t->ignore_merges) {  /* a word that is a piece is taken whole */
+        int32_t whole = vocab_find(t, s, n);
+        if (whole >= 0)
+            return emit(e, whole);
+    }
+    uint64_t h = 0;
+    if (n <= WCACHE_KEY_MAX) {
+        h = hash_bytes(s, n);
+        const struct wslot *hit = wcache_get(&e->cache, h, s, n);
+        for (uint32_t i = 0; hit && i < hit->vlen; i++) {
+            int r = emit(e, e->cache.vals[hit->voff + i]);
+            if (r < 0)
+                return r;
+        }
+        if (hit)
+            return 0;
+    }
+    struct word *w = &e->w;
+    if (n > e->wcap) {
+        int32_t *id = realloc(w->id, n * sizeof *id);
+        if (id)
+            w->id = id;
+        int32_t *prev = id ? realloc(w->prev, n * sizeof *prev) : NULL;
+        if (prev)
+            w->prev = prev;
+        int32_t *next = prev ? realloc(w->next, n * sizeof *next) : NULL;
+        if (next)
+            w->next = next;
+        uint32_t *len = next ? realloc(w->len, n * sizeof *len) : NULL;
+        if (!len)
+            return fail(t, e->err, -ENOMEM, "out of memory for %zu symbols", n);
+        w->len = len;
+        e->wcap = n;
+    }
+    w->n = 0;
+    int r = split_word(t, s, n, w, e->err);
+    if (r < 0)
+        return r;
+    if ((r = merge_all(t, w, &e->h)) < 0)
+        return fail(t, e->err, r, "out of memory merging %zu symbols", w->n);
+    size_t first = e->n;
+    for (size_t i = 0; i < w->n; i++)
+        if (w->len[i] && (r = emit(e, w->id[i])) < 0)
+            return r;
+    if (n <= WCACHE_KEY_MAX)
+        wcache_put(&e->cache, h, s, n, e->ids + first, e->n - first);
+    return 0;
+}
+
+static int pre_steps(struct enc *e, const char *s, size_t n, size_t depth);
+
+struct pre_ctx {
+    struct enc *e;
+    size_t depth;
+};
+
+static int on_split_piece(void *ctx, const char *s, size_t n) {
+    struct pre_ctx *c = ctx;
+    return pre_steps(c->e, s, n, c->depth + 1);
+}
+
+/* ByteLevel's mapping of one piece, then the steps after it. */
+static int bytelevel_piece(struct enc *e, const char *s, size_t n, size_t depth) {
+    struct buf *b = &e->pre_out[depth];
+    if (n > TOK_TEXT_MAX / 2 || buf_reserve(b, 2 * n) < 0)
+        return fail(e->t, e->err, -ENOMEM, "out of memory mapping %zu bytes", n);
+    size_t k = pretok_bytes_to_unicode(s, n, b->p);
+    return pre_steps(e, b->p, k, depth + 1);
+}
+
+static int on_bytelevel_piece(void *ctx, const char *s, size_t n) {
+    struct pre_ctx *c = ctx;
+    return bytelevel_piece(c->e, s, n, c->depth);
+}
+
+/* Step 3: pre-tokenizer step depth on one piece, down to the model. */
+static int pre_steps(struct enc *e, const char *s, size_t n, size_t depth) {
+    const struct tok *t = e->t;
+    if (depth == t->n_pre)
+        return model_word(e, s, n);
+    const struct pre_step *st = &t->pre[depth];
+    struct pre_ctx c = {e, depth};
+    if (st->kind == PRE_SPLIT)
+        return pretok_split_run(st->sp, e->md, s, n, on_split_piece, &c, e->err);
+    if (st->add_prefix_space && !(n && s[0] == ' ')) {
+        struct buf *b = &e->pre_in[depth];
+        if (n > TOK_TEXT_MAX - 1 || buf_reserve(b, n + 1) < 0)
+            return fail(t, e->err, -ENOMEM, "out of memory for %zu bytes", n);
+        b->p[0] = ' ';
+        memcpy(b->p + 1, s, n);
+        s = b->p;
+        n++;
+    }
+    if (st->sp)
+        return pretok_split_run(st->sp, e->md, s, n, on_bytelevel_piece, &c, e->err);
+    return bytelevel_piece(e, s, n, depth);
+}
+
+/* A normalized piece of text with no added token in it. */
+static int encode_words(struct enc *e, const char *s, size_t n) {
+    const struct tok *t = e->t;
+    if (!t->metaspace)
+        return pre_steps(e, s, n, 0);
+    /* Metaspace (split=false): one word, spaces replaced, maybe prefixed. */
+    size_t spaces = 0;
+    for (size_t i = 0; i < n; i++)
+        spaces += s[i] == ' ';
+    if (spaces && (TOK_TEXT_MAX - n) / spaces < t->ms_rep_len)
+        return fail(t, e->err, -E2BIG, "text of %zu bytes is too long", n);
+    size_t m = n + spaces * (t->ms_rep_len - 1) + t->ms_rep_len;
+    if (buf_reserve(&e->ms, m) < 0)
+        return fail(t, e->err, -ENOMEM, "out of memory for %zu bytes", m);
+    char *o = e->ms.p + t->ms_rep_len;  /* room for the prefix */
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == ' ') {
+            memcpy(o, t->ms_rep, t->ms_rep_len);
+            o += t->ms_rep_len;
+        } else {
+            *o++ = s[i];
+        }
+    }
+    char *w = e->ms.p + t->ms_rep_len;
+    size_t wn = (size_t)(o - w);
+    int want = t->ms_prepend == 1 || (t->ms_prepend == 2 && e->section == 0);
+    if (want && !(wn >= t->ms_rep_len && memcmp(w, t->ms_rep, t->ms_rep_len) == 0)) {
+        w = e->ms.p;
+        memcpy(w, t->ms_rep, t->ms_rep_len);
+        wn += t->ms_rep_len;
+    }
+    return pre_steps(e, w, wn, 0);
+}
+
+/* A cut of text into added tokens (id >= 0) and text between them. */
+struct sect {
+    size_t start, len;
+    int32_t id;
+};
+
+struct sects {
+    struct sect *a;
+    size_t n, cap;
+};
+
+static int sect_add(struct sects *v, size_t start, size_t len, int32_t id) {
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? 2 * v->cap : 16;
+        struct sect *p = realloc(v->a, cap * sizeof *p);
+        if (!p)
+            return -ENOMEM;
+        v->a = p;
+        v->cap = cap;
+    }
+    v->a[v->n++] = (struct sect){start, len, id};
+    return 0;
+}
+
+/* Unicode White_Space (what lstrip/rstrip eat), for the code point at s. */
+static size_t white_len(const unsigned char *s, size_t n) {
+    unsigned c = s[0];
+    if ((c >= 0x09 && c <= 0x0d) || c == 0x20)
+        return 1;
+    if (c == 0xc2 && n >= 2 && (s[1] == 0x85 || s[1] == 0xa0))
+        return 2;
+    if (n >= 3 && c == 0xe1 && s[1] == 0x9a && s[2] == 0x80)  /* U+1680 */
+        return 3;
+    if (n >= 3 && c == 0xe2 && s[1] == 0x80 &&
+        (s[2] <= 0x8a || s[2] == 0xa8 || s[2] == 0xa9 || s[2] == 0xaf))  /* U+2000-200A, 2028, 2029, 202F */
+        return 3;
+    if (n >= 3 && c == 0xe2 && s[1] == 0x81 && s[2] == 0x9f)  /* U+205F */
+        return 3;
+    if (n >= 3 && c == 0xe3 && s[1] == 0x80 && s[2] == 0x80)  /* U+3000 */
+        return 3;
+    return 0;
+}
+
+static void trim_start(const char *s, struct sect *x) {
+    while (x->len) {
+        size_t w = white_len((const unsigned char *)s + x->start, x->len);
+        if (!w)
+            break;
+        x->start += w;
+        x->len -= w;
+    }
+}
+
+static void trim_end(const char *s, struct sect *x) {
+    while (x->len) {
+        size_t k = x->len - 1;  /* back to the start of the last code point */
+        while (k > 0 && k + 4 > x->len && ((unsigned char)s[x->start + k] & 0xc0) == 0x80)
+            k--;
+        size_t w = white_len((const unsigned char *)s + x->start + k, x->len - k);
+        if (!w || k + w != x->len)
+            break;
+        x->len = k;
+    }
+}
+
+/* Step 1 at one level: leftmost-longest matches of set in s[0..n). */
+static int split_added(const struct added_set *set, const char *s, size_t n, struct sects *out) {
+    out->n = 0;
+    size_t last = 0;
+    for (size_t i = 0; i < n;) {
+        unsigned char b = (unsigned char)s[i];
+        const struct added_tok *hit = NULL;
+        for (uint32_t k = set->lo[b]; k < set->hi[b]; k++) {
+            const struct added_tok *a = &set->a[k];
+            if (a->len <= n - i && memcmp(a->s, s + i, a->len) == 0) {
+                hit = a;
+                break;
+            }
+        }
+        if (!hit) {
+            i++;
+            continue;
+        }
+        if ((i > last && sect_add(out, last, i - last, -1) < 0) || sect_add(out, i, hit->len, hit->id) < 0)
+            return -ENOMEM;
+        i += hit->len;
+        last = i;
+    }
+    if (last < n && sect_add(out, last, n - last, -1) < 0)
+        return -ENOMEM;
+    /* lstrip / rstrip: the token eats the white space beside it. */
+    for (size_t i = 0; i < out->n; i++) {
+        if (out->a[i].id < 0)
+            continue;
+        const struct added_tok *a = NULL;
+        unsigned char fb = (unsigned char)s[out->a[i].start];
+        for (uint32_t k = set->lo[fb]; k < set->hi[fb] && !a; k++)
+            if (set->a[k].len == out->a[i].len && memcmp(set->a[k].s, s + out->a[i].start, set->a[k].len) == 0)
+                a = &set->a[k];
+        if (a && a->lstrip && i > 0 && out->a[i - 1].id < 0)
+            trim_end(s, &out->a[i - 1]);
+        if (a && a->rstrip && i + 1 < out->n && out->a[i + 1].id < 0)
+            trim_start(s, &out->a[i + 1]);
+    }
+    return 0;
+}
+
+/* Steps 2-5 on one raw section that is not an added token. */
+static int encode_section(struct enc *e, const char *s, size_t n) {
+    const struct tok *t = e->t;
+    char *ns = NULL;
+    size_t nn = n;
+    int r = 0;
+    struct sects sub = {0};
+    if (t->n_steps) {
+        if ((r = normalize(t, s, n, &ns, &nn)) < 0) {
+            r = r == -E2BIG ? fail(t, e->err, r, "text of %zu bytes is too long (at most %zu after normalization)",
+                                   n, TOK_TEXT_MAX)
+                            : fail(t, e->err, r, "out of memory normalizing %zu bytes", n);
+            goto out;
+        }
+        s = ns;
+    }
+    if (nn == 0)
+        goto out;
+    if (!t->norm.n) {
+        int32_t id = t->n_whole ? whole_find(t, s, nn) : -1;
+        r = id >= 0 ? emit(e, id) : encode_words(e, s, nn);
+        goto out;
+    }
+    if ((r = split_added(&t->norm, s, nn, &sub)) < 0) {
+        r = fail(t, e->err, r, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < sub.n && r == 0; i++) {
+        const struct sect *x = &sub.a[i];
+        if (x->id >= 0)
+            r = emit(e, x->id);
+        else if (x->len) {
+            int32_t id = whole_find(t, s + x->start, x->len);
+            r = id >= 0 ? emit(e, id) : encode_words(e, s + x->start, x->len);
+        }
+    }
+out:
+    free(sub.a);
+    free(ns);
+    return r;
+}
+
 int tok_encode(const struct tok *t, const char *text, size_t len, int add_bos, int32_t **ret_ids, size_t *ret_n,
                struct sv_err *err) {
     if (!t || (!text && len) || !ret_ids || !ret_n)
         return sv_err_set(err, -EINVAL, "tok_encode: invalid arguments");
-    char *s = NULL;
-    size_t n = 0;
-    struct word w = {0};
-    int32_t *ids = NULL;
-    int r = normalize(t, text, len, &s, &n);
-    if (r < 0) {
-        r = r == -E2BIG ? fail(t, err, r, "text of %zu bytes is too long (at most %zu after normalization)", len,
-                               TOK_TEXT_MAX)
-                        : fail(t, err, r, "out of memory normalizing %zu bytes", len);
-        goto out;
-    }
-
-    size_t nb = add_bos ? t->n_bos : 0;
-    /* Every symbol covers at least one byte, so n bounds the output. */
-    ids = malloc((nb + n + 1) * sizeof *ids);
-    if (!ids) {
-        r = fail(t, err, -ENOMEM, "out of memory for %zu tokens", n);
-        goto out;
-    }
-    if (nb)
-        memcpy(ids, t->bos, nb * sizeof *ids);
-    size_t k = nb;
-
-    int32_t whole = (t->ignore_merges && n) ? vocab_find(t, s, n) : -1;
-    if (whole >= 0) {
-        ids[k++] = whole;  /* ignore_merges: a word that is a piece is taken whole */
-    } else if (n) {
-        w.id = malloc(n * sizeof *w.id);
-        w.prev = malloc(n * sizeof *w.prev);
-        w.next = malloc(n * sizeof *w.next);
-        w.len = malloc(n * sizeof *w.len);
-        if (!w.id || !w.prev || !w.next || !w.len) {
-            r = fail(t, err, -ENOMEM, "out of memory for %zu symbols", n);
+    if (len > TOK_TEXT_MAX)
+        return fail(t, err, -E2BIG, "text of %zu bytes is too long (at most %zu after normalization)", len,
+                    TOK_TEXT_MAX);
+    struct enc e = {.t = t, .err = err};
+    struct sects sec = {0};
+    char *clean = NULL;
+    const char *s = text ? text : "";
+    size_t n = len;
+    int r = 0;
+    if (t->valid_utf8) {
+        size_t cn = 0;
+        if ((r = make_valid_utf8(s, n, &clean, &cn)) < 0) {
+            r = fail(t, err, r, r == -E2BIG ? "text of %zu bytes is too long" : "out of memory for %zu bytes", n);
             goto out;
         }
-        if ((r = split_word(t, s, n, &w, err)) < 0)
-            goto out;
-        if ((r = merge_all(t, &w)) < 0) {
-            r = fail(t, err, r, "out of memory merging %zu symbols", w.n);
-            goto out;
+        if (clean) {
+            s = clean;
+            n = cn;
         }
-        for (size_t i = 0; i < w.n; i++)
-            if (w.len[i])
-                ids[k++] = w.id[i];
     }
-    *ret_ids = ids;
-    *ret_n = k;
-    ids = NULL;
+    if (t->n_pre && pretok_md_new(&e.md) < 0) {
+        r = fail(t, err, -ENOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t b = 0; add_bos && b < t->n_bos && r == 0; b++)
+        r = emit(&e, t->bos[b]);
+    if (r == 0 && (r = split_added(&t->raw, s, n, &sec)) < 0)
+        r = fail(t, err, r, "out of memory");
+    for (size_t i = 0; i < sec.n && r == 0; i++) {
+        const struct sect *x = &sec.a[i];
+        e.section = i;
+        if (x->id >= 0)
+            r = emit(&e, x->id);
+        else if (x->len) {
+            int32_t id = t->n_whole ? whole_find(t, s + x->start, x->len) : -1;
+            r = id >= 0 ? emit(&e, id) : encode_section(&e, s + x->start, x->len);
+        }
+    }
+    if (r == 0 && !e.ids && !(e.ids = malloc(sizeof *e.ids)))  /* an empty result is still an array */
+        r = fail(t, err, -ENOMEM, "out of memory");
+    if (r == 0) {
+        *ret_ids = e.ids;
+        *ret_n = e.n;
+        e.ids = NULL;
+    }
 out:
-    free(ids);
-    free(w.id);
-    free(w.prev);
-    free(w.next);
-    free(w.len);
-    free(s);
+    free(e.ids);
+    free(e.w.id);
+    free(e.w.prev);
+    free(e.w.next);
+    free(e.w.len);
+    free(e.h.a);
+    for (size_t d = 0; d < TOK_PRE_MAX; d++) {
+        free(e.pre_in[d].p);
+        free(e.pre_out[d].p);
+    }
+    free(e.ms.p);
+    wcache_free(&e.cache);
+    pretok_md_free(e.md);
+    free(sec.a);
+    free(clean);
     return r;
+}
+
+int tok_piece_borrow(const struct tok *t, int32_t id, const char **ret, size_t *ret_len) {
+    if (!t || id < 0 || id >= t->vocab_size || !t->piece[id])
+        return -ENOENT;
+    *ret = t->piece[id];
+    *ret_len = t->piece_len[id];
+    return 0;
+}
+
+int tok_is_byte_level(const struct tok *t) {
+    return t->byte_level;
 }

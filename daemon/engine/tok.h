@@ -1,15 +1,22 @@
-/* tok: a SentencePiece-style BPE tokenizer read from a Hugging Face
- * tokenizer.json, producing the same ids as the tokenizers library.
+/* tok: BPE tokenizers read from a Hugging Face tokenizer.json, producing the
+ * same ids as the tokenizers library (checked token for token against the
+ * independent @huggingface/tokenizers on the Llama 2/Mistral, Llama 3 and
+ * Qwen3 files: tests/test_tok.c, tests/ref/gen_tok_ref.mjs).
  *
- * Supported: model.type "BPE" with a normalizer made of Prepend("▁") and
- * Replace(" " -> "▁") (in a Sequence or alone), no pre-tokenizer (or the
- * equivalent Metaspace), merges applied by rank, byte_fallback (<0xNN> pieces),
- * fuse_unk, and the BOS that the TemplateProcessing post-processor puts in
- * front. Anything else (byte-level BPE with a regex pre-tokenizer, WordPiece,
- * Unigram, ...) is refused with a message naming it.
+ * Supported: model.type "BPE" (merges by rank, byte_fallback, fuse_unk,
+ * ignore_merges); normalizers Prepend, Replace(String), NFC, in a Sequence or
+ * alone; pre-tokenizers: none, Metaspace (split=false), or Split (the file's
+ * regex, Isolated or Removed, invert) and ByteLevel (add_prefix_space,
+ * use_regex) alone or in a Sequence; added_tokens (special or not, lstrip,
+ * rstrip, normalized) cut out of the text before the model, as the library
+ * does by default; post-processors TemplateProcessing (the BOS in front of
+ * $A), ByteLevel (no ids), and a Sequence of them. Anything else is refused
+ * with a message naming it.
  *
- * Added/special tokens inside the text are NOT split out: calibration and
- * evaluation text is plain prose, and the reference ids were produced that way. */
+ * Text that is not valid UTF-8: for byte-level / regex / NFC files each
+ * ill-formed subsequence is read as U+FFFD (what a UTF-8 decoder hands the
+ * library); for SentencePiece-style files the stray bytes go to byte
+ * fallback. See tok.c's design note. */
 #ifndef TOK_H
 #define TOK_H
 
@@ -23,12 +30,20 @@ struct tok;
 int tok_new(struct tok **ret, const char *tokenizer_json_path, struct sv_err *err);
 void tok_free(struct tok *t);
 
-/* Encodes len bytes of UTF-8 text. With add_bos, the post-processor's BOS
- * (if it has one) comes first. *ret_ids is malloc'ed; the caller frees it. */
-int tok_encode(const struct tok *t, const char *text, size_t len, int add_bos,
-               int32_t **ret_ids, size_t *ret_n, struct sv_err *err);
+/* Encodes len bytes of text. With add_bos, the post-processor's tokens in
+ * front of $A (if any) come first; none after it (no EOS). *ret_ids is
+ * malloc'ed (also when *ret_n is 0); the caller frees it. */
+int tok_encode(const struct tok *t, const char *text, size_t len, int add_bos, int32_t **ret_ids, size_t *ret_n,
+               struct sv_err *err);
 
 int tok_vocab_size(const struct tok *t);
 int tok_bos_id(const struct tok *t);   /* -1 if the post-processor adds none */
+
+/* The piece string of id as the file spells it (a vocab key such as "Ġthe"
+ * or "▁the", or an added token's content), not NUL-terminated; it lives as
+ * long as t. -ENOENT for an id with no piece. */
+int tok_piece_borrow(const struct tok *t, int32_t id, const char **ret, size_t *ret_len);
+/* 1 if pieces are in GPT-2's byte-to-unicode alphabet (ByteLevel). */
+int tok_is_byte_level(const struct tok *t);
 
 #endif
