@@ -60,6 +60,7 @@ static pid_t daemon_pid = -1;
  * notify is set, on a $NOTIFY_SOCKET datagram socket at that address. */
 static uid_t run_as = 0;   /* when non-zero (and we are root): the daemon's uid */
 static const char *daemon_fault;   /* SVDLLM_FAULT for the daemon (NULL: unset) */
+static const char *daemon_release; /* SVDLLM_FAULT_RELEASE for the daemon (NULL: unset) */
 static const char *daemon_threads; /* --threads for the daemon (NULL: not passed) */
 
 static int start_daemon(const char *notify, const char *config) {
@@ -96,6 +97,10 @@ static int start_daemon(const char *notify, const char *config) {
             setenv("SVDLLM_FAULT", daemon_fault, 1);
         else
             unsetenv("SVDLLM_FAULT");
+        if (daemon_release)
+            setenv("SVDLLM_FAULT_RELEASE", daemon_release, 1);
+        else
+            unsetenv("SVDLLM_FAULT_RELEASE");
         if (run_as != 0 && (setgroups(0, NULL) < 0 || setgid(run_as) < 0 || setuid(run_as) < 0))
             _exit(126);
         char fdarg[16];
@@ -1231,6 +1236,19 @@ static int dir_names(const char *dirpath, struct dirent ***ret) {
     return n;
 }
 
+/* Entries of dirpath other than . and ..; -1 if it cannot be read. */
+static int dir_entries(const char *dirpath) {
+    DIR *d = opendir(dirpath);
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    closedir(d);
+    return n;
+}
+
 static void free_names(struct dirent **names, int n) {
     for (int i = 0; i < n; i++)
         free(names[i]);
@@ -1390,13 +1408,37 @@ static void test_crash_resume(void) {
     SV_CHECK(l1.ok);
     SV_CHECK(access(out_crash, F_OK) != 0);
 
-    /* 4. Restart without a fault: the job resumes at layer 2 and finishes. */
-    daemon_fault = NULL;
+    /* 4. Restart: the job resumes at layer 2; it is held after its last
+     * layer's commit (a done job's work directory is emptied) while its
+     * checkpoints are compared, then released to finish. */
+    char release[400];
+    snprintf(release, sizeof release, "%s/release-crash", dir);
+    unlink(release);
+    daemon_fault = "stall-after-commit:4";
+    daemon_release = release;
     usleep(20000);
     if (start_daemon(NULL, NULL) < 0) {
         SV_CHECK(!"daemon start (resume)");
         goto out;
     }
+    struct status_view vs = {0};
+    for (double tw = mono_now(); mono_now() - tw < 60; usleep(20000)) {
+        vs = status_view(id);
+        if (vs.layers_done >= N_LAYERS || (strcmp(vs.state, "running") != 0 && strcmp(vs.state, "queued") != 0))
+            break;
+    }
+    SV_CHECK(strcmp(vs.state, "running") == 0 && vs.layers_done == N_LAYERS);
+    /* No finished layer was redone: same inode, mtime and bytes. */
+    struct file_id l0c = file_id_of(l0_path), l1c = file_id_of(l1_path);
+    SV_CHECK(same_file_id(&l0, &l0c));
+    SV_CHECK(same_file_id(&l1, &l1c));
+    /* One row per layer, each matching its file; the partial layer-2 write
+     * was replaced by a whole one (and no temporary file is left). */
+    check_layer_rows(__LINE__, id, work, N_LAYERS);
+    SV_CHECK(access(tmp2, F_OK) != 0);   /* layer-2.safetensors.tmp is gone */
+    snprintf(tmp2, sizeof tmp2, "%s/layer-2.safetensors", work);
+    SV_CHECK(stat(tmp2, &sb) == 0 && have_tmp && ts.st_size < sb.st_size);
+    write_file(release, "");
     const char *end = watch_end(id, &n_events);
     SV_CHECK(strcmp(end, "done") == 0);
     if (strcmp(end, "done") != 0)
@@ -1412,17 +1454,11 @@ static void test_crash_resume(void) {
     SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
     t_resume = mono_now() - t0;
 
-    /* No finished layer was redone: same inode, mtime and bytes. */
-    struct file_id l0c = file_id_of(l0_path), l1c = file_id_of(l1_path);
-    SV_CHECK(same_file_id(&l0, &l0c));
-    SV_CHECK(same_file_id(&l1, &l1c));
-    /* One row per layer, each matching its file; the partial layer-2 write
-     * was replaced by a whole one (and no temporary file is left). */
+    /* Done: the rows stay, the work directory is emptied. */
     SV_CHECK(db_job(out_crash, jstate, sizeof jstate, work, sizeof work) == id && strcmp(jstate, "done") == 0);
-    check_layer_rows(__LINE__, id, work, N_LAYERS);
-    SV_CHECK(access(tmp2, F_OK) != 0);   /* layer-2.safetensors.tmp is gone */
-    snprintf(tmp2, sizeof tmp2, "%s/layer-2.safetensors", work);
-    SV_CHECK(stat(tmp2, &sb) == 0 && have_tmp && ts.st_size < sb.st_size);
+    struct layer_row rows_done[8];
+    SV_ASSERT_EQ(db_layers(id, rows_done, 8), N_LAYERS);
+    SV_ASSERT_EQ(dir_entries(work), 0);
     snprintf(tmp2, sizeof tmp2, "%s.tmp", out_crash);
     SV_CHECK(access(tmp2, F_OK) != 0);
 
@@ -1475,6 +1511,7 @@ out:
     if (daemon_pid > 0)
         stop_daemon(SIGKILL);
     daemon_fault = NULL;
+    daemon_release = NULL;
     memcpy(state_dir, saved_state, sizeof state_dir);
     memcpy(log_path, saved_log, sizeof log_path);
 }
@@ -1537,7 +1574,11 @@ static void test_cancel_running(void) {
     char jstate[32], work[PATH_MAX];
     SV_ASSERT_EQ(db_job(out, jstate, sizeof jstate, work, sizeof work), id);
     SV_CHECK(strcmp(jstate, "cancelled") == 0);
-    check_layer_rows(__LINE__, id, work, 1);   /* the checkpoint and its row are kept */
+    /* The row is kept; the work directory is emptied (a cancelled job
+     * cannot be resumed). */
+    struct layer_row rows[4];
+    SV_ASSERT_EQ(db_layers(id, rows, 4), 1);
+    SV_ASSERT_EQ(dir_entries(work), 0);
     SV_CHECK(!path_exists(dir, "out-cancel"));
 out:
     daemon_fault = NULL;
