@@ -71,7 +71,11 @@ static void usage(FILE *f) {
           "  list [--state S] [--limit N]\n"
           "                            jobs, newest first\n"
           "  watch JOB                 follow a job until it ends (exit 0 only if done)\n"
-          "  cancel JOB                cancel a queued or running job (checkpoints are kept)\n"
+          "  cancel JOB                cancel a queued or running job (its work directory\n"
+          "                            is emptied: a cancelled job cannot be resumed)\n"
+          "  resume JOB                requeue a failed job (owner or root): it continues\n"
+          "                            from its intact checkpoints, e.g. once disk space is\n"
+          "                            freed; a daemon restart does not retry failed jobs\n"
           "  eval --model DIR --text FILE [--seqlen L] [--max-windows N]\n"
           "                            perplexity of a model on a text\n"
           "\n"
@@ -520,10 +524,21 @@ static int cmd_cancel(struct conn *c, long long job) {
         return 1;
     if (!opt_json) {
         if (strcmp(jstr(r, "state"), "cancelling") == 0)
-            printf("job %lld: cancelling (it stops at its next safe point; checkpoints are kept)\n", job);
+            printf("job %lld: cancelling (it stops at its next safe point)\n", job);
         else
             printf("job %lld: cancelled\n", job);
     }
+    json_decref(r);
+    return 0;
+}
+
+static int cmd_resume(struct conn *c, long long job) {
+    json_t *r = call(c, job_request("resume", job));
+    if (!r)
+        return 1;
+    if (!opt_json)
+        printf("job %lld: %s (resumes from %lld checkpointed layers)\n", job,
+               jstr(json_object_get(r, "job"), "state"), jint(json_object_get(r, "job"), "layers_done"));
     json_decref(r);
     return 0;
 }
@@ -572,6 +587,7 @@ static const struct {
     {"list", {O_STATE, O_LIMIT, 0}},
     {"watch", {0}},
     {"cancel", {0}},
+    {"resume", {0}},
     {"eval", {O_MODEL, O_TEXT, O_SEQLEN, O_MAX_WINDOWS, 0}},
 };
 
@@ -711,7 +727,8 @@ int main(int argc, char **argv) {
             die_usage("option --%s does not apply to '%s'", seen_name[o], pos[0]);
     }
     const char *cmd = pos[0];
-    bool takes_job = !strcmp(cmd, "status") || !strcmp(cmd, "watch") || !strcmp(cmd, "cancel");
+    bool takes_job = !strcmp(cmd, "status") || !strcmp(cmd, "watch") || !strcmp(cmd, "cancel") ||
+                     !strcmp(cmd, "resume");
     if (takes_job && npos != 2)
         die_usage("'%s' takes one job id", cmd);
     if (!takes_job && npos != 1)
@@ -734,6 +751,8 @@ int main(int argc, char **argv) {
         rc = cmd_watch(&c, job);
     else if (!strcmp(cmd, "cancel"))
         rc = cmd_cancel(&c, job);
+    else if (!strcmp(cmd, "resume"))
+        rc = cmd_resume(&c, job);
     else
         rc = cmd_eval(&c, &a);
     conn_close(&c);

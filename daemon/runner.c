@@ -22,8 +22,10 @@
 #include "runner.h"
 #include "mono.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -67,6 +69,10 @@ struct runner {
     uint64_t kick_gen;              /* bumped when a job may have become runnable */
     int64_t cur_job;                /* job being claimed or run, 0 if none */
     atomic_int cancel_flag;         /* for cur_job */
+    /* Ctl and job threads only: held by a resume from its UPDATE to the
+     * post of its reply and by the job thread's claim, so the loop sees a
+     * resumed job 'queued' before it sees it 'running'. */
+    pthread_mutex_t resume_mu;
 
     struct store *ctl_store, *job_store;
     pthread_t threads[3];
@@ -416,12 +422,70 @@ static void do_cancel(struct runner *r, struct runner_task *t) {
     post_reply(r, t, PROTO_NOT_FOUND, "no such job", NULL);
 }
 
+/* failed -> queued. The job thread is not running it (checked under
+ * job_mu: a job leaves 'failed' only here, so it cannot start meanwhile);
+ * a 'running' row it does not run is one whose final state could not be
+ * recorded, and is resumed too. */
+static void do_resume(struct runner *r, struct runner_task *t) {
+    struct sv_err err = {0};
+    pthread_mutex_lock(&r->job_mu);
+    bool running = r->cur_job == t->job_id;
+    pthread_mutex_unlock(&r->job_mu);
+    if (running) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "job %lld is still running (or just ending: try again)", (long long)t->job_id);
+        post_reply(r, t, PROTO_BAD_STATE, msg, NULL);
+        return;
+    }
+    struct store_job *j = malloc(sizeof *j);
+    if (!j) {
+        post_reply(r, t, PROTO_INTERNAL, "out of memory", NULL);
+        return;
+    }
+    pthread_mutex_lock(&r->resume_mu);
+    int n = store_job_resume(r->ctl_store, t->job_id, true, &err);
+    if (n == 1 && store_job_get(r->ctl_store, t->job_id, j, &err) == 0) {
+        log_msg(LOG_INFO, "job %lld: resumed by uid %u (%d of its layers checkpointed)", (long long)t->job_id,
+                (unsigned)t->uid, j->layers_done);
+        post_reply(r, t, PROTO_OK, NULL, j);
+        pthread_mutex_unlock(&r->resume_mu);
+        pthread_mutex_lock(&r->job_mu);
+        r->kick_gen++;
+        pthread_cond_signal(&r->job_cv);
+        pthread_mutex_unlock(&r->job_mu);
+        return;
+    }
+    pthread_mutex_unlock(&r->resume_mu);
+    if (n == -EEXIST) {
+        post_reply(r, t, PROTO_EXISTS, err.msg, NULL);
+    } else if (n < 0 || n == 1) {
+        log_msg(LOG_ERR, "resume job %lld: %s", (long long)t->job_id, err.msg);
+        post_reply(r, t, PROTO_INTERNAL, err.msg, NULL);
+        if (n == 1) {   /* queued all the same */
+            pthread_mutex_lock(&r->job_mu);
+            r->kick_gen++;
+            pthread_cond_signal(&r->job_cv);
+            pthread_mutex_unlock(&r->job_mu);
+        }
+    } else if (store_job_get(r->ctl_store, t->job_id, j, &err) == 0) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "job %lld is %s; only a failed job can be resumed", (long long)t->job_id,
+                 store_state_name(j->state));
+        post_reply(r, t, PROTO_BAD_STATE, msg, NULL);
+    } else {
+        post_reply(r, t, PROTO_NOT_FOUND, "no such job", NULL);
+    }
+    free(j);
+}
+
 static void *ctl_main(void *arg) {
     struct runner *r = arg;
     struct runner_task *t;
     while ((t = queue_take(r, &r->ctl))) {
         if (t->type == RUNNER_TASK_SUBMIT)
             do_submit(r, t);
+        else if (t->type == RUNNER_TASK_RESUME)
+            do_resume(r, t);
         else
             do_cancel(r, t);
         queue_done(&r->ctl);
@@ -504,6 +568,11 @@ static uint64_t peak_rss(void) {
     return (uint64_t)ru.ru_maxrss * 1024;   /* Linux reports KiB */
 }
 
+#define ETA_WINDOW 30.0   /* seconds of progress the ETA's rate is measured over */
+#define ETA_HISTORY 256   /* posted (time, fraction) samples kept: > ETA_WINDOW / PROGRESS_PERIOD */
+#define ETA_GAIN 0.3      /* how far each new estimate moves the ETA */
+#define RETRY_PAUSE_S 1   /* before the one retry of a failed store write */
+
 struct job_ctx {
     struct runner *r;
     int64_t id;
@@ -511,6 +580,10 @@ struct job_ctx {
     double t_first;       /* time of the first progress report, < 0 before */
     double f_first;       /* fraction at that report (resumed work) */
     double t_last_post;
+    double f_last;        /* highest fraction posted */
+    double eta, t_eta;    /* last ETA posted (< 0: none yet) and when */
+    double hist_t[ETA_HISTORY], hist_f[ETA_HISTORY];
+    int hist_n;
     int last_layer;
     char last_phase[16];
     int n_layers;
@@ -527,10 +600,22 @@ static int hook_layer_lookup(void *vctx, int layer, struct compress_checkpoint *
     return r;
 }
 
+/* A store write that failed with a full disk or an I/O error is tried once
+ * more after a pause (space may have been freed meanwhile); a retry costs
+ * only that pause, a failed job a resume. */
+static bool retry_worth(int r) {
+    return r == -ENOSPC || r == -EIO || r == -EBUSY;
+}
+
 static int hook_layer_done(void *vctx, int layer, const struct compress_checkpoint *ck,
                            struct sv_err *err) {
     struct job_ctx *c = vctx;
     int r = store_layer_commit(c->r->job_store, c->id, layer, c->n_layers, ck, err);
+    if (r < 0 && retry_worth(r)) {
+        log_msg(LOG_WARNING, "job %lld: %s; retrying in %d s", (long long)c->id, err->msg, RETRY_PAUSE_S);
+        sleep(RETRY_PAUSE_S);
+        r = store_layer_commit(c->r->job_store, c->id, layer, c->n_layers, ck, err);
+    }
     if (r == 0) {
         c->layers_done++;
         c->force_post = true;
@@ -538,9 +623,55 @@ static int hook_layer_done(void *vctx, int layer, const struct compress_checkpoi
     return r;
 }
 
+static int hook_layers_drop(void *vctx, int from, const char *why, struct sv_err *err) {
+    struct job_ctx *c = vctx;
+    int n = store_layers_drop(c->r->job_store, c->id, from, err);
+    if (n < 0)
+        return n;
+    log_msg(LOG_WARNING, "job %lld: %s; layer %d and every later one are recomputed (%d committed row%s dropped)",
+            (long long)c->id, why, from, n, n == 1 ? "" : "s");
+    if (c->layers_done > from)
+        c->layers_done = from;
+    c->force_post = true;
+    return 0;
+}
+
 static int hook_should_cancel(void *vctx) {
     struct job_ctx *c = vctx;
     return atomic_load(&c->r->cancel_flag) || atomic_load(&c->r->stopping);
+}
+
+/* The ETA from the fraction's rate over the last ETA_WINDOW seconds (over
+ * this whole run while the window saw no progress: a long phase between two
+ * reports), smoothed so that one fast or slow phase moves it only part of
+ * the way; resumed work, done before this run, does not count. Unknown
+ * (< 0) until this run has made measurable progress, and known from then on
+ * until the run ends. */
+static double eta_update(struct job_ctx *c, double now, double f) {
+    int n = c->hist_n < ETA_HISTORY ? c->hist_n : ETA_HISTORY;
+    double t_old = now, f_old = f;
+    for (int k = 1; k <= n; k++) {   /* newest to oldest, back to the window's start */
+        int i = (c->hist_n - k) % ETA_HISTORY;
+        t_old = c->hist_t[i];
+        f_old = c->hist_f[i];
+        if (now - t_old >= ETA_WINDOW)
+            break;
+    }
+    int i = c->hist_n % ETA_HISTORY;
+    c->hist_t[i] = now;
+    c->hist_f[i] = f;
+    c->hist_n++;
+    double rate = now - t_old > 0.5 && f - f_old > 1e-4 ? (f - f_old) / (now - t_old) : 0;
+    double df = f - c->f_first, dt = now - c->t_first;
+    if (rate <= 0 && df > 0.001 && dt > 0.5)
+        rate = df / dt;
+    if (rate <= 0 || (c->eta < 0 && !(df > 0.001 && dt > 0.5)))
+        return c->eta < 0 ? -1.0 : fmax(0.0, c->eta - (now - c->t_eta));
+    double fresh = (1.0 - f) / rate;
+    if (c->eta < 0)
+        return fresh;
+    double predicted = fmax(0.0, c->eta - (now - c->t_eta));
+    return predicted + ETA_GAIN * (fresh - predicted);
 }
 
 static void hook_progress(void *vctx, const struct compress_progress *p) {
@@ -550,16 +681,26 @@ static void hook_progress(void *vctx, const struct compress_progress *p) {
     if (p->n_layers > 0)
         c->n_layers = p->n_layers;
     bool changed = p->layer != c->last_layer || strncmp(phase, c->last_phase, sizeof c->last_phase - 1) != 0;
+    /* Never backwards (the engine's scale is monotonic; this holds it so). */
+    double f = p->fraction < 0 ? 0 : p->fraction > 1 ? 1 : p->fraction;
+    if (f < c->f_last)
+        f = c->f_last;
     if (c->t_first < 0) {
         c->t_first = now;
-        c->f_first = p->fraction;
+        c->f_first = f;
     }
-    if (!changed && !c->force_post && now - c->t_last_post < PROGRESS_PERIOD && p->fraction < 1.0)
+    if (!changed && !c->force_post && now - c->t_last_post < PROGRESS_PERIOD && f < 1.0)
         return;
     c->force_post = false;
     c->t_last_post = now;
     c->last_layer = p->layer;
     snprintf(c->last_phase, sizeof c->last_phase, "%s", phase);
+    c->f_last = f;
+    double eta = eta_update(c, now, f);
+    if (eta >= 0) {
+        c->eta = eta;
+        c->t_eta = now;
+    }
 
     struct runner_event *ev = event_new(RUNNER_EV_PROGRESS);
     if (!ev)
@@ -570,23 +711,86 @@ static void hook_progress(void *vctx, const struct compress_progress *p) {
     o->n_layers = p->n_layers;
     o->layers_done = p->layers_done;
     snprintf(o->phase, sizeof o->phase, "%s", phase);
-    o->fraction = p->fraction < 0 ? 0 : p->fraction > 1 ? 1 : p->fraction;
+    o->fraction = f;
     o->elapsed_s = now - c->t_start;
-    /* ETA from this run's own pace: resumed work came for free and says
-     * nothing about speed. Unknown until some measurable progress. */
-    double df = o->fraction - c->f_first, dt = now - c->t_first;
-    o->eta_s = (df > 0.001 && dt > 0.5) ? dt * (1.0 - o->fraction) / df : -1.0;
+    o->eta_s = f >= 1.0 ? 0.0 : eta;
     o->peak_rss = peak_rss();
     post(c->r, ev);
 }
 
-static void finish(struct runner *r, int64_t id, enum job_state state, const char *error,
-                   const struct compress_result *res) {
+/* Empties job work directory dir (only ever a directory under jobs_dir):
+ * a finished or cancelled job cannot be resumed, so its states and
+ * checkpoints are dead weight. The (empty) directory stays, as the row
+ * names it. */
+static int work_dir_clear(const struct runner *r, const char *dir, struct sv_err *err) {
+    size_t n = strlen(r->jobs_dir);
+    if (strncmp(dir, r->jobs_dir, n) != 0 || dir[n] != '/' || strchr(dir + n + 1, '/') || strstr(dir, ".."))
+        return sv_err_set(err, -EINVAL, "work directory %s is not under %s: left alone", dir, r->jobs_dir);
+    DIR *d = opendir(dir);
+    if (!d)
+        return errno == ENOENT ? 0 : sv_err_set(err, -errno, "work directory %s: %s", dir, strerror(errno));
+    int rc = 0;
+    struct dirent *e;
+    char path[PATH_MAX + 256];
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (unlink(path) < 0 && errno != ENOENT && rc == 0)
+            rc = sv_err_set(err, -errno, "cannot remove %s: %s", path, strerror(errno));
+    }
+    closedir(d);
+    return rc;
+}
+
+static void clear_work_dir_logged(struct runner *r, int64_t id, const char *dir) {
     struct sv_err err = {0};
-    if (store_job_finish(r->job_store, id, state, error, res, peak_rss(), &err) < 0)
-        log_msg(LOG_ERR, "job %lld: cannot record state %s: %s", (long long)id,
-                store_state_name(state), err.msg);
-    post_job(r, r->job_store, id);
+    if (work_dir_clear(r, dir, &err) < 0)
+        log_msg(LOG_WARNING, "job %lld: %s", (long long)id, err.msg);
+}
+
+/* Records the final state of job id (one retry after a pause, as for a
+ * layer commit) and tells the loop. j is the job's record as run_job read
+ * it (NULL if it could not). If the state cannot be recorded, the loop's
+ * table still gets it, with why appended to the error, so every watch gets
+ * its end event; the row stays 'running', so the next start resumes the job
+ * (and `resume` accepts it). A recorded done or cancelled job's work
+ * directory is emptied; a failed one keeps it for `resume`. */
+static void finish(struct runner *r, const struct store_job *j, int64_t id, enum job_state state,
+                   const char *error, const struct compress_result *res) {
+    struct sv_err err = {0};
+    int rc = store_job_finish(r->job_store, id, state, error, res, peak_rss(), &err);
+    if (rc < 0 && retry_worth(rc)) {
+        log_msg(LOG_WARNING, "job %lld: cannot record state %s: %s; retrying in %d s", (long long)id,
+                store_state_name(state), err.msg, RETRY_PAUSE_S);
+        sleep(RETRY_PAUSE_S);
+        rc = store_job_finish(r->job_store, id, state, error, res, peak_rss(), &err);
+    }
+    if (rc == 0) {
+        if (j && (state == JOB_DONE || state == JOB_CANCELLED))
+            clear_work_dir_logged(r, id, j->params.work_dir);
+        post_job(r, r->job_store, id);
+        return;
+    }
+    log_msg(LOG_ERR, "job %lld: cannot record state %s: %s; it stays 'running' in the database and resumes "
+            "at the next start", (long long)id, store_state_name(state), err.msg);
+    struct store_job *e = j ? malloc(sizeof *e) : NULL;
+    if (!e) {
+        if (j)
+            log_msg(LOG_ERR, "job %lld: out of memory: the job table still shows it running", (long long)id);
+        return;
+    }
+    *e = *j;
+    e->state = state == JOB_DONE ? JOB_FAILED : state;   /* not done: its result is not recorded */
+    e->finished_at = (int64_t)time(NULL);
+    snprintf(e->error, sizeof e->error, "%.200s%sthe final state could not be recorded (%.250s); it resumes at "
+             "the next start", error && *error ? error : "", error && *error ? "; " : "", err.msg);
+    struct runner_event *ev = event_new(RUNNER_EV_JOB);
+    if (ev)
+        ev->job = e;
+    else
+        free(e);
+    post(r, ev);
 }
 
 static void run_job(struct runner *r, int64_t id) {
@@ -598,7 +802,7 @@ static void run_job(struct runner *r, int64_t id) {
     }
     if (store_job_get(r->job_store, id, j, &err) < 0) {
         log_msg(LOG_ERR, "job %lld: %s", (long long)id, err.msg);
-        finish(r, id, JOB_FAILED, err.msg, NULL);
+        finish(r, NULL, id, JOB_FAILED, err.msg, NULL);
         goto out;
     }
     post_job(r, r->job_store, id);
@@ -612,7 +816,7 @@ static void run_job(struct runner *r, int64_t id) {
         char msg[SV_ERR_MSG_MAX];
         snprintf(msg, sizeof msg, "inputs changed since the job was submitted: %.440s", err.msg);
         log_msg(LOG_WARNING, "job %lld: %s", (long long)id, msg);
-        finish(r, id, JOB_FAILED, msg, NULL);
+        finish(r, j, id, JOB_FAILED, msg, NULL);
         goto out;
     }
     if (strcmp(key, j->key) != 0) {
@@ -620,31 +824,39 @@ static void run_job(struct runner *r, int64_t id) {
         snprintf(msg, sizeof msg, "inputs changed since the job was submitted: job key was %.16s..., "
                  "the model, calibration or evaluation files now give %.16s...", j->key, key);
         log_msg(LOG_WARNING, "job %lld: %s", (long long)id, msg);
-        finish(r, id, JOB_FAILED, msg, NULL);
+        finish(r, j, id, JOB_FAILED, msg, NULL);
         goto out;
     }
 
-    struct job_ctx c = {
-        .r = r, .id = id, .t_start = mono_now(), .t_first = -1, .last_layer = -1,
+    struct job_ctx *c = calloc(1, sizeof *c);
+    if (!c) {
+        log_msg(LOG_ERR, "job %lld: out of memory", (long long)id);
+        finish(r, j, id, JOB_FAILED, "out of memory", NULL);
+        goto out;
+    }
+    *c = (struct job_ctx){
+        .r = r, .id = id, .t_start = mono_now(), .t_first = -1, .eta = -1, .last_layer = -1,
         .n_layers = j->n_layers, .layers_done = j->layers_done,
     };
     struct compress_hooks hooks = {
-        .ctx = &c,
+        .ctx = c,
         .layer_lookup = hook_layer_lookup,
         .layer_done = hook_layer_done,
+        .layers_drop = hook_layers_drop,
         .should_cancel = hook_should_cancel,
         .progress = hook_progress,
     };
     struct compress_result res = {0};
     int rc = compress_run(&j->params, &hooks, &res, &err);
+    free(c);
     if (rc == 0) {
         log_msg(LOG_INFO, "job %lld: done in %.1f s (ppl %.4g -> %.4g)", (long long)id, res.seconds,
                 res.ppl_before, res.ppl_after);
-        finish(r, id, JOB_DONE, NULL, &res);
+        finish(r, j, id, JOB_DONE, NULL, &res);
     } else if (rc == -ECANCELED && atomic_load(&r->cancel_flag)) {
-        log_msg(LOG_INFO, "job %lld: cancelled; its checkpoints are kept in %s", (long long)id,
+        log_msg(LOG_INFO, "job %lld: cancelled; its work directory %s is emptied", (long long)id,
                 j->params.work_dir);
-        finish(r, id, JOB_CANCELLED, "cancelled while running", NULL);
+        finish(r, j, id, JOB_CANCELLED, "cancelled while running", NULL);
     } else if (rc == -ECANCELED) {
         /* Shutdown: leave the row 'running'; the next start requeues it. */
         log_msg(LOG_NOTICE, "job %lld: stopped for shutdown; it resumes at the next start",
@@ -652,11 +864,22 @@ static void run_job(struct runner *r, int64_t id) {
     } else {
         if (!err.msg[0])
             snprintf(err.msg, sizeof err.msg, "%s", strerror(-rc));
-        log_msg(LOG_WARNING, "job %lld: failed: %s", (long long)id, err.msg);
-        finish(r, id, JOB_FAILED, err.msg, NULL);
+        log_msg(LOG_WARNING, "job %lld: failed: %s (its checkpoints are kept for resume)", (long long)id,
+                err.msg);
+        finish(r, j, id, JOB_FAILED, err.msg, NULL);
     }
 out:
     free(j);
+}
+
+/* Start-up: empties the work directories that done and cancelled jobs left
+ * (a crash between recording the state and emptying it, or a daemon from
+ * before that rule). */
+static int sweep_one(void *ctx, const struct store_job *j) {
+    struct runner *r = ctx;
+    if ((j->state == JOB_DONE || j->state == JOB_CANCELLED) && j->params.work_dir[0])
+        clear_work_dir_logged(r, j->id, j->params.work_dir);
+    return atomic_load(&r->stopping) ? 1 : 0;
 }
 
 static void *job_main(void *arg) {
@@ -664,6 +887,9 @@ static void *job_main(void *arg) {
     /* main() chose the count; OpenMP's default for this thread is its own
      * setting (a new pthread does not inherit it), so adopt the same one. */
     forward_threads_set(forward_threads_get());
+    struct sv_err serr = {0};
+    if (store_job_list(r->job_store, sweep_one, r, &serr) < 0)
+        log_msg(LOG_WARNING, "work directory sweep: %s", serr.msg);
     while (!atomic_load(&r->stopping)) {
         pthread_mutex_lock(&r->job_mu);
         uint64_t gen = r->kick_gen;
@@ -693,7 +919,9 @@ static void *job_main(void *arg) {
         atomic_store(&r->cancel_flag, 0);
         pthread_mutex_unlock(&r->job_mu);
 
+        pthread_mutex_lock(&r->resume_mu);
         int c = store_job_claim(r->job_store, id, &err);
+        pthread_mutex_unlock(&r->resume_mu);
         if (c < 0)
             log_msg(LOG_ERR, "job %lld: claim: %s", (long long)id, err.msg);
         if (c == 1)
@@ -729,6 +957,7 @@ int runner_new(struct runner **ret, uv_loop_t *loop, const char *state_dir, runn
     }
     pthread_mutex_init(&r->ev_mu, NULL);
     pthread_mutex_init(&r->job_mu, NULL);
+    pthread_mutex_init(&r->resume_mu, NULL);
     pthread_cond_init(&r->job_cv, NULL);
     queue_init(&r->ctl);
     queue_init(&r->eval);
@@ -743,6 +972,7 @@ int runner_new(struct runner **ret, uv_loop_t *loop, const char *state_dir, runn
         queue_destroy(&r->ctl);
         queue_destroy(&r->eval);
         pthread_cond_destroy(&r->job_cv);
+        pthread_mutex_destroy(&r->resume_mu);
         pthread_mutex_destroy(&r->job_mu);
         pthread_mutex_destroy(&r->ev_mu);
         free(r);
@@ -828,6 +1058,7 @@ static void on_async_closed(uv_handle_t *h) {
     queue_destroy(&r->ctl);
     queue_destroy(&r->eval);
     pthread_cond_destroy(&r->job_cv);
+    pthread_mutex_destroy(&r->resume_mu);
     pthread_mutex_destroy(&r->job_mu);
     pthread_mutex_destroy(&r->ev_mu);
     free(r);

@@ -3,7 +3,8 @@
  *
  * Three threads, each with its own task queue (mutex + condition variable):
  *   ctl   quick tasks that touch files or SQLite: submit (path checks, model
- *         config check, compress_params_check, job key, insert) and cancel;
+ *         config check, compress_params_check, job key, insert), cancel and
+ *         resume (failed -> queued);
  *   job   runs queued jobs one at a time in FIFO (SQLite id) order through
  *         compress_run(), owning its own SQLite connection for the layer
  *         hooks;
@@ -31,7 +32,7 @@
 #include "store.h"
 #include "sv_err.h"
 
-enum runner_task_type { RUNNER_TASK_SUBMIT, RUNNER_TASK_CANCEL, RUNNER_TASK_EVAL };
+enum runner_task_type { RUNNER_TASK_SUBMIT, RUNNER_TASK_CANCEL, RUNNER_TASK_EVAL, RUNNER_TASK_RESUME };
 
 struct runner_eval_params {
     char model_dir[PATH_MAX];
@@ -47,7 +48,7 @@ struct runner_task {
     long long req_id;
     uint32_t uid;            /* peer credentials of the requester */
     struct compress_params params;      /* SUBMIT: absolute, not yet resolved */
-    int64_t job_id;                     /* CANCEL */
+    int64_t job_id;                     /* CANCEL, RESUME */
     struct runner_eval_params eval;     /* EVAL */
     atomic_int cancel;                  /* EVAL: set when the client is gone */
     struct runner_task *next;
@@ -66,7 +67,7 @@ struct runner_progress {
     char phase[16];
     double fraction;      /* 0..1 */
     double elapsed_s;     /* since this run of the job started */
-    double eta_s;         /* < 0: not known yet */
+    double eta_s;         /* < 0: not known yet (once known, known until the run ends) */
     uint64_t peak_rss;    /* bytes, the daemon's maximum resident set so far */
 };
 
@@ -77,7 +78,7 @@ struct runner_event {
     long long req_id;
     enum proto_code code;         /* REPLY: PROTO_OK or the error */
     char msg[SV_ERR_MSG_MAX];     /* REPLY: error message */
-    struct store_job *job;        /* JOB; REPLY to SUBMIT/CANCEL (may be NULL) */
+    struct store_job *job;        /* JOB; REPLY to SUBMIT/CANCEL/RESUME (may be NULL) */
     bool cancelling;              /* REPLY to CANCEL: was running, flag set */
     struct runner_progress progress;
     struct ppl_result ppl;        /* REPLY to EVAL */

@@ -14,7 +14,8 @@
  *  - The job table mirrors the jobs rows: loaded at start, then updated only
  *    from runner events. status, list and watch read it and never wait for a
  *    thread. A record never moves backwards (queued < running < final), so an
- *    older event arriving after a newer one cannot undo it.
+ *    older event arriving after a newer one cannot undo it; the one
+ *    exception is `resume` (failed -> queued), applied from its reply.
  *  - Memory of a uv handle is released only in its close callback. */
 #include "server.h"
 
@@ -101,6 +102,7 @@ struct sjob {
     uint64_t peak_rss;
     bool has_progress;           /* prog is from this daemon's current run */
     struct runner_progress prog;
+    double frac_hwm;             /* highest fraction shown by this daemon (every run) */
     int threads;                 /* this daemon's count; 0: the job had ended before
                                   * it started, under a count not known here */
 };
@@ -252,6 +254,14 @@ static struct sjob *job_upsert(struct server *s, const struct store_job *rec, bo
     return j;
 }
 
+/* A resumed job leaves its final state: the one move back a record makes
+ * (the resume's reply precedes the job's next events, runner.c). */
+static void job_reopen(struct server *s, int64_t id) {
+    struct sjob *j = job_find(s, id);
+    if (j && store_state_final(j->state))
+        j->state = JOB_QUEUED;
+}
+
 static int load_job(void *ctx, const struct store_job *rec) {
     bool changed;
     struct sjob *j = job_upsert(ctx, rec, &changed);
@@ -297,7 +307,14 @@ static void add_progress(json_t *o, const struct sjob *j) {
             json_object_set_new(o, "eta_s", json_null());
         proto_set_int(o, "peak_rss", (long long)p->peak_rss);
     } else {
-        double f = j->state == JOB_DONE ? 1.0 : n_layers > 0 ? (double)done / n_layers : 0.0;
+        /* On the engine's scale (compress_fraction_resumed: where a run
+         * with these checkpoints starts), and never below what was shown. */
+        struct compress_cost_in ci = {
+            .method = j->method, .ranks = j->ranks, .layers = j->layers, .eval = j->eval_text && *j->eval_text,
+            .nsamples = j->nsamples, .seqlen = j->seqlen, .eval_seqlen = j->eval_seqlen,
+            .eval_max_windows = j->eval_max_windows,
+        };
+        double f = j->state == JOB_DONE ? 1.0 : fmax(compress_fraction_resumed(&ci, n_layers, done), j->frac_hwm);
         proto_set_real(o, "fraction", f);
         if (j->state == JOB_RUNNING)
             proto_set_str(o, "phase", "starting");
@@ -805,6 +822,28 @@ fail:
     return r;
 }
 
+/* failed -> queued (the ctl thread checks the database's state). */
+static int op_resume(struct client *c, long long id, json_t *msg, struct proto_error *e) {
+    static const char *const fields[] = {"id", "op", "job", NULL};
+    struct sjob *j;
+    if (get_job(c, msg, fields, &j, e) < 0)
+        return -EINVAL;
+    if (c->uid != 0 && c->uid != j->owner_uid)
+        return proto_error_set(e, PROTO_FORBIDDEN, "job %lld belongs to uid %u; only it or root may resume it",
+                               (long long)j->id, (unsigned)j->owner_uid);
+    if (j->state != JOB_FAILED)
+        return proto_error_set(e, PROTO_BAD_STATE, "job %lld is %s; only a failed job can be resumed",
+                               (long long)j->id, store_state_name(j->state));
+    if (count_queued(c->srv) + c->srv->pending_submits >= c->srv->cfg.max_queued_jobs)
+        return proto_error_set(e, PROTO_QUEUE_FULL, "the queue already holds %d jobs (the limit)",
+                               c->srv->cfg.max_queued_jobs);
+    struct runner_task *t = task_new(RUNNER_TASK_RESUME, id);
+    if (!t)
+        return proto_error_set(e, PROTO_INTERNAL, "out of memory");
+    t->job_id = j->id;
+    return push_task(c, t);
+}
+
 static const struct {
     const char *name;
     op_fn fn;
@@ -818,6 +857,7 @@ static const struct {
     {"watch", op_watch, false},
     {"cancel", op_cancel, true},
     {"eval", op_eval, true},
+    {"resume", op_resume, true},
 };
 
 static void handle_line(struct client *c, const char *line, size_t len) {
@@ -987,6 +1027,8 @@ static void on_reply(struct server *s, struct runner_event *ev) {
     if (ev->task == RUNNER_TASK_EVAL)
         s->pending_evals--;
     struct sjob *j = NULL;
+    if (ev->job && ev->task == RUNNER_TASK_RESUME && ev->code == PROTO_OK)
+        job_reopen(s, ev->job->id);
     if (ev->job) {
         bool changed;
         j = job_upsert(s, ev->job, &changed);
@@ -1008,6 +1050,10 @@ static void on_reply(struct server *s, struct runner_event *ev) {
         break;
     case RUNNER_TASK_CANCEL:
         proto_set_str(r, "state", ev->cancelling ? "cancelling" : "cancelled");
+        break;
+    case RUNNER_TASK_RESUME:
+        if (j)
+            json_object_set_new(r, "job", job_json(j, true));
         break;
     case RUNNER_TASK_EVAL:
         proto_set_real(r, "ppl", ev->ppl.ppl);
@@ -1048,6 +1094,9 @@ static void on_runner_event(void *ctx, struct runner_event *ev) {
         struct sjob *j = job_find(s, ev->progress.job_id);
         if (!j || j->state != JOB_RUNNING)
             break;
+        if (ev->progress.fraction < j->frac_hwm)   /* a resumed run redoing lost work */
+            ev->progress.fraction = j->frac_hwm;
+        j->frac_hwm = ev->progress.fraction;
         j->prog = ev->progress;
         j->has_progress = true;
         if (ev->progress.n_layers > 0)

@@ -56,6 +56,7 @@ static const char *const store_sql_lines[] = {
 
 struct store {
     sqlite3 *db;
+    char path[PATH_MAX];   /* for error messages */
 };
 
 static const char *const state_names[JOB_STATE_COUNT] = {
@@ -79,12 +80,17 @@ static int state_parse(const char *s, enum job_state *ret) {
     return -EINVAL;
 }
 
+/* The message names the database file and, when SQLite's failure came from
+ * the OS (a full disk, an I/O error), the errno of the failing system call. */
 static int db_fail(struct store *s, struct sv_err *err, const char *what) {
-    int rc = sqlite3_errcode(s->db);
+    int rc = sqlite3_errcode(s->db), os = sqlite3_system_errno(s->db);
     int code = (rc == SQLITE_BUSY || rc == SQLITE_LOCKED) ? -EBUSY
              : rc == SQLITE_NOMEM ? -ENOMEM
              : rc == SQLITE_FULL ? -ENOSPC : -EIO;
-    return sv_err_set(err, code, "database: %s: %s", what, sqlite3_errmsg(s->db));
+    if ((rc == SQLITE_FULL || rc == SQLITE_IOERR || rc == SQLITE_CANTOPEN) && os > 0)
+        return sv_err_set(err, code, "database %s: %s: %s (%s)", s->path, what, sqlite3_errmsg(s->db),
+                          strerror(os));
+    return sv_err_set(err, code, "database %s: %s: %s", s->path, what, sqlite3_errmsg(s->db));
 }
 
 static int exec(struct store *s, const char *sql, struct sv_err *err) {
@@ -200,6 +206,7 @@ int store_open(struct store **ret, const char *path, struct sv_err *err) {
     if (!s)
         return sv_err_set(err, -ENOMEM, "out of memory");
     int r = 0;
+    snprintf(s->path, sizeof s->path, "%s", path);
     if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
                         SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
         r = sv_err_set(err, -EIO, "database %s: %s", path,
@@ -223,7 +230,9 @@ int store_open(struct store **ret, const char *path, struct sv_err *err) {
     if ((r = exec(s, "PRAGMA synchronous = FULL", err)) < 0 ||
         (r = exec(s, "PRAGMA foreign_keys = ON", err)) < 0 ||
         (r = migrate(s, err)) < 0) {
-        sv_err_prefix(err, "database %s", path);
+        /* db_fail's messages name the file already; the others do not. */
+        if (err && strstr(err->msg, path) == NULL)
+            sv_err_prefix(err, "database %s", path);
         goto out;
     }
 out:
@@ -531,6 +540,49 @@ int store_job_finish(struct store *s, int64_t id, enum job_state state, const ch
     return r;
 }
 
+int store_job_resume(struct store *s, int64_t id, bool running_ok, struct sv_err *err) {
+    sqlite3_stmt *st = NULL;
+    int r = exec(s, "BEGIN IMMEDIATE", err);
+    if (r < 0)
+        return r;
+    /* One live job per output directory: another job may have taken this
+     * one's out while it was failed. */
+    if ((r = prepare(s, "SELECT o.id, o.state FROM jobs o, jobs j WHERE j.id = ?1 AND o.out = j.out"
+                        " AND o.id != j.id AND o.state IN ('queued', 'running') LIMIT 1", &st, err)) < 0)
+        goto out;
+    sqlite3_bind_int64(st, 1, id);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        r = sv_err_set(err, -EEXIST, "job %lld: its output directory is now that of job %lld (%s)",
+                       (long long)id, (long long)sqlite3_column_int64(st, 0),
+                       (const char *)sqlite3_column_text(st, 1));
+        goto out;
+    }
+    if (rc != SQLITE_DONE) {
+        r = db_fail(s, err, "resume job");
+        goto out;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if ((r = prepare(s, "UPDATE jobs SET state = 'queued', error = NULL, finished_at = NULL"
+                        " WHERE id = ?1 AND (state = 'failed' OR (?2 AND state = 'running'))", &st, err)) < 0)
+        goto out;
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_int(st, 2, running_ok);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        r = db_fail(s, err, "resume job");
+        goto out;
+    }
+    int changed = sqlite3_changes(s->db);
+    if ((r = exec(s, "COMMIT", err)) == 0)
+        r = changed;
+out:
+    sqlite3_finalize(st);
+    if (r < 0)
+        rollback(s);
+    return r;
+}
+
 /* ---- Layers ----------------------------------------------------------------- */
 
 int store_layer_get(struct store *s, int64_t job_id, int layer, struct compress_checkpoint *ck,
@@ -595,5 +647,20 @@ out:
         rollback(s);
         sv_err_prefix(err, "job %lld layer %d", (long long)job_id, layer);
     }
+    return r;
+}
+
+int store_layers_drop(struct store *s, int64_t job_id, int from, struct sv_err *err) {
+    sqlite3_stmt *st;
+    int r = prepare(s, "DELETE FROM layers WHERE job_id = ?1 AND layer >= ?2", &st, err);
+    if (r < 0)
+        return r;
+    sqlite3_bind_int64(st, 1, job_id);
+    sqlite3_bind_int(st, 2, from);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        r = db_fail(s, err, "drop layers");
+    else
+        r = sqlite3_changes(s->db);
+    sqlite3_finalize(st);
     return r;
 }

@@ -71,11 +71,23 @@ int store_job_cancel_queued(struct store *s, int64_t id, const char *why, struct
 int store_job_finish(struct store *s, int64_t id, enum job_state state, const char *error,
                      const struct compress_result *result, uint64_t peak_rss, struct sv_err *err);
 
+/* Resume of a job that ended 'failed' (or, with running_ok, of a 'running'
+ * row that no thread runs: its final state could not be recorded; the
+ * caller makes sure it is not the job being run): back to 'queued' with its
+ * layers rows, work directory and started_at kept, error and finished_at
+ * cleared. Returns 1 if resumed, 0 if the job is in another state (or does
+ * not exist), -EEXIST while another queued or running job has the same out. */
+int store_job_resume(struct store *s, int64_t id, bool running_ok, struct sv_err *err);
+
 /* Returns 1 with ck filled if layer has a committed row, 0 if not. */
 int store_layer_get(struct store *s, int64_t job_id, int layer, struct compress_checkpoint *ck,
                     struct sv_err *err);
 /* Commits layer's row (and the job's n_layers) in one transaction. */
 int store_layer_commit(struct store *s, int64_t job_id, int layer, int n_layers,
                        const struct compress_checkpoint *ck, struct sv_err *err);
+
+/* Forgets job_id's layers rows from layer `from` on (their checkpoints are
+ * damaged, or depend on one that is); returns the number of rows deleted. */
+int store_layers_drop(struct store *s, int64_t job_id, int from, struct sv_err *err);
 
 #endif

@@ -60,6 +60,7 @@ static pid_t daemon_pid = -1;
  * notify is set, on a $NOTIFY_SOCKET datagram socket at that address. */
 static uid_t run_as = 0;   /* when non-zero (and we are root): the daemon's uid */
 static const char *daemon_fault;   /* SVDLLM_FAULT for the daemon (NULL: unset) */
+static const char *daemon_release; /* SVDLLM_FAULT_RELEASE for the daemon (NULL: unset) */
 static const char *daemon_threads; /* --threads for the daemon (NULL: not passed) */
 
 static int start_daemon(const char *notify, const char *config) {
@@ -96,6 +97,10 @@ static int start_daemon(const char *notify, const char *config) {
             setenv("SVDLLM_FAULT", daemon_fault, 1);
         else
             unsetenv("SVDLLM_FAULT");
+        if (daemon_release)
+            setenv("SVDLLM_FAULT_RELEASE", daemon_release, 1);
+        else
+            unsetenv("SVDLLM_FAULT_RELEASE");
         if (run_as != 0 && (setgroups(0, NULL) < 0 || setgid(run_as) < 0 || setuid(run_as) < 0))
             _exit(126);
         char fdarg[16];
@@ -1231,6 +1236,19 @@ static int dir_names(const char *dirpath, struct dirent ***ret) {
     return n;
 }
 
+/* Entries of dirpath other than . and ..; -1 if it cannot be read. */
+static int dir_entries(const char *dirpath) {
+    DIR *d = opendir(dirpath);
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    closedir(d);
+    return n;
+}
+
 static void free_names(struct dirent **names, int n) {
     for (int i = 0; i < n; i++)
         free(names[i]);
@@ -1390,13 +1408,37 @@ static void test_crash_resume(void) {
     SV_CHECK(l1.ok);
     SV_CHECK(access(out_crash, F_OK) != 0);
 
-    /* 4. Restart without a fault: the job resumes at layer 2 and finishes. */
-    daemon_fault = NULL;
+    /* 4. Restart: the job resumes at layer 2; it is held after its last
+     * layer's commit (a done job's work directory is emptied) while its
+     * checkpoints are compared, then released to finish. */
+    char release[400];
+    snprintf(release, sizeof release, "%s/release-crash", dir);
+    unlink(release);
+    daemon_fault = "stall-after-commit:4";
+    daemon_release = release;
     usleep(20000);
     if (start_daemon(NULL, NULL) < 0) {
         SV_CHECK(!"daemon start (resume)");
         goto out;
     }
+    struct status_view vs = {0};
+    for (double tw = mono_now(); mono_now() - tw < 60; usleep(20000)) {
+        vs = status_view(id);
+        if (vs.layers_done >= N_LAYERS || (strcmp(vs.state, "running") != 0 && strcmp(vs.state, "queued") != 0))
+            break;
+    }
+    SV_CHECK(strcmp(vs.state, "running") == 0 && vs.layers_done == N_LAYERS);
+    /* No finished layer was redone: same inode, mtime and bytes. */
+    struct file_id l0c = file_id_of(l0_path), l1c = file_id_of(l1_path);
+    SV_CHECK(same_file_id(&l0, &l0c));
+    SV_CHECK(same_file_id(&l1, &l1c));
+    /* One row per layer, each matching its file; the partial layer-2 write
+     * was replaced by a whole one (and no temporary file is left). */
+    check_layer_rows(__LINE__, id, work, N_LAYERS);
+    SV_CHECK(access(tmp2, F_OK) != 0);   /* layer-2.safetensors.tmp is gone */
+    snprintf(tmp2, sizeof tmp2, "%s/layer-2.safetensors", work);
+    SV_CHECK(stat(tmp2, &sb) == 0 && have_tmp && ts.st_size < sb.st_size);
+    write_file(release, "");
     const char *end = watch_end(id, &n_events);
     SV_CHECK(strcmp(end, "done") == 0);
     if (strcmp(end, "done") != 0)
@@ -1412,17 +1454,11 @@ static void test_crash_resume(void) {
     SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
     t_resume = mono_now() - t0;
 
-    /* No finished layer was redone: same inode, mtime and bytes. */
-    struct file_id l0c = file_id_of(l0_path), l1c = file_id_of(l1_path);
-    SV_CHECK(same_file_id(&l0, &l0c));
-    SV_CHECK(same_file_id(&l1, &l1c));
-    /* One row per layer, each matching its file; the partial layer-2 write
-     * was replaced by a whole one (and no temporary file is left). */
+    /* Done: the rows stay, the work directory is emptied. */
     SV_CHECK(db_job(out_crash, jstate, sizeof jstate, work, sizeof work) == id && strcmp(jstate, "done") == 0);
-    check_layer_rows(__LINE__, id, work, N_LAYERS);
-    SV_CHECK(access(tmp2, F_OK) != 0);   /* layer-2.safetensors.tmp is gone */
-    snprintf(tmp2, sizeof tmp2, "%s/layer-2.safetensors", work);
-    SV_CHECK(stat(tmp2, &sb) == 0 && have_tmp && ts.st_size < sb.st_size);
+    struct layer_row rows_done[8];
+    SV_ASSERT_EQ(db_layers(id, rows_done, 8), N_LAYERS);
+    SV_ASSERT_EQ(dir_entries(work), 0);
     snprintf(tmp2, sizeof tmp2, "%s.tmp", out_crash);
     SV_CHECK(access(tmp2, F_OK) != 0);
 
@@ -1475,6 +1511,7 @@ out:
     if (daemon_pid > 0)
         stop_daemon(SIGKILL);
     daemon_fault = NULL;
+    daemon_release = NULL;
     memcpy(state_dir, saved_state, sizeof state_dir);
     memcpy(log_path, saved_log, sizeof log_path);
 }
@@ -1537,12 +1574,291 @@ static void test_cancel_running(void) {
     char jstate[32], work[PATH_MAX];
     SV_ASSERT_EQ(db_job(out, jstate, sizeof jstate, work, sizeof work), id);
     SV_CHECK(strcmp(jstate, "cancelled") == 0);
-    check_layer_rows(__LINE__, id, work, 1);   /* the checkpoint and its row are kept */
+    /* The row is kept; the work directory is emptied (a cancelled job
+     * cannot be resumed). */
+    struct layer_row rows[4];
+    SV_ASSERT_EQ(db_layers(id, rows, 4), 1);
+    SV_ASSERT_EQ(dir_entries(work), 0);
     SV_CHECK(!path_exists(dir, "out-cancel"));
 out:
     daemon_fault = NULL;
     memcpy(state_dir, saved_state, sizeof state_dir);
     memcpy(log_path, saved_log, sizeof log_path);
+}
+
+
+/* ---- Faults that end in a defined state (issue 10) -------------------------------- */
+
+/* Points state_dir and log_path at STATE/<name> and DIR/svdllmd-<name>.log
+ * until use_own_state(NULL) puts the main ones back. */
+static void use_own_state(const char *name) {
+    static char saved_state[sizeof state_dir], saved_log[sizeof log_path];
+    if (name) {
+        memcpy(saved_state, state_dir, sizeof state_dir);
+        memcpy(saved_log, log_path, sizeof log_path);
+        snprintf(state_dir, sizeof state_dir, "%s/state-%s", dir, name);
+        snprintf(log_path, sizeof log_path, "%s/svdllmd-%s.log", dir, name);
+    } else {
+        memcpy(state_dir, saved_state, sizeof state_dir);
+        memcpy(log_path, saved_log, sizeof log_path);
+    }
+}
+
+/* A stories260K job on the first 200 kB of the calibration text (written by
+ * test_crash_resume): 16 x 128 tokens, ratio 0.4, with extra JSON members;
+ * returns its id or -1 (printing the reply). */
+static long long submit_small(const char *out, const char *extra) {
+    char line[4096];
+    snprintf(line, sizeof line,
+             "{\"id\":5,\"op\":\"submit\",\"model\":\"%s\",\"out\":\"%s\",\"calib\":\"%s/calib-200k.txt\","
+             "\"ratio\":0.4,\"nsamples\":16,\"seqlen\":128%s%s}",
+             model, out, dir, *extra ? "," : "", extra);
+    struct conn c;
+    if (conn_open(&c) < 0)
+        return -1;
+    json_t *m = request(&c, line);
+    long long id = -1;
+    if (m && json_is_true(json_object_get(m, "ok")))
+        id = json_integer_value(json_object_get(json_object_get(m, "job"), "id"));
+    else {
+        char *t = m ? json_dumps(m, 0) : NULL;
+        fprintf(stderr, "submit %s: %s\n", out, t ? t : "no reply");
+        free(t);
+    }
+    json_decref(m);
+    conn_close(&c);
+    return id;
+}
+
+/* Whether output directories a and b hold the same files, byte-identical
+ * but for compression.json's wall-clock values (report_sans_seconds). */
+static bool same_output(const char *a, const char *b) {
+    static const char *const files[] = {"model.safetensors", "config.json", "tokenizer.json",
+                                        "tokenizer_config.json", "special_tokens_map.json",
+                                        "generation_config.json"};
+    bool same = dir_entries(a) > 0 && dir_entries(a) == dir_entries(b);
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char pa[700], pb[700];
+        snprintf(pa, sizeof pa, "%s/%s", a, files[i]);
+        snprintf(pb, sizeof pb, "%s/%s", b, files[i]);
+        struct file_id fa = file_id_of(pa), fb = file_id_of(pb);
+        if (!(fa.ok && fb.ok && fa.size == fb.size && strcmp(fa.sha, fb.sha) == 0)) {
+            fprintf(stderr, "%s differs between %s and %s\n", files[i], a, b);
+            same = false;
+        }
+    }
+    char pa[700], pb[700];
+    snprintf(pa, sizeof pa, "%s/compression.json", a);
+    snprintf(pb, sizeof pb, "%s/compression.json", b);
+    int ma, ra, mb, rb;
+    char *ja = report_sans_seconds(pa, &ma, &ra), *jb = report_sans_seconds(pb, &mb, &rb);
+    if (!ja || !jb || strcmp(ja, jb) != 0) {
+        fprintf(stderr, "compression.json differs beyond its timings:\n  %s\n  %s\n", ja ? ja : "-", jb ? jb : "-");
+        same = false;
+    }
+    free(ja);
+    free(jb);
+    return same;
+}
+
+/* Waits up to 60 s until job id has at least n committed layers or left
+ * queued/running; returns its status. */
+static struct status_view wait_layers(long long id, int n) {
+    struct status_view v = {0};
+    for (double t0 = mono_now(); mono_now() - t0 < 60; usleep(20000)) {
+        v = status_view(id);
+        if (v.layers_done >= n || (strcmp(v.state, "running") != 0 && strcmp(v.state, "queued") != 0))
+            break;
+    }
+    return v;
+}
+
+/* `svdllmctl watch --json` of a job: every message's fraction (the reply's
+ * and each event's job) is >= the one before, the ETA once known is never
+ * null again while the job runs, and the job ends done at fraction 1. */
+static void check_watch_monotonic(const char *what, const char *const *submit_args) {
+    struct ctl_result r;
+    ctl(&r, sock_path, submit_args);
+    SV_ASSERT_EQ(r.status, 0);
+    char id[32];
+    snprintf(id, sizeof id, "%lld", atoll(r.out));
+    const char *watch[] = {"--json", "watch", id, NULL};
+    ctl(&r, sock_path, watch);
+    SV_ASSERT_EQ(r.status, 0);
+    double last = -1, f_end = -1;
+    int n = 0, backwards = 0, eta_lost = 0, eta_known = 0;
+    bool have_eta = false, end_done = false;
+    char phases[256] = "";
+    for (char *line = strtok(r.out, "\n"); line; line = strtok(NULL, "\n")) {
+        json_t *m = json_loads(line, 0, NULL), *j = json_object_get(m, "job");
+        if (!j) {
+            json_decref(m);
+            continue;
+        }
+        double f = json_number_value(json_object_get(j, "fraction"));
+        if (f < last) {
+            backwards++;
+            fprintf(stderr, "%s: fraction %.6f after %.6f (%s)\n", what, f, last, line);
+        }
+        last = f;
+        n++;
+        const char *state = json_string_value(json_object_get(j, "state"));
+        const char *phase = json_string_value(json_object_get(j, "phase"));
+        if (phase && !strstr(phases, phase) && strlen(phases) + strlen(phase) + 2 < sizeof phases)
+            snprintf(phases + strlen(phases), sizeof phases - strlen(phases), "%s ", phase);
+        if (state && strcmp(state, "running") == 0 && json_object_get(j, "eta_s")) {
+            bool known = !json_is_null(json_object_get(j, "eta_s"));
+            eta_lost += have_eta && !known;
+            have_eta |= known;
+            eta_known += known;
+        }
+        const char *ev = json_string_value(json_object_get(m, "event"));
+        if (ev && strcmp(ev, "end") == 0) {
+            end_done = state && strcmp(state, "done") == 0;
+            f_end = f;
+        }
+        json_decref(m);
+    }
+    fprintf(stderr, "%s: %d messages, last fraction %.3f, %d with an ETA; phases: %s\n", what, n, f_end, eta_known,
+            phases);
+    SV_CHECK(n >= 8);
+    SV_ASSERT_EQ(backwards, 0);
+    SV_ASSERT_EQ(eta_lost, 0);
+    SV_CHECK(end_done);
+    SV_CHECK(f_end == 1.0);
+}
+
+static void test_progress_monotonic(void) {
+    use_own_state("progress");
+    if (start_daemon(NULL, NULL) < 0) {
+        SV_CHECK(!"daemon start (progress)");
+        use_own_state(NULL);
+        return;
+    }
+    char calib200[400], out_u[400], out_r[400];
+    snprintf(calib200, sizeof calib200, "%s/calib-200k.txt", dir);
+    snprintf(out_u, sizeof out_u, "%s/out-progress-update", dir);
+    snprintf(out_r, sizeof out_r, "%s/out-progress-rom", dir);
+    const char *update[] = {"submit", "--model", model, "--out", out_u, "--ratio", "0.4", "--method",
+                            "svdllm-update", "--ranks", "auto", "--calib", calib200, "--nsamples", "16",
+                            "--seqlen", "128", NULL};
+    check_watch_monotonic("svdllm-update --ranks auto", update);
+    const char *rom[] = {"submit", "--model", model, "--out", out_r, "--ratio", "0.4", "--method", "rom",
+                         "--calib", calib200, "--nsamples", "16", "--seqlen", "128", NULL};
+    check_watch_monotonic("rom", rom);
+    SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
+    use_own_state(NULL);
+}
+
+/* Flips one byte of path at offset off from its end (off > 0) or truncates
+ * it to its first half (off == 0). */
+static void damage(const char *path, long off) {
+    struct stat sb;
+    SV_CHECK(stat(path, &sb) == 0);
+    if (off == 0) {
+        SV_CHECK(truncate(path, sb.st_size / 2) == 0);
+        return;
+    }
+    FILE *f = fopen(path, "r+b");
+    SV_CHECK(f != NULL);
+    if (!f)
+        return;
+    fseek(f, -off, SEEK_END);
+    int ch = fgetc(f);
+    fseek(f, -off, SEEK_END);
+    fputc(ch ^ 0x55, f);
+    fclose(f);
+}
+
+/* Damaged checkpoints of a sequential job (svdllm-update: a compressed and
+ * an original calibration stream) are recomputed, not fatal: killed after
+ * layer 1's commit, its original-model states entering layer 2 are altered
+ * (regenerated through layers 0..1, checked against layer 1's recorded
+ * sha256); killed after layer 3's commit, layer 1's checkpoint is deleted
+ * and layer 2's truncated (layers 1.. recomputed, their rows dropped). The
+ * output is byte-identical to an uninterrupted run, layer 0 is never
+ * rewritten and layers_resumed counts the one kept layer. */
+static void test_damaged_checkpoints(void) {
+    enum { N_LAYERS = 5 };
+    use_own_state("damage");
+    char out_ref[400], out[400], work[PATH_MAX], jstate[32], path[PATH_MAX + 64], needle[PATH_MAX * 3],
+        release[400];
+    snprintf(release, sizeof release, "%s/release-damage", dir);
+    unlink(release);
+    snprintf(out_ref, sizeof out_ref, "%s/out-damage-ref", dir);
+    snprintf(out, sizeof out, "%s/out-damage", dir);
+    const char *extra = "\"method\":\"svdllm-update\"";
+    daemon_fault = NULL;
+    if (start_daemon(NULL, NULL) < 0) {
+        SV_CHECK(!"daemon start (damage reference)");
+        goto out;
+    }
+    int n_events;
+    long long ref = submit_small(out_ref, extra);
+    SV_CHECK(ref > 0 && strcmp(watch_end(ref, &n_events), "done") == 0);
+    SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
+
+    daemon_fault = "after-commit:1";
+    SV_CHECK(start_daemon(NULL, NULL) == 0);
+    submit_small(out, extra);
+    SV_CHECK(killed_by_sigkill(wait_daemon_exit(120)));
+    long long id = db_job(out, jstate, sizeof jstate, work, sizeof work);
+    SV_CHECK(id > 0 && strcmp(jstate, "running") == 0);
+    if (id <= 0)
+        goto out;
+    check_layer_rows(__LINE__, id, work, 2);
+    snprintf(path, sizeof path, "%s/layer-0.safetensors", work);
+    struct file_id l0 = file_id_of(path);
+    snprintf(path, sizeof path, "%s/orig-2.f32", work);
+    damage(path, 1000);
+
+    daemon_fault = "after-commit:3";
+    usleep(20000);
+    SV_CHECK(start_daemon(NULL, NULL) == 0);
+    SV_CHECK(killed_by_sigkill(wait_daemon_exit(120)));
+    snprintf(needle, sizeof needle, "job %lld: calibration states '%s' do not match the checksum their layer "
+             "recorded; regenerating them through layers 0..1; layer 2 and every later one are recomputed", id, path);
+    SV_CHECK(log_contains(needle));
+    if (!log_contains(needle))
+        fprintf(stderr, "log lacks: %s\n", needle);
+    check_layer_rows(__LINE__, id, work, 4);
+
+    snprintf(path, sizeof path, "%s/layer-1.safetensors", work);
+    SV_CHECK(unlink(path) == 0);
+    snprintf(path, sizeof path, "%s/layer-2.safetensors", work);
+    damage(path, 0);
+    /* Held after the last commit to look at the checkpoints before the
+     * work directory is emptied. */
+    daemon_fault = "stall-after-commit:4";
+    daemon_release = release;
+    SV_CHECK(start_daemon(NULL, NULL) == 0);
+    struct status_view vs = wait_layers(id, N_LAYERS);
+    SV_CHECK(strcmp(vs.state, "running") == 0 && vs.layers_done == N_LAYERS);
+    check_layer_rows(__LINE__, id, work, N_LAYERS);
+    snprintf(path, sizeof path, "%s/layer-0.safetensors", work);
+    struct file_id l0b = file_id_of(path);
+    SV_CHECK(same_file_id(&l0, &l0b));   /* the one intact layer was never rewritten */
+    write_file(release, "");
+    SV_CHECK(strcmp(watch_end(id, &n_events), "done") == 0);
+    struct status_view v = status_view(id);
+    SV_CHECK(strcmp(v.state, "done") == 0);
+    SV_ASSERT_EQ(v.layers_resumed, 1);
+    SV_ASSERT_EQ(v.layers_done, N_LAYERS);
+    snprintf(needle, sizeof needle, "job %lld: layer 1: checkpoint '%s/layer-1.safetensors' is recorded but "
+             "unreadable: missing; layer 1 and every later one are recomputed (3 committed rows dropped)", id, work);
+    SV_CHECK(log_contains(needle));
+    if (!log_contains(needle))
+        fprintf(stderr, "log lacks: %s\n", needle);
+    SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
+    struct layer_row rows[8];
+    SV_ASSERT_EQ(db_layers(id, rows, 8), N_LAYERS);
+    SV_CHECK(same_output(out_ref, out));
+out:
+    if (daemon_pid > 0)
+        stop_daemon(SIGKILL);
+    daemon_fault = NULL;
+    daemon_release = NULL;
+    use_own_state(NULL);
 }
 
 int main(int argc, char **argv) {
@@ -1642,6 +1958,8 @@ int main(int argc, char **argv) {
 
     test_crash_resume();
     test_cancel_running();
+    test_progress_monotonic();
+    test_damaged_checkpoints();
     test_not_running();
     int rc = sv_test_result("test_daemon");
     if (rc == 0) {

@@ -8,7 +8,14 @@
  *    default rank rule;
  *  - a version-2 database (sections 1 and 2) migrates likewise: its job keeps
  *    its alpha and gets ranks default, layers 0, attn_split 0, centered off;
- *  - a database newer than the schema is refused. */
+ *  - a database newer than the schema is refused;
+ *  - resume and dropped layers: a failed job goes back to queued with its
+ *    layers rows and work directory (started_at kept, error and finished_at
+ *    cleared); done and cancelled jobs are refused, a 'running' row only when
+ *    the caller allows it; another live job on the same out refuses the
+ *    resume with -EEXIST naming it; store_layers_drop forgets the rows from
+ *    a layer on. (A failed write's message, naming the database file and
+ *    the errno, is checked by test_daemon on a full tmpfs.) */
 #include <errno.h>
 #include <ftw.h>
 #include <limits.h>
@@ -341,6 +348,76 @@ static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW 
     return remove(path);
 }
 
+static void test_resume(void) {
+    char db[PATH_MAX], jobs[PATH_MAX];
+    path_in(db, sizeof db, "resume.db");
+    path_in(jobs, sizeof jobs, "jobs-resume");
+    mkdir(jobs, 0750);
+    struct store *s = open_store(db);
+    if (!s)
+        return;
+    struct sv_err err = {0};
+    struct store_job a, b, got;
+    fill_params(&a, METHOD_SVDLLM, 0);
+    fill_params(&b, METHOD_ROM, 0);
+    SV_ASSERT_EQ(store_job_insert(s, &a, jobs, &err), 0);
+    SV_ASSERT_EQ(store_job_insert(s, &b, jobs, &err), 0);
+    struct compress_checkpoint ck = {.file = "layer-0.safetensors", .size = 10};
+    memset(ck.sha256, 'c', 64);
+    SV_ASSERT_EQ(store_job_claim(s, a.id, &err), 1);
+    for (int l = 0; l < 3; l++) {
+        snprintf(ck.file, sizeof ck.file, "layer-%d.safetensors", l);
+        SV_ASSERT_EQ(store_layer_commit(s, a.id, l, 5, &ck, &err), 0);
+    }
+    /* queued and running are not resumable (running only when allowed). */
+    SV_ASSERT_EQ(store_job_resume(s, b.id, true, &err), 0);
+    SV_ASSERT_EQ(store_job_resume(s, a.id, false, &err), 0);
+    SV_ASSERT_EQ(store_job_finish(s, a.id, JOB_FAILED, "disk full", NULL, 0, &err), 0);
+    SV_ASSERT_EQ(store_job_get(s, a.id, &got, &err), 0);
+    int64_t started = got.started_at;
+    SV_CHECK(started > 0 && got.finished_at > 0);
+    /* b (queued) has another out: no conflict. */
+    SV_ASSERT_EQ(store_job_resume(s, a.id, false, &err), 1);
+    SV_ASSERT_EQ(store_job_get(s, a.id, &got, &err), 0);
+    SV_ASSERT_EQ(got.state, JOB_QUEUED);
+    SV_ASSERT_EQ(got.layers_done, 3);
+    SV_ASSERT_EQ(got.n_layers, 5);
+    SV_ASSERT_EQ(got.started_at, started);
+    SV_ASSERT_EQ(got.finished_at, 0);
+    SV_CHECK(got.error[0] == '\0');
+    SV_CHECK(strcmp(got.params.work_dir, a.params.work_dir) == 0);
+    /* Another live job on the same out: refused, naming it. */
+    SV_ASSERT_EQ(store_job_claim(s, a.id, &err), 1);
+    SV_ASSERT_EQ(store_job_finish(s, a.id, JOB_FAILED, "again", NULL, 0, &err), 0);
+    struct store_job c;
+    fill_params(&c, METHOD_SVDLLM, 0);   /* same out as a */
+    SV_ASSERT_EQ(store_job_insert(s, &c, jobs, &err), 0);
+    SV_ASSERT_EQ(store_job_resume(s, a.id, false, &err), -EEXIST);
+    char want[64];
+    snprintf(want, sizeof want, "job %lld (queued)", (long long)c.id);
+    SV_ASSERT_STR_CONTAINS(err.msg, want);
+    SV_ASSERT_EQ(store_job_cancel_queued(s, c.id, "test", &err), 1);
+    SV_ASSERT_EQ(store_job_resume(s, c.id, true, &err), 0);   /* cancelled: final */
+    /* A 'running' row that no thread runs: resumed when allowed. */
+    SV_ASSERT_EQ(store_job_resume(s, a.id, false, &err), 1);
+    SV_ASSERT_EQ(store_job_claim(s, a.id, &err), 1);
+    SV_ASSERT_EQ(store_job_resume(s, a.id, true, &err), 1);
+    SV_ASSERT_EQ(store_job_get(s, a.id, &got, &err), 0);
+    SV_ASSERT_EQ(got.state, JOB_QUEUED);
+    /* Dropped layers. */
+    SV_ASSERT_EQ(store_layers_drop(s, a.id, 1, &err), 2);
+    SV_ASSERT_EQ(store_layer_get(s, a.id, 0, &ck, &err), 1);
+    SV_ASSERT_EQ(store_layer_get(s, a.id, 1, &ck, &err), 0);
+    SV_ASSERT_EQ(store_layers_drop(s, a.id, 1, &err), 0);
+    SV_ASSERT_EQ(store_job_get(s, a.id, &got, &err), 0);
+    SV_ASSERT_EQ(got.layers_done, 1);
+    SV_ASSERT_EQ(store_job_resume(s, 999, true, &err), 0);   /* no such job */
+    /* The error of a failed update names the job. */
+    SV_ASSERT_EQ(store_job_finish(s, 424242, JOB_FAILED, "x", NULL, 0, &err), -ENOENT);
+    SV_ASSERT_STR_CONTAINS(err.msg, "job 424242");
+    store_free(s);
+}
+
 int main(void) {
     if (!mkdtemp(tmpdir)) {
         perror("mkdtemp");
@@ -350,6 +427,7 @@ int main(void) {
     test_migrate_v1();
     test_migrate_v2();
     test_too_new();
+    test_resume();
     nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
     return sv_test_result("store");
 }

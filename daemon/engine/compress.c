@@ -108,12 +108,19 @@ int compress_method_parse(const char *s, enum compress_method *ret) {
  * crash tests): SVDLLM_FAULT="after-commit:L" kills the process with SIGKILL
  * right after layer L's checkpoint row is committed; "mid-write:L" kills it
  * halfway through writing layer L's checkpoint file; "stall-after-commit:L"
- * holds the job after layer L's commit (up to 60 s, until it is cancelled),
+ * holds the job after layer L's commit (up to 60 s, until it is cancelled or
+ * the file named by SVDLLM_FAULT_RELEASE exists),
  * so a test can cancel a job that is certainly running. Unset in production. */
 static int fault_is(const char *kind, int layer) {
     const char *f = getenv("SVDLLM_FAULT");
     size_t n = strlen(kind);
     return f && strncmp(f, kind, n) == 0 && f[n] == ':' && atoi(f + n + 1) == layer;
+}
+
+/* stall-after-commit also ends once the file $SVDLLM_FAULT_RELEASE exists. */
+static int fault_released(void) {
+    const char *f = getenv("SVDLLM_FAULT_RELEASE");
+    return f && *f && access(f, F_OK) == 0;
 }
 
 static void fault_point(const char *kind, int layer) {
@@ -391,16 +398,147 @@ struct job {
     enum compress_ranks ranks;   /* resolved: never RANKS_DEFAULT */
     int ff_keep;                 /* lorap: intermediate channels kept; 0 = not pruned */
     struct job_timing t;
+    /* Progress (see the cost model below), in cost units: the work before
+     * the current segment, the segment's start and weight; the highest
+     * fraction reported; what stream_pass reports its chunks as. */
+    struct cost *cost;
+    double at, seg_at, seg_w, f_last;
+    const char *pass_phase;
 };
 
 static int cancelled(const struct job *j) { return j->h && j->h->should_cancel && j->h->should_cancel(j->h->ctx); }
 
-static void progress(struct job *j, int layer, const char *phase, double within) {
+/* ---- progress: a fixed cost model ------------------------------------------
+ *
+ * fraction = (work done) / (work of the whole job), both in one unit: a
+ * layer pass, one decoder layer run over the calibration states. The
+ * weights are the phases' costs measured at LLaMA-7B shapes, where jobs are
+ * long enough for progress to matter (README, bench/layer7b.sh: 32 x 128
+ * tokens, svdllm per layer: pass and statistics 16 s, the seven
+ * factorizations 86 s (5.4 passes; q/k/v 28 %, o 9.5 %, gate/up 53 %, down
+ * 9.5 % of their flops), states and checkpoint 4 s, assembly 1 s; rom's and
+ * the update's partial passes by the share of the layer's flops before
+ * their tap, which gives their measured 1.14x and 1.61x of svdllm). The
+ * scale depends only on the job's parameters and the layer count, so every
+ * run of a job (a resume included) uses the same one: a resumed run starts
+ * at the cost of its checkpointed layers (compress_fraction_resumed()), and
+ * what it repeats (the evaluation before, a regeneration of the states)
+ * holds the fraction where it is. Within a run the fraction never
+ * decreases. Order of the phases:
+ *   evaluation before (if any) | hidden-0 | --ranks auto pre-pass (per
+ *   layer: a pass and the spectra) | layers 0..L-1 | assembly | evaluation
+ *   after. */
+#define COST_FACTOR 5.4      /* a layer's seven factorizations */
+#define COST_WRITE 0.25      /* a layer's states and checkpoint */
+#define COST_SPECTRA 3.0     /* --ranks auto: a layer's eigenvalues (tridiagonal reductions) */
+#define COST_CALIB0 0.1      /* hidden-0: embeddings of the windows */
+#define COST_ASSEMBLE 0.06   /* per layer: copying the output */
+#define COST_REFIT 0.02      /* svdllm-update: a stage's least-squares refit */
+#define COST_FINAL 0.6       /* a compressed layer's pass (rom, update): the next layer's states */
+static const double factor_share[4] = {0.28, 0.095, 0.53, 0.095};   /* stages q/k/v, o, gate/up, down */
+static const double rom_pass[4] = {0.02, 0.25, 0.33, 1.0};          /* each stage's pass to its tap */
+static const double upd_pass[4] = {0.27, 0.58, 1.1, 1.8};           /* original + compressed stream */
+
+struct cost {
+    enum compress_method method;
+    int L, first;                /* layers before `first` stay dense (last-n) */
+    int auto_ranks;
+    double eval_w, pre, total;   /* one evaluation; everything before layer 0; the whole job */
+};
+
+static enum compress_ranks resolve_ranks(enum compress_method m, enum compress_ranks ranks, int layers) {
+    return ranks != RANKS_DEFAULT ? ranks : m == METHOD_LORAP ? RANKS_LORAP : layers ? RANKS_LAST_N : RANKS_UNIFORM;
+}
+
+/* Layer l's weight; the segments compress_run and seq_layer report add up to it. */
+static double cost_layer(const struct cost *c, int l) {
+    int comp = l >= c->first;
+    double w = COST_WRITE;
+    switch (c->method) {
+    case METHOD_ROM:
+        for (int sg = 0; sg < 4 && comp; sg++)
+            w += rom_pass[sg] + COST_FACTOR * factor_share[sg];
+        return w + (comp ? COST_FINAL : 1.0);
+    case METHOD_SVDLLM_UPDATE:
+        w += 1.0 + (comp ? COST_FACTOR : 0);
+        for (int sg = 0; sg < 4 && comp; sg++)
+            w += upd_pass[sg] + COST_REFIT;
+        return w + (comp ? COST_FINAL : 1.0);
+    case METHOD_LORAP:
+        return w + 1.0 + (comp ? COST_FACTOR * (factor_share[0] + factor_share[1]) + COST_REFIT : 0);
+    case METHOD_SVD:
+        return w + (comp ? COST_FACTOR : 0);
+    default:
+        return w + 1.0 + (comp ? COST_FACTOR : 0);
+    }
+}
+
+static double cost_layer_start(const struct cost *c, int l) {
+    double at = c->pre;
+    for (int i = 0; i < l && i < c->L; i++)
+        at += cost_layer(c, i);
+    return at;
+}
+
+static void cost_init(struct cost *c, const struct compress_cost_in *in, int L) {
+    enum compress_ranks rk = resolve_ranks(in->method, in->ranks, in->layers);
+    *c = (struct cost){.method = in->method, .L = L, .auto_ranks = rk == RANKS_AUTO};
+    c->first = rk == RANKS_LAST_N && in->layers > 0 && in->layers < L ? L - in->layers : 0;
+    if (in->eval) {
+        /* The whole model (L layers and the head) over the evaluation's
+         * tokens; "all windows" is counted as four times the calibration's. */
+        double calib = (double)in->nsamples * in->seqlen, L_e = in->eval_seqlen ? in->eval_seqlen : in->seqlen;
+        double tokens = in->eval_max_windows > 0 ? in->eval_max_windows * L_e : 4 * calib;
+        c->eval_w = calib > 0 ? (L + 1) * tokens / calib : 0;
+    }
+    int calib = in->method != METHOD_SVD;
+    c->pre = c->eval_w + (calib ? COST_CALIB0 : 0) + (c->auto_ranks ? L * ((calib ? 1.0 : 0) + COST_SPECTRA) : 0);
+    c->total = cost_layer_start(c, L) + L * COST_ASSEMBLE + c->eval_w;
+}
+
+void compress_cost_in_of(const struct compress_params *p, struct compress_cost_in *ret) {
+    *ret = (struct compress_cost_in){
+        .method = p->method, .ranks = p->ranks, .layers = p->layers, .eval = p->eval_path[0] != '\0',
+        .nsamples = p->nsamples, .seqlen = p->seqlen, .eval_seqlen = p->eval_seqlen,
+        .eval_max_windows = p->eval_max_windows,
+    };
+}
+
+double compress_fraction_resumed(const struct compress_cost_in *in, int n_layers, int layers_done) {
+    if (n_layers <= 0 || layers_done <= 0)
+        return 0;
+    struct cost c;
+    cost_init(&c, in, n_layers);
+    double f = c.total > 0 ? cost_layer_start(&c, layers_done) / c.total : 0;
+    return f < 0 ? 0 : f > 1 ? 1 : f;
+}
+
+/* The next segment of the job: weight w (cost units) starting where the last ended. */
+static void seg(struct job *j, double w) {
+    j->seg_at = j->at;
+    j->seg_w = w;
+    j->at += w;
+}
+
+/* A zero-weight segment at absolute position at (a layer's start, a resume). */
+static void seg_at(struct job *j, double at) {
+    j->at = j->seg_at = at;
+    j->seg_w = 0;
+}
+
+/* Reports phase at t (0..1) of the current segment. Callers from two
+ * threads (factor_worker) hold their pool's mutex. */
+static void progress(struct job *j, int layer, const char *phase, double t) {
     if (!j->h || !j->h->progress)
         return;
+    t = t < 0 ? 0 : t > 1 ? 1 : t;
+    double f = j->cost && j->cost->total > 0 ? (j->seg_at + t * j->seg_w) / j->cost->total : 0;
+    f = f > 1 ? 1 : f;
+    if (f < j->f_last)
+        f = j->f_last;
+    j->f_last = f;
     struct compress_progress pr = {
-        .layer = layer, .n_layers = j->c->n_layers, .layers_done = j->layers_done, .phase = phase,
-        .fraction = ((double)j->layers_done + within) / (j->c->n_layers + 1),
+        .layer = layer, .n_layers = j->c->n_layers, .layers_done = j->layers_done, .phase = phase, .fraction = f,
     };
     j->h->progress(j->h->ctx, &pr);
 }
@@ -608,7 +746,7 @@ struct stream {
     struct sha256 h_in, h_out;
 };
 
-static int stream_pass(struct job *j, int layer, struct stream *s, int ns, double p0, double p1, struct sv_err *err) {
+static int stream_pass(struct job *j, int layer, struct stream *s, int ns, struct sv_err *err) {
     const size_t d = (size_t)j->c->hidden, T = (size_t)j->T, row = T * d * sizeof(float);
     char tmp[2][PATH_MAX + 72];
     /* Samples per chunk: up to CHUNK_TOKENS tokens, fewer when the forward
@@ -683,7 +821,7 @@ static int stream_pass(struct job *j, int layer, struct stream *s, int ns, doubl
             r = sv_err_set(err, -ECANCELED, "cancelled");
             goto out;
         }
-        progress(j, layer, "statistics", p0 + (p1 - p0) * (s0 + nb) / j->n_samples);
+        progress(j, layer, j->pass_phase ? j->pass_phase : "statistics", (double)(s0 + nb) / j->n_samples);
     }
     for (int i = 0; i < ns; i++) {
         uint8_t dg[32];
@@ -721,13 +859,12 @@ out:
 /* Runs the original layer over the states in in_path, accumulating the
  * statistics in s and writing the next layer's states to out_path. */
 static int calibrate_layer(struct job *j, const struct layer_w *lw, struct stats *s, const char *in_path,
-                           const char *in_hex, const char *out_path, char next_hex[65], double p0, double p1,
-                           struct sv_err *err) {
+                           const char *in_hex, const char *out_path, char next_hex[65], struct sv_err *err) {
     struct forward_taps taps = {.ctx = s, .input = stats_input, .output = stats_output};
     struct stream st = {.in_hex = in_hex, .out_hex = next_hex, .lw = lw, .taps = &taps};
     snprintf(st.in, sizeof st.in, "%s", in_path);
     snprintf(st.out, sizeof st.out, "%s", out_path);
-    int r = stream_pass(j, lw->index, &st, 1, p0, p1, err);
+    int r = stream_pass(j, lw->index, &st, 1, err);
     if (r == 0 && s->g_attn) {
         lowrank_gram_symmetrize(s->g_attn, s->d);
         lowrank_gram_symmetrize(s->g_o, s->qw);
@@ -930,7 +1067,7 @@ static void *factor_worker(void *arg) {
             fp->r = r;
             fp->err = e;
         }
-        progress(fp->j, fp->lw->index, "factorize", 0.5 + 0.45 * fp->done / fp->n);
+        progress(fp->j, fp->lw->index, "factorize", (double)fp->done / fp->n);
         pthread_cond_broadcast(&fp->cv);
     }
     pthread_mutex_unlock(&fp->mu);
@@ -949,7 +1086,7 @@ static int factor_matrices(struct job *j, enum compress_method m, struct layer_w
     for (int i = 0; i < PROJ_COUNT; i++)
         if (j->rank[l][order[i]])
             fp.order[fp.n++] = order[i];
-    progress(j, l, "factorize", 0.5);
+    progress(j, l, "factorize", 0);
     /* Whiten each shared Gram that a factored matrix reads, then free the
      * Grams (down_proj's output covariance is read as it is). */
     double t0 = mono_now();
@@ -1192,10 +1329,16 @@ static int seq_layer(struct job *j, const struct layer_w *lw, struct lowrank_res
         if ((r = stats_alloc(j, STATS_GRAMS, &st, err)) < 0)
             goto out;
         work_path(j, path, sizeof path, "orig-%d.f32", l + 1);
-        if ((r = calibrate_layer(j, lw, &st, orig_in, orig_in_hex, path, orig_next_hex, 0, 0.2, err)) < 0 ||
-            /* drop_w 0: lw is only read (the cast drops a const factor_matrices
-             * needs for drop_w 1 alone). */
-            (r = factor_matrices(j, METHOD_SVDLLM, (struct layer_w *)lw, &st, 0, res, rep, err)) < 0)
+        seg(j, 1.0);
+        if ((r = calibrate_layer(j, lw, &st, orig_in, orig_in_hex, path, orig_next_hex, err)) < 0)
+            goto out;
+        int comp = 0;
+        for (int p = 0; p < PROJ_COUNT; p++)
+            comp |= j->rank[l][p] > 0;
+        seg(j, comp ? COST_FACTOR : 0);
+        /* drop_w 0: lw is only read (the cast drops a const factor_matrices
+         * needs for drop_w 1 alone). */
+        if ((r = factor_matrices(j, METHOD_SVDLLM, (struct layer_w *)lw, &st, 0, res, rep, err)) < 0)
             goto out;
         stats_free(&st);
     }
@@ -1206,7 +1349,6 @@ static int seq_layer(struct job *j, const struct layer_w *lw, struct lowrank_res
         if (!any)
             continue;
         cx.stage = sg;
-        double p0 = 0.2 + 0.15 * sg;
         if (!update) {
             int w = sg == 0 || sg == 2 || sg == 3 ? j->c->hidden : j->c->n_heads * j->c->head_dim;
             cx.width = w;
@@ -1222,8 +1364,11 @@ static int seq_layer(struct job *j, const struct layer_w *lw, struct lowrank_res
             struct forward_taps taps = {.ctx = &cx, .input = rom_in, .output = rom_out};
             struct stream s = {.lw = &lc, .taps = &taps};
             snprintf(s.in, sizeof s.in, "%s", comp_in);
-            if ((r = stream_pass(j, l, &s, 1, p0, p0 + 0.1, err)) < 0)
+            seg(j, rom_pass[sg]);
+            if ((r = stream_pass(j, l, &s, 1, err)) < 0)
                 goto out;
+            seg(j, COST_FACTOR * factor_share[sg]);
+            progress(j, l, "factorize", 0);
             lowrank_gram_symmetrize(cx.g, w);
             if (j->p->centered && cx.n > 0) /* sum (x - mean)(x - mean)^T = G - s s^T / n */
                 for (int a = 0; a < w; a++)
@@ -1264,8 +1409,11 @@ static int seq_layer(struct job *j, const struct layer_w *lw, struct lowrank_res
             struct stream s[2] = {{.lw = lw, .taps = &to}, {.lw = &lc, .taps = &tc}};
             snprintf(s[0].in, sizeof s[0].in, "%s", orig_in);
             snprintf(s[1].in, sizeof s[1].in, "%s", comp_in);
-            if ((r = stream_pass(j, l, s, 2, p0, p0 + 0.1, err)) < 0)
+            seg(j, upd_pass[sg]);
+            if ((r = stream_pass(j, l, s, 2, err)) < 0)
                 goto out;
+            seg(j, COST_REFIT);
+            progress(j, l, "factorize", 0);
             for (int p = stage_in[sg]; p <= stage_last[sg]; p++) {
                 if (!res[p].k)
                     continue;
@@ -1308,7 +1456,11 @@ static int seq_layer(struct job *j, const struct layer_w *lw, struct lowrank_res
     struct stream s = {.in_hex = in_hex, .out_hex = next_hex, .lw = &lc};
     snprintf(s.in, sizeof s.in, "%s", comp_in);
     work_path(j, s.out, sizeof s.out, "hidden-%d.f32", l + 1);
-    r = stream_pass(j, l, &s, 1, 0.8, 0.95, err);
+    int dense = 1;
+    for (int p = 0; p < PROJ_COUNT; p++)
+        dense &= !res[p].k;
+    seg(j, dense ? 1.0 : COST_FINAL);
+    r = stream_pass(j, l, &s, 1, err);
 out:
     stats_free(&st);
     seq_ctx_free(&cx);
@@ -1326,7 +1478,8 @@ static int write_layer(struct job *j, const struct layer_w *lw, const struct low
     int l = lw->index, r;
     char what[200], path[PATH_MAX + 64], name[ST_MAX_NAME + 32], *rj = NULL;
     struct st_writer *w = NULL;
-    progress(j, l, "checkpoint", 0.95);
+    seg(j, COST_WRITE);
+    progress(j, l, "checkpoint", 0);
     if ((r = report_json(rep, &rj)) < 0)
         return sv_err_set(err, r, "layer %d: out of memory for the report", l);
     work_path(j, path, sizeof path, "layer-%d.safetensors", l);
@@ -1399,8 +1552,10 @@ out:
     return r;
 }
 
-/* Returns 1 if layer l has a committed row whose file is intact, 0 if not. */
-static int layer_committed(struct job *j, int l, struct sv_err *err) {
+/* Layer l's checkpoint: 1 if it has a committed row whose file is intact,
+ * 0 if it has no row, 2 if the row's file is missing or not the recorded
+ * bytes (why says what was found), < 0 if the lookup itself failed. */
+static int layer_committed(struct job *j, int l, char *why, size_t n_why, struct sv_err *err) {
     if (!j->h || !j->h->layer_lookup)
         return 0;
     struct compress_checkpoint ck;
@@ -1409,12 +1564,142 @@ static int layer_committed(struct job *j, int l, struct sv_err *err) {
         return r < 0 ? sv_err_set(err, r, "layer %d: checkpoint lookup failed", l) : 0;
     char path[PATH_MAX * 2 + 2], hex[65];
     uint64_t size = 0;
+    struct sv_err e = {0};
     snprintf(path, sizeof path, "%s/%s", j->p->work_dir, ck.file);
-    if ((r = sha256_file(path, hex, &size, err)) < 0)
-        return sv_err_set(err, -EIO, "layer %d: checkpoint '%s' is recorded but unreadable", l, path);
-    if (size != ck.size || strcmp(hex, ck.sha256) != 0)
-        return sv_err_set(err, -EIO, "layer %d: checkpoint '%s' does not match its recorded size and sha256", l, path);
+    if (sha256_file(path, hex, &size, &e) < 0) {
+        snprintf(why, n_why, "layer %d: checkpoint '%.400s' is recorded but unreadable: %s", l, path,
+                 e.code == -ENOENT ? "missing" : strerror(-e.code));
+        return 2;
+    }
+    if (size != ck.size || strcmp(hex, ck.sha256) != 0) {
+        snprintf(why, n_why, "layer %d: checkpoint '%.400s' does not match its recorded size and sha256 "
+                 "(%llu bytes, recorded %llu)", l, path, (unsigned long long)size, (unsigned long long)ck.size);
+        return 2;
+    }
     return 1;
+}
+
+/* Tells the store that layers from.. are to be recomputed, and why. */
+static int drop_layers(struct job *j, int from, const char *why, struct sv_err *err) {
+    char msg[SV_ERR_MSG_MAX];
+    snprintf(msg, sizeof msg, "%s", why);   /* why may be err->msg */
+    if (j->h && j->h->layers_drop)
+        return j->h->layers_drop(j->h->ctx, from, msg, err);
+    return 0;
+}
+
+/* 1 if the calibration states at path are the bytes of checksum hex; 0 if
+ * not (why filled). */
+static int states_intact(const char *path, const char *hex, char *why, size_t n_why) {
+    char got[65];
+    uint64_t size = 0;
+    struct sv_err e = {0};
+    if (sha256_file(path, got, &size, &e) < 0) {
+        snprintf(why, n_why, "calibration states '%.400s': %s", path,
+                 e.code == -ENOENT ? "missing" : strerror(-e.code));
+        return 0;
+    }
+    if (strcmp(got, hex) != 0) {
+        snprintf(why, n_why, "calibration states '%.400s' do not match the checksum their layer recorded", path);
+        return 0;
+    }
+    return 1;
+}
+
+/* Layer l as its checkpoint holds it: lc starts as lw (the original, dense)
+ * and takes each factor pair of the file; the arrays go to f[], freed by the
+ * caller. */
+static int layer_from_checkpoint(const struct job *j, const struct layer_w *lw, struct layer_w *lc,
+                                 float *f[2 * PROJ_COUNT], struct sv_err *err) {
+    char path[PATH_MAX + 64], name[ST_MAX_NAME + 32], what[200];
+    struct st_model *m = NULL;
+    int l = lw->index;
+    *lc = *lw;
+    work_path(j, path, sizeof path, "layer-%d.safetensors", l);
+    int r = st_open_file(&m, path, err);
+    for (int p = 0; p < PROJ_COUNT && r == 0; p++) {
+        model_proj_prefix(l, p, what, sizeof what);
+        snprintf(name, sizeof name, "%s.0.weight", what);
+        const struct st_tensor *tb = st_find(m, name);
+        if (!tb)
+            continue;
+        const struct linear *lin = &lw->proj[p];
+        int64_t k = tb->ndim == 2 ? tb->shape[0] : 0;
+        if (k < 1 || k > lin->d_in || k > lin->d_out) {
+            r = sv_err_set(err, -EIO, "checkpoint '%s': tensor '%s' has an unexpected shape", path, name);
+            break;
+        }
+        f[2 * p] = malloc((size_t)k * lin->d_in * sizeof(float));
+        f[2 * p + 1] = malloc((size_t)lin->d_out * k * sizeof(float));
+        if (!f[2 * p] || !f[2 * p + 1]) {
+            r = sv_err_set(err, -ENOMEM, "layer %d: out of memory", l);
+            break;
+        }
+        if ((r = st_read_f32_shape(m, name, k, lin->d_in, f[2 * p], err)) < 0)
+            break;
+        snprintf(name, sizeof name, "%s.1.weight", what);
+        if ((r = st_read_f32_shape(m, name, lin->d_out, k, f[2 * p + 1], err)) < 0)
+            break;
+        lc->proj[p] = (struct linear){.d_out = lin->d_out, .d_in = lin->d_in, .rank = (int)k, .a = f[2 * p + 1],
+                                      .b = f[2 * p]};
+    }
+    st_free(m);
+    return r;
+}
+
+/* Regenerates the calibration states entering layer k (hidden-k, and orig-k
+ * for svdllm-update) when they are missing or damaged and layers 0..k-1 are
+ * checkpointed: hidden-0 from the calibration text, then each layer run
+ * forward, the original one (the original model's stream) or, for rom's and
+ * the update's compressed stream, the layer as its checkpoint holds it. It
+ * repeats the computation that wrote them, so the result must match the
+ * checksums layer k-1 recorded (want, want_orig); hex/orig_hex get them. */
+static int replay_states(struct job *j, int k, const char *want, const char *want_orig, char hex[65],
+                         char orig_hex[65], struct sv_err *err) {
+    const int sequential = j->p->method == METHOD_ROM || j->p->method == METHOD_SVDLLM_UPDATE;
+    const int update = j->p->method == METHOD_SVDLLM_UPDATE;
+    char next[65] = "", orig_next[65] = "";
+    struct layer_w lw = {0}, lc;
+    float *f[2 * PROJ_COUNT] = {0};
+    const char *saved_phase = j->pass_phase;
+    j->pass_phase = "replay";
+    progress(j, k, "replay", 0);
+    int r = make_hidden0(j, hex, err);
+    snprintf(orig_hex, 65, "%s", hex);
+    for (int l = 0; l < k && r == 0; l++) {
+        if (cancelled(j)) {
+            r = sv_err_set(err, -ECANCELED, "cancelled");
+            break;
+        }
+        if ((r = model_layer_load(j->m, l, &lw, err)) < 0)
+            break;
+        if (sequential && (r = layer_from_checkpoint(j, &lw, &lc, f, err)) < 0)
+            goto next;
+        struct stream s[2] = {{.in_hex = hex, .out_hex = next, .lw = sequential ? &lc : &lw},
+                              {.in_hex = orig_hex, .out_hex = orig_next, .lw = &lw}};
+        work_path(j, s[0].in, sizeof s[0].in, "hidden-%d.f32", l);
+        work_path(j, s[0].out, sizeof s[0].out, "hidden-%d.f32", l + 1);
+        orig_path(j, s[1].in, sizeof s[1].in, l);
+        work_path(j, s[1].out, sizeof s[1].out, "orig-%d.f32", l + 1);
+        if ((r = stream_pass(j, l, s, update ? 2 : 1, err)) < 0)
+            goto next;
+        unlink(s[0].in);
+        if (update)
+            unlink(s[1].in);
+        memcpy(hex, next, 65);
+        memcpy(orig_hex, orig_next, 65);
+    next:
+        model_layer_free(&lw);
+        for (int i = 0; i < 2 * PROJ_COUNT; i++) {
+            free(f[i]);
+            f[i] = NULL;
+        }
+    }
+    j->pass_phase = saved_phase;
+    if (r == 0 && (strcmp(hex, want) != 0 || (update && strcmp(orig_hex, want_orig) != 0)))
+        r = sv_err_set(err, -EIO, "layer %d: the regenerated calibration states do not match the checksums "
+                       "layer %d recorded (its inputs changed?)", k, k - 1);
+    return r;
 }
 
 /* ---- rank allocation ------------------------------------------------------- */
@@ -1520,11 +1805,18 @@ static int ranks_file_read(struct job *j, const char *path, struct sv_err *err) 
  * job reuses it without the pre-pass. */
 static int plan_auto(struct job *j, const char *hex0, struct sv_err *err) {
     const struct config *c = j->c;
+    int r0;
     const int L = c->n_layers, M = L * PROJ_COUNT;
     char path[PATH_MAX + 64], in[PATH_MAX + 64], out[PATH_MAX + 64], hex[65], next[65], what[200];
     work_path(j, path, sizeof path, "ranks.json", 0);
-    if (access(path, F_OK) == 0)
-        return ranks_file_read(j, path, err);
+    if (access(path, F_OK) == 0) {
+        /* From a run that died before layer 0 was committed. */
+        if (ranks_file_read(j, path, err) == 0)
+            return 0;
+        if ((r0 = drop_layers(j, 0, err->msg, err)) < 0)
+            return r0;
+        unlink(path);
+    }
     enum compress_method m = j->p->method;
     if (m == METHOD_ROM || m == METHOD_SVDLLM_UPDATE)
         m = METHOD_SVDLLM;
@@ -1547,18 +1839,24 @@ static int plan_auto(struct job *j, const char *hex0, struct sv_err *err) {
         if (kind != STATS_NONE) {
             work_path(j, in, sizeof in, l == 0 ? "hidden-%d.f32" : "pre-%d.f32", l);
             work_path(j, out, sizeof out, "pre-%d.f32", l + 1);
-            if ((r = stats_alloc(j, kind, &st, err)) < 0 ||
-                (r = calibrate_layer(j, &lw, &st, in, hex, out, next, 0, 0.5, err)) < 0)
+            seg(j, 1.0);
+            j->pass_phase = "allocate";
+            r = stats_alloc(j, kind, &st, err);
+            if (r == 0)
+                r = calibrate_layer(j, &lw, &st, in, hex, out, next, err);
+            j->pass_phase = NULL;
+            if (r < 0)
                 goto out;
             if (l > 0)
                 unlink(in);
             memcpy(hex, next, sizeof hex);
         }
+        seg(j, COST_SPECTRA);
         for (int p = 0; p < PROJ_COUNT; p++) {
             const struct linear *lin = &lw.proj[p];
             int mi = l * PROJ_COUNT + p, n = 0;
             model_proj_prefix(l, p, what, sizeof what);
-            progress(j, l, "allocate", 0.5 + 0.5 * p / PROJ_COUNT);
+            progress(j, l, "allocate", (double)p / PROJ_COUNT);
             const double *gi, *co;
             double *own;
             int nmax = lin->d_out > lin->d_in ? lin->d_out : lin->d_in;
@@ -2043,6 +2341,9 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
                  struct sv_err *err) {
     struct job j = {.p = p, .h = h, .t_start = mono_now(), .n_samples = p->nsamples, .T = p->seqlen};
     struct compress_result res = {0};
+    struct cost cost = {0};
+    char tmp[PATH_MAX + 16] = "";
+    int assembling = 0;
     char key[65], path[PATH_MAX + 64], hex[65] = "", next_hex[65], orig_hex[65] = "", orig_next_hex[65];
     int r;
     struct layer_w lw = {0};
@@ -2090,17 +2391,51 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
         goto out;
     }
     res.params_before = model_linear_params(j.m);
-    j.ranks = p->ranks != RANKS_DEFAULT ? p->ranks
-              : p->method == METHOD_LORAP ? RANKS_LORAP
-              : p->layers                 ? RANKS_LAST_N
-                                          : RANKS_UNIFORM;
+    j.ranks = resolve_ranks(p->method, p->ranks, p->layers);
     /* rom, svdllm-update: the states come from the compressed model */
     const int sequential = p->method == METHOD_ROM || p->method == METHOD_SVDLLM_UPDATE;
     plan_ranks(&j);
+    struct compress_cost_in ci;
+    compress_cost_in_of(p, &ci);
+    cost_init(&cost, &ci, c->n_layers);
+    j.cost = &cost;
+
+    /* Resume: the first layer without a committed checkpoint. A damaged one
+     * is recomputed with every later layer (their rows are forgotten first). */
+    char why[SV_ERR_MSG_MAX];
+    int l0 = 0;
+    while (l0 < c->n_layers) {
+        if ((r = layer_committed(&j, l0, why, sizeof why, err)) < 0)
+            goto out;
+        if (r == 2 && (r = drop_layers(&j, l0, why, err)) < 0)
+            goto out;
+        if (r != 1)
+            break;
+        l0++;
+    }
+    r = 0;
+    /* --ranks auto: every layer's ranks come from ranks.json; without it
+     * (or damaged) the allocation and so every layer is redone. */
+    if (j.ranks == RANKS_AUTO && l0 > 0) {
+        work_path(&j, path, sizeof path, "ranks.json", 0);
+        if (ranks_file_read(&j, path, err) < 0) {
+            if ((r = drop_layers(&j, 0, err->msg, err)) < 0)
+                goto out;
+            unlink(path);
+            l0 = 0;
+        }
+    }
+    res.layers_resumed = l0;
+    j.layers_done = l0;
+    /* What a resumed run repeats holds the fraction at its checkpoints'. */
+    if (l0 > 0)
+        seg_at(&j, cost_layer_start(&cost, l0));
 
     int eval_L = p->eval_seqlen ? p->eval_seqlen : p->seqlen;
     if (p->eval_path[0]) {
-        progress(&j, 0, "eval", 0);
+        if (l0 == 0)
+            seg(&j, cost.eval_w);
+        progress(&j, l0, "eval", 0);
         struct ppl_result pr;
         double t_e = mono_now();
         if ((r = ppl_eval(p->model_dir, p->eval_path, eval_L, (size_t)p->eval_max_windows, eval_cancel, &j, &pr, err)) < 0)
@@ -2110,49 +2445,51 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
         res.tok_s_before = pr.tokens_per_s;
     }
 
-    /* Resume: the first layer without an intact committed checkpoint. */
-    int l0 = 0;
-    while (l0 < c->n_layers) {
-        if ((r = layer_committed(&j, l0, err)) < 0)
-            goto out;
-        if (r == 0)
-            break;
-        l0++;
-    }
-    r = 0;
-    res.layers_resumed = l0;
-    j.layers_done = l0;
     int need_calib = p->method != METHOD_SVD; /* svd: G = I, also for its auto pre-pass */
     if (need_calib && l0 < c->n_layers) {
         if (l0 == 0) {
+            seg(&j, COST_CALIB0);
             progress(&j, 0, "calibrate", 0);
             double t_h = mono_now();
             if ((r = make_hidden0(&j, hex, err)) < 0)
                 goto out;
             j.t.write += mono_now() - t_h;
             snprintf(orig_hex, sizeof orig_hex, "%s", hex);
-        } else if ((r = layer_meta(&j, l0 - 1, "hidden_next_sha256", hex, sizeof hex, err)) < 0 ||
-                   (p->method == METHOD_SVDLLM_UPDATE &&
-                    (r = layer_meta(&j, l0 - 1, "orig_next_sha256", orig_hex, sizeof orig_hex, err)) < 0)) {
-            goto out;
+        } else {
+            char want[65], want_orig[65] = "", in[PATH_MAX + 64];
+            if ((r = layer_meta(&j, l0 - 1, "hidden_next_sha256", want, sizeof want, err)) < 0 ||
+                (p->method == METHOD_SVDLLM_UPDATE &&
+                 (r = layer_meta(&j, l0 - 1, "orig_next_sha256", want_orig, sizeof want_orig, err)) < 0))
+                goto out;
+            work_path(&j, in, sizeof in, "hidden-%d.f32", l0);
+            int ok = states_intact(in, want, why, sizeof why);
+            if (ok && p->method == METHOD_SVDLLM_UPDATE) {
+                work_path(&j, in, sizeof in, "orig-%d.f32", l0);
+                ok = states_intact(in, want_orig, why, sizeof why);
+            }
+            if (!ok) {
+                size_t n = strlen(why);
+                snprintf(why + n, sizeof why - n, "; regenerating them through layers 0..%d", l0 - 1);
+                double t_h = mono_now();
+                if ((r = drop_layers(&j, l0, why, err)) < 0 ||
+                    (r = replay_states(&j, l0, want, want_orig, hex, orig_hex, err)) < 0)
+                    goto out;
+                j.t.write += mono_now() - t_h;
+            } else {
+                memcpy(hex, want, sizeof hex);
+                memcpy(orig_hex, want_orig, sizeof orig_hex);
+            }
         }
     }
-    if (j.ranks == RANKS_AUTO) {
-        if (l0 == 0)
-            r = plan_auto(&j, hex, err);
-        else {
-            work_path(&j, path, sizeof path, "ranks.json", 0);
-            r = ranks_file_read(&j, path, err);
-        }
-        if (r < 0)
-            goto out;
-    }
+    if (j.ranks == RANKS_AUTO && l0 == 0 && (r = plan_auto(&j, hex, err)) < 0)
+        goto out;
     enum stats_kind kind = stats_kind_of(p->method);
     for (int l = l0; l < c->n_layers; l++) {
         if (cancelled(&j)) {
             r = sv_err_set(err, -ECANCELED, "cancelled before layer %d", l);
             goto out;
         }
+        seg_at(&j, cost_layer_start(&cost, l));
         progress(&j, l, "statistics", 0);
         if ((r = model_layer_load(j.m, l, &lw, err)) < 0)
             goto out;
@@ -2162,17 +2499,23 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
         if (sequential) {
             r = seq_layer(&j, &lw, lres, rep, hex, orig_hex, next_hex, orig_next_hex, err);
         } else {
+            int comp = l >= cost.first;
             if (p->method != METHOD_SVD) {
                 char in[PATH_MAX + 64];
                 work_path(&j, in, sizeof in, "hidden-%d.f32", l);
                 work_path(&j, path, sizeof path, "hidden-%d.f32", l + 1);
+                seg(&j, 1.0);
                 if ((r = stats_alloc(&j, kind, &st, err)) == 0)
-                    r = calibrate_layer(&j, &lw, &st, in, hex, path, next_hex, 0, 0.5, err);
+                    r = calibrate_layer(&j, &lw, &st, in, hex, path, next_hex, err);
             }
+            seg(&j, !comp ? 0 : p->method == METHOD_LORAP ? COST_FACTOR * (factor_share[0] + factor_share[1])
+                                                           : COST_FACTOR);
             if (r == 0)
                 r = factor_matrices(&j, p->method, &lw, &st, !j.ff_keep, lres, rep, err);
-            if (r == 0 && j.ff_keep)
+            if (r == 0 && j.ff_keep) {
+                seg(&j, COST_REFIT);
                 r = lorap_prune(&j, &lw, &st, pruned, rep, err);
+            }
         }
         for (int q = 0; q < PROJ_COUNT; q++)
             if (!lres[q].k && rep[q].kind != MAT_PRUNED)
@@ -2196,19 +2539,23 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
         memcpy(hex, next_hex, sizeof hex);
         memcpy(orig_hex, orig_next_hex, sizeof orig_hex);
         j.layers_done = l + 1;
+        seg_at(&j, cost_layer_start(&cost, l + 1));
         progress(&j, l + 1, "statistics", 0);
-        for (int i = 0; i < 3000 && fault_is("stall-after-commit", l) && !cancelled(&j); i++)
+        for (int i = 0; i < 3000 && fault_is("stall-after-commit", l) && !cancelled(&j) && !fault_released(); i++)
             usleep(20000);
     }
+    seg_at(&j, cost_layer_start(&cost, c->n_layers));
+    seg(&j, c->n_layers * COST_ASSEMBLE);
     progress(&j, c->n_layers, "assemble", 0);
-    char tmp[PATH_MAX + 16];
     snprintf(tmp, sizeof tmp, "%s.tmp", p->out_dir);
+    assembling = 1;
     double t_a = mono_now();
     if ((r = assemble(&j, tmp, &res, err)) < 0)
         goto out;
     j.t.assemble = mono_now() - t_a;
     if (p->eval_path[0]) {
-        progress(&j, c->n_layers, "eval", 0.5);
+        seg(&j, cost.eval_w);
+        progress(&j, c->n_layers, "eval", 0);
         struct ppl_result pr;
         double t_e = mono_now();
         if ((r = ppl_eval(tmp, p->eval_path, eval_L, (size_t)p->eval_max_windows, eval_cancel, &j, &pr, err)) < 0)
@@ -2220,11 +2567,22 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
     if ((r = write_report(&j, tmp, key, &res, err)) < 0 || (r = publish(&j, tmp, key, err)) < 0)
         goto out;
     res.seconds = mono_now() - j.t_start;
-    j.layers_done = c->n_layers + 1;
+    j.layers_done = c->n_layers;
+    seg_at(&j, cost.total);
     progress(&j, c->n_layers, "done", 1);
     if (ret)
         *ret = res;
 out:
+    /* No half-built output is left behind; where it cannot be removed, the
+     * error says so. */
+    if (r < 0 && assembling) {
+        int rm = remove_tree(tmp);
+        if (rm < 0 && rm != -ENOENT && err) {
+            size_t n = strlen(err->msg);
+            snprintf(err->msg + n, sizeof err->msg - n, "; the partial output '%.300s' could not be removed: %s", tmp,
+                     strerror(-rm));
+        }
+    }
     layer_scratch_free(&st, &lw, lres, pruned);
     free(j.rank);
     model_free(j.m);

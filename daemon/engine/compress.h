@@ -10,9 +10,16 @@
  *     done. A crash anywhere before leaves a row-less layer that is redone from
  *     scratch, and redoing is idempotent (same inputs, same bytes).
  *   On resume, hooks->layer_lookup() tells which layers have rows; the engine
- *   checks each recorded file's size and sha256 before trusting it.
+ *   checks each recorded file's size and sha256 before trusting it. A
+ *   missing or damaged checkpoint is not an error: hooks->layers_drop() is
+ *   told why, and that layer and every later one are recomputed. Damaged or
+ *   missing calibration states entering the first layer to compute are
+ *   regenerated from the calibration text through the checkpointed layers
+ *   and must then match the checksums recorded with them.
  * When every layer is done the output directory is assembled from the layer
- * files (config.json, model.safetensors, tokenizer files, compression.json). */
+ * files (config.json, model.safetensors, tokenizer files, compression.json)
+ * in OUT.tmp and renamed to OUT; a failed or cancelled assembly removes
+ * OUT.tmp (the error says so when it cannot). */
 #ifndef COMPRESS_H
 #define COMPRESS_H
 
@@ -71,8 +78,9 @@ struct compress_progress {
     int layer;          /* 0-based layer being worked on, n_layers when assembling */
     int n_layers;
     int layers_done;
-    const char *phase;  /* "calibrate", "statistics", "factorize", "checkpoint", "assemble", "eval" */
-    double fraction;    /* overall, 0..1 */
+    const char *phase;  /* "eval", "calibrate", "replay", "allocate", "statistics", "factorize",
+                         * "checkpoint", "assemble", "done" */
+    double fraction;    /* overall, 0..1, never decreasing within a run (cost model in compress.c) */
 };
 
 struct compress_checkpoint {
@@ -87,6 +95,12 @@ struct compress_hooks {
     int (*layer_lookup)(void *ctx, int layer, struct compress_checkpoint *ck);
     /* Commits layer's row; only after it returns 0 is the layer done. */
     int (*layer_done)(void *ctx, int layer, const struct compress_checkpoint *ck, struct sv_err *err);
+    /* Forgets the committed rows of layers from..n_layers-1 because their
+     * checkpoints cannot be trusted: why names what was found (a missing,
+     * truncated or altered file, damaged calibration states). Called before
+     * the engine recomputes them; also with no rows to forget, when only the
+     * calibration states entering layer `from` are regenerated. May be NULL. */
+    int (*layers_drop)(void *ctx, int from, const char *why, struct sv_err *err);
     /* Non-zero: stop at the next safe point with -ECANCELED. */
     int (*should_cancel)(void *ctx);
     void (*progress)(void *ctx, const struct compress_progress *p);
@@ -103,6 +117,20 @@ struct compress_result {
     double seconds;
     int layers_resumed;                /* layers taken from checkpoints */
 };
+
+/* What a job's progress scale depends on (compress.c: the cost model). */
+struct compress_cost_in {
+    enum compress_method method;
+    enum compress_ranks ranks;   /* as submitted */
+    int layers;                  /* last-n */
+    bool eval;                   /* an evaluation text is set */
+    int nsamples, seqlen, eval_seqlen, eval_max_windows;
+};
+void compress_cost_in_of(const struct compress_params *p, struct compress_cost_in *ret);
+/* The fraction at which a run of that job starts when layers_done of its
+ * n_layers layers are checkpointed: what status shows for a queued or failed
+ * job, and never more than what the run then reports. */
+double compress_fraction_resumed(const struct compress_cost_in *c, int n_layers, int layers_done);
 
 /* Checks params without touching the model (ratio range, sizes, paths readable). */
 int compress_params_check(const struct compress_params *p, struct sv_err *err);
