@@ -7,7 +7,7 @@
 _svdllmctl() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=""
     ((COMP_CWORD > 0)) && prev=${COMP_WORDS[COMP_CWORD - 1]}
-    local commands="ping version submit status list watch cancel eval"
+    local commands="ping version submit status list watch cancel resume eval"
     local global="--socket --json --help"
 
     # The command and the socket given so far.
@@ -52,7 +52,7 @@ _svdllmctl() {
         COMPREPLY=($(compgen -W "$commands" -- "$cur"))
     else
         case $cmd in
-        status|watch|cancel)
+        status|watch|cancel|resume)
             # Job ids: the first column of `list`, skipping its header.
             local ids
             ids=$(svdllmctl ${socket:+--socket "$socket"} list 2>/dev/null | awk 'NR > 1 && $1 ~ /^[0-9]+$/ {print $1}')
