@@ -858,6 +858,23 @@ static void test_bad_config(void) {
     expect_refused(word, 2, "svdllmd: --threads: invalid value 'all'");
 }
 
+/* The connection settings are checked like the others. */
+static void test_bad_conn_config(void) {
+    char cfg[400];
+    snprintf(cfg, sizeof cfg, "%s/bad-conn.conf", dir);
+    const char *with_cfg[] = {"--config", cfg, NULL};
+    write_file(cfg, "idle_timeout = -1\n");
+    expect_refused(with_cfg, 1, "bad-conn.conf:1: idle_timeout: invalid value '-1' (expected seconds in [0, 86400]");
+    write_file(cfg, "line_timeout = 2\nline_timeout = 3\n");
+    expect_refused(with_cfg, 1, "bad-conn.conf:2: 'line_timeout' is set twice");
+    write_file(cfg, "max_clients_per_uid = 0\n");
+    expect_refused(with_cfg, 1, "max_clients_per_uid: invalid value '0' (expected an integer in [1, 4096])");
+    write_file(cfg, "root_reserved_clients = many\n");
+    expect_refused(with_cfg, 1, "root_reserved_clients: invalid value 'many'");
+    write_file(cfg, "max_rejected = 4097\n");
+    expect_refused(with_cfg, 1, "max_rejected: invalid value '4097'");
+}
+
 /* The CPUs this process may run on, as the daemon counts them by default. */
 static int cpus_allowed(void) {
     cpu_set_t set;
@@ -2157,6 +2174,7 @@ int main(int argc, char **argv) {
 
     test_not_running();
     test_bad_config();
+    test_bad_conn_config();
 
     char cfg[400], notify[400];
     snprintf(cfg, sizeof cfg, "%s/svdllmd.conf", dir);
