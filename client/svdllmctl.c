@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -71,6 +73,9 @@ static void usage(FILE *f) {
           "  list [--state S] [--limit N]\n"
           "                            jobs, newest first\n"
           "  watch JOB                 follow a job until it ends (exit 0 only if done)\n"
+          "                            (another user's job: status and list show only its\n"
+          "                            state, owner and progress; watch and cancel are\n"
+          "                            forbidden unless you are root)\n"
           "  cancel JOB                cancel a queued or running job (its work directory\n"
           "                            is emptied: a cancelled job cannot be resumed)\n"
           "  resume JOB                requeue a failed job (owner or root): it continues\n"
@@ -80,7 +85,12 @@ static void usage(FILE *f) {
           "                            perplexity of a model on a text\n"
           "\n"
           "  --socket PATH   daemon socket (default $SVDLLMD_SOCKET or " DEFAULT_SOCKET ")\n"
-          "  --json          print the daemon's raw JSON messages, one per line\n",
+          "  --json          print the daemon's raw JSON messages, one per line\n"
+          "\n"
+          "Exit status 0 on success, 1 on failure (one line on stderr: for a daemon error\n"
+          "its code and message, e.g. too_many_clients when the daemon refuses the\n"
+          "connection, even if it closed while the request was being written), 2 on a\n"
+          "usage error.\n",
           f);
 }
 
@@ -118,6 +128,15 @@ static void conn_close(struct conn *c) {
     proto_buf_free(&c->buf);
 }
 
+/* One raw JSON line on stdout (--json). */
+static void print_json(json_t *m) {
+    char *s = json_dumps(m, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(16));
+    if (s)
+        puts(s);
+    free(s);
+    fflush(stdout);
+}
+
 /* Reads the next message; prints it with --json. Returns 1, or 0 with the
  * reason printed. */
 static int conn_read(struct conn *c, json_t **ret) {
@@ -131,14 +150,23 @@ static int conn_read(struct conn *c, json_t **ret) {
         fail("%s: %s", c->path, e.msg);
         return 0;
     }
-    if (opt_json) {
-        char *s = json_dumps(*ret, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(16));
-        if (s)
-            puts(s);
-        free(s);
-        fflush(stdout);
-    }
+    if (opt_json)
+        print_json(*ret);
     return 1;
+}
+
+/* After a failed write: the daemon may have closed because it refused us
+ * (too_many_clients) or the request (too_large, timeout), and its reply is
+ * still readable. Returns that message, or NULL (nothing was sent). Bounded
+ * by a receive timeout: a broken connection must not hang the client. */
+static json_t *reply_after_write_error(struct conn *c) {
+    struct timeval tv = {5, 0};
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    json_t *m = NULL;
+    struct proto_error e = {0};
+    if (proto_read_msg(c->fd, &c->buf, &m, &e) != 1)
+        return NULL;
+    return m;
 }
 
 /* Sends req (consumed) and reads its reply. Returns the reply, or NULL with
@@ -147,11 +175,29 @@ static json_t *call(struct conn *c, json_t *req) {
     struct proto_error e = {0};
     int r = proto_write_msg(c->fd, req, &e);
     json_decref(req);
-    if (r < 0) {
-        fail("%s: %s", c->path, e.msg);
+    json_t *reply;
+    if (r < 0 && e.code == PROTO_TOO_LARGE) {   /* refused before anything was written */
+        fail("too_large: the request is longer than %d bytes (svdllmd's limit); not sent", PROTO_MAX_MSG);
         return NULL;
     }
-    json_t *reply;
+    if (r < 0) {
+        /* EPIPE or ECONNRESET: whatever the daemon said before closing is
+         * the reason, and better than "Broken pipe". */
+        reply = reply_after_write_error(c);
+        if (!reply) {
+            fail("%s: %s", c->path, e.msg);
+            return NULL;
+        }
+        if (opt_json)
+            print_json(reply);
+        struct proto_error re = {0};
+        if (proto_reply_is_error(reply, &re))
+            fail("%s: %s", proto_code_name(re.code), re.msg);
+        else
+            fail("%s: %s", c->path, e.msg);   /* not an answer to a request never sent whole */
+        json_decref(reply);
+        return NULL;
+    }
     if (!conn_read(c, &reply))
         return NULL;
     if (proto_reply_is_error(reply, &e)) {
@@ -224,6 +270,13 @@ static void fmt_progress(char *out, size_t n, json_t *job) {
 static void print_status(json_t *job) {
     char buf[256];
     printf("job %lld: %s\n", jint(job, "id"), jstr(job, "state"));
+    if (json_is_true(json_object_get(job, "restricted"))) {
+        /* Another user's job: svdllmd shows only that it exists. */
+        printf("  owner       uid %lld (its details are shown to it and root only)\n", jint(job, "owner_uid"));
+        fmt_progress(buf, sizeof buf, job);
+        printf("  progress    %s\n", buf);
+        return;
+    }
     printf("  method      %s, ratio %g", jstr(job, "method"), jnum(job, "ratio", 0));
     if (json_is_number(json_object_get(job, "alpha")))   /* asvd jobs only */
         printf(", alpha %g", jnum(job, "alpha", 0));
@@ -432,8 +485,12 @@ static int cmd_list(struct conn *c, const struct args *a) {
         json_array_foreach(jobs, i, j) {
             char layers[32];
             snprintf(layers, sizeof layers, "%lld/%lld", jint(j, "layers_done"), jint(j, "n_layers"));
-            printf("%6lld  %-9s  %-13s  %5.2f  %-8s  %s -> %s\n", jint(j, "id"), jstr(j, "state"),
-                   jstr(j, "method"), jnum(j, "ratio", 0), layers, jstr(j, "model"), jstr(j, "out"));
+            if (json_is_true(json_object_get(j, "restricted")))   /* another user's */
+                printf("%6lld  %-9s  %-13s  %5s  %-8s  (uid %lld's job)\n", jint(j, "id"), jstr(j, "state"), "-",
+                       "-", layers, jint(j, "owner_uid"));
+            else
+                printf("%6lld  %-9s  %-13s  %5.2f  %-8s  %s -> %s\n", jint(j, "id"), jstr(j, "state"),
+                       jstr(j, "method"), jnum(j, "ratio", 0), layers, jstr(j, "model"), jstr(j, "out"));
         }
         if (json_is_true(json_object_get(r, "truncated")))
             printf("(more jobs not shown)\n");
@@ -621,6 +678,8 @@ int main(int argc, char **argv) {
         {"limit", required_argument, NULL, O_LIMIT},
         {NULL, 0, NULL, 0},
     };
+    /* A daemon that closes while we write must not kill us: we read its reply. */
+    signal(SIGPIPE, SIG_IGN);
     const char *socket_path = getenv("SVDLLMD_SOCKET");
     if (!socket_path || !*socket_path)
         socket_path = DEFAULT_SOCKET;

@@ -35,6 +35,7 @@ static const char *const code_names[PROTO_CODE_COUNT] = {
     [PROTO_FAILED] = "failed",
     [PROTO_CANCELLED] = "cancelled",
     [PROTO_INTERNAL] = "internal",
+    [PROTO_TIMEOUT] = "timeout",
 };
 
 const char *proto_code_name(enum proto_code c) {

@@ -47,6 +47,7 @@ enum proto_code {
     PROTO_FAILED,            /* the operation ran and failed (eval) */
     PROTO_CANCELLED,         /* the operation was cancelled (eval during shutdown) */
     PROTO_INTERNAL,          /* daemon-side failure (I/O, SQLite, out of memory) */
+    PROTO_TIMEOUT,           /* idle connection or half-sent line timed out; connection closed */
     PROTO_CODE_COUNT
 };
 

@@ -44,6 +44,8 @@ struct settings {
     enum log_level log_level;
     mode_t socket_mode;
     int max_clients, max_queued_jobs, max_evals;
+    int max_clients_per_uid, root_reserved_clients, max_rejected;
+    int idle_timeout, line_timeout;   /* seconds, 0: never */
     int threads;          /* 0: the CPUs this process may run on */
     int ready_fd;
 };
@@ -57,8 +59,9 @@ static void usage(FILE *f) {
             "  --socket PATH     Unix socket to serve (default " DEFAULT_SOCKET ")\n"
             "  --state-dir DIR   jobs database and checkpoints (default " DEFAULT_STATE_DIR ")\n"
             "  --config FILE     key = value settings: socket, state_dir, log_level,\n"
-            "                    socket_mode, max_clients, max_queued_jobs, max_evals,\n"
-            "                    threads\n"
+            "                    socket_mode, max_clients, max_clients_per_uid,\n"
+            "                    root_reserved_clients, max_rejected, idle_timeout,\n"
+            "                    line_timeout, max_queued_jobs, max_evals, threads\n"
             "  --log-level L     default info\n"
             "  --threads N       compute threads of every job and eval, 1..1024 (default or\n"
             "                    0: the CPUs this process may run on, sched_getaffinity)\n"
@@ -119,6 +122,26 @@ static int apply_key(struct settings *st, const char *key, const char *v, const 
         *why = "expected an integer in [1, 4096]";
         return parse_int(v, 1, 4096, 10, &st->max_clients);
     }
+    if (strcmp(key, "max_clients_per_uid") == 0) {
+        *why = "expected an integer in [1, 4096]";
+        return parse_int(v, 1, 4096, 10, &st->max_clients_per_uid);
+    }
+    if (strcmp(key, "root_reserved_clients") == 0) {
+        *why = "expected an integer in [0, 4096]";
+        return parse_int(v, 0, 4096, 10, &st->root_reserved_clients);
+    }
+    if (strcmp(key, "max_rejected") == 0) {
+        *why = "expected an integer in [0, 4096]";
+        return parse_int(v, 0, 4096, 10, &st->max_rejected);
+    }
+    if (strcmp(key, "idle_timeout") == 0) {
+        *why = "expected seconds in [0, 86400]; 0: never";
+        return parse_int(v, 0, 86400, 10, &st->idle_timeout);
+    }
+    if (strcmp(key, "line_timeout") == 0) {
+        *why = "expected seconds in [0, 3600]; 0: never";
+        return parse_int(v, 0, 3600, 10, &st->line_timeout);
+    }
     if (strcmp(key, "max_queued_jobs") == 0) {
         *why = "expected an integer in [1, 100000]";
         return parse_int(v, 1, 100000, 10, &st->max_queued_jobs);
@@ -142,7 +165,7 @@ static int load_config(struct settings *st, const char *path) {
         return -1;
     }
     char line[PATH_MAX + 128];
-    char seen[16][32];
+    char seen[32][32];
     int n_seen = 0, lineno = 0, r = 0;
     while (fgets(line, sizeof line, f)) {
         lineno++;
@@ -182,7 +205,7 @@ static int load_config(struct settings *st, const char *path) {
             r = -1;
             break;
         }
-        if (n_seen < 16)
+        if (n_seen < 32)
             snprintf(seen[n_seen++], sizeof seen[0], "%s", key);
     }
     if (r == 0 && ferror(f)) {
@@ -275,6 +298,11 @@ int main(int argc, char **argv) {
         .log_level = LOG_INFO,
         .socket_mode = 0660,
         .max_clients = SERVER_DEFAULT_MAX_CLIENTS,
+        .max_clients_per_uid = SERVER_DEFAULT_MAX_CLIENTS_PER_UID,
+        .root_reserved_clients = SERVER_DEFAULT_ROOT_RESERVED,
+        .max_rejected = SERVER_DEFAULT_MAX_REJECTED,
+        .idle_timeout = SERVER_DEFAULT_IDLE_TIMEOUT,
+        .line_timeout = SERVER_DEFAULT_LINE_TIMEOUT,
         .max_queued_jobs = SERVER_DEFAULT_MAX_QUEUED,
         .max_evals = SERVER_DEFAULT_MAX_EVALS,
         .ready_fd = -1,
@@ -342,6 +370,11 @@ int main(int argc, char **argv) {
         return 1;
     log_msg(LOG_INFO, "svdllmd %s starting: socket %s, state %s", SV_VERSION, st.socket_path,
             st.state_dir);
+    int reserved = st.root_reserved_clients < st.max_clients ? st.root_reserved_clients : st.max_clients - 1;
+    log_msg(LOG_INFO, "clients: %d at most, %d per uid, %d of them for root only%s; idle_timeout %d s, "
+            "line_timeout %d s", st.max_clients, st.max_clients_per_uid, reserved,
+            reserved < st.root_reserved_clients ? " (root_reserved_clients capped at max_clients - 1)" : "",
+            st.idle_timeout, st.line_timeout);
     /* Before server_new() starts the worker threads, which adopt this count. */
     int threads = forward_threads_set(st.threads);
     log_msg(LOG_NOTICE, "%d compute thread(s) per job and eval (%s)", threads,
@@ -358,6 +391,11 @@ int main(int argc, char **argv) {
         .state_dir = st.state_dir,
         .socket_mode = st.socket_mode,
         .max_clients = st.max_clients,
+        .max_clients_per_uid = st.max_clients_per_uid,
+        .root_reserved_clients = st.root_reserved_clients,
+        .max_rejected = st.max_rejected,
+        .idle_timeout = st.idle_timeout,
+        .line_timeout = st.line_timeout,
         .max_queued_jobs = st.max_queued_jobs,
         .max_evals = st.max_evals,
         .threads = threads,

@@ -47,6 +47,7 @@ struct runner_task {
     uint64_t client_id;      /* where the reply goes (0: nobody) */
     long long req_id;
     uint32_t uid;            /* peer credentials of the requester */
+    uint32_t gid;            /* (SO_PEERCRED, taken at accept) */
     struct compress_params params;      /* SUBMIT: absolute, not yet resolved */
     int64_t job_id;                     /* CANCEL, RESUME */
     struct runner_eval_params eval;     /* EVAL */

@@ -3,11 +3,30 @@
  * Design note.
  *  - A client owns a bounded line buffer (proto_buf, PROTO_MAX_MSG + 1 bytes
  *    at most), a count of unsent reply bytes and a few watch subscriptions.
- *    Framing violations (an oversize line, bad JSON) get an error reply and
- *    the connection is closed once that reply is flushed; every other error
- *    is a reply on a connection that stays open. A client that leaves more
- *    than max_unsent bytes unread is dropped. Nothing a client sends can stop
- *    the loop or touch another client.
+ *    Framing violations (an oversize line, bad JSON), timeouts and refused
+ *    connections get an error reply and then *drain*: the reply is flushed,
+ *    the write side shut down, and input is read and discarded until the
+ *    peer closes, a byte bound is reached or a deadline passes. Closing at
+ *    once instead would make a client that is still writing fail with EPIPE
+ *    before it reads why. Every other error is a reply on a connection that
+ *    stays open. A client that leaves more than max_unsent bytes unread is
+ *    dropped. Nothing a client sends can stop the loop or touch another
+ *    client.
+ *  - Peer identity: SO_PEERCRED's uid, gid and pid, read once at accept.
+ *    Connection limits: max_clients in all, max_clients_per_uid for each uid
+ *    but root, and root_reserved_clients of max_clients usable by root only,
+ *    so neither one user nor everybody together can lock root out. Refused
+ *    connections drain too (at most max_rejected at once, 1 s each; beyond
+ *    that the reply is tried without blocking and the socket closed), and do
+ *    not count as clients.
+ *  - One repeating timer (running only while there are clients) closes idle
+ *    connections (no request for idle_timeout s, nothing in flight, no
+ *    watch), half-sent lines older than line_timeout s, and drains past their
+ *    deadline, from per-client timestamps in loop time (uv_now).
+ *  - Visibility: a job's full record (paths, parameters, error text, work
+ *    directory, result) is shown only to its owner, root and the daemon's own
+ *    euid; anyone else sees that it exists (id, state, owner, times,
+ *    progress) and may neither watch nor cancel it.
  *  - Requests that need files or SQLite (submit, cancel, eval) become runner
  *    tasks; their replies come back as events carrying the client's id (not a
  *    pointer: the client may have gone), and are dropped if it has.
@@ -44,6 +63,14 @@
 #endif
 
 #define MAX_WATCHES 8
+/* Draining (see the design note): how long a client that got its last reply
+ * may take to close, how long an oversize line may take to end when
+ * line_timeout is 0, and how much of its input is read and thrown away. */
+#define LINGER_MS 1000
+#define DRAIN_EOL_MS 30000
+#define DRAIN_MAX_BYTES ((size_t)16 << 20)
+/* The timeout timer's period. */
+#define TICK_MS 250
 /* What the engine uses for asvd when compress_params.alpha is 0. */
 #define ASVD_DEFAULT_ALPHA 0.5
 /* What the engine uses for lorap's split when compress_params.attn_split is 0. */
@@ -58,14 +85,25 @@ struct client {
     uv_pipe_t pipe;
     struct server *srv;
     uint64_t id;
-    uint32_t uid;
+    uint32_t uid, gid;           /* SO_PEERCRED at accept */
     int pid;
     struct proto_buf in;
     size_t unsent;
     int inflight;
     bool closing;
-    bool drop_after_flush;
-    bool rejected;               /* over the client limit: only gets an error */
+    bool rejected;               /* over a client limit: only gets an error */
+    /* Draining (after a fatal reply): no more replies, input discarded. */
+    bool draining;
+    bool drain_to_eol;           /* still inside an oversize line */
+    bool peer_eof;               /* the peer closed its side while we drained */
+    bool shut;                   /* our write side is shut down */
+    size_t drain_left;           /* bytes still to discard before closing */
+    uint64_t drain_deadline;     /* loop time (ms) to close at */
+    uv_shutdown_t shut_req;
+    /* Timeouts, in loop time (ms). */
+    uint64_t t_active;           /* connect, last complete request, last async reply */
+    uint64_t t_partial;          /* first byte of the unfinished line, if partial */
+    bool partial;
     struct watch watches[MAX_WATCHES];
     int n_watches;
     struct client *prev, *next;
@@ -119,9 +157,13 @@ struct server {
     bool stopping;
     int recovered;
 
-    struct client *clients;
-    int n_clients;
+    struct client *clients;      /* served, draining and lingering refused ones */
+    int n_clients;               /* served (refused ones not counted) */
+    int n_rejected;              /* refused and draining */
     uint64_t next_client_id;
+    uv_timer_t tick;             /* timeouts; runs while clients is not empty */
+    bool tick_init, tick_active;
+    uint32_t euid;               /* the daemon's: may see every job */
 
     struct sjob **jobs;          /* sorted by id */
     size_t n_jobs, cap_jobs;
@@ -130,6 +172,7 @@ struct server {
 };
 
 static void client_close(struct client *c);
+static void drain_flushed(struct client *c);
 static void server_shutdown(struct server *s, const char *why);
 
 /* ---- Job table ----------------------------------------------------------------- */
@@ -344,6 +387,7 @@ static json_t *job_json(const struct sjob *j, bool full) {
     proto_set_str(o, "model", j->model);
     proto_set_str(o, "out", j->out);
     set_opt_time(o, "created_at", j->created_at);
+    proto_set_int(o, "owner_uid", j->owner_uid);
     if (j->threads > 0)
         proto_set_int(o, "threads", j->threads);
     add_progress(o, j);
@@ -360,7 +404,6 @@ static json_t *job_json(const struct sjob *j, bool full) {
     set_opt_str(o, "eval_text", j->eval_text);
     proto_set_int(o, "eval_seqlen", j->eval_seqlen);
     proto_set_int(o, "eval_max_windows", j->eval_max_windows);
-    proto_set_int(o, "owner_uid", j->owner_uid);
     proto_set_str(o, "work_dir", j->work_dir);
     proto_set_str(o, "job_key", j->key);
     set_opt_time(o, "started_at", j->started_at);
@@ -387,6 +430,38 @@ static json_t *job_json(const struct sjob *j, bool full) {
     return o;
 }
 
+/* What a peer who may not see a job's record learns: that it exists, whose
+ * it is, when, and how far along (no paths, parameters or error text). */
+static json_t *job_json_restricted(const struct sjob *j) {
+    json_t *o = json_object();
+    proto_set_int(o, "id", j->id);
+    proto_set_str(o, "state", store_state_name(j->state));
+    proto_set_int(o, "owner_uid", j->owner_uid);
+    set_opt_time(o, "created_at", j->created_at);
+    set_opt_time(o, "finished_at", j->finished_at);
+    json_t *p = json_object();
+    add_progress(p, j);
+    static const char *const keep[] = {"n_layers", "layers_done", "fraction"};
+    for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++) {
+        json_t *v = json_object_get(p, keep[i]);
+        if (v)
+            json_object_set(o, keep[i], v);
+    }
+    json_decref(p);
+    proto_set_bool(o, "restricted", true);
+    return o;
+}
+
+/* The job's owner, root and the daemon's own user see everything. */
+static bool may_see(const struct client *c, const struct sjob *j) {
+    return c->uid == 0 || c->uid == j->owner_uid || c->uid == c->srv->euid;
+}
+
+/* j as peer c may see it: job_json(j, full), or the restricted view. */
+static json_t *job_view(const struct client *c, const struct sjob *j, bool full) {
+    return may_see(c, j) ? job_json(j, full) : job_json_restricted(j);
+}
+
 /* ---- Client output ------------------------------------------------------------------ */
 
 static void on_write(uv_write_t *req, int status) {
@@ -402,8 +477,8 @@ static void on_write(uv_write_t *req, int status) {
         client_close(c);
         return;
     }
-    if (c->drop_after_flush && c->unsent == 0)
-        client_close(c);
+    if (c->draining && c->unsent == 0)
+        drain_flushed(c);
 }
 
 /* Sends msg (reference consumed) to c. */
@@ -413,7 +488,7 @@ static void client_send(struct client *c, json_t *msg) {
         client_close(c);
         return;
     }
-    if (c->closing) {
+    if (c->closing || c->draining) {   /* a draining client got its last reply */
         json_decref(msg);
         return;
     }
@@ -464,15 +539,55 @@ static void send_error(struct client *c, long long id, enum proto_code code, con
     client_send(c, proto_reply_error(id, code, msg));
 }
 
-/* Sends an error and closes the connection once it is flushed. */
-static void send_fatal(struct client *c, long long id, enum proto_code code, const char *msg) {
-    log_msg(LOG_INFO, "client %llu (uid %u, pid %d): %s: %s; closing the connection",
-            (unsigned long long)c->id, (unsigned)c->uid, c->pid, proto_code_name(code), msg);
-    uv_read_stop((uv_stream_t *)&c->pipe);
-    c->drop_after_flush = true;
-    send_error(c, id, code, msg);
-    if (!c->closing && c->unsent == 0)
+static void on_shutdown(uv_shutdown_t *req, int status) {
+    struct client *c = req->data;
+    if (status < 0 && !c->closing)   /* the peer is gone: nothing left to wait for */
         client_close(c);
+}
+
+/* The last reply of a draining client is out: tell the peer (EOF), or close
+ * if it has already closed its side. */
+static void drain_flushed(struct client *c) {
+    if (c->peer_eof) {
+        client_close(c);
+        return;
+    }
+    if (c->shut)
+        return;
+    c->shut = true;
+    c->shut_req.data = c;
+    if (uv_shutdown(&c->shut_req, (uv_stream_t *)&c->pipe, on_shutdown) < 0)
+        client_close(c);
+}
+
+/* Sends an error as c's last message and starts draining: c's input is read
+ * and discarded until the peer closes, DRAIN_MAX_BYTES are discarded or the
+ * deadline passes, so the peer can finish its write and read the reply.
+ * to_eol: the error is an oversize line, whose end is awaited for up to
+ * line_timeout s before the short linger applies. */
+static void send_fatal_drain(struct client *c, long long id, enum proto_code code, const char *msg,
+                             bool to_eol) {
+    struct server *s = c->srv;
+    log_msg(LOG_INFO, "client %llu (uid %u, gid %u, pid %d): %s: %s; closing the connection",
+            (unsigned long long)c->id, (unsigned)c->uid, (unsigned)c->gid, c->pid, proto_code_name(code), msg);
+    send_error(c, id, code, msg);
+    if (c->closing)
+        return;
+    c->draining = true;
+    c->drain_to_eol = to_eol;
+    c->drain_left = DRAIN_MAX_BYTES;
+    uint64_t wait_ms = LINGER_MS;
+    if (to_eol)
+        wait_ms = s->cfg.line_timeout > 0 ? (uint64_t)s->cfg.line_timeout * 1000 : DRAIN_EOL_MS;
+    c->drain_deadline = uv_now(s->loop) + wait_ms;
+    c->n_watches = 0;   /* no more events either */
+    proto_buf_free(&c->in);
+    if (c->unsent == 0)
+        drain_flushed(c);
+}
+
+static void send_fatal(struct client *c, long long id, enum proto_code code, const char *msg) {
+    send_fatal_drain(c, id, code, msg, false);
 }
 
 static struct client *client_find(struct server *s, uint64_t id) {
@@ -485,7 +600,9 @@ static struct client *client_find(struct server *s, uint64_t id) {
 /* ---- Watchers ------------------------------------------------------------------------ */
 
 static void notify_watchers(struct server *s, const struct sjob *j, bool end) {
-    for (struct client *c = s->clients; c; c = c->next) {
+    struct client *next;
+    for (struct client *c = s->clients; c; c = next) {
+        next = c->next;   /* client_send may close c, which unlinks it */
         for (int i = 0; i < c->n_watches && !c->closing; i++) {
             if (c->watches[i].job_id != j->id)
                 continue;
@@ -495,6 +612,7 @@ static void notify_watchers(struct server *s, const struct sjob *j, bool end) {
             if (end) {
                 c->watches[i] = c->watches[--c->n_watches];
                 i--;
+                c->t_active = uv_now(s->loop);   /* the idle clock starts when the last watch ends */
             }
             client_send(c, ev);
         }
@@ -571,6 +689,7 @@ static struct runner_task *task_new(enum runner_task_type type, long long id) {
 static int push_task(struct client *c, struct runner_task *t) {
     t->client_id = c->id;
     t->uid = c->uid;
+    t->gid = c->gid;
     c->inflight++;
     runner_push(c->srv->runner, t);
     return 0;
@@ -702,7 +821,7 @@ static int op_status(struct client *c, long long id, json_t *msg, struct proto_e
     if (get_job(c, msg, fields, &j, e) < 0)
         return -EINVAL;
     json_t *r = proto_reply_ok(id);
-    json_object_set_new(r, "job", job_json(j, true));
+    json_object_set_new(r, "job", job_view(c, j, true));
     client_send(c, r);
     return 0;
 }
@@ -733,7 +852,7 @@ static int op_list(struct client *c, long long id, json_t *msg, struct proto_err
         const struct sjob *j = s->jobs[i];
         if (want >= 0 && (int)j->state != want)
             continue;
-        json_t *o = job_json(j, false);
+        json_t *o = job_view(c, j, false);
         char *txt = json_dumps(o, JSON_COMPACT);
         size_t len = txt ? strlen(txt) + 1 : 0;
         free(txt);
@@ -758,6 +877,10 @@ static int op_watch(struct client *c, long long id, json_t *msg, struct proto_er
     struct sjob *j;
     if (get_job(c, msg, fields, &j, e) < 0)
         return -EINVAL;
+    if (!may_see(c, j))
+        return proto_error_set(e, PROTO_FORBIDDEN,
+                               "job %lld belongs to uid %u; only it, root or svdllmd's own user may watch it",
+                               (long long)j->id, (unsigned)j->owner_uid);
     bool final = store_state_final(j->state);
     if (!final && c->n_watches >= MAX_WATCHES)
         return proto_error_set(e, PROTO_BUSY, "at most %d watches per connection", MAX_WATCHES);
@@ -783,7 +906,7 @@ static int op_cancel(struct client *c, long long id, json_t *msg, struct proto_e
     if (store_state_final(j->state))
         return proto_error_set(e, PROTO_BAD_STATE, "job %lld is already %s", (long long)j->id,
                                store_state_name(j->state));
-    if (c->uid != 0 && c->uid != j->owner_uid && c->uid != (uint32_t)getuid())
+    if (!may_see(c, j))
         return proto_error_set(e, PROTO_FORBIDDEN, "job %lld belongs to uid %u; only it or root may cancel it",
                                (long long)j->id, (unsigned)j->owner_uid);
     struct runner_task *t = task_new(RUNNER_TASK_CANCEL, id);
@@ -904,17 +1027,54 @@ out:
 
 /* ---- Client input ---------------------------------------------------------------------- */
 
+/* What draining clients read into (the loop thread is the only user). */
+static char discard_buf[64 * 1024];
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     (void)suggested;   /* the line buffer decides how much it can take */
     struct client *c = h->data;
+    if (c->draining) {
+        *buf = uv_buf_init(discard_buf, sizeof discard_buf);
+        return;
+    }
     size_t n = 0;
     char *p = proto_buf_space(&c->in, &n);
     *buf = uv_buf_init(p, (unsigned)n);
 }
 
+static void on_read_draining(struct client *c, ssize_t nread, const uv_buf_t *buf) {
+    if (nread < 0) {
+        /* The peer closed (or reset): close once the reply is out, which it
+         * is unless the peer only shut down its write side and still reads. */
+        c->peer_eof = true;
+        if (c->unsent == 0 || nread != UV_EOF)
+            client_close(c);
+        return;
+    }
+    size_t n = (size_t)nread;
+    if (c->drain_to_eol && memchr(buf->base, '\n', n)) {
+        c->drain_to_eol = false;   /* the oversize line has ended: linger briefly */
+        uint64_t linger = uv_now(c->srv->loop) + LINGER_MS;
+        if (linger < c->drain_deadline)
+            c->drain_deadline = linger;
+    }
+    if (n >= c->drain_left) {
+        log_msg(LOG_INFO, "client %llu (uid %u): %zu bytes discarded after its last reply; closing",
+                (unsigned long long)c->id, (unsigned)c->uid, DRAIN_MAX_BYTES);
+        client_close(c);
+        return;
+    }
+    c->drain_left -= n;
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
-    (void)buf;   /* it points into c->in */
     struct client *c = stream->data;
+    if (c->closing)
+        return;
+    if (c->draining) {
+        on_read_draining(c, nread, buf);
+        return;
+    }
     if (nread == UV_ENOBUFS) {
         send_fatal(c, PROTO_NO_ID, PROTO_TOO_LARGE, "out of buffer space");
         return;
@@ -926,20 +1086,33 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
         return;
     }
     proto_buf_commit(&c->in, (size_t)nread);
-    while (!c->closing && !c->drop_after_flush) {
+    uint64_t now = uv_now(c->srv->loop);
+    while (!c->closing && !c->draining) {
         char *line;
         size_t len;
         int r = proto_buf_next(&c->in, &line, &len);
         if (r == 0)
             break;
         if (r < 0) {
-            char msg[128];
-            snprintf(msg, sizeof msg, "message longer than %d bytes (the limit)", PROTO_MAX_MSG);
-            send_fatal(c, PROTO_NO_ID, PROTO_TOO_LARGE, msg);
+            char msg[160];
+            snprintf(msg, sizeof msg, "message longer than %d bytes (the limit); the rest of the line is discarded",
+                     PROTO_MAX_MSG);
+            send_fatal_drain(c, PROTO_NO_ID, PROTO_TOO_LARGE, msg, true);
             break;
         }
+        c->partial = false;   /* a line ended; what follows started now */
+        c->t_active = now;
         if (len > 0)
             handle_line(c, line, len);
+    }
+    if (c->closing || c->draining)
+        return;
+    bool held = c->in.len > c->in.start;   /* bytes of a line without its '\n' */
+    if (held && !c->partial) {
+        c->partial = true;
+        c->t_partial = now;
+    } else if (!held) {
+        c->partial = false;
     }
 }
 
@@ -961,11 +1134,99 @@ static void client_close(struct client *c) {
     if (c->next)
         c->next->prev = c->prev;
     c->prev = c->next = NULL;
-    if (!c->rejected)
+    if (c->rejected)
+        s->n_rejected--;
+    else
         s->n_clients--;
     if (s->runner && c->inflight > 0)
         runner_drop_client(s->runner, c->id);
     log_msg(LOG_DEBUG, "client %llu: closed", (unsigned long long)c->id);
+    uv_close((uv_handle_t *)&c->pipe, on_client_closed);
+}
+
+/* ---- Timeouts ----------------------------------------------------------------------- */
+
+static void on_tick(uv_timer_t *t) {
+    struct server *s = t->data;
+    uint64_t now = uv_now(s->loop);
+    uint64_t idle_ms = (uint64_t)s->cfg.idle_timeout * 1000, line_ms = (uint64_t)s->cfg.line_timeout * 1000;
+    struct client *next;
+    for (struct client *c = s->clients; c; c = next) {
+        next = c->next;   /* c may close (and leave the list); no other client does */
+        char msg[160];
+        if (c->draining) {
+            if (now >= c->drain_deadline)
+                client_close(c);
+        } else if (line_ms && c->partial && now - c->t_partial >= line_ms) {
+            snprintf(msg, sizeof msg, "a line was started and not ended by '\\n' within %d s (line_timeout)",
+                     s->cfg.line_timeout);
+            send_fatal(c, PROTO_NO_ID, PROTO_TIMEOUT, msg);
+        } else if (idle_ms && !c->partial && c->inflight == 0 && c->n_watches == 0 &&
+                   now - c->t_active >= idle_ms) {
+            snprintf(msg, sizeof msg, "no request for %d s (idle_timeout)", s->cfg.idle_timeout);
+            send_fatal(c, PROTO_NO_ID, PROTO_TIMEOUT, msg);
+        }
+    }
+    if (!s->clients && s->tick_active) {
+        uv_timer_stop(&s->tick);
+        s->tick_active = false;
+    }
+}
+
+static void tick_arm(struct server *s) {
+    if (s->tick_init && !s->tick_active && !s->stopping) {
+        uv_timer_start(&s->tick, on_tick, TICK_MS, TICK_MS);
+        s->tick_active = true;
+    }
+}
+
+/* ---- Accepting ------------------------------------------------------------------------ */
+
+static bool privileged_uid(uint32_t uid) {
+    return uid == 0;
+}
+
+/* Why a new connection from uid must be refused (into msg), or false. */
+static bool over_limit(struct server *s, uint32_t uid, char *msg, size_t n) {
+    int reserved = s->cfg.root_reserved_clients;
+    if (reserved > s->cfg.max_clients - 1)
+        reserved = s->cfg.max_clients - 1;
+    if (s->n_clients >= s->cfg.max_clients) {
+        snprintf(msg, n, "svdllmd already serves %d clients (max_clients)", s->cfg.max_clients);
+        return true;
+    }
+    if (privileged_uid(uid))
+        return false;
+    if (s->n_clients >= s->cfg.max_clients - reserved) {
+        snprintf(msg, n, "svdllmd already serves %d clients; the last %d of max_clients %d are kept for root",
+                 s->n_clients, reserved, s->cfg.max_clients);
+        return true;
+    }
+    int mine = 0;
+    for (struct client *o = s->clients; o; o = o->next)
+        mine += !o->rejected && o->uid == uid;
+    if (mine >= s->cfg.max_clients_per_uid) {
+        snprintf(msg, n, "uid %u already has %d connections (max_clients_per_uid)", (unsigned)uid, mine);
+        return true;
+    }
+    return false;
+}
+
+/* A refused connection when max_rejected of them already drain: the reply
+ * is written if the socket takes it at once (it stays readable after the
+ * close), and the connection closed. c is not in the client list. */
+static void reject_now(struct client *c, const char *why) {
+    json_t *m = proto_reply_error(PROTO_NO_ID, PROTO_TOO_MANY_CLIENTS, why);
+    struct proto_error e = {0};
+    char *line = NULL;
+    size_t len = 0;
+    if (m && proto_encode(m, &line, &len, &e) == 0) {
+        uv_buf_t b = uv_buf_init(line, (unsigned)len);
+        uv_try_write((uv_stream_t *)&c->pipe, &b, 1);
+    }
+    json_decref(m);
+    free(line);
+    c->closing = true;
     uv_close((uv_handle_t *)&c->pipe, on_client_closed);
 }
 
@@ -976,9 +1237,8 @@ static void on_connection(uv_stream_t *listener, int status) {
         return;
     }
     struct client *c = calloc(1, sizeof *c);
-    if (!c || proto_buf_init(&c->in, PROTO_MAX_MSG + 1) < 0) {
+    if (!c) {
         log_msg(LOG_ERR, "accept: out of memory");
-        free(c);
         return;
     }
     c->srv = s;
@@ -996,26 +1256,44 @@ static void on_connection(uv_stream_t *listener, int status) {
     if (uv_fileno((uv_handle_t *)&c->pipe, &fd) == 0)
         getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen);
     c->uid = (uint32_t)cred.uid;
+    c->gid = (uint32_t)cred.gid;
     c->pid = (int)cred.pid;
+    c->t_active = uv_now(s->loop);
+    char why[192];
+    bool refused = over_limit(s, c->uid, why, sizeof why);
+    if (refused && s->n_rejected >= s->cfg.max_rejected) {
+        log_msg(LOG_DEBUG, "client %llu (uid %u, pid %d): %s; %d refused connections already wait, closing at once",
+                (unsigned long long)c->id, (unsigned)c->uid, c->pid, why, s->n_rejected);
+        reject_now(c, why);
+        return;
+    }
+    if (!refused && proto_buf_init(&c->in, PROTO_MAX_MSG + 1) < 0) {
+        log_msg(LOG_ERR, "accept: out of memory");
+        c->closing = true;
+        uv_close((uv_handle_t *)&c->pipe, on_client_closed);
+        return;
+    }
     c->next = s->clients;
     if (s->clients)
         s->clients->prev = c;
     s->clients = c;
-    if (s->n_clients >= s->cfg.max_clients) {
+    tick_arm(s);
+    if (refused) {
         c->rejected = true;
-        char msg[128];
-        snprintf(msg, sizeof msg, "svdllmd already serves %d clients (the limit)", s->cfg.max_clients);
-        send_fatal(c, PROTO_NO_ID, PROTO_TOO_MANY_CLIENTS, msg);
-        return;
+        s->n_rejected++;
+    } else {
+        s->n_clients++;
+        log_msg(LOG_DEBUG, "client %llu: connected (uid %u, gid %u, pid %d)", (unsigned long long)c->id,
+                (unsigned)c->uid, (unsigned)c->gid, c->pid);
     }
-    s->n_clients++;
-    log_msg(LOG_DEBUG, "client %llu: connected (uid %u, pid %d)", (unsigned long long)c->id,
-            (unsigned)c->uid, c->pid);
     int r = uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
     if (r < 0) {
         log_msg(LOG_WARNING, "client %llu: read start: %s", (unsigned long long)c->id, uv_strerror(r));
         client_close(c);
+        return;
     }
+    if (refused)
+        send_fatal(c, PROTO_NO_ID, PROTO_TOO_MANY_CLIENTS, why);
 }
 
 /* ---- Runner events ----------------------------------------------------------------------- */
@@ -1038,6 +1316,7 @@ static void on_reply(struct server *s, struct runner_event *ev) {
     if (!c)
         return;
     c->inflight--;
+    c->t_active = uv_now(s->loop);   /* idle from the reply, not the request */
     if (ev->code != PROTO_OK) {
         send_error(c, ev->req_id, ev->code, ev->msg);
         return;
@@ -1124,6 +1403,13 @@ static void on_listener_closed(uv_handle_t *h) {
     (void)h;
 }
 
+static void tick_close(struct server *s) {
+    if (s->tick_init) {
+        uv_close((uv_handle_t *)&s->tick, on_listener_closed);
+        s->tick_init = s->tick_active = false;
+    }
+}
+
 static void server_shutdown(struct server *s, const char *why) {
     if (s->stopping)
         return;
@@ -1138,6 +1424,7 @@ static void server_shutdown(struct server *s, const char *why) {
     }
     while (s->clients)
         client_close(s->clients);
+    tick_close(s);
     if (s->runner) {
         runner_stop(s->runner);
     } else if (s->signals) {
@@ -1229,6 +1516,10 @@ int server_new(struct server **ret, uv_loop_t *loop, const struct server_config 
     store_free(st);
     st = NULL;
 
+    s->euid = (uint32_t)geteuid();
+    uv_timer_init(loop, &s->tick);
+    s->tick.data = s;
+    s->tick_init = true;
     if ((r = listen_socket(s, err)) < 0)
         goto fail;
     uv_signal_init(loop, &s->sigterm);
@@ -1260,6 +1551,7 @@ fail:
             uv_close((uv_handle_t *)&s->sigterm, on_signal_closed);
             uv_close((uv_handle_t *)&s->sigint, on_signal_closed);
         }
+        tick_close(s);
     }
     uv_run(loop, UV_RUN_DEFAULT);   /* let the close callbacks run */
     server_free(s);

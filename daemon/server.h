@@ -21,6 +21,14 @@ struct server_config {
     const char *state_dir;        /* exists, holds jobs/ */
     mode_t socket_mode;           /* applied to the socket file after bind */
     int max_clients;              /* connections served at once */
+    int max_clients_per_uid;      /* of those, per peer uid other than root */
+    int root_reserved_clients;    /* of max_clients, kept for root (uid 0); at most
+                                   * max_clients - 1 is applied */
+    int max_rejected;             /* refused connections kept open (reading and
+                                   * discarding) until their too_many_clients reply
+                                   * is read; beyond that they are closed at once */
+    int idle_timeout;             /* s without a request, nothing pending: closed (0: never) */
+    int line_timeout;             /* s for a started line to end with '\n' (0: never) */
     int max_queued_jobs;          /* jobs in state queued (plus submits being checked) */
     int max_evals;                /* eval requests queued or running */
     int threads;                  /* compute threads in force (forward_threads_set's
@@ -32,6 +40,11 @@ struct server_config {
 };
 
 #define SERVER_DEFAULT_MAX_CLIENTS 64
+#define SERVER_DEFAULT_MAX_CLIENTS_PER_UID 16
+#define SERVER_DEFAULT_ROOT_RESERVED 4
+#define SERVER_DEFAULT_MAX_REJECTED 64
+#define SERVER_DEFAULT_IDLE_TIMEOUT 300
+#define SERVER_DEFAULT_LINE_TIMEOUT 30
 #define SERVER_DEFAULT_MAX_QUEUED 256
 #define SERVER_DEFAULT_MAX_EVALS 8
 #define SERVER_DEFAULT_MAX_INFLIGHT 16

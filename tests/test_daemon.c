@@ -863,6 +863,23 @@ static void test_bad_config(void) {
     expect_refused(word, 2, "svdllmd: --threads: invalid value 'all'");
 }
 
+/* The connection settings are checked like the others. */
+static void test_bad_conn_config(void) {
+    char cfg[400];
+    snprintf(cfg, sizeof cfg, "%s/bad-conn.conf", dir);
+    const char *with_cfg[] = {"--config", cfg, NULL};
+    write_file(cfg, "idle_timeout = -1\n");
+    expect_refused(with_cfg, 1, "bad-conn.conf:1: idle_timeout: invalid value '-1' (expected seconds in [0, 86400]");
+    write_file(cfg, "line_timeout = 2\nline_timeout = 3\n");
+    expect_refused(with_cfg, 1, "bad-conn.conf:2: 'line_timeout' is set twice");
+    write_file(cfg, "max_clients_per_uid = 0\n");
+    expect_refused(with_cfg, 1, "max_clients_per_uid: invalid value '0' (expected an integer in [1, 4096])");
+    write_file(cfg, "root_reserved_clients = many\n");
+    expect_refused(with_cfg, 1, "root_reserved_clients: invalid value 'many'");
+    write_file(cfg, "max_rejected = 4097\n");
+    expect_refused(with_cfg, 1, "max_rejected: invalid value '4097'");
+}
+
 /* The CPUs this process may run on, as the daemon counts them by default. */
 static int cpus_allowed(void) {
     cpu_set_t set;
@@ -1861,6 +1878,588 @@ out:
     use_own_state(NULL);
 }
 
+/* ---- Connections: limits, timeouts, draining, visibility (issue 10) ------------------- */
+
+/* A daemon of its own for one test, started from config text, its socket in
+ * dir/conn (which other uids can reach while it runs: dir is made 0711 and
+ * the config should set socket_mode = 0666); side_leave() stops it and puts
+ * the main daemon's globals back. */
+struct side {
+    char sock[sizeof sock_path], state[sizeof state_dir], log[sizeof log_path];
+    pid_t pid;
+    bool up;
+};
+
+static bool side_enter(struct side *sv, const char *name, const char *config) {
+    memcpy(sv->sock, sock_path, sizeof sock_path);
+    memcpy(sv->state, state_dir, sizeof state_dir);
+    memcpy(sv->log, log_path, sizeof log_path);
+    sv->pid = daemon_pid;
+    daemon_pid = -1;
+    char sub[300], cfg[400];
+    snprintf(sub, sizeof sub, "%s/conn", dir);
+    mkdir(sub, 0755);
+    chmod(dir, 0711);
+    snprintf(sock_path, sizeof sock_path, "%.200s/%.40s.sock", sub, name);
+    snprintf(state_dir, sizeof state_dir, "%.200s/state-%.40s", sub, name);
+    snprintf(log_path, sizeof log_path, "%s/svdllmd-%s.log", dir, name);
+    snprintf(cfg, sizeof cfg, "%s/%s.conf", sub, name);
+    write_file(cfg, config);
+    sv->up = start_daemon(NULL, cfg) == 0;
+    if (!sv->up)
+        fprintf(stderr, "side daemon %s did not start (log %s)\n", name, log_path);
+    SV_CHECK(sv->up);
+    return sv->up;
+}
+
+static void side_leave(struct side *sv) {
+    if (daemon_pid > 0)
+        SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
+    chmod(dir, 0700);
+    memcpy(sock_path, sv->sock, sizeof sock_path);
+    memcpy(state_dir, sv->state, sizeof state_dir);
+    memcpy(log_path, sv->log, sizeof log_path);
+    daemon_pid = sv->pid;
+}
+
+/* svdllmctl as uid (the test must be root unless uid is its own): like ctl(),
+ * with the output files opened before the uid changes. */
+static void ctl_as(uid_t uid, struct ctl_result *r, const char *const *args) {
+    char outp[320], errp[320];
+    snprintf(outp, sizeof outp, "%s/ctl.out", dir);
+    snprintf(errp, sizeof errp, "%s/ctl.err", dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int o = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int e = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(o, STDOUT_FILENO);
+        dup2(e, STDERR_FILENO);
+        if (uid != geteuid() && (setgroups(0, NULL) < 0 || setgid(uid) < 0 || setuid(uid) < 0))
+            _exit(126);
+        const char *argv[32] = {svdllmctl, "--socket", sock_path};
+        int n = 3;
+        for (int i = 0; args[i] && n < 31; i++)
+            argv[n++] = args[i];
+        argv[n] = NULL;
+        execv(svdllmctl, (char *const *)argv);
+        _exit(127);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    slurp(outp, r->out, sizeof r->out);
+    slurp(errp, r->err, sizeof r->err);
+}
+
+/* A child process holding n connections as uid that never send anything.
+ * Asked (idle_group_check) after the daemon has seen them, it reports how
+ * many were refused: those have a too_many_clients reply waiting. */
+struct idle_group {
+    pid_t pid;
+    int cmd, rep;   /* pipes to and from the child */
+    int connected, accepted, refused;
+    char why[256];  /* the first refusal's message */
+};
+
+static bool idle_group_start(struct idle_group *g, uid_t uid, int n) {
+    int to[2], from[2];
+    memset(g, 0, sizeof *g);
+    if (pipe(to) < 0 || pipe(from) < 0)
+        return false;
+    g->pid = fork();
+    if (g->pid == 0) {
+        close(to[1]);
+        close(from[0]);
+        if (uid != geteuid() && (setgroups(0, NULL) < 0 || setgid(uid) < 0 || setuid(uid) < 0))
+            _exit(126);
+        struct conn *cs = calloc((size_t)n, sizeof *cs);
+        int ok = 0;
+        for (int i = 0; i < n; i++)
+            if (conn_open(&cs[ok]) == 0)
+                ok++;
+        char line[400];
+        int k = snprintf(line, sizeof line, "%d\n", ok);
+        if (write(from[1], line, (size_t)k) != k)
+            _exit(1);
+        char cmdc;
+        /* 'q' (not EOF: later children hold copies of this pipe) ends it. */
+        while (read(to[0], &cmdc, 1) == 1 && cmdc != 'q') {
+            int refused = 0;
+            char why[256] = "";
+            for (int i = 0; i < ok; i++) {
+                struct pollfd p = {cs[i].fd, POLLIN, 0};
+                if (poll(&p, 1, 0) != 1)
+                    continue;   /* accepted and idle: nothing to read */
+                json_t *m = recv_msg(&cs[i]);
+                const char *code = m ? err_code(m) : NULL;
+                if (code && strcmp(code, "too_many_clients") == 0) {
+                    if (!refused++)
+                        snprintf(why, sizeof why, "%s", err_msg(m));
+                } else {
+                    fprintf(stderr, "idle connection %d of uid %u got something other than too_many_clients\n", i,
+                            (unsigned)uid);
+                }
+                json_decref(m);
+            }
+            k = snprintf(line, sizeof line, "%d %d %s\n", ok - refused, refused, why);
+            if (write(from[1], line, (size_t)k) != k)
+                _exit(1);
+        }
+        _exit(0);
+    }
+    close(to[0]);
+    close(from[1]);
+    g->cmd = to[1];
+    g->rep = from[0];
+    char line[400] = "";
+    struct pollfd p = {g->rep, POLLIN, 0};
+    ssize_t k = poll(&p, 1, 20000) == 1 ? read(g->rep, line, sizeof line - 1) : -1;
+    g->connected = k > 0 ? atoi(line) : -1;
+    return g->connected == n;
+}
+
+static void idle_group_check(struct idle_group *g) {
+    char line[400] = "";
+    ssize_t k = -1;
+    struct pollfd p = {g->rep, POLLIN, 0};
+    if (write(g->cmd, "c", 1) == 1 && poll(&p, 1, 20000) == 1)
+        k = read(g->rep, line, sizeof line - 1);
+    g->accepted = g->refused = -1;
+    g->why[0] = '\0';
+    if (k <= 0)
+        return;
+    line[k] = '\0';
+    char *nl = strchr(line, '\n');
+    if (nl)
+        *nl = '\0';
+    int off = 0;
+    if (sscanf(line, "%d %d %n", &g->accepted, &g->refused, &off) >= 2)
+        snprintf(g->why, sizeof g->why, "%s", line + off);
+}
+
+static void idle_group_end(struct idle_group *g) {
+    if (g->pid <= 0)
+        return;
+    if (write(g->cmd, "q", 1) != 1)
+        kill(g->pid, SIGKILL);
+    close(g->cmd);
+    close(g->rep);
+    int st;
+    waitpid(g->pid, &st, 0);
+    g->pid = -1;
+}
+
+/* 70 connections that never send, from five unprivileged uids, under the
+ * default limits (64 in all, 16 per uid, 4 kept for root): 60 are served,
+ * 10 refused with a reply they can read; root still gets in, and another
+ * unprivileged user gets too_many_clients from svdllmctl, not EPIPE. */
+static void test_idle_flood(void) {
+    if (geteuid() != 0) {
+        fprintf(stderr, "test_idle_flood: skipped (needs root to connect as other uids)\n");
+        return;
+    }
+    struct side sv;
+    if (!side_enter(&sv, "flood", "socket_mode = 0666\nthreads = 1\n"))
+        goto out;
+    struct idle_group g[5];
+    int started = 0;
+    for (; started < 5; started++)
+        if (!idle_group_start(&g[started], 10001 + (uid_t)started, 14)) {
+            SV_CHECK(!"14 connections opened");
+            idle_group_end(&g[started]);
+            break;
+        }
+    const char *ping[] = {"ping", NULL};
+    struct ctl_result r;
+    ctl(&r, sock_path, ping);   /* root: the reserved room */
+    SV_ASSERT_EQ(r.status, 0);
+    SV_ASSERT_STR_CONTAINS(r.out, "is alive");
+    int accepted = 0, refused = 0;
+    for (int i = 0; i < started; i++) {
+        idle_group_check(&g[i]);
+        accepted += g[i].accepted;
+        refused += g[i].refused;
+    }
+    SV_ASSERT_EQ(accepted, 60);   /* max_clients - root_reserved_clients */
+    SV_ASSERT_EQ(refused, 10);
+    SV_ASSERT_EQ(started == 5 ? g[4].refused : -1, 10);   /* the last uid's, in connect order */
+    SV_ASSERT_STR_CONTAINS(started == 5 ? g[4].why : NULL, "kept for root");
+    /* An unprivileged user, with no connection of its own, is told why. */
+    ctl_as(10006, &r, ping);
+    SV_ASSERT_EQ(r.status, 1);
+    SV_ASSERT_STR_CONTAINS(r.err, "svdllmctl: too_many_clients: ");
+    SV_ASSERT_STR_CONTAINS(r.err, "the last 4 of max_clients 64 are kept for root");
+    SV_CHECK(strstr(r.err, "Broken pipe") == NULL);
+    SV_ASSERT_EQ(lines(r.err), 1);
+    const char *list_json[] = {"list", "--json", NULL};
+    ctl_as(10001, &r, list_json);
+    SV_ASSERT_EQ(r.status, 1);
+    SV_ASSERT_STR_CONTAINS(r.out, "\"too_many_clients\"");   /* --json prints the reply too */
+    SV_ASSERT_STR_CONTAINS(r.err, "too_many_clients");
+    ctl(&r, sock_path, ping);   /* root again */
+    SV_ASSERT_EQ(r.status, 0);
+    for (int i = 0; i < started; i++)
+        idle_group_end(&g[i]);
+    /* Once they have gone, everybody is served again. */
+    bool back = false;
+    for (int i = 0; i < 100 && !back; i++) {
+        ctl_as(10006, &r, ping);
+        back = r.status == 0;
+        if (!back)
+            usleep(50000);
+    }
+    SV_CHECK(back);
+out:
+    side_leave(&sv);
+}
+
+/* max_clients_per_uid: one uid (not root: root is exempt) gets that many. */
+static void test_per_uid_limit(void) {
+    uid_t uid = geteuid() == 0 ? 10007 : geteuid();
+    struct side sv;
+    if (!side_enter(&sv, "peruid", "socket_mode = 0666\nthreads = 1\nmax_clients = 10\nmax_clients_per_uid = 3\n"
+                                   "root_reserved_clients = 2\n"))
+        goto out;
+    struct idle_group g;
+    SV_CHECK(idle_group_start(&g, uid, 5));
+    const char *ping[] = {"ping", NULL};
+    struct ctl_result r;
+    ctl(&r, sock_path, ping);   /* the daemon has accepted g's connections */
+    SV_ASSERT_EQ(r.status, 0);
+    idle_group_check(&g);
+    SV_ASSERT_EQ(g.accepted, 3);
+    SV_ASSERT_EQ(g.refused, 2);
+    char want[128];
+    snprintf(want, sizeof want, "uid %u already has 3 connections (max_clients_per_uid)", (unsigned)uid);
+    SV_ASSERT_STR_CONTAINS(g.why, want);
+    ctl_as(uid, &r, ping);
+    SV_ASSERT_EQ(r.status, 1);
+    SV_ASSERT_STR_CONTAINS(r.err, want);
+    if (geteuid() == 0) {
+        ctl_as(10008, &r, ping);   /* another user still has room */
+        SV_ASSERT_EQ(r.status, 0);
+    }
+    idle_group_end(&g);
+out:
+    side_leave(&sv);
+}
+
+/* Writes all of data (blocking); returns 0 or the errno that stopped it. */
+static int send_all(int fd, const char *data, size_t n) {
+    size_t off = 0;
+    while (off < n) {
+        ssize_t k = send(fd, data + off, n - off, MSG_NOSIGNAL);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return k < 0 ? errno : EIO;
+        off += (size_t)k;
+    }
+    return 0;
+}
+
+/* The connection's next message is an error with code and a message holding
+ * needle, and then the daemon closes it (EOF). Returns the seconds waited. */
+static double expect_final_error(int lineno, struct conn *c, const char *code, const char *needle) {
+    double t0 = mono_now();
+    json_t *m = recv_msg(c);
+    double t = mono_now() - t0;
+    if (!m || !err_code(m) || strcmp(err_code(m), code) != 0 || !strstr(err_msg(m), needle) ||
+        !json_is_null(json_object_get(m, "id"))) {
+        char *s = m ? json_dumps(m, 0) : NULL;
+        fprintf(stderr, "test_daemon.c:%d: want %s containing '%s', got %s\n", lineno, code, needle, s ? s : "nothing");
+        free(s);
+        sv_test_failures++;
+    }
+    sv_test_checks++;
+    json_decref(m);
+    char b;
+    ssize_t k = recv(c->fd, &b, 1, 0);
+    if (k != 0)
+        fprintf(stderr, "test_daemon.c:%d: expected the daemon to close (EOF), recv gave %zd (%s)\n", lineno, k,
+                k < 0 ? strerror(errno) : "data");
+    SV_ASSERT_EQ(k, 0);
+    return t;
+}
+
+/* idle_timeout and line_timeout (2 s and 1 s here): an idle connection and
+ * a half-sent line get a `timeout` reply and are closed; requests, a pending
+ * watch and a line still trickling in do not reset what they should not. */
+static void test_timeouts(void) {
+    struct side sv;
+    daemon_fault = "stall-after-commit:0";   /* a job that surely runs while we watch */
+    bool up = side_enter(&sv, "timeouts", "socket_mode = 0600\nthreads = 1\nidle_timeout = 2\nline_timeout = 1\n");
+    daemon_fault = NULL;
+    if (!up)
+        goto out;
+    struct conn idle, half, trickle, busy, watcher;
+    SV_ASSERT_EQ(conn_open(&idle), 0);
+    SV_ASSERT_EQ(conn_open(&half), 0);
+    SV_ASSERT_EQ(conn_open(&trickle), 0);
+    send_raw(&half, "{\"id\":1,\"op\":\"ping\"", 19);
+    double t = expect_final_error(__LINE__, &half, "timeout", "within 1 s (line_timeout)");
+    SV_CHECK(t > 0.7 && t < 3.0);
+    fprintf(stderr, "timeouts: half-sent line answered after %.2f s (line_timeout 1)\n", t);
+    conn_close(&half);
+    /* A line that keeps growing is still one line: timed from its first byte. */
+    double t0 = mono_now();
+    bool cut = false;
+    for (int i = 0; i < 40 && !cut; i++) {
+        send_raw(&trickle, " ", 1);
+        struct pollfd p = {trickle.fd, POLLIN, 0};
+        cut = poll(&p, 1, 100) == 1;
+    }
+    t = mono_now() - t0;
+    SV_CHECK(cut && t < 3.0);
+    expect_final_error(__LINE__, &trickle, "timeout", "line_timeout");
+    conn_close(&trickle);
+    /* Requests keep a connection alive past idle_timeout ... */
+    SV_ASSERT_EQ(conn_open(&busy), 0);
+    for (int i = 0; i < 5; i++) {
+        json_t *m = request(&busy, "{\"id\":3,\"op\":\"ping\"}");
+        SV_CHECK(m && json_is_true(json_object_get(m, "ok")));
+        json_decref(m);
+        usleep(700000);
+    }
+    /* ... while the one that never sent anything has been closed by now. */
+    struct pollfd p = {idle.fd, POLLIN, 0};
+    SV_ASSERT_EQ(poll(&p, 1, 0), 1);
+    t = expect_final_error(__LINE__, &idle, "timeout", "no request for 2 s (idle_timeout)");
+    conn_close(&idle);
+    conn_close(&busy);
+
+    /* A watcher is never idle: it waits longer than idle_timeout for its job,
+     * and the clock starts when the watch ends. */
+    long long id = submit_ok("out-timeouts", "\"ratio\":0.5,\"nsamples\":4,\"seqlen\":32");
+    struct status_view v = {0};
+    for (double ts = mono_now(); mono_now() - ts < 60; usleep(20000)) {
+        v = status_view(id);
+        if (v.layers_done >= 1 || (strcmp(v.state, "running") != 0 && strcmp(v.state, "queued") != 0))
+            break;
+    }
+    SV_CHECK(strcmp(v.state, "running") == 0);   /* held after layer 0 */
+    SV_ASSERT_EQ(conn_open(&watcher), 0);
+    char line[160];
+    snprintf(line, sizeof line, "{\"id\":4,\"op\":\"watch\",\"job\":%lld}", id);
+    json_t *m = request(&watcher, line);
+    SV_CHECK(m && json_is_true(json_object_get(m, "ok")));
+    json_decref(m);
+    sleep(3);
+    struct conn cc;
+    SV_ASSERT_EQ(conn_open(&cc), 0);
+    snprintf(line, sizeof line, "{\"id\":5,\"op\":\"cancel\",\"job\":%lld}", id);
+    m = request(&cc, line);
+    SV_CHECK(m && json_is_true(json_object_get(m, "ok")));
+    json_decref(m);
+    conn_close(&cc);
+    bool ended = false;
+    while (!ended && (m = recv_msg(&watcher))) {   /* progress events, then end: still open */
+        const char *ev = json_string_value(json_object_get(m, "event"));
+        SV_CHECK(ev != NULL);
+        ended = ev && strcmp(ev, "end") == 0;
+        json_decref(m);
+    }
+    SV_CHECK(ended);
+    t = expect_final_error(__LINE__, &watcher, "timeout", "idle_timeout");
+    SV_CHECK(t > 1.5 && t < 4.0);
+    conn_close(&watcher);
+    check_ping();
+out:
+    side_leave(&sv);
+}
+
+/* Oversize lines are read to their end and answered: a 2 MiB line on a raw
+ * socket is written whole and gets too_large; one that never ends is cut
+ * after 16 MiB more, the reply still readable; svdllmctl refuses to send one. */
+static void test_oversize_drain(void) {
+    struct side sv;
+    if (!side_enter(&sv, "oversize", "socket_mode = 0600\nthreads = 1\n"))
+        goto out;
+    size_t n = 2u << 20;
+    char *big = malloc(20u << 20);
+    memset(big, 'x', 20u << 20);
+    memcpy(big, "{\"id\":1,\"op\":\"ping\",\"pad\":\"", 27);
+    big[n - 1] = '\n';
+    struct conn c;
+    SV_ASSERT_EQ(conn_open(&c), 0);
+    SV_ASSERT_EQ(send_all(c.fd, big, n), 0);   /* no EPIPE: the daemon reads it all */
+    expect_final_error(__LINE__, &c, "too_large", "longer than 1048576 bytes");
+    conn_close(&c);
+    check_ping();
+    /* The same line and then a request on the same connection: the line is
+     * discarded to its end, the connection is not resynchronised. */
+    SV_ASSERT_EQ(conn_open(&c), 0);
+    SV_ASSERT_EQ(send_all(c.fd, big, n), 0);
+    send_raw(&c, "{\"id\":2,\"op\":\"ping\"}\n", 21);
+    expect_final_error(__LINE__, &c, "too_large", "1048576");
+    conn_close(&c);
+    /* 20 MiB without a newline: the daemon stops reading after 16 MiB more
+     * and closes; the writer fails, but the reply is there to read. */
+    big[n - 1] = 'x';
+    SV_ASSERT_EQ(conn_open(&c), 0);
+    int e = send_all(c.fd, big, 20u << 20);
+    SV_CHECK(e == EPIPE || e == ECONNRESET);
+    json_t *m = recv_msg(&c);
+    SV_CHECK(m && strcmp(err_code(m), "too_large") == 0);
+    json_decref(m);
+    conn_close(&c);
+    free(big);
+    check_ping();
+    SV_CHECK(log_contains("bytes discarded after its last reply; closing"));
+    /* svdllmctl never sends a line over the limit and says so. (An argument
+     * is at most 128 KiB, so the line is made long by JSON's escapes: each
+     * control byte takes six.) */
+    size_t k = 100000;
+    char *path = malloc(k + 1);
+    memset(path, '\x01', k);
+    path[0] = '/';
+    path[k] = '\0';
+    const char *submit[] = {"submit", "--model", path, "--out", path, "--ratio", "0.5", NULL};
+    struct ctl_result r;
+    ctl(&r, sock_path, submit);
+    SV_ASSERT_EQ(r.status, 1);
+    SV_ASSERT_STR_CONTAINS(r.err, "svdllmctl: too_large: the request is longer than 1048576 bytes");
+    free(path);
+out:
+    side_leave(&sv);
+}
+
+/* svdllmctl whose write fails because the daemon closed at once (here:
+ * max_rejected 0, so a refused connection is not kept open): it still reads
+ * and prints the daemon's reply. The submit request (four 120 KB paths) is
+ * bigger than the socket buffers, so its write surely fails with EPIPE or
+ * ECONNRESET. */
+static void test_ctl_epipe(void) {
+    struct side sv;
+    if (!side_enter(&sv, "epipe", "socket_mode = 0600\nthreads = 1\nmax_clients = 1\nmax_rejected = 0\n"))
+        goto out;
+    struct conn hold;
+    SV_ASSERT_EQ(conn_open(&hold), 0);
+    json_t *m = request(&hold, "{\"id\":1,\"op\":\"ping\"}");   /* served: the only slot */
+    SV_CHECK(m && json_is_true(json_object_get(m, "ok")));
+    json_decref(m);
+    size_t n = 120 * 1000;
+    char *path = malloc(n + 1);
+    memset(path, 'm', n);
+    path[0] = '/';
+    path[n] = '\0';
+    const char *submit[] = {"submit", "--model", path, "--out", path, "--calib", path, "--eval-text", path,
+                            "--ratio", "0.5", NULL};
+    const char *ping[] = {"ping", NULL};
+    struct ctl_result r;
+    for (int i = 0; i < 2; i++) {
+        ctl(&r, sock_path, i ? ping : submit);
+        SV_ASSERT_EQ(r.status, 1);
+        SV_ASSERT_STR_CONTAINS(r.err, "svdllmctl: too_many_clients: svdllmd already serves 1 clients (max_clients)");
+        SV_CHECK(strstr(r.err, "Broken pipe") == NULL && strstr(r.err, "reset") == NULL);
+    }
+    free(path);
+    SV_CHECK(log_contains("refused connections already wait, closing at once"));
+    conn_close(&hold);
+out:
+    side_leave(&sv);
+}
+
+/* A job's record is its owner's, root's and the daemon user's to see: any
+ * other uid learns only that it exists, and may not watch or cancel it. */
+static void test_visibility(void) {
+    if (geteuid() != 0) {
+        fprintf(stderr, "test_visibility: skipped (needs root to act as a second uid)\n");
+        return;
+    }
+    struct side sv;
+    daemon_fault = "stall-after-commit:0";   /* keeps the job running for the watch and cancel checks */
+    bool up = side_enter(&sv, "visibility", "socket_mode = 0666\nthreads = 1\n");
+    daemon_fault = NULL;
+    if (!up)
+        goto out;
+    long long id = submit_ok("out-visible", "\"ratio\":0.5,\"nsamples\":4,\"seqlen\":32");
+    struct status_view v = {0};
+    for (double ts = mono_now(); mono_now() - ts < 60; usleep(20000)) {
+        v = status_view(id);
+        if (v.layers_done >= 1 || (strcmp(v.state, "running") != 0 && strcmp(v.state, "queued") != 0))
+            break;
+    }
+    SV_CHECK(strcmp(v.state, "running") == 0);
+    char ids[32], out[400];
+    snprintf(ids, sizeof ids, "%lld", id);
+    snprintf(out, sizeof out, "%s/out-visible", dir);
+    const char *status_json[] = {"status", ids, "--json", NULL}, *status[] = {"status", ids, NULL};
+    const char *list_json[] = {"list", "--json", NULL}, *list[] = {"list", NULL};
+    const char *watch[] = {"watch", ids, NULL}, *cancel[] = {"cancel", ids, NULL};
+    struct ctl_result r;
+    static const char *const hidden[] = {"model", "out", "calib", "work_dir", "error", "method", "ratio",
+                                         "job_key", "nsamples", "eval_text", "result"};
+
+    /* Another uid: existence, owner, state, times, progress; nothing else. */
+    ctl_as(10009, &r, status_json);
+    SV_ASSERT_EQ(r.status, 0);
+    json_t *m = json_loads(r.out, 0, NULL);
+    json_t *j = json_object_get(m, "job");
+    SV_CHECK(j && json_is_true(json_object_get(j, "restricted")));
+    SV_ASSERT_EQ(json_integer_value(json_object_get(j, "id")), id);
+    SV_ASSERT_EQ(json_integer_value(json_object_get(j, "owner_uid")), 0);
+    SV_CHECK(str_is(json_object_get(j, "state"), "running"));
+    SV_CHECK(json_is_integer(json_object_get(j, "created_at")));
+    SV_CHECK(json_is_number(json_object_get(j, "fraction")));
+    for (size_t i = 0; i < sizeof hidden / sizeof hidden[0]; i++)
+        if (json_object_get(j, hidden[i])) {
+            fprintf(stderr, "status as uid 10009 shows '%s'\n", hidden[i]);
+            SV_CHECK(!"no private field in the restricted view");
+        }
+    SV_CHECK(strstr(r.out, dir) == NULL);   /* no path at all */
+    json_decref(m);
+    ctl_as(10009, &r, status);
+    SV_ASSERT_EQ(r.status, 0);
+    SV_ASSERT_STR_CONTAINS(r.out, "owner       uid 0 (its details are shown to it and root only)");
+    SV_CHECK(strstr(r.out, dir) == NULL && strstr(r.out, model) == NULL);
+    ctl_as(10009, &r, list_json);
+    SV_ASSERT_EQ(r.status, 0);
+    SV_ASSERT_STR_CONTAINS(r.out, "\"restricted\":true");
+    SV_CHECK(strstr(r.out, dir) == NULL && strstr(r.out, model) == NULL);
+    ctl_as(10009, &r, list);
+    SV_ASSERT_STR_CONTAINS(r.out, "(uid 0's job)");
+    SV_CHECK(strstr(r.out, dir) == NULL);
+    ctl_as(10009, &r, watch);
+    SV_ASSERT_EQ(r.status, 1);
+    SV_ASSERT_STR_CONTAINS(r.err, "svdllmctl: forbidden: job ");
+    SV_ASSERT_STR_CONTAINS(r.err, "belongs to uid 0");
+    ctl_as(10009, &r, cancel);
+    SV_ASSERT_EQ(r.status, 1);
+    SV_ASSERT_STR_CONTAINS(r.err, "forbidden");
+    SV_CHECK(strcmp(status_view(id).state, "running") == 0);
+
+    /* Root (here also the daemon's own user) sees everything. */
+    ctl(&r, sock_path, status_json);
+    SV_ASSERT_EQ(r.status, 0);
+    m = json_loads(r.out, 0, NULL);
+    j = json_object_get(m, "job");
+    SV_CHECK(j && !json_object_get(j, "restricted"));
+    SV_CHECK(str_is(json_object_get(j, "model"), model));
+    SV_CHECK(str_is(json_object_get(j, "out"), out));
+    SV_CHECK(str_starts(json_object_get(j, "work_dir"), state_dir));
+    SV_CHECK(str_is(json_object_get(j, "calib"), calib));
+    json_decref(m);
+    ctl(&r, sock_path, list);
+    SV_ASSERT_STR_CONTAINS(r.out, out);
+    ctl(&r, sock_path, cancel);
+    SV_ASSERT_EQ(r.status, 0);
+    int n_events;
+    SV_CHECK(strcmp(watch_end(id, &n_events), "cancelled") == 0);
+    /* Ended, the job is still only the owner's: its error text included. */
+    ctl(&r, sock_path, status);
+    SV_ASSERT_STR_CONTAINS(r.out, "  error       ");   /* root sees why it ended */
+    ctl_as(10009, &r, status_json);
+    m = json_loads(r.out, 0, NULL);
+    j = json_object_get(m, "job");
+    SV_CHECK(j && json_is_true(json_object_get(j, "restricted")) && !json_object_get(j, "error"));
+    SV_CHECK(j && str_is(json_object_get(j, "state"), "cancelled"));
+    SV_CHECK(j && json_is_integer(json_object_get(j, "finished_at")));
+    json_decref(m);
+out:
+    side_leave(&sv);
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: test_daemon SVDLLMD SVDLLMCTL\n");
@@ -1891,6 +2490,7 @@ int main(int argc, char **argv) {
 
     test_not_running();
     test_bad_config();
+    test_bad_conn_config();
 
     char cfg[400], notify[400];
     snprintf(cfg, sizeof cfg, "%s/svdllmd.conf", dir);
@@ -1960,6 +2560,12 @@ int main(int argc, char **argv) {
     test_cancel_running();
     test_progress_monotonic();
     test_damaged_checkpoints();
+    test_idle_flood();
+    test_per_uid_limit();
+    test_timeouts();
+    test_oversize_drain();
+    test_ctl_epipe();
+    test_visibility();
     test_not_running();
     int rc = sv_test_result("test_daemon");
     if (rc == 0) {
