@@ -2460,6 +2460,245 @@ out:
     side_leave(&sv);
 }
 
+/* Mounts a tmpfs of `size` (mount(8)'s syntax) at path (created); false,
+ * with the reason printed, when that is not possible (not root, no mount). */
+static bool tmpfs_mount(const char *path, const char *size, const char *what) {
+    if (geteuid() != 0) {
+        fprintf(stderr, "%s: skipped (needs root to mount a tmpfs)\n", what);
+        return false;
+    }
+    mkdir(path, 0755);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "mount -t tmpfs -o size=%s svdllm-test '%s'", size, path);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "%s: skipped (%s failed)\n", what, cmd);
+        return false;
+    }
+    return true;
+}
+
+static void tmpfs_umount(const char *path) {
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "umount '%s'", path);
+    SV_ASSERT_EQ(system(cmd), 0);
+}
+
+/* Writes zeros to path until its file system is full; returns the bytes. */
+static long long fill_disk(const char *path) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    static char zero[65536];
+    long long n = 0;
+    for (size_t chunk = sizeof zero; fd >= 0 && chunk >= 512; chunk /= 8)
+        for (ssize_t k; (k = write(fd, zero, chunk)) > 0;)
+            n += k;
+    if (fd >= 0)
+        close(fd);
+    return n;
+}
+
+/* The watch on c (already subscribed with id 42) to its end event: returns
+ * the final state; *error gets the job's error. */
+static const char *watch_rest(struct conn *c, char *error, size_t n_error) {
+    static char state[32];
+    state[0] = error[0] = '\0';
+    json_t *m;
+    while ((m = recv_msg(c))) {
+        const char *ev = json_string_value(json_object_get(m, "event"));
+        if (ev && strcmp(ev, "end") == 0) {
+            json_t *j = json_object_get(m, "job");
+            snprintf(state, sizeof state, "%s", json_string_value(json_object_get(m, "state")));
+            const char *e = json_string_value(json_object_get(j, "error"));
+            snprintf(error, n_error, "%s", e ? e : "");
+            json_decref(m);
+            break;
+        }
+        json_decref(m);
+    }
+    return state;
+}
+
+/* The state directory on a small tmpfs that fills while a job runs (held
+ * after layer 1's commit, the disk filled, then released): the next layer's
+ * write fails, and so does SQLite's commit of 'failed'. The job still ends
+ * 'failed' for the daemon's table and the watch (its error names the file
+ * and errno, and says the state could not be recorded), the daemon keeps
+ * serving, and the row stays 'running', so once space is freed a restart
+ * resumes it from its two checkpoints to the bytes of an uninterrupted run
+ * (test_crash_resume's out-ref: the same job). */
+static void test_full_state_disk(void) {
+    char mnt[400], filler[500], release[400], out[400], ref[400], err[SV_ERR_MSG_MAX], line[128];
+    use_own_state("full");
+    snprintf(mnt, sizeof mnt, "%s", state_dir);
+    snprintf(filler, sizeof filler, "%s/filler", mnt);
+    snprintf(release, sizeof release, "%s/release-full", dir);
+    snprintf(out, sizeof out, "%s/out-full", dir);
+    snprintf(ref, sizeof ref, "%s/out-ref", dir);
+    unlink(release);
+    if (!tmpfs_mount(mnt, "8m", "full state disk")) {
+        use_own_state(NULL);
+        return;
+    }
+    daemon_fault = "stall-after-commit:1";
+    daemon_release = release;
+    struct conn c = {.fd = -1};
+    if (start_daemon(NULL, NULL) < 0) {
+        SV_CHECK(!"daemon start (full state disk)");
+        goto out;
+    }
+    long long id = submit_small(out, "\"method\":\"svdllm\"");
+    SV_CHECK(id > 0);
+    if (id <= 0 || conn_open(&c) < 0)
+        goto out;
+    snprintf(line, sizeof line, "{\"id\":42,\"op\":\"watch\",\"job\":%lld}", id);
+    json_t *m = request(&c, line);
+    SV_CHECK(m && json_is_true(json_object_get(m, "ok")));
+    json_decref(m);
+    struct status_view v = wait_layers(id, 2);
+    SV_CHECK(strcmp(v.state, "running") == 0 && v.layers_done == 2);
+    long long filled = fill_disk(filler);
+    SV_CHECK(filled > 0);
+    write_file(release, "");
+    const char *state = watch_rest(&c, err, sizeof err);
+    fprintf(stderr, "full state disk: job %lld ended %s: %s\n", id, state, err);
+    SV_CHECK(strcmp(state, "failed") == 0);
+    SV_ASSERT_STR_CONTAINS(err, "No space left on device");
+    SV_ASSERT_STR_CONTAINS(err, mnt);   /* names the file */
+    SV_ASSERT_STR_CONTAINS(err, "the final state could not be recorded");
+    SV_ASSERT_STR_CONTAINS(err, "svdllmd.db");
+    v = status_view(id);
+    SV_CHECK(strcmp(v.state, "failed") == 0);
+    check_ping();
+    SV_CHECK(log_contains("cannot record state failed"));
+
+    /* Space freed; the row is still 'running': a restart resumes it. */
+    SV_CHECK(unlink(filler) == 0);
+    daemon_fault = NULL;
+    daemon_release = NULL;
+    SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
+    char jstate[32], work[PATH_MAX];
+    SV_CHECK(db_job(out, jstate, sizeof jstate, work, sizeof work) == id && strcmp(jstate, "running") == 0);
+    check_layer_rows(__LINE__, id, work, 2);
+    SV_CHECK(start_daemon(NULL, NULL) == 0);
+    int n_events;
+    SV_CHECK(strcmp(watch_end(id, &n_events), "done") == 0);
+    v = status_view(id);
+    SV_ASSERT_EQ(v.layers_resumed, 2);
+    SV_CHECK(same_output(ref, out));
+    SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
+out:
+    if (c.fd >= 0)
+        conn_close(&c);
+    if (daemon_pid > 0)
+        stop_daemon(SIGKILL);
+    daemon_fault = NULL;
+    daemon_release = NULL;
+    tmpfs_umount(mnt);
+    use_own_state(NULL);
+}
+
+/* Sends one request as uid `uid` (a forked child) and returns the reply's
+ * error code ("ok" on success, "" without a reply). */
+static const char *request_as(uid_t uid, const char *line) {
+    static char code[32];
+    int p[2];
+    code[0] = '\0';
+    if (pipe(p) < 0)
+        return code;
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(p[0]);
+        struct conn c;
+        if (setgroups(0, NULL) < 0 || setgid(uid) < 0 || setuid(uid) < 0 || conn_open(&c) < 0)
+            _exit(1);
+        json_t *m = request(&c, line);
+        const char *r = !m ? "" : json_is_true(json_object_get(m, "ok")) ? "ok" : err_code(m);
+        if (write(p[1], r, strlen(r)) < 0)
+            _exit(1);
+        _exit(0);
+    }
+    close(p[1]);
+    ssize_t n = read(p[0], code, sizeof code - 1);
+    code[n > 0 ? n : 0] = '\0';
+    close(p[0]);
+    waitpid(pid, NULL, 0);
+    return code;
+}
+
+/* The output on a tmpfs too small for it: assembling fails, the job is
+ * 'failed' with the output file and errno named, and no OUT.tmp is left. A
+ * restart does not retry it; `resume` is refused to another user, to a job
+ * that does not exist; after the file system is grown `svdllmctl resume`
+ * requeues it, it finishes from all its checkpoints (layers_resumed 5) to
+ * out-ref's bytes, and then, done, cannot be resumed again. */
+static void test_resume_after_full_output(void) {
+    enum { N_LAYERS = 5 };
+    char mnt[400], out[500], tmp[520], ref[400], line[256], ids[32];
+    use_own_state("outfull");
+    snprintf(mnt, sizeof mnt, "%s/outfs", dir);
+    snprintf(out, sizeof out, "%s/out", mnt);
+    snprintf(tmp, sizeof tmp, "%s.tmp", out);
+    snprintf(ref, sizeof ref, "%s/out-ref", dir);
+    if (!tmpfs_mount(mnt, "256k", "full output disk")) {
+        use_own_state(NULL);
+        return;
+    }
+    if (start_daemon(NULL, NULL) < 0) {
+        SV_CHECK(!"daemon start (full output disk)");
+        goto out;
+    }
+    long long id = submit_small(out, "\"method\":\"svdllm\"");
+    SV_CHECK(id > 0);
+    if (id <= 0)
+        goto out;
+    snprintf(ids, sizeof ids, "%lld", id);
+    int n_events;
+    SV_CHECK(strcmp(watch_end(id, &n_events), "failed") == 0);
+    json_t *j = job_status(id);
+    const char *e = json_string_value(json_object_get(j, "error"));
+    fprintf(stderr, "full output disk: job %lld failed: %s\n", id, e ? e : "(no error)");
+    SV_CHECK(e && strstr(e, "No space left on device") && strstr(e, tmp));
+    json_decref(j);
+    SV_CHECK(access(tmp, F_OK) != 0 && access(out, F_OK) != 0);   /* nothing left behind */
+
+    /* A restart does not retry a failed job. */
+    SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
+    SV_CHECK(start_daemon(NULL, NULL) == 0);
+    usleep(300000);
+    SV_CHECK(strcmp(status_view(id).state, "failed") == 0);
+
+    /* resume: refused to someone else (the socket opened to them for this),
+     * and for a job that does not exist. */
+    snprintf(line, sizeof line, "{\"id\":3,\"op\":\"resume\",\"job\":%lld}", id);
+    SV_CHECK(chmod(dir, 0711) == 0 && chmod(sock_path, 0666) == 0);
+    SV_CHECK(strcmp(request_as(65534, line), "forbidden") == 0);
+    SV_CHECK(chmod(sock_path, 0660) == 0 && chmod(dir, 0700) == 0);
+    expect_error("{\"id\":3,\"op\":\"resume\",\"job\":999999}", "not_found", "no job 999999");
+    expect_error("{\"id\":3,\"op\":\"resume\"}", "bad_request", "'job'");
+
+    /* Space freed: resumed from every checkpoint. */
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "mount -o remount,size=16m '%s'", mnt);
+    SV_ASSERT_EQ(system(cmd), 0);
+    const char *resume[] = {"resume", ids, NULL};
+    struct ctl_result r;
+    ctl(&r, sock_path, resume);
+    SV_ASSERT_EQ(r.status, 0);
+    SV_ASSERT_STR_CONTAINS(r.out, "queued (resumes from 5 checkpointed layers)");
+    SV_CHECK(strcmp(watch_end(id, &n_events), "done") == 0);
+    struct status_view v = status_view(id);
+    SV_ASSERT_EQ(v.layers_resumed, N_LAYERS);
+    SV_CHECK(same_output(ref, out));
+    ctl(&r, sock_path, resume);
+    SV_ASSERT_EQ(r.status, 1);
+    SV_ASSERT_STR_CONTAINS(r.err, "only a failed job can be resumed");
+    SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
+out:
+    if (daemon_pid > 0)
+        stop_daemon(SIGKILL);
+    tmpfs_umount(mnt);
+    use_own_state(NULL);
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: test_daemon SVDLLMD SVDLLMCTL\n");
@@ -2566,6 +2805,8 @@ int main(int argc, char **argv) {
     test_oversize_drain();
     test_ctl_epipe();
     test_visibility();
+    test_full_state_disk();
+    test_resume_after_full_output();
     test_not_running();
     int rc = sv_test_result("test_daemon");
     if (rc == 0) {
