@@ -45,7 +45,7 @@ struct runner_task {
     enum runner_task_type type;
     uint64_t client_id;      /* where the reply goes (0: nobody) */
     long long req_id;
-    uint32_t uid;            /* peer credentials of the requester */
+    uint32_t uid, gid;       /* peer credentials of the requester (SO_PEERCRED) */
     struct compress_params params;      /* SUBMIT: absolute, not yet resolved */
     int64_t job_id;                     /* CANCEL */
     struct runner_eval_params eval;     /* EVAL */

@@ -58,6 +58,7 @@ struct client {
     struct server *srv;
     uint64_t id;
     uint32_t uid;
+    uint32_t gid;       /* SO_PEERCRED, for the runner's credential switch */
     int pid;
     struct proto_buf in;
     size_t unsent;
@@ -554,6 +555,7 @@ static struct runner_task *task_new(enum runner_task_type type, long long id) {
 static int push_task(struct client *c, struct runner_task *t) {
     t->client_id = c->id;
     t->uid = c->uid;
+    t->gid = c->gid;
     c->inflight++;
     runner_push(c->srv->runner, t);
     return 0;
@@ -956,6 +958,7 @@ static void on_connection(uv_stream_t *listener, int status) {
     if (uv_fileno((uv_handle_t *)&c->pipe, &fd) == 0)
         getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen);
     c->uid = (uint32_t)cred.uid;
+    c->gid = (uint32_t)cred.gid;
     c->pid = (int)cred.pid;
     c->next = s->clients;
     if (s->clients)
