@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "cred.h"
 #include "forward.h"
 #include "log.h"
 
@@ -238,16 +239,43 @@ static void queue_flush(struct runner *r, struct queue *q) {
 
 /* ---- Path checks (worker threads: they stat and open files) ----------------- */
 
+/* Who a path check was made for, in messages: the submitter when the thread
+ * acts with its rights, svdllmd itself when it cannot (CRED_CHECK). */
+static const char *who(const struct cred *c, char buf[32]) {
+    if (c->how == CRED_CHECK)
+        snprintf(buf, 32, "svdllmd (uid %u)", (unsigned)geteuid());
+    else
+        snprintf(buf, 32, "uid %u", (unsigned)c->uid);
+    return buf;
+}
+
+/* The thread could not return to the daemon's own credentials: it must not
+ * go on (with the submitter's rights, or a mix), so the daemon stops; its
+ * jobs resume at the next start. */
+static void leave_or_die(struct cred *c) {
+    struct sv_err err = {0};
+    if (cred_leave(c, &err) < 0) {
+        log_msg(LOG_ERR, "%s; stopping svdllmd", err.msg);
+        abort();
+    }
+}
+
 enum want { WANT_DIR, WANT_FILE };
 
 /* Resolves the absolute path in into out (realpath) and checks its type and
- * readability; on failure sets e (PROTO_BAD_PATH) naming field. */
-static int resolve_input(const char *field, const char *in, enum want want, char out[PATH_MAX],
-                         struct proto_error *e) {
+ * that c may read it; on failure sets e (PROTO_BAD_PATH) naming field. Call
+ * with c entered, so that realpath walks the directories with its rights. */
+static int resolve_input(const struct cred *c, const char *field, const char *in, enum want want,
+                         char out[PATH_MAX], struct proto_error *e) {
+    char wb[32];
     if (in[0] != '/')
         return proto_error_set(e, PROTO_BAD_PATH, "%s: '%.300s' is not an absolute path", field, in);
-    if (!realpath(in, out))
+    if (!realpath(in, out)) {
+        if (errno == EACCES)
+            return proto_error_set(e, PROTO_BAD_PATH, "%s: %.400s: not readable by %s: %s", field, in,
+                                   who(c, wb), strerror(errno));
         return proto_error_set(e, PROTO_BAD_PATH, "%s: %.400s: %s", field, in, strerror(errno));
+    }
     struct stat sb;
     if (stat(out, &sb) < 0)
         return proto_error_set(e, PROTO_BAD_PATH, "%s: %.400s: %s", field, out, strerror(errno));
@@ -257,35 +285,36 @@ static int resolve_input(const char *field, const char *in, enum want want, char
         return proto_error_set(e, PROTO_BAD_PATH, "%s: %.400s: is a directory", field, out);
     if (want == WANT_FILE && !S_ISREG(sb.st_mode))
         return proto_error_set(e, PROTO_BAD_PATH, "%s: %.400s: not a regular file", field, out);
-    if (access(out, want == WANT_DIR ? R_OK | X_OK : R_OK) < 0)
-        return proto_error_set(e, PROTO_BAD_PATH, "%s: %.400s: not readable by svdllmd: %s", field,
-                               out, strerror(errno));
+    struct sv_err err = {0};
+    if (cred_access(c, out, want == WANT_DIR ? R_OK | X_OK : R_OK, &err) < 0)
+        return proto_error_set(e, PROTO_BAD_PATH, "%s: %.450s", field, err.msg);
     return 0;
 }
 
-/* model_dir (resolved) must hold a config.json that config_load accepts. */
-static int check_model(const char *field, const char *model_dir, struct proto_error *e) {
+/* model_dir (resolved) must hold a config.json that c may read and that
+ * config_load accepts. */
+static int check_model(const struct cred *c, const char *field, const char *model_dir, struct proto_error *e) {
     char path[PATH_MAX + 16];
     snprintf(path, sizeof path, "%s/config.json", model_dir);
-    if (access(path, R_OK) < 0)
-        return proto_error_set(e, errno == ENOENT ? PROTO_BAD_MODEL : PROTO_BAD_PATH,
-                               "%s: %.400s: %s", field, path, strerror(errno));
-    struct config c;
     struct sv_err err = {0};
-    if (config_load(&c, path, &err) < 0)
-        return proto_error_set(e, PROTO_BAD_MODEL, "%s: not a supported LLaMA model: %s", field,
-                               err.msg);
-    config_free(&c);
+    int r = cred_access(c, path, R_OK, &err);
+    if (r < 0)
+        return proto_error_set(e, r == -ENOENT ? PROTO_BAD_MODEL : PROTO_BAD_PATH, "%s: %.450s", field, err.msg);
+    struct config cfg;
+    if (config_load(&cfg, path, &err) < 0)
+        return proto_error_set(e, PROTO_BAD_MODEL, "%s: not a supported LLaMA model: %s", field, err.msg);
+    config_free(&cfg);
     return 0;
 }
 
-/* The output directory need not exist: resolve its parent, which must be a
- * writable directory, and refuse an existing out unless overwrite is set. */
-static int resolve_output(const char *in, bool overwrite, const char *model, char out[PATH_MAX],
+/* The output directory need not exist: resolve its parent, which c must be
+ * able to write, and refuse an existing out unless overwrite is set (what
+ * overwrite may replace is output_rules' business). Call with c entered. */
+static int resolve_output(const struct cred *c, const char *in, bool overwrite, char out[PATH_MAX],
                           struct proto_error *e) {
     if (in[0] != '/')
         return proto_error_set(e, PROTO_BAD_PATH, "out: '%.300s' is not an absolute path", in);
-    char tmp[PATH_MAX];
+    char tmp[PATH_MAX], wb[32];
     snprintf(tmp, sizeof tmp, "%s", in);
     size_t n = strlen(tmp);
     while (n > 1 && tmp[n - 1] == '/')
@@ -296,15 +325,19 @@ static int resolve_output(const char *in, bool overwrite, const char *model, cha
         return proto_error_set(e, PROTO_BAD_PATH, "out: '%.300s' does not name a directory to create", in);
     char parent_in[PATH_MAX], parent[PATH_MAX];
     snprintf(parent_in, sizeof parent_in, "%.*s", slash == tmp ? 1 : (int)(slash - tmp), tmp);
-    if (!realpath(parent_in, parent))
+    if (!realpath(parent_in, parent)) {
+        if (errno == EACCES)
+            return proto_error_set(e, PROTO_BAD_PATH, "out: parent directory %.400s: not accessible to %s: %s",
+                                   parent_in, who(c, wb), strerror(errno));
         return proto_error_set(e, PROTO_BAD_PATH, "out: parent directory %.400s: %s", parent_in,
                                strerror(errno));
+    }
     struct stat sb;
     if (stat(parent, &sb) < 0 || !S_ISDIR(sb.st_mode))
         return proto_error_set(e, PROTO_BAD_PATH, "out: parent %.400s: not a directory", parent);
-    if (access(parent, W_OK | X_OK) < 0)
-        return proto_error_set(e, PROTO_BAD_PATH, "out: parent directory %.400s: not writable by svdllmd: %s",
-                               parent, strerror(errno));
+    struct sv_err err = {0};
+    if (cred_access(c, parent, W_OK | X_OK, &err) < 0)
+        return proto_error_set(e, PROTO_BAD_PATH, "out: parent directory: %.450s", err.msg);
     if ((size_t)snprintf(out, PATH_MAX, "%s/%s", strcmp(parent, "/") == 0 ? "" : parent, base) >= PATH_MAX)
         return proto_error_set(e, PROTO_BAD_PATH, "out: path too long");
     if (lstat(out, &sb) == 0) {
@@ -312,46 +345,189 @@ static int resolve_output(const char *in, bool overwrite, const char *model, cha
             return proto_error_set(e, PROTO_EXISTS, "out: %.400s already exists (set overwrite to replace it)", out);
         if (!S_ISDIR(sb.st_mode))
             return proto_error_set(e, PROTO_BAD_PATH, "out: %.400s exists and is not a directory", out);
-        char real[PATH_MAX];
-        if (realpath(out, real) && strcmp(real, model) == 0)
-            return proto_error_set(e, PROTO_BAD_PATH, "out: must not be the model directory %.400s", model);
+    } else if (errno != ENOENT) {
+        return proto_error_set(e, PROTO_BAD_PATH, "out: %.400s: %s (%s)", out, strerror(errno), who(c, wb));
     }
-    if (strcmp(out, model) == 0)
-        return proto_error_set(e, PROTO_BAD_PATH, "out: must not be the model directory %.400s", model);
     return 0;
+}
+
+/* 1 if a is b or lies below it. Compared by device and inode along a's
+ * prefixes (a absolute and resolved; prefixes that do not exist are
+ * skipped), so another name for b (a bind mount, a symlink put there since
+ * the path was resolved) is caught too. 0 when b does not exist. */
+static int path_within(const char *a, const char *b) {
+    struct stat sb, sa;
+    char buf[PATH_MAX];
+    if (stat(b, &sb) < 0 || (size_t)snprintf(buf, sizeof buf, "%s", a) >= sizeof buf)
+        return 0;
+    for (;;) {
+        if (stat(buf, &sa) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino)
+            return 1;
+        char *s = strrchr(buf, '/');
+        if (!s || (s == buf && buf[1] == '\0'))
+            return 0;
+        if (s == buf)
+            buf[1] = '\0';
+        else
+            *s = '\0';
+    }
+}
+
+struct out_search {
+    const char *out;
+    uint32_t uid;
+    bool live;            /* looking for a queued/running job (else a done one of uid) */
+    int64_t found;
+    enum job_state state;
+};
+
+static int out_search_fn(void *ctx, const struct store_job *j) {
+    struct out_search *q = ctx;
+    if (strcmp(j->params.out_dir, q->out) != 0)
+        return 0;
+    bool hit = q->live ? (j->state == JOB_QUEUED || j->state == JOB_RUNNING)
+                       : (j->state == JOB_DONE && j->owner_uid == q->uid);
+    if (hit) {
+        q->found = j->id;
+        q->state = j->state;
+    }
+    return hit;
+}
+
+/* The output rules (schema/protocol.md, Authorization), with the daemon's
+ * own credentials: at submit (ctl thread) and again just before the engine
+ * publishes (job thread, hook_output_check). p's paths are resolved. */
+static int output_rules(struct runner *r, struct store *st, const struct cred *c,
+                        const struct compress_params *p, struct proto_error *e) {
+    const char *out = p->out_dir;
+    const char *const daemon_dirs[2] = {r->state_dir, r->jobs_dir};
+    for (int i = 0; i < 2; i++) {
+        if (path_within(out, daemon_dirs[i]))
+            return proto_error_set(e, PROTO_BAD_PATH, "out: %.300s is or lies inside svdllmd's state directory "
+                                   "%.300s (its database and the jobs' work directories)", out, r->state_dir);
+        if (path_within(daemon_dirs[i], out))
+            return proto_error_set(e, PROTO_BAD_PATH, "out: %.300s contains svdllmd's state directory %.300s "
+                                   "(its database and the jobs' work directories)", out, r->state_dir);
+    }
+    if (path_within(p->model_dir, out))
+        return proto_error_set(e, PROTO_BAD_PATH, "out: %.300s is or contains the model directory %.300s", out,
+                               p->model_dir);
+    if (p->calib_path[0] && path_within(p->calib_path, out))
+        return proto_error_set(e, PROTO_BAD_PATH, "out: %.300s contains the calibration text %.300s", out,
+                               p->calib_path);
+    if (p->eval_path[0] && path_within(p->eval_path, out))
+        return proto_error_set(e, PROTO_BAD_PATH, "out: %.300s contains the evaluation text %.300s", out,
+                               p->eval_path);
+    struct stat sb, cs;
+    if (lstat(out, &sb) < 0)
+        return 0;   /* nothing to replace */
+    if (!S_ISDIR(sb.st_mode))
+        return proto_error_set(e, PROTO_BAD_PATH, "out: %.400s exists and is not a directory", out);
+    char cj[PATH_MAX + 32];
+    snprintf(cj, sizeof cj, "%s/compression.json", out);
+    if (lstat(cj, &cs) < 0 || !S_ISREG(cs.st_mode))
+        return proto_error_set(e, PROTO_BAD_PATH, "out: %.400s exists and is not an svdllm output (it holds no "
+                               "compression.json): overwrite replaces only earlier svdllm outputs", out);
+    /* Outputs of a daemon that could not switch belong to the daemon's own
+     * user: the job table says whose they are. */
+    if (c->uid != 0 && sb.st_uid != (uid_t)c->uid) {
+        struct out_search q = {.out = out, .uid = c->uid, .live = false};
+        struct sv_err err = {0};
+        if (sb.st_uid != geteuid() || store_job_list(st, out_search_fn, &q, &err) < 0 || !q.found)
+            return proto_error_set(e, PROTO_FORBIDDEN, "out: %.400s is an svdllm output of uid %u, not of uid %u: "
+                                   "only its owner or root may overwrite it", out, (unsigned)sb.st_uid,
+                                   (unsigned)c->uid);
+    }
+    return 0;
+}
+
+/* A job owns its output path from submit to its end. */
+static int out_in_use(struct runner *r, const char *out, struct proto_error *e) {
+    struct out_search q = {.out = out, .live = true};
+    struct sv_err err = {0};
+    if (store_job_list(r->ctl_store, out_search_fn, &q, &err) < 0)
+        return proto_error_set(e, PROTO_INTERNAL, "cannot list the jobs: %s", err.msg);
+    if (q.found)
+        return proto_error_set(e, PROTO_EXISTS, "out: %.400s is the output of job %lld (%s) until it ends", out,
+                               (long long)q.found, store_state_name(q.state));
+    return 0;
+}
+
+static int readable_by(void *ctx, const char *path, struct sv_err *err) {
+    return cred_access(ctx, path, R_OK, err);
+}
+
+/* compress_precheck's verdict as a reply code and a message naming the field
+ * (and, for a refused access, whose rights were used). */
+static int precheck_error(const struct cred *c, struct proto_error *e, int rc, enum compress_check what,
+                          const char *msg) {
+    char wb[32];
+    static const char *const field[] = {"", "model", "calib", "eval_text", "ratio"};
+    const char *f = what >= COMPRESS_CHECK_MODEL && what <= COMPRESS_CHECK_RATIO ? field[what] : "input";
+    enum proto_code code = rc == -EACCES || rc == -EPERM ? PROTO_BAD_PATH
+                           : rc == -ENOMEM               ? PROTO_INTERNAL
+                           : what == COMPRESS_CHECK_MODEL ? PROTO_BAD_MODEL
+                                                          : PROTO_INVALID;
+    if (code == PROTO_BAD_PATH && !strstr(msg, "by uid") && !strstr(msg, "by svdllmd"))
+        return proto_error_set(e, code, "%s: %s (as %s)", f, msg, who(c, wb));
+    return proto_error_set(e, code, "%s: %s", f, msg);
 }
 
 /* ---- ctl thread: submit and cancel -------------------------------------------- */
 
+/* Everything read for a submit, with the submitter's rights (c entered). */
+static int submit_checks_as_user(struct runner *r, const struct cred *c, const struct compress_params *in,
+                                 struct store_job *j, struct proto_error *e) {
+    struct compress_params *p = &j->params;
+    struct sv_err err = {0};
+    if (resolve_input(c, "model", in->model_dir, WANT_DIR, p->model_dir, e) < 0 ||
+        check_model(c, "model", p->model_dir, e) < 0 ||
+        (in->calib_path[0] && resolve_input(c, "calib", in->calib_path, WANT_FILE, p->calib_path, e) < 0) ||
+        (in->eval_path[0] && resolve_input(c, "eval_text", in->eval_path, WANT_FILE, p->eval_path, e) < 0) ||
+        resolve_output(c, in->out_dir, in->overwrite, p->out_dir, e) < 0)
+        return -1;
+    /* The work directory is created with the row, after the checks; until
+     * then it names the directory that will hold it. */
+    snprintf(p->work_dir, sizeof p->work_dir, "%s", r->jobs_dir);
+    if (compress_params_check(p, &err) < 0)
+        return proto_error_set(e, PROTO_INVALID, "%s", err.msg);
+    enum compress_check what = COMPRESS_CHECK_MODEL;
+    int rc = compress_precheck(p, readable_by, (void *)c, &what, &err);
+    if (rc < 0)
+        return precheck_error(c, e, rc, what, err.msg);
+    if (compress_job_key(p, j->key, &err) < 0)
+        return proto_error_set(e, PROTO_INVALID, "cannot compute the job key: %s", err.msg);
+    return 0;
+}
+
 static void do_submit(struct runner *r, struct runner_task *t) {
     struct proto_error e = {0};
     struct sv_err err = {0};
+    struct cred cred;
     struct store_job *j = calloc(1, sizeof *j);
     if (!j) {
         post_reply(r, t, PROTO_INTERNAL, "out of memory", NULL);
         return;
     }
-    const struct compress_params *in = &t->params;
+    if (cred_lookup(&cred, t->uid, t->gid, &err) < 0) {
+        free(j);
+        post_reply(r, t, PROTO_FORBIDDEN, err.msg, NULL);
+        return;
+    }
+    j->params = t->params;
+    if (cred_enter(&cred, &err) < 0) {
+        log_msg(LOG_ERR, "submit: %s", err.msg);
+        proto_error_set(&e, PROTO_INTERNAL, "%s", err.msg);
+        goto fail;
+    }
+    int rc = submit_checks_as_user(r, &cred, &t->params, j, &e);
+    leave_or_die(&cred);
+    if (rc < 0 || output_rules(r, r->ctl_store, &cred, &j->params, &e) < 0 ||
+        out_in_use(r, j->params.out_dir, &e) < 0)
+        goto fail;
     struct compress_params *p = &j->params;
-    *p = *in;
-    if (resolve_input("model", in->model_dir, WANT_DIR, p->model_dir, &e) < 0 ||
-        check_model("model", p->model_dir, &e) < 0 ||
-        (in->calib_path[0] && resolve_input("calib", in->calib_path, WANT_FILE, p->calib_path, &e) < 0) ||
-        (in->eval_path[0] && resolve_input("eval_text", in->eval_path, WANT_FILE, p->eval_path, &e) < 0) ||
-        resolve_output(in->out_dir, in->overwrite, p->model_dir, p->out_dir, &e) < 0)
-        goto fail;
-    /* The work directory is created with the row, after the checks; until
-     * then it names the directory that will hold it. */
-    snprintf(p->work_dir, sizeof p->work_dir, "%s", r->jobs_dir);
-    if (compress_params_check(p, &err) < 0) {
-        proto_error_set(&e, PROTO_INVALID, "%s", err.msg);
-        goto fail;
-    }
-    if (compress_job_key(p, j->key, &err) < 0) {
-        proto_error_set(&e, PROTO_INVALID, "cannot compute the job key: %s", err.msg);
-        goto fail;
-    }
     j->owner_uid = t->uid;
+    j->owner_gid = t->gid;
     j->created_at = (int64_t)time(NULL);
     p->work_dir[0] = '\0';
     if (store_job_insert(r->ctl_store, j, r->jobs_dir, &err) < 0) {
@@ -359,8 +535,9 @@ static void do_submit(struct runner *r, struct runner_task *t) {
         proto_error_set(&e, PROTO_INTERNAL, "cannot record the job: %s", err.msg);
         goto fail;
     }
-    log_msg(LOG_INFO, "job %lld: queued (%s, ratio %g, model %s, uid %u)", (long long)j->id,
-            compress_method_name(p->method), p->ratio, p->model_dir, (unsigned)t->uid);
+    log_msg(LOG_INFO, "job %lld: queued (%s, ratio %g, model %s, uid %u, credentials: %s)", (long long)j->id,
+            compress_method_name(p->method), p->ratio, p->model_dir, (unsigned)t->uid, cred_how_name(cred.how));
+    cred_free(&cred);
     /* The reply carries the record; the loop adds it to its table. */
     post_reply(r, t, PROTO_OK, NULL, j);
     pthread_mutex_lock(&r->job_mu);
@@ -369,6 +546,7 @@ static void do_submit(struct runner *r, struct runner_task *t) {
     pthread_mutex_unlock(&r->job_mu);
     return;
 fail:
+    cred_free(&cred);
     free(j);
     post_reply(r, t, e.code, e.msg, NULL);
 }
@@ -508,6 +686,8 @@ static int eval_should_cancel(void *ctx) {
     return atomic_load(&c->t->cancel) || atomic_load(&c->r->stopping);
 }
 
+/* The whole evaluation reads only the requester's files: it runs with the
+ * requester's rights from the path checks to the end. */
 static void do_eval(struct runner *r, struct runner_task *t) {
     struct proto_error e = {0};
     char model[PATH_MAX], text[PATH_MAX];
@@ -515,17 +695,32 @@ static void do_eval(struct runner *r, struct runner_task *t) {
         post_reply(r, t, PROTO_CANCELLED, "the client went away", NULL);
         return;
     }
-    if (resolve_input("model", t->eval.model_dir, WANT_DIR, model, &e) < 0 ||
-        check_model("model", model, &e) < 0 ||
-        resolve_input("text", t->eval.text_path, WANT_FILE, text, &e) < 0) {
+    struct cred cred;
+    struct sv_err err = {0};
+    if (cred_lookup(&cred, t->uid, t->gid, &err) < 0) {
+        post_reply(r, t, PROTO_FORBIDDEN, err.msg, NULL);
+        return;
+    }
+    if (cred_enter(&cred, &err) < 0) {
+        log_msg(LOG_ERR, "eval: %s", err.msg);
+        cred_free(&cred);
+        post_reply(r, t, PROTO_INTERNAL, err.msg, NULL);
+        return;
+    }
+    if (resolve_input(&cred, "model", t->eval.model_dir, WANT_DIR, model, &e) < 0 ||
+        check_model(&cred, "model", model, &e) < 0 ||
+        resolve_input(&cred, "text", t->eval.text_path, WANT_FILE, text, &e) < 0) {
+        leave_or_die(&cred);
+        cred_free(&cred);
         post_reply(r, t, e.code, e.msg, NULL);
         return;
     }
     struct eval_cancel c = {r, t};
     struct ppl_result res = {0};
-    struct sv_err err = {0};
     int rc = ppl_eval(model, text, t->eval.seqlen, t->eval.max_windows, eval_should_cancel, &c,
                       &res, &err);
+    leave_or_die(&cred);
+    cred_free(&cred);
     if (rc == -ECANCELED) {
         post_reply(r, t, PROTO_CANCELLED, atomic_load(&r->stopping) ? "svdllmd is shutting down"
                                                                      : "the client went away", NULL);
@@ -589,7 +784,29 @@ struct job_ctx {
     int n_layers;
     int layers_done;
     bool force_post;
+    struct cred *cred;                       /* the job's owner */
+    const struct compress_params *params;    /* the job's, resolved at submit */
 };
+
+/* compress_hooks.user_fs: the owner's rights around the engine's accesses
+ * to the owner's files. */
+static int hook_user_fs(void *vctx, int enter, struct sv_err *err) {
+    struct job_ctx *c = vctx;
+    if (enter)
+        return cred_enter(c->cred, err);
+    leave_or_die(c->cred);
+    return 0;
+}
+
+/* compress_hooks.output_check: the submit-time output rules, again. */
+static int hook_output_check(void *vctx, const char *out_dir, struct sv_err *err) {
+    struct job_ctx *c = vctx;
+    struct proto_error e = {0};
+    (void)out_dir;   /* the job's own, in c->params */
+    if (output_rules(c->r, c->r->job_store, c->cred, c->params, &e) < 0)
+        return sv_err_set(err, -EPERM, "%s", e.msg);
+    return 0;
+}
 
 static int hook_layer_lookup(void *vctx, int layer, struct compress_checkpoint *ck) {
     struct job_ctx *c = vctx;
@@ -795,6 +1012,7 @@ static void finish(struct runner *r, const struct store_job *j, int64_t id, enum
 
 static void run_job(struct runner *r, int64_t id) {
     struct sv_err err = {0};
+    struct cred cred = {0};
     struct store_job *j = malloc(sizeof *j);
     if (!j) {
         log_msg(LOG_ERR, "job %lld: out of memory", (long long)id);
@@ -809,10 +1027,23 @@ static void run_job(struct runner *r, int64_t id) {
     log_msg(LOG_INFO, "job %lld: running (%d of its layers already checkpointed)", (long long)id,
             j->layers_done);
 
+    /* The owner's rights for every access to the owner's files. */
+    if (cred_lookup(&cred, j->owner_uid, j->owner_gid, &err) < 0) {
+        char msg[SV_ERR_MSG_MAX];
+        snprintf(msg, sizeof msg, "cannot act for the job's owner: %.440s", err.msg);
+        log_msg(LOG_WARNING, "job %lld: %s", (long long)id, msg);
+        finish(r, j, id, JOB_FAILED, msg, NULL);
+        goto out;
+    }
     /* The inputs must still be the ones the job was submitted with, or its
      * checkpoints would mix two different computations. */
     char key[65];
-    if (compress_job_key(&j->params, key, &err) < 0) {
+    int kr = cred_enter(&cred, &err);
+    if (kr == 0) {
+        kr = compress_job_key(&j->params, key, &err);
+        leave_or_die(&cred);
+    }
+    if (kr < 0) {
         char msg[SV_ERR_MSG_MAX];
         snprintf(msg, sizeof msg, "inputs changed since the job was submitted: %.440s", err.msg);
         log_msg(LOG_WARNING, "job %lld: %s", (long long)id, msg);
@@ -836,7 +1067,7 @@ static void run_job(struct runner *r, int64_t id) {
     }
     *c = (struct job_ctx){
         .r = r, .id = id, .t_start = mono_now(), .t_first = -1, .eta = -1, .last_layer = -1,
-        .n_layers = j->n_layers, .layers_done = j->layers_done,
+        .n_layers = j->n_layers, .layers_done = j->layers_done, .cred = &cred, .params = &j->params,
     };
     struct compress_hooks hooks = {
         .ctx = c,
@@ -845,6 +1076,8 @@ static void run_job(struct runner *r, int64_t id) {
         .layers_drop = hook_layers_drop,
         .should_cancel = hook_should_cancel,
         .progress = hook_progress,
+        .user_fs = hook_user_fs,
+        .output_check = hook_output_check,
     };
     struct compress_result res = {0};
     int rc = compress_run(&j->params, &hooks, &res, &err);
@@ -869,6 +1102,7 @@ static void run_job(struct runner *r, int64_t id) {
         finish(r, j, id, JOB_FAILED, err.msg, NULL);
     }
 out:
+    cred_free(&cred);
     free(j);
 }
 

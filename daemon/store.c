@@ -273,9 +273,9 @@ int store_job_insert(struct store *s, struct store_job *j, const char *jobs_dir,
     static const char sql[] =
         "INSERT INTO jobs (state, model, out, method, ratio, calib, nsamples, seqlen, seed,"
         " calib_first, dense, overwrite, eval_text, eval_seqlen, eval_max_windows, job_key,"
-        " owner_uid, work_dir, created_at, alpha, ranks, layers, attn_split, centered)"
+        " owner_uid, work_dir, created_at, alpha, ranks, layers, attn_split, centered, owner_gid)"
         " VALUES ('queued', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,"
-        " ?16, '', ?17, ?18, ?19, ?20, ?21, ?22)";
+        " ?16, '', ?17, ?18, ?19, ?20, ?21, ?22, ?23)";
     const struct compress_params *p = &j->params;
     sqlite3_stmt *st = NULL;
     char work[PATH_MAX];
@@ -306,6 +306,7 @@ int store_job_insert(struct store *s, struct store_job *j, const char *jobs_dir,
     sqlite3_bind_int(st, 20, p->layers);
     sqlite3_bind_double(st, 21, p->attn_split);
     sqlite3_bind_int(st, 22, p->centered);
+    sqlite3_bind_int64(st, 23, j->owner_gid == (uint32_t)-1 ? -1 : (sqlite3_int64)j->owner_gid);
     if (sqlite3_step(st) != SQLITE_DONE) {
         r = db_fail(s, err, "insert job");
         goto out;
@@ -351,7 +352,7 @@ out:
     " created_at, started_at, finished_at, error, n_layers, ppl_before, ppl_after," \
     " params_before, params_after, bytes_before, bytes_after, seconds, layers_resumed, peak_rss," \
     " (SELECT count(*) FROM layers WHERE layers.job_id = jobs.id), alpha," \
-    " ranks, layers, attn_split, centered, tok_s_before, tok_s_after"
+    " ranks, layers, attn_split, centered, tok_s_before, tok_s_after, owner_gid"
 
 static void copy_text(char *dst, size_t n, sqlite3_stmt *st, int col) {
     const unsigned char *t = sqlite3_column_text(st, col);
@@ -394,6 +395,7 @@ static int row_to_job(sqlite3_stmt *st, struct store_job *j, struct sv_err *err)
     j->result.ppl_after = sqlite3_column_double(st, 25);
     j->result.tok_s_before = sqlite3_column_double(st, 39);
     j->result.tok_s_after = sqlite3_column_double(st, 40);
+    j->owner_gid = sqlite3_column_int64(st, 41) < 0 ? (uint32_t)-1 : (uint32_t)sqlite3_column_int64(st, 41);
     j->result.params_before = (uint64_t)sqlite3_column_int64(st, 26);
     j->result.params_after = (uint64_t)sqlite3_column_int64(st, 27);
     j->result.bytes_before = (uint64_t)sqlite3_column_int64(st, 28);

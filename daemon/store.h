@@ -27,6 +27,7 @@ struct store_job {
     struct compress_params params;    /* work_dir included */
     char key[65];                     /* compress_job_key() at submit */
     uint32_t owner_uid;
+    uint32_t owner_gid;               /* SO_PEERCRED gid at submit; (uint32_t)-1 if not recorded */
     int64_t created_at, started_at, finished_at;   /* unix seconds, 0 = not yet */
     char error[SV_ERR_MSG_MAX];       /* "" unless failed/cancelled */
     int n_layers;                     /* 0 until the runner has seen the model */
@@ -49,7 +50,7 @@ void store_free(struct store *s);
  * number of jobs requeued. */
 int store_recover(struct store *s, struct sv_err *err);
 
-/* Inserts j (state queued; params, key, owner_uid and created_at taken from
+/* Inserts j (state queued; params, key, owner_uid, owner_gid and created_at taken from
  * j) and creates its work directory jobs_dir/<id> in the same transaction:
  * the row commits only after the directory is durable. Fills j->id and
  * j->params.work_dir. */

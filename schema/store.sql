@@ -92,3 +92,9 @@ ALTER TABLE jobs ADD COLUMN centered INTEGER NOT NULL DEFAULT 0;
 -- compress_result.tok_s_before/after). NULL for jobs finished before.
 ALTER TABLE jobs ADD COLUMN tok_s_before REAL;
 ALTER TABLE jobs ADD COLUMN tok_s_after REAL;
+
+-- version 5
+-- The submitter's gid (SO_PEERCRED), for a job whose uid has no passwd
+-- entry when it runs: the runner then acts with this gid alone (see
+-- daemon/cred.h). -1 for jobs submitted before.
+ALTER TABLE jobs ADD COLUMN owner_gid INTEGER NOT NULL DEFAULT -1;

@@ -27,6 +27,7 @@
 #include <limits.h>
 #include <math.h>
 #include <poll.h>
+#include <pwd.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -2699,6 +2700,520 @@ out:
     use_own_state(NULL);
 }
 
+/* ---- Submit-time prechecks (any user) ------------------------------------------ */
+
+static long long db_count_jobs(void) {
+    sqlite3 *db = db_open_ro();
+    sqlite3_stmt *st = NULL;
+    long long n = -1;
+    if (db && sqlite3_prepare_v2(db, "SELECT count(*) FROM jobs", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
+/* Each input the engine can judge from its contents is refused at submit,
+ * with a named error and no job row, instead of failing at run time. */
+static void test_submit_prechecks(void) {
+    char line[8192], empty[600], tiny[600], trunc[600], path[700], cmd[4096];
+    long long rows = db_count_jobs();
+    SV_CHECK(rows >= 0);
+    snprintf(empty, sizeof empty, "%s/empty-calib.txt", dir);
+    write_file(empty, "");
+    snprintf(line, sizeof line, "{\"id\":5,\"op\":\"submit\",\"model\":\"%s\",\"out\":\"%s/pre-o\",\"ratio\":0.5,"
+             "\"calib\":\"%s\"}", model, dir, empty);
+    expect_error(line, "invalid", "calib: text '");
+    expect_error(line, "invalid", "is empty");
+    /* 2000 bytes of story: a few hundred tokens, far from 32 windows of 128. */
+    snprintf(tiny, sizeof tiny, "%s/tiny-calib.txt", dir);
+    snprintf(cmd, sizeof cmd, "head -c 2000 '%s' > '%s'", calib, tiny);
+    SV_ASSERT_EQ(system(cmd), 0);
+    snprintf(line, sizeof line, "{\"id\":5,\"op\":\"submit\",\"model\":\"%s\",\"out\":\"%s/pre-o\",\"ratio\":0.5,"
+             "\"calib\":\"%s\",\"nsamples\":32,\"seqlen\":128}", model, dir, tiny);
+    expect_error(line, "invalid", "fewer than the 32 calibration windows (nsamples)");
+    /* An evaluation text shorter than one window. */
+    snprintf(path, sizeof path, "%s/tinier.txt", dir);
+    write_file(path, "Once upon a time there was a cat.\n");
+    snprintf(line, sizeof line, "{\"id\":5,\"op\":\"submit\",\"model\":\"%s\",\"out\":\"%s/pre-o\",\"ratio\":0.5,"
+             "\"calib\":\"%s\",\"eval_text\":\"%s\",\"eval_seqlen\":64}", model, dir, calib, path);
+    expect_error(line, "invalid", "eval_text: ");
+    expect_error(line, "invalid", "fewer than the 1 evaluation window needed");
+    snprintf(line, sizeof line, "{\"id\":5,\"op\":\"submit\",\"model\":\"%s\",\"out\":\"%s/pre-o\",\"ratio\":0.5,"
+             "\"calib\":\"%s\",\"eval_text\":\"%s\"}", model, dir, calib, empty);
+    expect_error(line, "invalid", "is empty");
+    /* A truncated safetensors file: the model's config is fine, its last
+     * tensors are cut off. */
+    snprintf(trunc, sizeof trunc, "%s/trunc-model", dir);
+    snprintf(path, sizeof path, "%s/model.safetensors", trunc);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && cp -r '%s' '%s' && truncate -s -4096 '%s'", trunc, model, trunc, path);
+    SV_ASSERT_EQ(system(cmd), 0);
+    snprintf(line, sizeof line, "{\"id\":5,\"op\":\"submit\",\"model\":\"%s\",\"out\":\"%s/pre-o\",\"ratio\":0.5,"
+             "\"calib\":\"%s\"}", trunc, dir, calib);
+    expect_error(line, "bad_model", "model: ");
+    expect_error(line, "bad_model", "tensor '");
+    /* A wrong dtype in a header is named too: I64 (8 bytes) where F32 was,
+     * so the tensor's byte range no longer fits its shape. */
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && cp -r '%s' '%s'", trunc, model, trunc);
+    SV_ASSERT_EQ(system(cmd), 0);
+    FILE *f = fopen(path, "r+b");
+    char hdr[256] = "";
+    SV_CHECK(f && fread(hdr, 1, sizeof hdr - 1, f) == sizeof hdr - 1);
+    char *dt = strstr(hdr + 8, "\"dtype\":\"F32\"");
+    SV_CHECK(dt != NULL);
+    if (f && dt) {
+        fseek(f, (long)(dt - hdr) + 9, SEEK_SET);
+        fwrite("I64", 1, 3, f);
+    }
+    if (f)
+        fclose(f);
+    expect_error(line, "bad_model", "tensor '");
+    /* A ratio that leaves k_proj (32 x 64) no rank: at most 1 - 96/2048. */
+    expect_error(submit_line(model, "pre-o", "\"ratio\":0.97"), "invalid", "ratio: ratio 0.97 leaves self_attn.");
+    expect_error(submit_line(model, "pre-o", "\"ratio\":0.97,\"ranks\":\"auto\""), "invalid", "ratio: ratio 0.97 leaves the");
+    expect_error(submit_line(model, "pre-o", "\"ratio\":0.6,\"layers\":1"), "invalid", "ratio");
+    SV_ASSERT_EQ(db_count_jobs(), rows);   /* not one row for any of them */
+    SV_CHECK(!path_exists(dir, "pre-o"));
+}
+
+/* ---- A second real user -------------------------------------------------------- */
+
+#define PEER_USER "svdllm-t2"
+#define PEER_GROUP "svdllm-t2g"
+
+static uid_t peer_uid;
+static gid_t peer_gid;
+static char peer_name[64];
+static gid_t peer_group = (gid_t)-1;   /* a supplementary group of the peer, or -1 */
+
+/* A dedicated unprivileged user with one supplementary group, created if
+ * absent (kept for later runs); nobody if that is impossible. */
+static void peer_setup(void) {
+    (void)!system("getent group " PEER_GROUP " >/dev/null || groupadd --system " PEER_GROUP " >/dev/null 2>&1; "
+                  "getent passwd " PEER_USER " >/dev/null || useradd --system --no-create-home --user-group "
+                  "--shell /usr/sbin/nologin --groups " PEER_GROUP " " PEER_USER " >/dev/null 2>&1");
+    struct passwd *pw = getpwnam(PEER_USER);
+    if (!pw)
+        pw = getpwnam("nobody");
+    if (!pw) {
+        peer_uid = 65534;
+        peer_gid = 65534;
+        snprintf(peer_name, sizeof peer_name, "nobody");
+        return;
+    }
+    peer_uid = pw->pw_uid;
+    peer_gid = pw->pw_gid;
+    snprintf(peer_name, sizeof peer_name, "%s", pw->pw_name);
+    struct group *g = getgrnam(PEER_GROUP);
+    for (char **m = g ? g->gr_mem : NULL; m && *m; m++)
+        if (strcmp(*m, peer_name) == 0)
+            peer_group = g->gr_gid;
+}
+
+/* Connects to sock_path as the peer: a child takes the peer's uid, gid and
+ * groups, connects (SO_PEERCRED records them then) and hands the socket back
+ * over SCM_RIGHTS. */
+static int conn_open_peer(struct conn *c) {
+    int sp[2];
+    if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sp) < 0)
+        return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(sp[0]);
+        if (initgroups(peer_name, peer_gid) < 0 || setgid(peer_gid) < 0 || setuid(peer_uid) < 0)
+            _exit(126);
+        int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        snprintf(sa.sun_path, sizeof sa.sun_path, "%.107s", sock_path);
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+            _exit(125);
+        char cbuf[CMSG_SPACE(sizeof(int))] = {0}, b = 'x';
+        struct iovec iov = {&b, 1};
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+        _exit(sendmsg(sp[1], &mh, 0) == 1 ? 0 : 124);
+    }
+    close(sp[1]);
+    char cbuf[CMSG_SPACE(sizeof(int))] = {0}, b;
+    struct iovec iov = {&b, 1};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+    ssize_t k = recvmsg(sp[0], &mh, 0);
+    close(sp[0]);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    struct cmsghdr *cm = k == 1 ? CMSG_FIRSTHDR(&mh) : NULL;
+    if (!cm || cm->cmsg_type != SCM_RIGHTS) {
+        fprintf(stderr, "connect as uid %u failed (child status %d)\n", (unsigned)peer_uid, st);
+        return -1;
+    }
+    memcpy(&c->fd, CMSG_DATA(cm), sizeof c->fd);
+    struct timeval tv = {60, 0};
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    proto_buf_init(&c->b, PROTO_MAX_MSG + 1);
+    return 0;
+}
+
+/* Sends line as the peer (or as root: as_peer false); returns the reply. */
+static json_t *request_by(bool as_peer, const char *line) {
+    struct conn c;
+    if ((as_peer ? conn_open_peer(&c) : conn_open(&c)) < 0)
+        return NULL;
+    json_t *m = request(&c, line);
+    conn_close(&c);
+    return m;
+}
+
+static void expect_by_line(int lineno, bool as_peer, const char *line, const char *code, const char *needle) {
+    json_t *m = request_by(as_peer, line);
+    if (!m || !err_code(m) || strcmp(err_code(m), code) != 0 || !err_msg(m) || !strstr(err_msg(m), needle)) {
+        char *s = m ? json_dumps(m, 0) : NULL;
+        fprintf(stderr, "test_daemon.c:%d: as %s: want %s containing '%s', got %s\n", lineno,
+                as_peer ? peer_name : "root", code, needle, s ? s : "nothing");
+        free(s);
+        sv_test_failures++;
+    }
+    sv_test_checks++;
+    json_decref(m);
+}
+#define expect_peer(line, code, needle) expect_by_line(__LINE__, true, line, code, needle)
+#define expect_root(line, code, needle) expect_by_line(__LINE__, false, line, code, needle)
+
+/* Job id submitted by line (as the peer or root), or -1 printing the reply. */
+static long long submit_by(bool as_peer, const char *line) {
+    json_t *m = request_by(as_peer, line);
+    long long id = -1;
+    if (m && json_is_true(json_object_get(m, "ok")))
+        id = json_integer_value(json_object_get(json_object_get(m, "job"), "id"));
+    else {
+        char *s = m ? json_dumps(m, 0) : NULL;
+        fprintf(stderr, "submit as %s failed: %s\n", as_peer ? peer_name : "root", s ? s : "no reply");
+        free(s);
+    }
+    json_decref(m);
+    return id;
+}
+
+static char *peer_line(const char *model_dir, const char *out, const char *calib_path, const char *extra) {
+    static char buf[8192];
+    snprintf(buf, sizeof buf, "{\"id\":9,\"op\":\"submit\",\"model\":\"%.1000s\",\"out\":\"%.1000s\",\"calib\":\"%.1000s\","
+             "\"ratio\":0.5,\"nsamples\":4,\"seqlen\":32%s%s}", model_dir, out, calib_path, *extra ? "," : "", extra);
+    return buf;
+}
+
+/* Every entry below path (and path) owned by uid:gid. */
+static bool tree_owned_by(const char *path, uid_t uid, gid_t gid) {
+    struct stat st;
+    if (lstat(path, &st) < 0 || st.st_uid != uid || st.st_gid != gid) {
+        fprintf(stderr, "%s: owned by %u:%u, want %u:%u\n", path, (unsigned)st.st_uid, (unsigned)st.st_gid,
+                (unsigned)uid, (unsigned)gid);
+        return false;
+    }
+    DIR *d = S_ISDIR(st.st_mode) ? opendir(path) : NULL;
+    struct dirent *e;
+    bool ok = true;
+    while (d && ok && (e = readdir(d))) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        char sub[1200];
+        snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+        ok = tree_owned_by(sub, uid, gid);
+    }
+    if (d)
+        closedir(d);
+    return ok;
+}
+
+/* The daemon's threads by their filesystem uid (/proc/PID/task/TID/status,
+ * "Uid: real effective saved fs"): how many have fs uid `uid`, how many
+ * another one; in *groups the Groups line of the thread with uid. */
+static void thread_fsuids(pid_t pid, uid_t uid, int *n_uid, int *n_other, char *groups, size_t n_groups) {
+    char path[128];
+    *n_uid = *n_other = 0;
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char sp[300], l[512], g[512] = "";
+        snprintf(sp, sizeof sp, "/proc/%d/task/%s/status", (int)pid, e->d_name);
+        FILE *f = fopen(sp, "r");
+        long fs = -1;
+        while (f && fgets(l, sizeof l, f)) {
+            long a, b, c2, d2;
+            if (sscanf(l, "Uid: %ld %ld %ld %ld", &a, &b, &c2, &d2) == 4)
+                fs = d2;
+            if (strncmp(l, "Groups:", 7) == 0)
+                snprintf(g, sizeof g, "%s", l + 7);
+        }
+        if (f)
+            fclose(f);
+        if (fs == (long)uid) {
+            (*n_uid)++;
+            snprintf(groups, n_groups, "%s", g);
+        } else if (fs >= 0) {
+            (*n_other)++;
+        }
+    }
+    if (d)
+        closedir(d);
+}
+
+/* The daemon (root) acts with the submitter's rights: a second real user
+ * cannot make it read, write or replace what that user could not, and its
+ * output belongs to it. A daemon of its own, whose socket the peer may use
+ * (mode 0666) and whose state directory lies in a directory the peer may
+ * write, so that only the daemon's rules stand between the peer and it. */
+static void test_peer_rights(void) {
+    if (geteuid() != 0) {
+        printf("test_daemon: peer rights skipped: not running as root (cannot create or become a second user)\n");
+        return;
+    }
+    peer_setup();
+    printf("test_daemon: peer rights as %s (uid %u, gid %u, supplementary group %d)\n", peer_name,
+           (unsigned)peer_uid, (unsigned)peer_gid, (int)peer_group);
+    char saved_sock[sizeof sock_path], saved_state[sizeof state_dir];
+    memcpy(saved_sock, sock_path, sizeof sock_path);
+    memcpy(saved_state, state_dir, sizeof state_dir);
+    pid_t main_daemon = daemon_pid;
+    char peer[400], shared[420], pub[420], pcalib[460], secret_dir[420], secret[460], grp[420], gcalib[460];
+    char mine[420], cfg[420], cmd[16384], out[600], line[8192], uidtxt[32];
+    snprintf(uidtxt, sizeof uidtxt, "uid %u", (unsigned)peer_uid);
+    snprintf(peer, sizeof peer, "%s/peer", dir);
+    snprintf(shared, sizeof shared, "%s/shared", peer);       /* 0777: anyone may create and rename here */
+    snprintf(pub, sizeof pub, "%s/pubmodel", peer);
+    snprintf(pcalib, sizeof pcalib, "%s/calib.txt", peer);
+    snprintf(secret_dir, sizeof secret_dir, "%s/rootonly", peer);   /* 0700 root */
+    snprintf(secret, sizeof secret, "%s/calib.txt", secret_dir);
+    snprintf(grp, sizeof grp, "%s/groupdir", peer);          /* 0750 root:PEER_GROUP */
+    snprintf(gcalib, sizeof gcalib, "%s/calib.txt", grp);
+    snprintf(mine, sizeof mine, "%s/mine", peer);            /* the peer's own */
+    snprintf(cfg, sizeof cfg, "%s/peer.conf", peer);
+    snprintf(cmd, sizeof cmd,
+             "mkdir -p '%s' '%s' '%s' '%s' '%s' && chmod 0755 '%s' && chmod 0777 '%s' && chmod 0700 '%s' && "
+             "chmod 0750 '%s' && cp -r '%s' '%s' && head -c 60000 '%s' > '%s' && cp '%s' '%s' && cp '%s' '%s' && "
+             "chmod -R a+rX '%s' '%s' && chmod 0640 '%s' && chown %u:%u '%s'",
+             peer, shared, secret_dir, grp, mine, peer, shared, secret_dir, grp, model, pub, calib, pcalib, pcalib,
+             secret, pcalib, gcalib, pub, pcalib, gcalib, (unsigned)peer_uid, (unsigned)peer_gid, mine);
+    SV_ASSERT_EQ(system(cmd), 0);
+    if (peer_group != (gid_t)-1)
+        SV_CHECK(chown(grp, 0, peer_group) == 0 && chown(gcalib, 0, peer_group) == 0);
+    SV_CHECK(chmod(dir, 0711) == 0);
+    write_file(cfg, "socket_mode = 0666\nthreads = 1\n");
+    snprintf(sock_path, sizeof sock_path, "%.250s/s.sock", peer);
+    snprintf(state_dir, sizeof state_dir, "%.250s/state", shared);
+    if (start_daemon(NULL, cfg) < 0) {
+        SV_CHECK(!"daemon start for the peer tests");
+        stop_daemon(SIGKILL);
+        goto out;
+    }
+    long long rows = db_count_jobs();
+
+    /* It cannot make the daemon read what it cannot read itself (root can:
+     * the check is made with the peer's rights, not by access(2)). */
+    expect_peer(peer_line(pub, "/tmp/none", secret, ""), "bad_path", secret);
+    expect_peer(peer_line(pub, "/tmp/none", secret, ""), "bad_path", uidtxt);
+    snprintf(out, sizeof out, "%s/o-root", mine);
+    snprintf(line, sizeof line, "{\"id\":6,\"op\":\"eval\",\"model\":\"%s\",\"text\":\"%s\",\"seqlen\":32,"
+             "\"max_windows\":1}", pub, secret);
+    expect_peer(line, "bad_path", uidtxt);
+    /* ... nor a model it cannot enter. */
+    snprintf(cmd, sizeof cmd, "cp -r '%s' '%s/m'", pub, secret_dir);
+    SV_ASSERT_EQ(system(cmd), 0);
+    snprintf(line, sizeof line, "%s/m", secret_dir);
+    expect_peer(peer_line(line, out, pcalib, ""), "bad_path", uidtxt);
+    /* A model file it may not read, in a directory it may: named at submit. */
+    snprintf(cmd, sizeof cmd, "cp -r '%s' '%s/m2' && chmod 0600 '%s/m2/model.safetensors'", pub, peer, peer);
+    SV_ASSERT_EQ(system(cmd), 0);
+    snprintf(line, sizeof line, "%s/m2", peer);
+    expect_peer(peer_line(line, out, pcalib, ""), "bad_path", "model.safetensors': cannot open: Permission denied");
+    expect_peer(peer_line(line, out, pcalib, ""), "bad_path", uidtxt);
+    /* It cannot put its output under root's 0700 directory, nor in peer/. */
+    snprintf(out, sizeof out, "%s/o", secret_dir);
+    expect_peer(peer_line(pub, out, pcalib, ""), "bad_path", uidtxt);
+    snprintf(out, sizeof out, "%s/o", peer);
+    expect_peer(peer_line(pub, out, pcalib, ""), "bad_path", "not writable by uid");
+
+    /* overwrite: not a root-owned svdllm output, not any other directory. */
+    char rootout[500], plain[500], mineplain[500], cj[600];
+    snprintf(rootout, sizeof rootout, "%s/root-out", shared);
+    snprintf(cj, sizeof cj, "%s/compression.json", rootout);
+    mkdir(rootout, 0755);
+    write_file(cj, "{}\n");
+    expect_peer(peer_line(pub, rootout, pcalib, "\"overwrite\":true"), "forbidden", "is an svdllm output of uid 0");
+    expect_peer(peer_line(pub, rootout, pcalib, "\"overwrite\":true"), "forbidden", uidtxt);
+    snprintf(plain, sizeof plain, "%s/plain", shared);
+    mkdir(plain, 0777);
+    expect_peer(peer_line(pub, plain, pcalib, "\"overwrite\":true"), "bad_path", "not an svdllm output");
+    snprintf(mineplain, sizeof mineplain, "%s/plain", mine);
+    mkdir(mineplain, 0755);
+    SV_CHECK(chown(mineplain, peer_uid, peer_gid) == 0);
+    expect_peer(peer_line(pub, mineplain, pcalib, "\"overwrite\":true"), "bad_path", "not an svdllm output");
+    expect_root(peer_line(pub, plain, pcalib, "\"overwrite\":true"), "bad_path", "not an svdllm output");
+    SV_CHECK(path_exists(rootout, "compression.json"));
+
+    /* The state directory, its parent, a work directory: never an output. */
+    expect_peer(peer_line(pub, state_dir, pcalib, "\"overwrite\":true"), "bad_path",
+                "is or lies inside svdllmd's state directory");
+    expect_root(peer_line(pub, state_dir, pcalib, "\"overwrite\":true"), "bad_path",
+                "is or lies inside svdllmd's state directory");
+    expect_root(peer_line(pub, shared, pcalib, "\"overwrite\":true"), "bad_path", "contains svdllmd's state directory");
+    snprintf(out, sizeof out, "%s/jobs/new", state_dir);
+    expect_root(peer_line(pub, out, pcalib, ""), "bad_path", "lies inside svdllmd's state directory");
+    expect_peer(peer_line(pub, out, pcalib, ""), "bad_path", uidtxt);
+    /* ... nor the model directory or one holding it. */
+    expect_root(peer_line(pub, pub, pcalib, "\"overwrite\":true"), "bad_path", "the model directory");
+    SV_ASSERT_EQ(db_count_jobs(), rows);
+
+    /* An eval of the peer runs on the eval thread with the peer's rights and
+     * groups, and only there: the loop, ctl and job threads (and the compute
+     * threads) keep root's. Seen in /proc while it runs. */
+    char evpath[500];
+    snprintf(evpath, sizeof evpath, "%s/eval.txt", peer);
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s' && chmod 0644 '%s'", calib, evpath, evpath);
+    SV_ASSERT_EQ(system(cmd), 0);
+    {
+        char req[2048], groups[512] = "";
+        snprintf(req, sizeof req, "{\"id\":8,\"op\":\"eval\",\"model\":\"%s\",\"text\":\"%s\",\"seqlen\":128,"
+                 "\"max_windows\":400}", pub, evpath);
+        struct conn c;
+        int seen_uid = 0, seen_other = 0, n_uid = 0, n_other = 0;
+        if (conn_open_peer(&c) == 0) {
+            send_raw(&c, req, strlen(req));
+            send_raw(&c, "\n", 1);
+            double t0 = mono_now();
+            while (!seen_uid && mono_now() - t0 < 20) {
+                thread_fsuids(daemon_pid, peer_uid, &n_uid, &n_other, groups, sizeof groups);
+                if (n_uid) {
+                    seen_uid = n_uid;
+                    seen_other = n_other;
+                }
+                struct pollfd pf = {c.fd, POLLIN, 0};
+                if (!n_uid && poll(&pf, 1, 2) == 1)
+                    break;   /* replied before we looked */
+            }
+            json_t *m = recv_msg(&c);
+            SV_CHECK(m && json_is_true(json_object_get(m, "ok")));
+            json_decref(m);
+            conn_close(&c);
+        }
+        SV_ASSERT_EQ(seen_uid, 1);
+        SV_CHECK(seen_other >= 3);
+        if (peer_group != (gid_t)-1) {
+            char g[32];
+            snprintf(g, sizeof g, "%u", (unsigned)peer_group);
+            SV_ASSERT_STR_CONTAINS(groups, g);
+        }
+        thread_fsuids(daemon_pid, peer_uid, &n_uid, &n_other, groups, sizeof groups);
+        SV_ASSERT_EQ(n_uid, 0);   /* back to root's once done */
+    }
+
+    /* A job of the peer, its calibration text readable through its
+     * supplementary group only: the output is the peer's. */
+    snprintf(out, sizeof out, "%s/o-own", mine);
+    long long id = submit_by(true, peer_line(pub, out, peer_group != (gid_t)-1 ? gcalib : pcalib, ""));
+    SV_CHECK(id > 0);
+    int n_events = 0;
+    if (id > 0) {
+        const char *st = watch_end(id, &n_events);
+        SV_CHECK(strcmp(st, "done") == 0);
+        if (strcmp(st, "done") != 0) {
+            json_t *j = job_status(id);
+            char *s = j ? json_dumps(j, 0) : NULL;
+            fprintf(stderr, "peer job %lld ended %s: %s\n", id, st, s ? s : "?");
+            free(s);
+            json_decref(j);
+        }
+        SV_CHECK(tree_owned_by(out, peer_uid, peer_gid));
+        SV_CHECK(path_exists(out, "compression.json") && path_exists(out, "model.safetensors"));
+        /* Its own output it may replace; root's it still may not. */
+        long long again = submit_by(true, peer_line(pub, out, pcalib, "\"overwrite\":true,\"seed\":3"));
+        SV_CHECK(again > 0);
+        if (again > 0)
+            SV_CHECK(strcmp(watch_end(again, &n_events), "done") == 0);
+        SV_CHECK(tree_owned_by(out, peer_uid, peer_gid));
+    }
+
+    /* The rules again at publish: a plain directory that appears at OUT
+     * while the job runs is not replaced, overwrite or not. (The job's two
+     * evaluations give the test time to put it there.) */
+    snprintf(out, sizeof out, "%s/o-late", mine);
+    char extra[700];
+    snprintf(extra, sizeof extra, "\"overwrite\":true,\"eval_text\":\"%s/eval.txt\",\"eval_max_windows\":600", peer);
+    long long late = submit_by(true, peer_line(pub, out, pcalib, extra));
+    SV_CHECK(late > 0);
+    bool running = false;
+    for (int i = 0; i < 2000 && late > 0 && !running; i++) {
+        json_t *j = job_status(late);
+        const char *st = json_string_value(json_object_get(j, "state"));
+        running = st && strcmp(st, "running") == 0;
+        bool ended = st && strcmp(st, "queued") != 0 && !running;
+        json_decref(j);
+        if (ended)
+            break;
+        if (!running)
+            usleep(5000);
+    }
+    SV_CHECK(running);
+    SV_CHECK(mkdir(out, 0755) == 0);
+    snprintf(cj, sizeof cj, "%.580s/keep.txt", out);
+    write_file(cj, "not an svdllm output\n");
+    if (late > 0) {
+        SV_CHECK(strcmp(watch_end(late, &n_events), "failed") == 0);
+        json_t *j = job_status(late);
+        const char *why = json_string_value(json_object_get(j, "error"));
+        SV_CHECK(why && strstr(why, "is not an svdllm output"));
+        if (!why || !strstr(why, "is not an svdllm output"))
+            fprintf(stderr, "job %lld: error %s\n", late, why ? why : "(none)");
+        json_decref(j);
+    }
+    SV_CHECK(path_exists(out, "keep.txt") && !path_exists(out, "model.safetensors"));
+    SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
+
+    /* One job per output path while it lives: the first job holds still
+     * after its first layer, so it is certainly alive at the second submit. */
+    daemon_fault = "stall-after-commit:0";
+    if (start_daemon(NULL, cfg) < 0) {
+        SV_CHECK(!"daemon start (stall-after-commit:0)");
+        stop_daemon(SIGKILL);
+        daemon_fault = NULL;
+        goto out;
+    }
+    daemon_fault = NULL;
+    snprintf(out, sizeof out, "%s/o-twice", mine);
+    long long first = submit_by(true, peer_line(pub, out, pcalib, ""));
+    SV_CHECK(first > 0);
+    char want[64];
+    snprintf(want, sizeof want, "is the output of job %lld (", first);
+    rows = db_count_jobs();
+    expect_peer(peer_line(pub, out, pcalib, ""), "exists", want);
+    expect_peer(peer_line(pub, out, pcalib, "\"overwrite\":true,\"seed\":5"), "exists", want);
+    expect_root(peer_line(pub, out, pcalib, "\"overwrite\":true"), "exists", want);
+    SV_ASSERT_EQ(db_count_jobs(), rows);
+    snprintf(line, sizeof line, "{\"id\":3,\"op\":\"cancel\",\"job\":%lld}", first);
+    json_t *m = request_by(false, line);
+    SV_CHECK(m && json_is_true(json_object_get(m, "ok")));
+    json_decref(m);
+    SV_CHECK(strcmp(watch_end(first, &n_events), "cancelled") == 0);
+    /* Ended: the path is free again. */
+    long long second = submit_by(true, peer_line(pub, out, pcalib, ""));
+    SV_CHECK(second > 0);
+    snprintf(line, sizeof line, "{\"id\":3,\"op\":\"cancel\",\"job\":%lld}", second);
+    json_decref(request_by(false, line));
+    SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
+out:
+    daemon_pid = main_daemon;
+    chmod(dir, 0700);
+    memcpy(sock_path, saved_sock, sizeof sock_path);
+    memcpy(state_dir, saved_state, sizeof state_dir);
+}
+
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: test_daemon SVDLLMD SVDLLMCTL\n");
@@ -2744,6 +3259,7 @@ int main(int argc, char **argv) {
     check_ping();
     test_framing_errors();
     test_submit_errors();
+    test_submit_prechecks();
     test_unreadable_as_nobody();
     test_client_limit();
     long long done_id = -1, knobs_id = -1;
@@ -2807,6 +3323,7 @@ int main(int argc, char **argv) {
     test_visibility();
     test_full_state_disk();
     test_resume_after_full_output();
+    test_peer_rights();
     test_not_running();
     int rc = sv_test_result("test_daemon");
     if (rc == 0) {

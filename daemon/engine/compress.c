@@ -211,10 +211,16 @@ done:
     return r;
 }
 
+/* Removes path and, if it is a directory, what it holds. A symlink is
+ * removed, never followed (it may point anywhere). */
 static int remove_tree(const char *path) {
-    DIR *d = opendir(path);
-    if (!d)
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
         return unlink(path) < 0 && errno != ENOENT ? -errno : 0;
+    }
     struct dirent *e;
     char sub[PATH_MAX];
     while ((e = readdir(d))) {
@@ -408,6 +414,27 @@ struct job {
 
 static int cancelled(const struct job *j) { return j->h && j->h->should_cancel && j->h->should_cancel(j->h->ctx); }
 
+/* The submitter's credentials around an access to their files (see
+ * compress_hooks.user_fs): enter, access, leave, nothing else between. */
+static int user_enter(const struct job *j, struct sv_err *err) {
+    return j->h && j->h->user_fs ? j->h->user_fs(j->h->ctx, 1, err) : 0;
+}
+
+/* Back to the daemon's credentials; returns r, or the leave's own error
+ * when r is 0. */
+static int user_leave(const struct job *j, int r, struct sv_err *err) {
+    if (!j->h || !j->h->user_fs)
+        return r;
+    struct sv_err e = {0};
+    int l = j->h->user_fs(j->h->ctx, 0, &e);
+    if (l < 0 && r == 0) {
+        if (err)
+            *err = e;
+        return l;
+    }
+    return r;
+}
+
 /* ---- progress: a fixed cost model ------------------------------------------
  *
  * fraction = (work done) / (work of the whole job), both in one unit: a
@@ -594,9 +621,14 @@ static int make_hidden0(struct job *j, char hex[65], struct sv_err *err) {
     int32_t *ids = NULL;
     size_t n = 0, *win = NULL;
     float *x = NULL;
-    int r = corpus_load(j->p->calib_path, j->p->model_dir, j->c->vocab, &ids, &n, err);
+    int r = user_enter(j, err);
     if (r < 0)
         return r;
+    r = corpus_load(j->p->calib_path, j->p->model_dir, j->c->vocab, &ids, &n, err);
+    if ((r = user_leave(j, r, err)) < 0) {
+        free(ids);
+        return r;
+    }
     win = malloc((size_t)j->n_samples * sizeof *win);
     x = malloc((size_t)j->T * j->c->hidden * sizeof *x);
     if (!win || !x) {
@@ -2059,7 +2091,7 @@ static int write_model(struct job *j, const char *dir, uint64_t *params_after, s
     struct st_model **layers = calloc((size_t)j->c->n_layers, sizeof *layers);
     struct st_writer *w = NULL;
     char path[PATH_MAX + 64], name[ST_MAX_NAME + 32];
-    int r = 0;
+    int r = 0, entered = 0;
     float *buf = NULL, *buf2 = NULL;
     if (!layers)
         return sv_err_set(err, -ENOMEM, "output: out of memory");
@@ -2069,6 +2101,10 @@ static int write_model(struct job *j, const char *dir, uint64_t *params_after, s
     }
     if (r < 0)
         goto out;
+    /* The checkpoints are mapped (daemon's files); the rest writes OUT.tmp. */
+    if ((r = user_enter(j, err)) < 0)
+        goto out;
+    entered = 1;
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     if ((r = st_writer_new(&w, path, err)) < 0 || (r = st_writer_meta(w, "format", "pt", err)) < 0)
         goto out;
@@ -2179,6 +2215,8 @@ static int write_model(struct job *j, const char *dir, uint64_t *params_after, s
     w = NULL;
 out:
     st_writer_free(w);
+    if (entered)
+        r = user_leave(j, r, err);
     free(buf);
     free(buf2);
     for (int l = 0; l < j->c->n_layers; l++)
@@ -2269,59 +2307,89 @@ static int write_report(struct job *j, const char *dir, const char *key, const s
     snprintf(path, sizeof path, "%s/compression.json", dir);
     size_t n = strlen(text);
     text[n] = '\n';
-    r = write_file_atomic(dir, path, text, n + 1, err);
+    if ((r = user_enter(j, err)) == 0)
+        r = user_leave(j, write_file_atomic(dir, path, text, n + 1, err), err);
     free(text);
     return r;
 }
 
-/* Builds the output in tmp (OUT.tmp): config, model, tokenizer files. */
+/* Files of the model directory copied into the output when present. */
+static const char *const model_extra_files[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                                "generation_config.json", "tokenizer.model"};
+#define N_MODEL_EXTRA_FILES (sizeof model_extra_files / sizeof model_extra_files[0])
+
+/* Builds the output in tmp (OUT.tmp): config, model, tokenizer files. All
+ * of it with the submitter's rights, except reading the checkpoints
+ * (write_model switches around them). */
 static int assemble(struct job *j, const char *tmp, struct compress_result *res, struct sv_err *err) {
     char path[PATH_MAX * 2], src[PATH_MAX * 2];
+    int r = user_enter(j, err);
+    if (r < 0)
+        return r;
     remove_tree(tmp);
     if (mkdir(tmp, 0755) < 0)
-        return sv_err_set(err, -errno, "output '%s': %s", tmp, strerror(errno));
-    int r = write_config(j, tmp, err);
+        r = sv_err_set(err, -errno, "output '%s': %s", tmp, strerror(errno));
     if (r == 0)
-        r = write_model(j, tmp, &res->params_after, err);
-    static const char *const extra[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                                        "generation_config.json", "tokenizer.model"};
-    for (size_t i = 0; i < sizeof extra / sizeof extra[0] && r == 0; i++) {
-        snprintf(src, sizeof src, "%s/%s", j->p->model_dir, extra[i]);
-        snprintf(path, sizeof path, "%s/%s", tmp, extra[i]);
+        r = write_config(j, tmp, err);
+    if ((r = user_leave(j, r, err)) < 0)
+        return r;
+    if ((r = write_model(j, tmp, &res->params_after, err)) < 0)
+        return r;
+    if ((r = user_enter(j, err)) < 0)
+        return r;
+    for (size_t i = 0; i < N_MODEL_EXTRA_FILES && r == 0; i++) {
+        snprintf(src, sizeof src, "%s/%s", j->p->model_dir, model_extra_files[i]);
+        snprintf(path, sizeof path, "%s/%s", tmp, model_extra_files[i]);
         if (access(src, F_OK) == 0)
             r = copy_file(src, path, err);
     }
-    if (r < 0)
-        return r;
-    snprintf(path, sizeof path, "%s/model.safetensors", tmp);
-    res->bytes_after = file_size(path);
-    for (size_t i = 0; i < st_shard_count(j->m->st); i++)
-        res->bytes_before += file_size(st_shard_path(j->m->st, i));
-    return 0;
+    if (r == 0) {
+        snprintf(path, sizeof path, "%s/model.safetensors", tmp);
+        res->bytes_after = file_size(path);
+        for (size_t i = 0; i < st_shard_count(j->m->st); i++)
+            res->bytes_before += file_size(st_shard_path(j->m->st, i));
+    }
+    return user_leave(j, r, err);
 }
 
 /* Renames tmp over OUT. An existing OUT is replaced only with overwrite, or
  * when it is this job's own earlier output (same job key in its report: the
- * daemon died after publishing but before recording the job as done). */
+ * daemon died after publishing but before recording the job as done). The
+ * daemon's output rules (hooks->output_check) are checked again first: what
+ * is at OUT now may not be what was there at submit. */
 static int publish(struct job *j, const char *tmp, const char *key, struct sv_err *err) {
     char parent[PATH_MAX];
     int r;
-    if ((r = fsync_dir(tmp, err)) < 0)
+    if (j->h && j->h->output_check && (r = j->h->output_check(j->h->ctx, j->p->out_dir, err)) < 0)
         return r;
-    if (access(j->p->out_dir, F_OK) == 0) {
-        if (!j->p->overwrite && !own_output(j->p->out_dir, key))
-            return sv_err_set(err, -EEXIST, "output directory '%s' appeared while the job ran", j->p->out_dir);
+    if ((r = user_enter(j, err)) < 0)
+        return r;
+    if ((r = fsync_dir(tmp, err)) < 0)
+        goto out;
+    struct stat sb;
+    if (lstat(j->p->out_dir, &sb) == 0) {
+        if (!j->p->overwrite && !own_output(j->p->out_dir, key)) {
+            r = sv_err_set(err, -EEXIST, "output directory '%s' appeared while the job ran (submit with overwrite "
+                           "to replace it)", j->p->out_dir);
+            goto out;
+        }
         char old[PATH_MAX + 16];
         snprintf(old, sizeof old, "%s.old", j->p->out_dir);
         remove_tree(old);
-        if (rename(j->p->out_dir, old) < 0)
-            return sv_err_set(err, -errno, "output '%s': %s", j->p->out_dir, strerror(errno));
+        if (rename(j->p->out_dir, old) < 0) {
+            r = sv_err_set(err, -errno, "output '%s': %s", j->p->out_dir, strerror(errno));
+            goto out;
+        }
         remove_tree(old);
     }
-    if (rename(tmp, j->p->out_dir) < 0)
-        return sv_err_set(err, -errno, "output '%s': %s", j->p->out_dir, strerror(errno));
+    if (rename(tmp, j->p->out_dir) < 0) {
+        r = sv_err_set(err, -errno, "output '%s': %s", j->p->out_dir, strerror(errno));
+        goto out;
+    }
     parent_dir(j->p->out_dir, parent, sizeof parent);
-    return fsync_dir(parent, err);
+    r = fsync_dir(parent, err);
+out:
+    return user_leave(j, r, err);
 }
 
 static int eval_cancel(void *ctx) { return cancelled(ctx); }
@@ -2335,6 +2403,136 @@ static void layer_scratch_free(struct stats *st, struct layer_w *lw, struct lowr
         free(pruned[m]);
         pruned[m] = NULL;
     }
+}
+
+/* ---- submit-time checks ----------------------------------------------------- */
+
+/* The rank rule of p on config c gives every factored matrix rank >= 1 (and
+ * method lorap keeps >= 1 MLP channel), before any clamping: a ratio that
+ * needs rank 0 cannot be honoured. */
+static int precheck_ranks(const struct compress_params *p, const struct config *c, struct sv_err *err) {
+    enum compress_ranks rule = p->ranks != RANKS_DEFAULT ? p->ranks
+                               : p->method == METHOD_LORAP ? RANKS_LORAP
+                               : p->layers                 ? RANKS_LAST_N
+                                                           : RANKS_UNIFORM;
+    const int L = c->n_layers;
+    if (rule == RANKS_AUTO) { /* every matrix starts at rank 1 out of its sub-layer's budget */
+        double budget[2] = {0, 0}, need[2] = {0, 0};
+        for (int q = 0; q < PROJ_COUNT; q++) {
+            int d_out, d_in;
+            config_proj_shape(c, q, &d_out, &d_in);
+            budget[sublayer(q)] += (double)L * (1 - p->ratio) * d_out * d_in;
+            need[sublayer(q)] += (double)L * (d_out + d_in);
+        }
+        for (int q = 0; q < 2; q++)
+            if (budget[q] < need[q])
+                return sv_err_set(err, -EINVAL,
+                                  "ratio %g leaves the %s %.0f parameters, fewer than the %.0f of rank 1 for each of "
+                                  "its matrices",
+                                  p->ratio, q ? "MLP" : "attention", budget[q], need[q]);
+        return 0;
+    }
+    double ratio = rule == RANKS_LAST_N ? p->ratio * L / p->layers : p->ratio;
+    for (int q = 0; q < PROJ_COUNT; q++) {
+        if (p->method == METHOD_LORAP && q >= PROJ_GATE)
+            continue; /* pruned, checked below */
+        if (rule == RANKS_LORAP && q <= PROJ_O)
+            continue; /* the split, checked below */
+        int d_out, d_in;
+        config_proj_shape(c, q, &d_out, &d_in);
+        double k = floor((double)d_out * d_in * (1.0 - ratio) / ((double)d_out + d_in) + 1e-9);
+        if (k < 1)
+            return sv_err_set(err, -EINVAL,
+                              "ratio %g leaves %s (%d x %d) rank %.0f; every matrix keeps rank 1 up to ratio %.4g%s",
+                              p->ratio, config_proj_name(q), d_out, d_in, k,
+                              (1.0 - ((double)d_out + d_in) / ((double)d_out * d_in)) *
+                                  (rule == RANKS_LAST_N ? (double)p->layers / L : 1.0),
+                              rule == RANKS_LAST_N ? " (last-n: ratio * layers / n_layers)" : "");
+    }
+    if (rule == RANKS_LORAP) { /* as plan_lorap_attn */
+        int dout[4], din[4];
+        double total = 0;
+        for (int q = 0; q <= PROJ_O; q++) {
+            config_proj_shape(c, q, &dout[q], &din[q]);
+            total += (double)dout[q] * din[q];
+        }
+        double split = p->attn_split > 0 ? p->attn_split : 3.0, keep = (1 - p->ratio) * total;
+        double k_qk = floor(keep / (1 + split) / (dout[0] + din[0] + dout[1] + din[1]));
+        double k_vo = floor(keep * split / (1 + split) / (dout[2] + din[2] + dout[3] + din[3]));
+        if (k_qk < 1 || k_vo < 1)
+            return sv_err_set(err, -EINVAL, "ratio %g with attn_split %g leaves %s rank %.0f", p->ratio, split,
+                              k_qk < 1 ? "q_proj/k_proj" : "v_proj/o_proj", k_qk < 1 ? k_qk : k_vo);
+    }
+    if (p->method == METHOD_LORAP && floor(c->intermediate * (1 - p->ratio) + 0.5) < 1)
+        return sv_err_set(err, -EINVAL, "ratio %g prunes every one of the %d MLP channels", p->ratio, c->intermediate);
+    return 0;
+}
+
+/* A text's token count against the windows it must hold. */
+static int precheck_text(const char *path, const struct compress_params *p, const struct config *c, int seqlen,
+                         int windows, const char *what, compress_readable_fn readable, void *ctx, struct sv_err *err) {
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int r = readable ? readable(ctx, path, err) : 0;
+    if (r < 0)
+        return r;
+    size_t plen = strlen(path);
+    if (readable && !(plen > 4 && strcmp(path + plen - 4, ".i32") == 0)) {
+        char tpath[PATH_MAX + 32];
+        snprintf(tpath, sizeof tpath, "%s/tokenizer.json", p->model_dir);
+        if ((r = readable(ctx, tpath, err)) < 0)
+            return r;
+    }
+    if ((r = corpus_load(path, p->model_dir, c->vocab, &ids, &n, err)) < 0)
+        return r;
+    free(ids);
+    if (n / (size_t)seqlen < (size_t)windows)
+        return sv_err_set(err, -EINVAL, "'%s' holds %zu tokens: %zu window(s) of %d, fewer than the %d %s", path, n,
+                          n / (size_t)seqlen, seqlen, windows, what);
+    return 0;
+}
+
+int compress_precheck(const struct compress_params *p, compress_readable_fn readable, void *ctx,
+                      enum compress_check *ret_what, struct sv_err *err) {
+    char path[PATH_MAX + 64];
+    struct model *m = NULL;
+    int r = 0;
+    *ret_what = COMPRESS_CHECK_MODEL;
+    snprintf(path, sizeof path, "%s/config.json", p->model_dir);
+    if (readable && (r = readable(ctx, path, err)) < 0)
+        return r;
+    if ((r = model_open(&m, p->model_dir, err)) < 0)
+        return r;
+    const struct config *c = &m->cfg;
+    for (size_t i = 0; readable && i < st_shard_count(m->st) && r == 0; i++)
+        r = readable(ctx, st_shard_path(m->st, i), err);
+    for (int l = 0; l < c->n_layers && r == 0; l++)
+        for (int q = 0; q < PROJ_COUNT && r == 0; q++)
+            if (c->rank[l][q])
+                r = sv_err_set(err, -ENOTSUP, "model '%s' is already low-rank; compress the original model",
+                               p->model_dir);
+    for (size_t i = 0; readable && i < N_MODEL_EXTRA_FILES && r == 0; i++) {
+        snprintf(path, sizeof path, "%s/%s", p->model_dir, model_extra_files[i]);
+        if (access(path, F_OK) == 0 || errno != ENOENT)
+            r = readable(ctx, path, err);
+    }
+    if (r < 0)
+        goto out;
+    *ret_what = COMPRESS_CHECK_RATIO;
+    if ((r = precheck_ranks(p, c, err)) < 0)
+        goto out;
+    *ret_what = COMPRESS_CHECK_CALIB;
+    if (p->method != METHOD_SVD &&
+        (r = precheck_text(p->calib_path, p, c, p->seqlen, p->nsamples, "calibration windows (nsamples)", readable,
+                           ctx, err)) < 0)
+        goto out;
+    *ret_what = COMPRESS_CHECK_EVAL;
+    if (p->eval_path[0])
+        r = precheck_text(p->eval_path, p, c, p->eval_seqlen ? p->eval_seqlen : p->seqlen, 1,
+                          "evaluation window needed", readable, ctx, err);
+out:
+    model_free(m);
+    return r;
 }
 
 int compress_run(const struct compress_params *p, const struct compress_hooks *h, struct compress_result *ret,
@@ -2352,9 +2550,13 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
     struct mat_report rep[PROJ_COUNT];
     float *pruned[3] = {NULL, NULL, NULL};
     memset(lres, 0, sizeof lres);
-    if ((r = compress_job_key(p, key, err)) < 0)
+    /* The inputs and the output's parent, with the submitter's rights. */
+    if ((r = user_enter(&j, err)) < 0)
         return r;
-    if ((r = compress_params_check(p, err)) < 0 && !(r == -EEXIST && own_output(p->out_dir, key)))
+    if ((r = compress_job_key(p, key, err)) == 0 && (r = compress_params_check(p, err)) == -EEXIST &&
+        own_output(p->out_dir, key))
+        r = 0;
+    if ((r = user_leave(&j, r, err)) < 0)
         return r;
     snprintf(path, sizeof path, "%s/KEY", p->work_dir);
     FILE *kf = fopen(path, "r");
@@ -2375,8 +2577,11 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
         if ((r = write_file_atomic(p->work_dir, path, line, 65, err)) < 0)
             return r;
     }
-    if ((r = model_open(&j.m, p->model_dir, err)) < 0)
+    if ((r = user_enter(&j, err)) < 0)
         return r;
+    r = model_open(&j.m, p->model_dir, err); /* mapped: later reads need no access check */
+    if ((r = user_leave(&j, r, err)) < 0)
+        goto out;
     j.c = &j.m->cfg;
     const struct config *c = j.c;
     for (int l = 0; l < c->n_layers; l++) /* factored inputs are not supported: recompress the original */
@@ -2438,7 +2643,10 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
         progress(&j, l0, "eval", 0);
         struct ppl_result pr;
         double t_e = mono_now();
-        if ((r = ppl_eval(p->model_dir, p->eval_path, eval_L, (size_t)p->eval_max_windows, eval_cancel, &j, &pr, err)) < 0)
+        if ((r = user_enter(&j, err)) < 0)
+            goto out;
+        r = ppl_eval(p->model_dir, p->eval_path, eval_L, (size_t)p->eval_max_windows, eval_cancel, &j, &pr, err);
+        if ((r = user_leave(&j, r, err)) < 0)
             goto out;
         j.t.eval += mono_now() - t_e;
         res.ppl_before = pr.ppl;
@@ -2558,7 +2766,10 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
         progress(&j, c->n_layers, "eval", 0);
         struct ppl_result pr;
         double t_e = mono_now();
-        if ((r = ppl_eval(tmp, p->eval_path, eval_L, (size_t)p->eval_max_windows, eval_cancel, &j, &pr, err)) < 0)
+        if ((r = user_enter(&j, err)) < 0)
+            goto out;
+        r = ppl_eval(tmp, p->eval_path, eval_L, (size_t)p->eval_max_windows, eval_cancel, &j, &pr, err);
+        if ((r = user_leave(&j, r, err)) < 0)
             goto out;
         j.t.eval += mono_now() - t_e;
         res.ppl_after = pr.ppl;

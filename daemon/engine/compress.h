@@ -104,6 +104,18 @@ struct compress_hooks {
     /* Non-zero: stop at the next safe point with -ECANCELED. */
     int (*should_cancel)(void *ctx);
     void (*progress)(void *ctx, const struct compress_progress *p);
+    /* Called with enter = 1 just before and enter = 0 just after each
+     * access to the submitter's files: the model's config, safetensors and
+     * tokenizer files, the calibration and evaluation texts, OUT.tmp and OUT
+     * (create, write, rename, remove). Never around the work directory or
+     * the other hooks. The daemon switches the thread to the submitter's
+     * credentials. A failed enter stops the job with its error before the
+     * access; a failed leave is returned as the job's error. May be NULL. */
+    int (*user_fs)(void *ctx, int enter, struct sv_err *err);
+    /* Called (outside user_fs) just before OUT is created or replaced: the
+     * daemon's rules for outputs (state directory, model, ownership of what
+     * would be replaced). Non-zero stops the job with that error. May be NULL. */
+    int (*output_check)(void *ctx, const char *out_dir, struct sv_err *err);
 };
 
 struct compress_result {
@@ -134,6 +146,24 @@ double compress_fraction_resumed(const struct compress_cost_in *c, int n_layers,
 
 /* Checks params without touching the model (ratio range, sizes, paths readable). */
 int compress_params_check(const struct compress_params *p, struct sv_err *err);
+/* Which input compress_precheck() found at fault. */
+enum compress_check { COMPRESS_CHECK_MODEL = 1, COMPRESS_CHECK_CALIB, COMPRESS_CHECK_EVAL, COMPRESS_CHECK_RATIO };
+/* Called with every file compress_precheck() is about to read (absolute
+ * path); non-zero refuses it with that error. */
+typedef int (*compress_readable_fn)(void *ctx, const char *path, struct sv_err *err);
+/* The checks that need the inputs' contents, for a submit that
+ * compress_params_check() accepted; nothing is written. In order: the model
+ * (config.json, every safetensors header and every tensor the forward pass
+ * needs, with shape and dtype: model_open(); not already low-rank; its
+ * tokenizer and other files the output copies readable); the rank rule
+ * leaves every matrix a rank >= 1 (method lorap: >= 1 MLP channel); the
+ * calibration text (methods other than svd) is non-empty, tokenizes and
+ * holds at least nsamples windows of seqlen; the evaluation text at least
+ * one window of eval_seqlen. Reads the files with the caller's credentials;
+ * readable (may be NULL) vets each path first. On failure *ret_what names
+ * the input at fault and err says why, naming the file or tensor. */
+int compress_precheck(const struct compress_params *p, compress_readable_fn readable, void *ctx,
+                      enum compress_check *ret_what, struct sv_err *err);
 /* Hex sha256 over every input that shapes the output: model files, method,
  * ratio, calibration file, nsamples, seqlen, seed, window rule, dense. */
 int compress_job_key(const struct compress_params *p, char key[65], struct sv_err *err);
