@@ -23,14 +23,20 @@
  *   3. Resume: rows tell which layers are done; the engine re-checks each
  *      file's size and sha256 before trusting it. A layer without a row is
  *      redone from scratch, which is idempotent (same inputs, same bytes), so
- *      a crash between 2's rename and its COMMIT costs only time.
+ *      a crash between 2's rename and its COMMIT costs only time. A row whose
+ *      file is missing or altered is dropped with every later one
+ *      (store_layers_drop) and those layers are redone.
  *   4. The job key (compress_job_key(): a hash of every input that shapes the
  *      output) is stored at submit and recomputed before every (re)start; a
  *      different key fails the job rather than mixing checkpoints of two
  *      different inputs.
  *   5. Final states are written in one UPDATE after the engine returned;
- *      a job interrupted while running (crash, SIGKILL, SIGTERM) stays
- *      'running' and store_recover() requeues it at the next start.
+ *      a job interrupted while running (crash, SIGKILL, SIGTERM), or whose
+ *      final UPDATE failed (a full disk), stays 'running' and
+ *      store_recover() requeues it at the next start. 'failed' is not
+ *      retried at a start; store_job_resume() requeues it on request, with
+ *      its rows (the runner empties a done or cancelled job's directory
+ *      only after its final state committed).
  *
  * Schema migrations: see schema/store.sql. */
 #include "store.h"
