@@ -749,10 +749,26 @@ static void do_eval(struct runner *r, struct runner_task *t) {
     post(r, ev);
 }
 
+/* Starts this worker's OpenMP team now, with the daemon's credentials. A
+ * new thread inherits its creator's credentials, and libgomp keeps a
+ * team's threads for the next region: a team first started inside a
+ * credential switch (an eval, a job's evaluation) would keep the
+ * submitter's rights for the daemon's life. They only compute, but no
+ * thread should hold a submitter's credentials outside its switch. */
+static void compute_team_start(void) {
+    int n = forward_threads_get();
+    atomic_int started = 0;   /* an empty region is compiled away */
+#pragma omp parallel num_threads(n)
+    atomic_fetch_add(&started, 1);
+    if (atomic_load(&started) != n)
+        log_msg(LOG_NOTICE, "compute team: %d of %d threads started", atomic_load(&started), n);
+}
+
 static void *eval_main(void *arg) {
     struct runner *r = arg;
     struct runner_task *t;
     forward_threads_set(forward_threads_get());   /* see job_main */
+    compute_team_start();
     while ((t = queue_take(r, &r->eval))) {
         do_eval(r, t);
         queue_done(&r->eval);
@@ -1130,6 +1146,7 @@ static void *job_main(void *arg) {
     /* main() chose the count; OpenMP's default for this thread is its own
      * setting (a new pthread does not inherit it), so adopt the same one. */
     forward_threads_set(forward_threads_get());
+    compute_team_start();
     struct sv_err serr = {0};
     if (store_job_list(r->job_store, sweep_one, r, &serr) < 0)
         log_msg(LOG_WARNING, "work directory sweep: %s", serr.msg);
