@@ -1987,14 +1987,15 @@ out:
 
 /* ---- output -------------------------------------------------------------- */
 
-static int is_factored_name(const struct job *j, const char *name, int *ret_l, int *ret_p) {
+/* 1 if NAME is "model.layers.L.<proj><suffix>" for a layer of the job's model. */
+static int is_proj_tensor(const struct job *j, const char *name, const char *suffix, int *ret_l, int *ret_p) {
     int l, n = 0;
     if (sscanf(name, "model.layers.%d.%n", &l, &n) != 1 || n == 0 || l < 0 || l >= j->c->n_layers)
         return 0;
     for (int p = 0; p < PROJ_COUNT; p++) {
         const char *pn = config_proj_name(p);
         size_t pl = strlen(pn);
-        if (strncmp(name + n, pn, pl) == 0 && strcmp(name + n + pl, ".weight") == 0) {
+        if (strncmp(name + n, pn, pl) == 0 && strcmp(name + n + pl, suffix) == 0) {
             *ret_l = l;
             *ret_p = p;
             return 1;
@@ -2003,21 +2004,13 @@ static int is_factored_name(const struct job *j, const char *name, int *ret_l, i
     return 0;
 }
 
+static int is_factored_name(const struct job *j, const char *name, int *ret_l, int *ret_p) {
+    return is_proj_tensor(j, name, ".weight", ret_l, ret_p);
+}
+
 /* 1 if NAME is the bias of a projection ("model.layers.L.<proj>.bias"). */
 static int is_bias_name(const struct job *j, const char *name, int *ret_l, int *ret_p) {
-    int l, n = 0;
-    if (sscanf(name, "model.layers.%d.%n", &l, &n) != 1 || n == 0 || l < 0 || l >= j->c->n_layers)
-        return 0;
-    for (int p = 0; p < PROJ_COUNT; p++) {
-        const char *pn = config_proj_name(p);
-        size_t pl = strlen(pn);
-        if (strncmp(name + n, pn, pl) == 0 && strcmp(name + n + pl, ".bias") == 0) {
-            *ret_l = l;
-            *ret_p = p;
-            return 1;
-        }
-    }
-    return 0;
+    return is_proj_tensor(j, name, ".bias", ret_l, ret_p);
 }
 
 static int write_config(const struct job *j, const char *dir, struct sv_err *err) {
