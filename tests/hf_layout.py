@@ -5,7 +5,9 @@ the set of tensor names must be exactly the expected one and every shape must
 match, so `LlamaForCausalLM.from_pretrained(dir)` (or any loader that follows
 the LLaMA config) can load it. With a "low_rank" section, the listed modules
 must instead be torch.nn.Sequential(Linear(in, k), Linear(k, out)) pairs
-`<module>.0.weight` (k, in) and `<module>.1.weight` (out, k).
+`<module>.0.weight` (k, in) and `<module>.1.weight` (out, k), and the config
+must carry svdllm's own model_type/architectures (svdllm_llama,
+SvdLlmForCausalLM) with the LLaMA ones in low_rank.base_*.
 
     hf_layout.py DIR [--dense]      exit 0 if the layout matches, 1 if not
     --dense: also require a plain LLaMA config (no low_rank section)
@@ -69,7 +71,15 @@ def main():
         raise SystemExit(__doc__)
     root = sys.argv[1]
     cfg = json.load(open(os.path.join(root, "config.json")))
-    if cfg.get("model_type") != "llama" or "LlamaForCausalLM" not in cfg.get("architectures", []):
+    if "low_rank" in cfg:
+        # Factored: marked so that loaders expecting dense matrices refuse it,
+        # the original type kept in low_rank.
+        lr = cfg["low_rank"]
+        if cfg.get("model_type") != "svdllm_llama" or cfg.get("architectures") != ["SvdLlmForCausalLM"]:
+            raise SystemExit("a factored output's config.json must say svdllm_llama / SvdLlmForCausalLM")
+        if lr.get("base_model_type") != "llama" or "LlamaForCausalLM" not in lr.get("base_architectures", []):
+            raise SystemExit("low_rank does not name the base LlamaForCausalLM")
+    elif cfg.get("model_type") != "llama" or "LlamaForCausalLM" not in cfg.get("architectures", []):
         raise SystemExit("config.json is not a LlamaForCausalLM config")
     if "--dense" in sys.argv and "low_rank" in cfg:
         raise SystemExit("config.json has a low_rank section; a plain LLaMA config was expected")

@@ -89,6 +89,31 @@ static void check_rope(const char *scaling, const char *type, double factor, dou
     config_free(&c);
 }
 
+/* A factored svdllm output's own model_type and architecture (compress.c
+ * writes them so other loaders refuse it): loaded as the base type with its
+ * ranks, refused without the low_rank section they stand for, and the
+ * architecture alone does not pass for a plain model. */
+static void test_factored_marks(void) {
+    const char *lr = "\"low_rank\": {\"ranks\": {\"model.layers.1.mlp.up_proj\": 7}, "
+                     "\"base_model_type\": \"qwen2\", \"base_architectures\": [\"Qwen2ForCausalLM\"]}";
+    char json[1024];
+    snprintf(json, sizeof json, "{\"model_type\": \"svdllm_qwen2\", \"architectures\": [\"SvdLlmForCausalLM\"], "
+             "\"hidden_size\": 64, \"intermediate_size\": 172, \"num_hidden_layers\": 2, "
+             "\"num_attention_heads\": 8, \"vocab_size\": 512, %s}", lr);
+    struct config c;
+    struct sv_err err = {0};
+    SV_ASSERT_EQ(load_text(json, &c, &err), 0);
+    SV_CHECK(c.bias[PROJ_Q] && !c.qk_norm);   /* Qwen2's math, from the base type */
+    SV_ASSERT_EQ(c.rank[1][PROJ_UP], 7);
+    config_free(&c);
+    expect_fail("{\"model_type\": \"svdllm_llama\", \"architectures\": [\"SvdLlmForCausalLM\"], \"hidden_size\": 64, "
+                "\"intermediate_size\": 172, \"num_hidden_layers\": 2, \"num_attention_heads\": 8, \"vocab_size\": 512}",
+                -EINVAL, "marks an svdllm factored output, but there is no 'low_rank' section");
+    expect_fail("{" BASE ", \"architectures\": [\"SvdLlmForCausalLM\"]}", -ENOTSUP, "architecture 'SvdLlmForCausalLM'");
+    expect_fail("{\"model_type\": \"svdllm_gpt2\", \"low_rank\": {\"ranks\": {}}, \"hidden_size\": 64}", -ENOTSUP,
+                "model_type 'gpt2'");
+}
+
 int main(void) {
     strcpy(dir, "/tmp/svdllm-test-config-XXXXXX");
     SV_CHECK(mkdtemp(dir) != NULL);
@@ -169,6 +194,8 @@ int main(void) {
     struct config c2;
     SV_ASSERT_EQ(config_load(&c2, "/nonexistent/config.json", &err), -EINVAL);
     SV_ASSERT_STR_CONTAINS(err.msg, "/nonexistent/config.json");
+
+    test_factored_marks();
 
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

@@ -534,13 +534,18 @@ out:
     return r;
 }
 
+#ifndef SV_VERSION
+#define SV_VERSION "unknown"
+#endif
+
 static void usage(FILE *f) {
     fprintf(f, "usage: svdllm-genmodel --out DIR --hidden D --layers N --heads H [--kv-heads K] --ffn F --vocab V\n"
                "                       [--dtype bf16|f16|f32] [--seed S] [--max-pos P] [--spectrum-decay A]\n"
                "                       [--family llama|qwen2|qwen3] [--head-dim N] [--tie-embeddings]\n"
                "  --family qwen2: q/k/v biases; qwen3: q_norm/k_norm; both: Qwen's config.json fields\n"
                "  --head-dim N: head size apart from hidden / heads (even); --tie-embeddings: no lm_head.weight\n"
-               "  --spectrum-decay A: decoder linears get singular values proportional to (i+1)^-A, A in (0, 8]\n");
+               "  --spectrum-decay A: decoder linears get singular values proportional to (i+1)^-A, A in (0, 8]\n"
+               "       svdllm-genmodel --help | --version\n");
 }
 
 int main(int argc, char **argv) {
@@ -553,7 +558,8 @@ int main(int argc, char **argv) {
         {"spectrum-decay", required_argument, 0, 'a'},
         {"family", required_argument, 0, 'F'},    {"head-dim", required_argument, 0, 'D'},
         {"tie-embeddings", no_argument, 0, 'T'},
-        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
+        {"help", no_argument, 0, 'h'},         {"version", no_argument, 0, 'V'},
+        {0, 0, 0, 0},
     };
     /* Limits match what config.c accepts. */
     static const struct {
@@ -619,6 +625,7 @@ int main(int argc, char **argv) {
             break;
         case 'T': o.tie = 1; break;
         case 'h': usage(stdout); return 0;
+        case 'V': printf("svdllm-genmodel %s\n", SV_VERSION); return 0;
         case '?': usage(stderr); return 2;
         default:
             for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++)

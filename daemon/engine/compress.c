@@ -2013,6 +2013,26 @@ static int is_bias_name(const struct job *j, const char *name, int *ret_l, int *
     return is_proj_tensor(j, name, ".bias", ret_l, ret_p);
 }
 
+/* A factored output is not a dense checkpoint: a loader that took it for
+ * one (transformers' LlamaForCausalLM would find no <module>.weight,
+ * initialise those layers at random and only warn) would compute garbage.
+ * So its config names a model type and architecture of its own, which
+ * AutoConfig, llama.cpp's converter and vLLM refuse by name, and keeps the
+ * original ones in low_rank (base_model_type, base_architectures) for
+ * config_load(), which reads "svdllm_<type>" as <type> with factor pairs
+ * (the names are config.h's CONFIG_FACTORED_*). --dense outputs are plain
+ * checkpoints and keep the original names. */
+static void mark_factored_config(json_t *root, json_t *low_rank) {
+    const char *mt = json_string_value(json_object_get(root, "model_type"));
+    char type[96];
+    snprintf(type, sizeof type, CONFIG_FACTORED_PREFIX "%s", mt ? mt : "llama");
+    json_object_set(low_rank, "base_model_type", json_object_get(root, "model_type"));
+    json_t *arch = json_object_get(root, "architectures");
+    json_object_set_new(low_rank, "base_architectures", arch ? json_deep_copy(arch) : json_array());
+    json_object_set_new(root, "model_type", json_string(type));
+    json_object_set_new(root, "architectures", json_pack("[s]", CONFIG_FACTORED_ARCH));
+}
+
 static int write_config(const struct job *j, const char *dir, struct sv_err *err) {
     char src[PATH_MAX + 32], dst[PATH_MAX + 32];
     snprintf(src, sizeof src, "%s/config.json", j->p->model_dir);
@@ -2036,14 +2056,15 @@ static int write_config(const struct job *j, const char *dir, struct sv_err *err
                 if (j->rank[l][p])
                     json_object_set_new(ranks, name, json_integer(j->rank[l][p]));
             }
-        json_object_set_new(root, "low_rank",
-                            json_pack("{s:s, s:f, s:s, s:s, s:o}", "method", compress_method_name(j->p->method), "ratio",
-                                      j->p->ratio, "allocation", compress_ranks_name(j->ranks), "format",
-                                      "<module>.0.weight (rank, in) then <module>.1.weight (out, rank), and "
-                                      "<module>.1.bias (out) for a module with a bias: "
-                                      "torch.nn.Sequential(Linear(in, rank, bias=False), Linear(rank, out, "
-                                      "bias=<module has a bias>))",
-                                      "ranks", ranks));
+        json_t *lr = json_pack("{s:s, s:f, s:s, s:s, s:o}", "method", compress_method_name(j->p->method), "ratio",
+                               j->p->ratio, "allocation", compress_ranks_name(j->ranks), "format",
+                               "<module>.0.weight (rank, in) then <module>.1.weight (out, rank), and "
+                               "<module>.1.bias (out) for a module with a bias: "
+                               "torch.nn.Sequential(Linear(in, rank, bias=False), Linear(rank, out, "
+                               "bias=<module has a bias>))",
+                               "ranks", ranks);
+        json_object_set_new(root, "low_rank", lr);
+        mark_factored_config(root, lr);
     }
     char *text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
     json_decref(root);

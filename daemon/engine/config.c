@@ -211,6 +211,18 @@ int config_load(struct config *ret, const char *path, struct sv_err *err) {
         r = sv_err_set(err, -EINVAL, "config '%s': field 'model_type' is missing", path);
         goto out;
     }
+    /* Our factored outputs: "svdllm_<type>" with architecture
+     * SvdLlmForCausalLM, so that other loaders refuse them (compress.c);
+     * here the base type, with the low_rank section that makes them so. */
+    const bool factored = strncmp(mt, CONFIG_FACTORED_PREFIX, strlen(CONFIG_FACTORED_PREFIX)) == 0;
+    if (factored) {
+        if (!json_is_object(json_object_get(root, "low_rank"))) {
+            r = sv_err_set(err, -EINVAL, "config '%s': model_type '%s' marks an svdllm factored output, but there is "
+                           "no 'low_rank' section", path, mt);
+            goto out;
+        }
+        mt += strlen(CONFIG_FACTORED_PREFIX);
+    }
     const int qwen2 = strcmp(mt, "qwen2") == 0, qwen3 = strcmp(mt, "qwen3") == 0;
     if (strcmp(mt, "llama") != 0 && strcmp(mt, "mistral") != 0 && !qwen2 && !qwen3) {
         r = sv_err_set(err, -ENOTSUP,
@@ -224,7 +236,8 @@ int config_load(struct config *ret, const char *path, struct sv_err *err) {
         json_array_foreach(arch, i, a) {
             const char *s = json_string_value(a);
             if (!s || (strcmp(s, "LlamaForCausalLM") != 0 && strcmp(s, "MistralForCausalLM") != 0 &&
-                       strcmp(s, "Qwen2ForCausalLM") != 0 && strcmp(s, "Qwen3ForCausalLM") != 0)) {
+                       strcmp(s, "Qwen2ForCausalLM") != 0 && strcmp(s, "Qwen3ForCausalLM") != 0 &&
+                       !(factored && strcmp(s, CONFIG_FACTORED_ARCH) == 0))) {
                 r = sv_err_set(err, -ENOTSUP, "config '%s': architecture '%s' is not supported", path,
                                s ? s : "(not a string)");
                 goto out;

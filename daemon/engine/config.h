@@ -59,6 +59,13 @@ struct config {
     int (*rank)[PROJ_COUNT];   /* n_layers rows, owned */
 };
 
+/* A factored svdllm output's config.json: model_type "svdllm_<type>" (type
+ * one of the supported ones), architectures ["SvdLlmForCausalLM"], and a
+ * low_rank section, which the prefix requires; the original names are in
+ * low_rank.base_model_type and base_architectures. Loaded as <type>. */
+#define CONFIG_FACTORED_PREFIX "svdllm_"
+#define CONFIG_FACTORED_ARCH "SvdLlmForCausalLM"
+
 /* Loads PATH (a config.json). On failure nothing is allocated. */
 int config_load(struct config *ret, const char *path, struct sv_err *err);
 void config_free(struct config *c);

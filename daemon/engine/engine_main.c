@@ -13,7 +13,7 @@
  * --threads goes to forward_threads_set(), as svdllmd's does: 0 or absent
  * means the CPUs this process may run on (its affinity mask).
  *
- * Exits 0 on success; on failure prints one line "svdllm-engine: <reason>" to
+ * --version prints "svdllm-engine VERSION". Exits 0 on success; on failure prints one line "svdllm-engine: <reason>" to
  * stderr and exits 1 (2 for usage errors). */
 #include <errno.h>
 #include <getopt.h>
@@ -27,9 +27,14 @@
 #include "ppl.h"
 #include "tok.h"
 
+#ifndef SV_VERSION
+#define SV_VERSION "unknown"
+#endif
+
 static void usage(FILE *f) {
     fprintf(f, "usage: svdllm-engine eval --model DIR --text FILE --seqlen L [--max-windows N] [--threads N] [--json]\n");
     fprintf(f, "       svdllm-engine tokenize (--tokenizer FILE | --model DIR) [--text FILE] [--no-bos] [--json]\n");
+    fprintf(f, "       svdllm-engine --help | --version\n");
 }
 
 static int cmd_eval(int argc, char **argv) {
@@ -258,6 +263,10 @@ int main(int argc, char **argv) {
         return cmd_tokenize(argc - 1, argv + 1);
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         usage(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("svdllm-engine %s\n", SV_VERSION);
         return 0;
     }
     fprintf(stderr, "svdllm-engine: unknown command '%s' (try --help)\n", argv[1]);
