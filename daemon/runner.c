@@ -18,8 +18,9 @@
  *  - Faults end in a defined state: a failed store write is retried once; a
  *    job whose final state cannot be recorded is still posted final to the
  *    loop (every watch ends) and left 'running' in SQLite for the next
- *    start; a failed job keeps its work directory for `resume`, a done or
- *    cancelled one has it emptied.
+ *    start; a failed or cancelled job keeps its work directory for `resume`,
+ *    a done one has it emptied unless it keeps its checkpoints
+ *    (--keep-checkpoints); `rm` removes a final job's directory and rows.
  *  - resume_mu orders a resume's reply before the resumed job's 'running'
  *    event (the loop moves a record back from final to queued only on that
  *    reply).
@@ -537,6 +538,7 @@ static void do_submit(struct runner *r, struct runner_task *t) {
     struct compress_params *p = &j->params;
     j->owner_uid = t->uid;
     j->owner_gid = t->gid;
+    j->keep_checkpoints = t->keep_checkpoints;
     j->created_at = (int64_t)time(NULL);
     p->work_dir[0] = '\0';
     if (store_job_insert(r->ctl_store, j, r->jobs_dir, &err) < 0) {
@@ -609,10 +611,37 @@ static void do_cancel(struct runner *r, struct runner_task *t) {
     post_reply(r, t, PROTO_NOT_FOUND, "no such job", NULL);
 }
 
-/* failed -> queued. The job thread is not running it (checked under
- * job_mu: a job leaves 'failed' only here, so it cannot start meanwhile);
- * a 'running' row it does not run is one whose final state could not be
- * recorded, and is resumed too. */
+/* A resume continues from checkpoints computed from the inputs named by
+ * j's key: refused (PROTO_INVALID, naming what changed) when the model or
+ * calibration files, read with the owner's rights, now give another key.
+ * The job thread checks it again before it runs the job. */
+static int resume_key_check(const struct store_job *j, struct proto_error *e) {
+    struct cred cred;
+    struct sv_err err = {0};
+    char key[65];
+    if (cred_lookup(&cred, j->owner_uid, j->owner_gid, &err) < 0)
+        return proto_error_set(e, PROTO_FORBIDDEN, "job %lld: cannot act for its owner: %.400s", (long long)j->id,
+                               err.msg);
+    int rc = cred_enter(&cred, &err);
+    if (rc == 0) {
+        rc = compress_job_key(&j->params, key, &err);
+        leave_or_die(&cred);
+    }
+    cred_free(&cred);
+    if (rc < 0)
+        return proto_error_set(e, PROTO_INVALID, "job %lld cannot be resumed: its inputs changed since it was "
+                               "submitted: %.360s; submit a new job", (long long)j->id, err.msg);
+    if (strcmp(key, j->key) != 0)
+        return proto_error_set(e, PROTO_INVALID, "job %lld cannot be resumed: its inputs changed since it was "
+                               "submitted (job key %.16s..., the model and calibration files now give %.16s...); "
+                               "submit a new job", (long long)j->id, j->key, key);
+    return 0;
+}
+
+/* failed or cancelled -> queued. The job thread is not running it (checked
+ * under job_mu: a job leaves 'failed' and 'cancelled' only here, so it
+ * cannot start meanwhile); a 'running' row it does not run is one whose
+ * final state could not be recorded, and is resumed too. */
 static void do_resume(struct runner *r, struct runner_task *t) {
     struct sv_err err = {0};
     pthread_mutex_lock(&r->job_mu);
@@ -627,6 +656,15 @@ static void do_resume(struct runner *r, struct runner_task *t) {
     struct store_job *j = malloc(sizeof *j);
     if (!j) {
         post_reply(r, t, PROTO_INTERNAL, "out of memory", NULL);
+        return;
+    }
+    struct proto_error e = {0};
+    if (store_job_get(r->ctl_store, t->job_id, j, &err) == 0 &&
+        (j->state == JOB_FAILED || j->state == JOB_CANCELLED || j->state == JOB_RUNNING) &&
+        resume_key_check(j, &e) < 0) {
+        log_msg(LOG_NOTICE, "resume job %lld (uid %u): %s", (long long)t->job_id, (unsigned)t->uid, e.msg);
+        post_reply(r, t, e.code, e.msg, NULL);
+        free(j);
         return;
     }
     pthread_mutex_lock(&r->resume_mu);
@@ -656,13 +694,87 @@ static void do_resume(struct runner *r, struct runner_task *t) {
         }
     } else if (store_job_get(r->ctl_store, t->job_id, j, &err) == 0) {
         char msg[128];
-        snprintf(msg, sizeof msg, "job %lld is %s; only a failed job can be resumed", (long long)t->job_id,
-                 store_state_name(j->state));
+        snprintf(msg, sizeof msg, "job %lld is %s; only a failed or cancelled job can be resumed",
+                 (long long)t->job_id, store_state_name(j->state));
         post_reply(r, t, PROTO_BAD_STATE, msg, NULL);
     } else {
         post_reply(r, t, PROTO_NOT_FOUND, "no such job", NULL);
     }
     free(j);
+}
+
+static int work_dir_clear(const struct runner *r, const char *dir, uint64_t *freed, struct sv_err *err);
+
+/* rm: a final job's work directory (its contents, then the directory),
+ * then its rows. The loop checked the owner and the state it knows; both
+ * are checked again here against the database. A job the job thread is
+ * still ending is refused; queued and running ones are not final. */
+static void do_rm(struct runner *r, struct runner_task *t) {
+    struct sv_err err = {0};
+    char msg[SV_ERR_MSG_MAX];
+    pthread_mutex_lock(&r->job_mu);
+    bool running = r->cur_job == t->job_id;
+    pthread_mutex_unlock(&r->job_mu);
+    struct store_job *j = malloc(sizeof *j);
+    if (!j) {
+        post_reply(r, t, PROTO_INTERNAL, "out of memory", NULL);
+        return;
+    }
+    int g = store_job_get(r->ctl_store, t->job_id, j, &err);
+    if (g == -ENOENT) {
+        free(j);
+        post_reply(r, t, PROTO_NOT_FOUND, "no such job", NULL);
+        return;
+    }
+    if (g < 0) {
+        log_msg(LOG_ERR, "rm job %lld: %s", (long long)t->job_id, err.msg);
+        free(j);
+        post_reply(r, t, PROTO_INTERNAL, err.msg, NULL);
+        return;
+    }
+    if (t->uid != 0 && t->uid != j->owner_uid) {
+        snprintf(msg, sizeof msg, "job %lld belongs to uid %u; only it or root may remove it", (long long)j->id,
+                 (unsigned)j->owner_uid);
+        free(j);
+        post_reply(r, t, PROTO_FORBIDDEN, msg, NULL);
+        return;
+    }
+    if (running || !store_state_final(j->state)) {
+        snprintf(msg, sizeof msg, "job %lld is %s%s; only a done, failed or cancelled job can be removed (cancel it "
+                 "first)", (long long)j->id, store_state_name(j->state), running ? " (or just ending: try again)" : "");
+        free(j);
+        post_reply(r, t, PROTO_BAD_STATE, msg, NULL);
+        return;
+    }
+    uint64_t freed = 0;
+    int rc = j->params.work_dir[0] ? work_dir_clear(r, j->params.work_dir, &freed, &err) : 0;
+    if (rc == 0 && j->params.work_dir[0] && rmdir(j->params.work_dir) < 0 && errno != ENOENT)
+        rc = sv_err_set(&err, -errno, "cannot remove %s: %s", j->params.work_dir, strerror(errno));
+    if (rc == 0 && (rc = store_job_delete(r->ctl_store, j->id, &err)) == 0) {
+        rc = -EAGAIN;   /* not final any more: cannot happen while only this thread resumes */
+        snprintf(err.msg, sizeof err.msg, "job %lld changed state while being removed", (long long)j->id);
+    }
+    if (rc < 0) {
+        log_msg(LOG_ERR, "rm job %lld: %s", (long long)j->id, err.msg);
+        free(j);
+        post_reply(r, t, rc == -EAGAIN ? PROTO_BAD_STATE : PROTO_INTERNAL, err.msg, NULL);
+        return;
+    }
+    log_msg(LOG_INFO, "job %lld: removed by uid %u (work directory %s, %llu bytes; output %s kept)", (long long)j->id,
+            (unsigned)t->uid, j->params.work_dir, (unsigned long long)freed, j->params.out_dir);
+    struct runner_event *ev = event_new(RUNNER_EV_REPLY);
+    if (!ev) {
+        free(j);
+        post(r, NULL);
+        return;
+    }
+    ev->task = t->type;
+    ev->client_id = t->client_id;
+    ev->req_id = t->req_id;
+    ev->code = PROTO_OK;
+    ev->job = j;
+    ev->freed_bytes = freed;
+    post(r, ev);
 }
 
 static void *ctl_main(void *arg) {
@@ -673,6 +785,8 @@ static void *ctl_main(void *arg) {
             do_submit(r, t);
         else if (t->type == RUNNER_TASK_RESUME)
             do_resume(r, t);
+        else if (t->type == RUNNER_TASK_RM)
+            do_rm(r, t);
         else
             do_cancel(r, t);
         queue_done(&r->ctl);
@@ -961,10 +1075,11 @@ static void hook_progress(void *vctx, const struct compress_progress *p) {
 }
 
 /* Empties job work directory dir (only ever a directory under jobs_dir):
- * a finished or cancelled job cannot be resumed, so its states and
- * checkpoints are dead weight. The (empty) directory stays, as the row
- * names it. */
-static int work_dir_clear(const struct runner *r, const char *dir, struct sv_err *err) {
+ * a done job cannot run again, so its states and checkpoints are dead
+ * weight unless it keeps them; rm removes them too. The directory itself
+ * stays, as the row names it. Adds the bytes removed to *freed (may be
+ * NULL). */
+static int work_dir_clear(const struct runner *r, const char *dir, uint64_t *freed, struct sv_err *err) {
     size_t n = strlen(r->jobs_dir);
     if (strncmp(dir, r->jobs_dir, n) != 0 || dir[n] != '/' || strchr(dir + n + 1, '/') || strstr(dir, ".."))
         return sv_err_set(err, -EINVAL, "work directory %s is not under %s: left alone", dir, r->jobs_dir);
@@ -978,8 +1093,14 @@ static int work_dir_clear(const struct runner *r, const char *dir, struct sv_err
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
             continue;
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        if (unlink(path) < 0 && errno != ENOENT && rc == 0)
-            rc = sv_err_set(err, -errno, "cannot remove %s: %s", path, strerror(errno));
+        struct stat sb;
+        bool sized = freed && lstat(path, &sb) == 0;
+        if (unlink(path) < 0 && errno != ENOENT) {
+            if (rc == 0)
+                rc = sv_err_set(err, -errno, "cannot remove %s: %s", path, strerror(errno));
+        } else if (sized) {
+            *freed += (uint64_t)sb.st_size;
+        }
     }
     closedir(d);
     return rc;
@@ -987,7 +1108,7 @@ static int work_dir_clear(const struct runner *r, const char *dir, struct sv_err
 
 static void clear_work_dir_logged(struct runner *r, int64_t id, const char *dir) {
     struct sv_err err = {0};
-    if (work_dir_clear(r, dir, &err) < 0)
+    if (work_dir_clear(r, dir, NULL, &err) < 0)
         log_msg(LOG_WARNING, "job %lld: %s", (long long)id, err.msg);
 }
 
@@ -996,8 +1117,9 @@ static void clear_work_dir_logged(struct runner *r, int64_t id, const char *dir)
  * it (NULL if it could not). If the state cannot be recorded, the loop's
  * table still gets it, with why appended to the error, so every watch gets
  * its end event; the row stays 'running', so the next start resumes the job
- * (and `resume` accepts it). A recorded done or cancelled job's work
- * directory is emptied; a failed one keeps it for `resume`. */
+ * (and `resume` accepts it). A recorded done job's work directory is
+ * emptied unless it keeps its checkpoints; a failed or cancelled one keeps
+ * it for `resume`. */
 static void finish(struct runner *r, const struct store_job *j, int64_t id, enum job_state state,
                    const char *error, const struct compress_result *res) {
     struct sv_err err = {0};
@@ -1009,7 +1131,7 @@ static void finish(struct runner *r, const struct store_job *j, int64_t id, enum
         rc = store_job_finish(r->job_store, id, state, error, res, peak_rss(), &err);
     }
     if (rc == 0) {
-        if (j && (state == JOB_DONE || state == JOB_CANCELLED))
+        if (j && state == JOB_DONE && !j->keep_checkpoints)
             clear_work_dir_logged(r, id, j->params.work_dir);
         post_job(r, r->job_store, id);
         return;
@@ -1112,7 +1234,7 @@ static void run_job(struct runner *r, int64_t id) {
                 res.ppl_before, res.ppl_after);
         finish(r, j, id, JOB_DONE, NULL, &res);
     } else if (rc == -ECANCELED && atomic_load(&r->cancel_flag)) {
-        log_msg(LOG_INFO, "job %lld: cancelled; its work directory %s is emptied", (long long)id,
+        log_msg(LOG_INFO, "job %lld: cancelled; its checkpoints in %s are kept for resume", (long long)id,
                 j->params.work_dir);
         finish(r, j, id, JOB_CANCELLED, "cancelled while running", NULL);
     } else if (rc == -ECANCELED) {
@@ -1131,12 +1253,12 @@ out:
     free(j);
 }
 
-/* Start-up: empties the work directories that done and cancelled jobs left
- * (a crash between recording the state and emptying it, or a daemon from
- * before that rule). */
+/* Start-up: empties the work directories that done jobs left (a crash
+ * between recording the state and emptying it), unless they keep their
+ * checkpoints. Cancelled jobs keep theirs for resume. */
 static int sweep_one(void *ctx, const struct store_job *j) {
     struct runner *r = ctx;
-    if ((j->state == JOB_DONE || j->state == JOB_CANCELLED) && j->params.work_dir[0])
+    if (j->state == JOB_DONE && !j->keep_checkpoints && j->params.work_dir[0])
         clear_work_dir_logged(r, j->id, j->params.work_dir);
     return atomic_load(&r->stopping) ? 1 : 0;
 }

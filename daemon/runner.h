@@ -3,8 +3,10 @@
  *
  * Three threads, each with its own task queue (mutex + condition variable):
  *   ctl   quick tasks that touch files or SQLite: submit (path checks, model
- *         config check, compress_params_check, job key, insert), cancel and
- *         resume (failed -> queued);
+ *         config check, compress_params_check, job key, insert), cancel,
+ *         resume (failed or cancelled -> queued, after checking the job key
+ *         against the current inputs) and rm (a final job's work directory,
+ *         then its rows);
  *   job   runs queued jobs one at a time in FIFO (SQLite id) order through
  *         compress_run(), owning its own SQLite connection for the layer
  *         hooks;
@@ -32,7 +34,7 @@
 #include "store.h"
 #include "sv_err.h"
 
-enum runner_task_type { RUNNER_TASK_SUBMIT, RUNNER_TASK_CANCEL, RUNNER_TASK_EVAL, RUNNER_TASK_RESUME };
+enum runner_task_type { RUNNER_TASK_SUBMIT, RUNNER_TASK_CANCEL, RUNNER_TASK_EVAL, RUNNER_TASK_RESUME, RUNNER_TASK_RM };
 
 struct runner_eval_params {
     char model_dir[PATH_MAX];
@@ -49,7 +51,8 @@ struct runner_task {
     uint32_t uid;            /* peer credentials of the requester */
     uint32_t gid;            /* (SO_PEERCRED, taken at accept) */
     struct compress_params params;      /* SUBMIT: absolute, not yet resolved */
-    int64_t job_id;                     /* CANCEL, RESUME */
+    bool keep_checkpoints;              /* SUBMIT: not emptied once done */
+    int64_t job_id;                     /* CANCEL, RESUME, RM */
     struct runner_eval_params eval;     /* EVAL */
     atomic_int cancel;                  /* EVAL: set when the client is gone */
     struct runner_task *next;
@@ -79,7 +82,9 @@ struct runner_event {
     long long req_id;
     enum proto_code code;         /* REPLY: PROTO_OK or the error */
     char msg[SV_ERR_MSG_MAX];     /* REPLY: error message */
-    struct store_job *job;        /* JOB; REPLY to SUBMIT/CANCEL/RESUME (may be NULL) */
+    struct store_job *job;        /* JOB; REPLY to SUBMIT/CANCEL/RESUME/RM (may be NULL; RM: the
+                                   * record as it was before its removal) */
+    uint64_t freed_bytes;         /* REPLY to RM: bytes of the work directory removed */
     bool cancelling;              /* REPLY to CANCEL: was running, flag set */
     struct runner_progress progress;
     struct ppl_result ppl;        /* REPLY to EVAL */

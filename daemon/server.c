@@ -131,7 +131,7 @@ struct sjob {
     char key[65];
     int nsamples, seqlen, eval_seqlen, eval_max_windows;
     uint64_t seed;
-    bool calib_first, dense, overwrite;
+    bool calib_first, dense, overwrite, keep_checkpoints;
     uint32_t owner_uid;
     int64_t created_at, started_at, finished_at;
     int n_layers, layers_done;
@@ -280,6 +280,7 @@ static struct sjob *job_upsert(struct server *s, const struct store_job *rec, bo
     j->calib_first = p->calib_first;
     j->dense = p->dense;
     j->overwrite = p->overwrite;
+    j->keep_checkpoints = rec->keep_checkpoints;
     j->owner_uid = rec->owner_uid;
     j->created_at = rec->created_at;
     j->started_at = rec->started_at;
@@ -295,6 +296,19 @@ static struct sjob *job_upsert(struct server *s, const struct store_job *rec, bo
     if (rec->state != JOB_RUNNING)
         j->has_progress = j->has_progress && store_state_final(rec->state);
     return j;
+}
+
+/* Takes job id out of the table (rm); no watch can be open on a final job. */
+static void job_remove(struct server *s, int64_t id) {
+    struct sjob *j = job_find(s, id);
+    if (!j)
+        return;
+    size_t pos = 0;
+    while (s->jobs[pos] != j)
+        pos++;
+    memmove(s->jobs + pos, s->jobs + pos + 1, (s->n_jobs - pos - 1) * sizeof *s->jobs);
+    s->n_jobs--;
+    sjob_free(j);
 }
 
 /* A resumed job leaves its final state: the one move back a record makes
@@ -401,6 +415,7 @@ static json_t *job_json(const struct sjob *j, bool full) {
     proto_set_str(o, "calib_windows", j->calib_first ? "first" : "random");
     proto_set_bool(o, "dense", j->dense);
     proto_set_bool(o, "overwrite", j->overwrite);
+    proto_set_bool(o, "keep_checkpoints", j->keep_checkpoints);
     set_opt_str(o, "eval_text", j->eval_text);
     proto_set_int(o, "eval_seqlen", j->eval_seqlen);
     proto_set_int(o, "eval_max_windows", j->eval_max_windows);
@@ -699,7 +714,7 @@ static int op_submit(struct client *c, long long id, json_t *msg, struct proto_e
     static const char *const fields[] = {
         "id", "op", "model", "out", "method", "ratio", "calib", "nsamples", "seqlen", "seed",
         "calib_windows", "dense", "overwrite", "eval_text", "eval_seqlen", "eval_max_windows",
-        "alpha", "ranks", "layers", "attn_split", "centered", NULL,
+        "alpha", "ranks", "layers", "attn_split", "centered", "keep_checkpoints", NULL,
     };
     struct server *s = c->srv;
     if (proto_check_fields(msg, fields, e) < 0)
@@ -713,7 +728,7 @@ static int op_submit(struct client *c, long long id, json_t *msg, struct proto_e
     double ratio = 0, alpha = 0;   /* alpha absent: 0, the engine's default */
     double attn_split = 0;         /* likewise */
     int has_alpha = 0, has_split = 0;
-    bool dense = false, overwrite = false, centered = false;
+    bool dense = false, overwrite = false, centered = false, keep = false;
     int r;
     if ((r = get_path(msg, "model", true, p->model_dir, e)) < 0 ||
         (r = get_path(msg, "out", true, p->out_dir, e)) < 0 ||
@@ -733,7 +748,8 @@ static int op_submit(struct client *c, long long id, json_t *msg, struct proto_e
         (r = proto_get_string(msg, "ranks", false, &ranks, e)) < 0 ||
         (r = proto_get_int(msg, "layers", false, 0, 1024, &layers, e)) < 0 ||
         (r = has_split = proto_get_number(msg, "attn_split", false, &attn_split, e)) < 0 ||
-        (r = proto_get_bool(msg, "centered", false, &centered, e)) < 0)
+        (r = proto_get_bool(msg, "centered", false, &centered, e)) < 0 ||
+        (r = proto_get_bool(msg, "keep_checkpoints", false, &keep, e)) < 0)
         goto fail;
     if (compress_method_parse(method, &p->method) < 0) {
         char known[256];
@@ -788,6 +804,7 @@ static int op_submit(struct client *c, long long id, json_t *msg, struct proto_e
     p->calib_first = strcmp(windows, "first") == 0;
     p->dense = dense;
     p->overwrite = overwrite;
+    t->keep_checkpoints = keep;
     p->eval_seqlen = (int)eval_seqlen;
     p->eval_max_windows = (int)eval_max;
     if (count_queued(s) + s->pending_submits >= s->cfg.max_queued_jobs) {
@@ -945,7 +962,8 @@ fail:
     return r;
 }
 
-/* failed -> queued (the ctl thread checks the database's state). */
+/* failed or cancelled -> queued (the ctl thread checks the database's state
+ * and the job key). */
 static int op_resume(struct client *c, long long id, json_t *msg, struct proto_error *e) {
     static const char *const fields[] = {"id", "op", "job", NULL};
     struct sjob *j;
@@ -954,13 +972,33 @@ static int op_resume(struct client *c, long long id, json_t *msg, struct proto_e
     if (c->uid != 0 && c->uid != j->owner_uid)
         return proto_error_set(e, PROTO_FORBIDDEN, "job %lld belongs to uid %u; only it or root may resume it",
                                (long long)j->id, (unsigned)j->owner_uid);
-    if (j->state != JOB_FAILED)
-        return proto_error_set(e, PROTO_BAD_STATE, "job %lld is %s; only a failed job can be resumed",
+    if (j->state != JOB_FAILED && j->state != JOB_CANCELLED)
+        return proto_error_set(e, PROTO_BAD_STATE, "job %lld is %s; only a failed or cancelled job can be resumed",
                                (long long)j->id, store_state_name(j->state));
     if (count_queued(c->srv) + c->srv->pending_submits >= c->srv->cfg.max_queued_jobs)
         return proto_error_set(e, PROTO_QUEUE_FULL, "the queue already holds %d jobs (the limit)",
                                c->srv->cfg.max_queued_jobs);
     struct runner_task *t = task_new(RUNNER_TASK_RESUME, id);
+    if (!t)
+        return proto_error_set(e, PROTO_INTERNAL, "out of memory");
+    t->job_id = j->id;
+    return push_task(c, t);
+}
+
+/* A final job's work directory and rows (the ctl thread removes them; its
+ * reply takes the job out of the table). */
+static int op_rm(struct client *c, long long id, json_t *msg, struct proto_error *e) {
+    static const char *const fields[] = {"id", "op", "job", NULL};
+    struct sjob *j;
+    if (get_job(c, msg, fields, &j, e) < 0)
+        return -EINVAL;
+    if (c->uid != 0 && c->uid != j->owner_uid)
+        return proto_error_set(e, PROTO_FORBIDDEN, "job %lld belongs to uid %u; only it or root may remove it",
+                               (long long)j->id, (unsigned)j->owner_uid);
+    if (!store_state_final(j->state))
+        return proto_error_set(e, PROTO_BAD_STATE, "job %lld is %s; only a done, failed or cancelled job can be "
+                               "removed (cancel it first)", (long long)j->id, store_state_name(j->state));
+    struct runner_task *t = task_new(RUNNER_TASK_RM, id);
     if (!t)
         return proto_error_set(e, PROTO_INTERNAL, "out of memory");
     t->job_id = j->id;
@@ -981,6 +1019,7 @@ static const struct {
     {"cancel", op_cancel, true},
     {"eval", op_eval, true},
     {"resume", op_resume, true},
+    {"rm", op_rm, true},
 };
 
 static void handle_line(struct client *c, const char *line, size_t len) {
@@ -1305,9 +1344,16 @@ static void on_reply(struct server *s, struct runner_event *ev) {
     if (ev->task == RUNNER_TASK_EVAL)
         s->pending_evals--;
     struct sjob *j = NULL;
+    json_t *removed = NULL;   /* rm: the record as it was */
+    if (ev->task == RUNNER_TASK_RM && ev->code == PROTO_OK && ev->job) {
+        struct sjob *old = job_find(s, ev->job->id);
+        if (old && c)
+            removed = job_json(old, true);
+        job_remove(s, ev->job->id);
+    }
     if (ev->job && ev->task == RUNNER_TASK_RESUME && ev->code == PROTO_OK)
         job_reopen(s, ev->job->id);
-    if (ev->job) {
+    if (ev->job && ev->task != RUNNER_TASK_RM) {
         bool changed;
         j = job_upsert(s, ev->job, &changed);
         if (!j)
@@ -1333,6 +1379,13 @@ static void on_reply(struct server *s, struct runner_event *ev) {
     case RUNNER_TASK_RESUME:
         if (j)
             json_object_set_new(r, "job", job_json(j, true));
+        break;
+    case RUNNER_TASK_RM:
+        proto_set_int(r, "removed", ev->job ? ev->job->id : 0);
+        proto_set_int(r, "freed_bytes", (long long)ev->freed_bytes);
+        if (removed)
+            json_object_set_new(r, "job", removed);
+        removed = NULL;
         break;
     case RUNNER_TASK_EVAL:
         proto_set_real(r, "ppl", ev->ppl.ppl);

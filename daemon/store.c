@@ -34,9 +34,14 @@
  *      a job interrupted while running (crash, SIGKILL, SIGTERM), or whose
  *      final UPDATE failed (a full disk), stays 'running' and
  *      store_recover() requeues it at the next start. 'failed' is not
- *      retried at a start; store_job_resume() requeues it on request, with
- *      its rows (the runner empties a done or cancelled job's directory
- *      only after its final state committed).
+ *      retried at a start; store_job_resume() requeues it (or a cancelled
+ *      one) on request, with its rows (the runner empties a done job's
+ *      directory, unless it keeps its checkpoints, only after its final
+ *      state committed).
+ *   6. Removal (svdllmctl rm) of a final job: its work directory is removed
+ *      first, then store_job_delete() deletes its layers rows and its row in
+ *      one transaction. A crash in between leaves a final row whose
+ *      checkpoints are gone: a resume of it recomputes every layer (step 3).
  *
  * Schema migrations: see schema/store.sql. */
 #include "store.h"
@@ -279,9 +284,10 @@ int store_job_insert(struct store *s, struct store_job *j, const char *jobs_dir,
     static const char sql[] =
         "INSERT INTO jobs (state, model, out, method, ratio, calib, nsamples, seqlen, seed,"
         " calib_first, dense, overwrite, eval_text, eval_seqlen, eval_max_windows, job_key,"
-        " owner_uid, work_dir, created_at, alpha, ranks, layers, attn_split, centered, owner_gid)"
+        " owner_uid, work_dir, created_at, alpha, ranks, layers, attn_split, centered, owner_gid,"
+        " keep_checkpoints)"
         " VALUES ('queued', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,"
-        " ?16, '', ?17, ?18, ?19, ?20, ?21, ?22, ?23)";
+        " ?16, '', ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)";
     const struct compress_params *p = &j->params;
     sqlite3_stmt *st = NULL;
     char work[PATH_MAX];
@@ -313,6 +319,7 @@ int store_job_insert(struct store *s, struct store_job *j, const char *jobs_dir,
     sqlite3_bind_double(st, 21, p->attn_split);
     sqlite3_bind_int(st, 22, p->centered);
     sqlite3_bind_int64(st, 23, j->owner_gid == (uint32_t)-1 ? -1 : (sqlite3_int64)j->owner_gid);
+    sqlite3_bind_int(st, 24, j->keep_checkpoints);
     if (sqlite3_step(st) != SQLITE_DONE) {
         r = db_fail(s, err, "insert job");
         goto out;
@@ -358,7 +365,7 @@ out:
     " created_at, started_at, finished_at, error, n_layers, ppl_before, ppl_after," \
     " params_before, params_after, bytes_before, bytes_after, seconds, layers_resumed, peak_rss," \
     " (SELECT count(*) FROM layers WHERE layers.job_id = jobs.id), alpha," \
-    " ranks, layers, attn_split, centered, tok_s_before, tok_s_after, owner_gid"
+    " ranks, layers, attn_split, centered, tok_s_before, tok_s_after, owner_gid, keep_checkpoints"
 
 static void copy_text(char *dst, size_t n, sqlite3_stmt *st, int col) {
     const unsigned char *t = sqlite3_column_text(st, col);
@@ -418,6 +425,7 @@ static int row_to_job(sqlite3_stmt *st, struct store_job *j, struct sv_err *err)
     p->layers = sqlite3_column_int(st, 36);
     p->attn_split = sqlite3_column_double(st, 37);
     p->centered = sqlite3_column_int(st, 38) != 0;
+    j->keep_checkpoints = sqlite3_column_int(st, 42) != 0;
     return 0;
 }
 
@@ -573,7 +581,8 @@ int store_job_resume(struct store *s, int64_t id, bool running_ok, struct sv_err
     sqlite3_finalize(st);
     st = NULL;
     if ((r = prepare(s, "UPDATE jobs SET state = 'queued', error = NULL, finished_at = NULL"
-                        " WHERE id = ?1 AND (state = 'failed' OR (?2 AND state = 'running'))", &st, err)) < 0)
+                        " WHERE id = ?1 AND (state IN ('failed', 'cancelled') OR (?2 AND state = 'running'))", &st,
+                        err)) < 0)
         goto out;
     sqlite3_bind_int64(st, 1, id);
     sqlite3_bind_int(st, 2, running_ok);
@@ -588,6 +597,41 @@ out:
     sqlite3_finalize(st);
     if (r < 0)
         rollback(s);
+    return r;
+}
+
+int store_job_delete(struct store *s, int64_t id, struct sv_err *err) {
+    /* The layers rows first (they reference the job), both only for a final job. */
+    static const char *const sql[2] = {
+        "DELETE FROM layers WHERE job_id = ?1 AND EXISTS (SELECT 1 FROM jobs WHERE id = ?1"
+        " AND state IN ('done', 'failed', 'cancelled'))",
+        "DELETE FROM jobs WHERE id = ?1 AND state IN ('done', 'failed', 'cancelled')",
+    };
+    sqlite3_stmt *st = NULL;
+    int changed = 0;
+    int r = exec(s, "BEGIN IMMEDIATE", err);
+    if (r < 0)
+        return r;
+    for (int i = 0; i < 2; i++) {
+        if ((r = prepare(s, sql[i], &st, err)) < 0)
+            goto out;
+        sqlite3_bind_int64(st, 1, id);
+        if (sqlite3_step(st) != SQLITE_DONE) {
+            r = db_fail(s, err, i ? "delete job" : "delete layers");
+            goto out;
+        }
+        changed = sqlite3_changes(s->db);
+        sqlite3_finalize(st);
+        st = NULL;
+    }
+    if ((r = exec(s, "COMMIT", err)) == 0)
+        r = changed;
+out:
+    sqlite3_finalize(st);
+    if (r < 0) {
+        rollback(s);
+        sv_err_prefix(err, "job %lld", (long long)id);
+    }
     return r;
 }
 

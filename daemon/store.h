@@ -35,6 +35,7 @@ struct store_job {
     bool has_result;                  /* done: result and peak_rss are set */
     struct compress_result result;
     uint64_t peak_rss;                /* bytes */
+    bool keep_checkpoints;            /* done: the work directory is not emptied */
 };
 
 struct store;
@@ -72,13 +73,19 @@ int store_job_cancel_queued(struct store *s, int64_t id, const char *why, struct
 int store_job_finish(struct store *s, int64_t id, enum job_state state, const char *error,
                      const struct compress_result *result, uint64_t peak_rss, struct sv_err *err);
 
-/* Resume of a job that ended 'failed' (or, with running_ok, of a 'running'
- * row that no thread runs: its final state could not be recorded; the
- * caller makes sure it is not the job being run): back to 'queued' with its
- * layers rows, work directory and started_at kept, error and finished_at
- * cleared. Returns 1 if resumed, 0 if the job is in another state (or does
- * not exist), -EEXIST while another queued or running job has the same out. */
+/* Resume of a job that ended 'failed' or 'cancelled' (or, with running_ok,
+ * of a 'running' row that no thread runs: its final state could not be
+ * recorded; the caller makes sure it is not the job being run): back to
+ * 'queued' with its layers rows, work directory and started_at kept, error
+ * and finished_at cleared. Returns 1 if resumed, 0 if the job is in another
+ * state (or does not exist), -EEXIST while another queued or running job has
+ * the same out. */
 int store_job_resume(struct store *s, int64_t id, bool running_ok, struct sv_err *err);
+
+/* Deletes a done, failed or cancelled job's row and its layers rows in one
+ * transaction (svdllmctl rm; the caller removes the work directory first).
+ * Returns 1 if deleted, 0 if the job does not exist or is not final. */
+int store_job_delete(struct store *s, int64_t id, struct sv_err *err);
 
 /* Returns 1 with ck filled if layer has a committed row, 0 if not. */
 int store_layer_get(struct store *s, int64_t job_id, int layer, struct compress_checkpoint *ck,

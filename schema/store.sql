@@ -98,3 +98,9 @@ ALTER TABLE jobs ADD COLUMN tok_s_after REAL;
 -- entry when it runs: the runner then acts with this gid alone (see
 -- daemon/cred.h). -1 for jobs submitted before.
 ALTER TABLE jobs ADD COLUMN owner_gid INTEGER NOT NULL DEFAULT -1;
+
+-- version 6
+-- Whether the job's checkpoints stay in its work directory once it is done
+-- (svdllmctl submit --keep-checkpoints); by default a done job's work
+-- directory is emptied. Jobs from before were emptied: 0.
+ALTER TABLE jobs ADD COLUMN keep_checkpoints INTEGER NOT NULL DEFAULT 0;

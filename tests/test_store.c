@@ -11,10 +11,12 @@
  *  - a database newer than the schema is refused;
  *  - resume and dropped layers: a failed job goes back to queued with its
  *    layers rows and work directory (started_at kept, error and finished_at
- *    cleared); done and cancelled jobs are refused, a 'running' row only when
+ *    cleared), and so does a cancelled one; done jobs are refused, a 'running' row only when
  *    the caller allows it; another live job on the same out refuses the
  *    resume with -EEXIST naming it; store_layers_drop forgets the rows from
- *    a layer on. (A failed write's message, naming the database file and
+ *    a layer on;
+ *  - delete: only a final job's row and its layers rows go, in one
+ *    transaction; keep_checkpoints survives insert and get. (A failed write's message, naming the database file and
  *    the errno, is checked by test_daemon on a full tmpfs.) */
 #include <errno.h>
 #include <ftw.h>
@@ -397,7 +399,8 @@ static void test_resume(void) {
     snprintf(want, sizeof want, "job %lld (queued)", (long long)c.id);
     SV_ASSERT_STR_CONTAINS(err.msg, want);
     SV_ASSERT_EQ(store_job_cancel_queued(s, c.id, "test", &err), 1);
-    SV_ASSERT_EQ(store_job_resume(s, c.id, true, &err), 0);   /* cancelled: final */
+    SV_ASSERT_EQ(store_job_resume(s, c.id, true, &err), 1);   /* cancelled: resumable too */
+    SV_ASSERT_EQ(store_job_cancel_queued(s, c.id, "test", &err), 1);
     /* A 'running' row that no thread runs: resumed when allowed. */
     SV_ASSERT_EQ(store_job_resume(s, a.id, false, &err), 1);
     SV_ASSERT_EQ(store_job_claim(s, a.id, &err), 1);
@@ -418,6 +421,45 @@ static void test_resume(void) {
     store_free(s);
 }
 
+static void test_delete(void) {
+    char db[PATH_MAX], jobs[PATH_MAX];
+    path_in(db, sizeof db, "delete.db");
+    path_in(jobs, sizeof jobs, "jobs-delete");
+    mkdir(jobs, 0750);
+    struct store *s = open_store(db);
+    if (!s)
+        return;
+    struct sv_err err = {0};
+    struct store_job a, b, got;
+    fill_params(&a, METHOD_SVDLLM, 0);
+    fill_params(&b, METHOD_SVD, 0);
+    a.keep_checkpoints = true;
+    SV_ASSERT_EQ(store_job_insert(s, &a, jobs, &err), 0);
+    SV_ASSERT_EQ(store_job_insert(s, &b, jobs, &err), 0);
+    SV_ASSERT_EQ(store_job_get(s, a.id, &got, &err), 0);
+    SV_CHECK(got.keep_checkpoints);
+    SV_ASSERT_EQ(store_job_get(s, b.id, &got, &err), 0);
+    SV_CHECK(!got.keep_checkpoints);
+    struct compress_checkpoint ck = {.file = "layer-0.safetensors", .size = 10};
+    memset(ck.sha256, 'd', 64);
+    SV_ASSERT_EQ(store_job_claim(s, a.id, &err), 1);
+    SV_ASSERT_EQ(store_layer_commit(s, a.id, 0, 2, &ck, &err), 0);
+    /* Running and queued jobs are not deleted, nor is a job that does not exist. */
+    SV_ASSERT_EQ(store_job_delete(s, a.id, &err), 0);
+    SV_ASSERT_EQ(store_job_delete(s, b.id, &err), 0);
+    SV_ASSERT_EQ(store_job_delete(s, 4242, &err), 0);
+    SV_ASSERT_EQ(store_layer_get(s, a.id, 0, &ck, &err), 1);
+    SV_ASSERT_EQ(store_job_finish(s, a.id, JOB_FAILED, "x", NULL, 0, &err), 0);
+    SV_ASSERT_EQ(store_job_delete(s, a.id, &err), 1);
+    SV_ASSERT_EQ(store_job_get(s, a.id, &got, &err), -ENOENT);
+    SV_ASSERT_EQ(store_layer_get(s, a.id, 0, &ck, &err), 0);
+    SV_ASSERT_EQ(store_job_get(s, b.id, &got, &err), 0);   /* the other job stays */
+    SV_ASSERT_EQ(store_job_cancel_queued(s, b.id, "test", &err), 1);
+    SV_ASSERT_EQ(store_job_delete(s, b.id, &err), 1);
+    SV_ASSERT_EQ(store_job_delete(s, b.id, &err), 0);
+    store_free(s);
+}
+
 int main(void) {
     if (!mkdtemp(tmpdir)) {
         perror("mkdtemp");
@@ -428,6 +470,7 @@ int main(void) {
     test_migrate_v2();
     test_too_new();
     test_resume();
+    test_delete();
     nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
     return sv_test_result("store");
 }
