@@ -1,10 +1,27 @@
 /* svdllmctl: command-line client of svdllmd.
  *
  * One blocking Unix-socket connection per invocation, one request, its reply
- * (and, for watch, the events that follow), all through common/proto. Exit
- * status: 0 on success, 1 on any failure (with one line on stderr saying
- * why), 2 on a usage error. With --json every message received is printed
- * as one raw JSON line. Links neither BLIS nor the engine. */
+ * (and, for watch, the events that follow), all through common/proto. Links
+ * neither BLIS nor the engine.
+ *
+ * Design note. Every command is one row of `commands[]` below: its name,
+ * synopsis, the options it accepts (each with the help line `svdllmctl CMD
+ * --help` prints: what it means, its unit and default), the options it
+ * requires, whether it takes a job id, the protocol fields it sends (so
+ * that a daemon error naming a field is shown with the flag instead) and the
+ * function that runs it. The global --help, per-command --help, the check
+ * that an option applies to the command and the local argument checks all
+ * read that table, so a new command is one function and one row.
+ *
+ * Exit status (the same in --help, svdllmctl(1) and the README):
+ *   0  success (watch: the job ended done)
+ *   1  the daemon refused the request (an error reply: not_found, bad_path,
+ *      ...) or the watched job ended failed or cancelled
+ *   2  usage error, found before connecting
+ *   3  svdllmd unreachable: cannot connect, or the connection broke before
+ *      the reply (a retry may succeed)
+ * With --json every message received is printed as one raw JSON line, except
+ * that submit prints the job object itself (its "id" is the job's id). */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -18,13 +35,30 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "proto.h"
 
+#ifndef SV_VERSION
+#define SV_VERSION "unknown"
+#endif
+
 #define DEFAULT_SOCKET "/run/svdllmd/svdllmd.sock"
 
+enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_UNREACHABLE = 3 };
+
 static bool opt_json;
+/* What a usage error points at: "svdllmctl --help" or "svdllmctl CMD --help". */
+static char usage_hint[64] = "svdllmctl --help";
+/* --json: print each message as received (false: the command prints its
+ * own JSON, e.g. submit's job object). */
+static bool json_raw = true;
+/* What the last failed call() was: EXIT_FAIL (an error reply) or
+ * EXIT_UNREACHABLE (no reply). */
+static int call_failure = EXIT_FAIL;
+/* The command being run (for errors that name a protocol field). */
+static const struct command *cur_cmd;
 
 static void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void die_usage(const char *fmt, ...) {
@@ -32,9 +66,9 @@ static void die_usage(const char *fmt, ...) {
     va_start(ap, fmt);
     fputs("svdllmctl: ", stderr);
     vfprintf(stderr, fmt, ap);
-    fputs(" (see svdllmctl --help)\n", stderr);
+    fprintf(stderr, " (see %s)\n", usage_hint);
     va_end(ap);
-    exit(2);
+    exit(EXIT_USAGE);
 }
 
 static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -45,53 +79,20 @@ static int fail(const char *fmt, ...) {
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
-    return 1;
+    return EXIT_FAIL;
 }
 
-static void usage(FILE *f) {
-    fputs("Usage: svdllmctl [--socket PATH] [--json] COMMAND [ARGS]\n"
-          "\n"
-          "Commands:\n"
-          "  ping                      check that svdllmd answers\n"
-          "  version                   daemon version, protocol, compute threads and methods\n"
-          "  submit --model DIR --out DIR --ratio R\n"
-          "         [--method svd|svdllm|asvd|awsvd|svdllm-update|rom|lorap]\n"
-          "         [--ranks default|uniform|lorap|last-n|auto] [--layers N]\n"
-          "         [--attn-split X] [--centered] [--alpha A]\n"
-          "         [--calib FILE] [--nsamples N] [--seqlen L] [--seed S]\n"
-          "         [--calib-windows random|first] [--dense] [--overwrite]\n"
-          "         [--eval-text FILE] [--eval-seqlen L] [--eval-max-windows N]\n"
-          "                            queue a compression job; prints its id\n"
-          "                            (--ranks: rank allocation, default: lorap for\n"
-          "                            method lorap, last-n with --layers, else uniform;\n"
-          "                            --layers: last-n's count of final layers in\n"
-          "                            [0, 1024], 0 = all; --attn-split: lorap's\n"
-          "                            (v+o):(q+k) ratio in (0, 100], default 3;\n"
-          "                            --centered: rom's centred output covariance;\n"
-          "                            --alpha: asvd's exponent in (0, 4], default 0.5)\n"
-          "  status JOB                state, layer i/N, phase, ETA, peak RSS, perplexities\n"
-          "  list [--state S] [--limit N]\n"
-          "                            jobs, newest first\n"
-          "  watch JOB                 follow a job until it ends (exit 0 only if done)\n"
-          "                            (another user's job: status and list show only its\n"
-          "                            state, owner and progress; watch and cancel are\n"
-          "                            forbidden unless you are root)\n"
-          "  cancel JOB                cancel a queued or running job (its work directory\n"
-          "                            is emptied: a cancelled job cannot be resumed)\n"
-          "  resume JOB                requeue a failed job (owner or root): it continues\n"
-          "                            from its intact checkpoints, e.g. once disk space is\n"
-          "                            freed; a daemon restart does not retry failed jobs\n"
-          "  eval --model DIR --text FILE [--seqlen L] [--max-windows N]\n"
-          "                            perplexity of a model on a text\n"
-          "\n"
-          "  --socket PATH   daemon socket (default $SVDLLMD_SOCKET or " DEFAULT_SOCKET ")\n"
-          "  --json          print the daemon's raw JSON messages, one per line\n"
-          "\n"
-          "Exit status 0 on success, 1 on failure (one line on stderr: for a daemon error\n"
-          "its code and message, e.g. too_many_clients when the daemon refuses the\n"
-          "connection, even if it closed while the request was being written), 2 on a\n"
-          "usage error.\n",
-          f);
+/* A failure to reach the daemon: printed like fail(), exit status 3. */
+static int unreachable(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int unreachable(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("svdllmctl: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    call_failure = EXIT_UNREACHABLE;
+    return EXIT_UNREACHABLE;
 }
 
 /* ---- Connection -------------------------------------------------------------- */
@@ -106,15 +107,15 @@ static int conn_open(struct conn *c, const char *path) {
     c->path = path;
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof sa.sun_path)
-        return fail("cannot connect to %s: path too long", path);
+        return unreachable("cannot connect to %s: path too long", path);
     memcpy(sa.sun_path, path, strlen(path) + 1);
     c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (c->fd < 0)
-        return fail("socket: %s", strerror(errno));
+        return unreachable("socket: %s", strerror(errno));
     if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
         int e = errno;
         close(c->fd);
-        return fail("cannot connect to %s: %s (is svdllmd running?)", path, strerror(e));
+        return unreachable("cannot connect to %s: %s (is svdllmd running?)", path, strerror(e));
     }
     if (proto_buf_init(&c->buf, PROTO_MAX_MSG + 1) < 0) {
         close(c->fd);
@@ -138,19 +139,19 @@ static void print_json(json_t *m) {
 }
 
 /* Reads the next message; prints it with --json. Returns 1, or 0 with the
- * reason printed. */
+ * reason printed (the daemon is then unreachable: exit status 3). */
 static int conn_read(struct conn *c, json_t **ret) {
     struct proto_error e = {0};
     int r = proto_read_msg(c->fd, &c->buf, ret, &e);
     if (r == 0) {
-        fail("%s: svdllmd closed the connection (is it shutting down?)", c->path);
+        unreachable("%s: svdllmd closed the connection (is it shutting down?)", c->path);
         return 0;
     }
     if (r < 0) {
-        fail("%s: %s", c->path, e.msg);
+        unreachable("%s: %s", c->path, e.msg);
         return 0;
     }
-    if (opt_json)
+    if (opt_json && json_raw)
         print_json(*ret);
     return 1;
 }
@@ -169,10 +170,14 @@ static json_t *reply_after_write_error(struct conn *c) {
     return m;
 }
 
+static void error_line(enum proto_code code, const char *msg);
+
 /* Sends req (consumed) and reads its reply. Returns the reply, or NULL with
- * the reason printed (an error reply is printed as "code: message"). */
+ * the reason printed (an error reply as "code: message", its fields named
+ * by their flags) and call_failure set. */
 static json_t *call(struct conn *c, json_t *req) {
     struct proto_error e = {0};
+    call_failure = EXIT_FAIL;
     int r = proto_write_msg(c->fd, req, &e);
     json_decref(req);
     json_t *reply;
@@ -185,26 +190,30 @@ static json_t *call(struct conn *c, json_t *req) {
          * the reason, and better than "Broken pipe". */
         reply = reply_after_write_error(c);
         if (!reply) {
-            fail("%s: %s", c->path, e.msg);
+            unreachable("%s: %s", c->path, e.msg);
             return NULL;
         }
         if (opt_json)
             print_json(reply);
         struct proto_error re = {0};
         if (proto_reply_is_error(reply, &re))
-            fail("%s: %s", proto_code_name(re.code), re.msg);
+            error_line(re.code, re.msg);
         else
-            fail("%s: %s", c->path, e.msg);   /* not an answer to a request never sent whole */
+            unreachable("%s: %s", c->path, e.msg);   /* not an answer to a request never sent whole */
         json_decref(reply);
         return NULL;
     }
     if (!conn_read(c, &reply))
         return NULL;
     if (proto_reply_is_error(reply, &e)) {
-        if (!opt_json)
-            fail("%s: %s", proto_code_name(e.code), e.msg);
-        else
-            fprintf(stderr, "svdllmctl: %s: %s\n", proto_code_name(e.code), e.msg);
+        if (opt_json && !json_raw) {
+            /* The command prints its own JSON: the error without the
+             * request's correlation id, which a script could take for a
+             * job's. */
+            json_object_del(reply, "id");
+            print_json(reply);
+        }
+        error_line(e.code, e.msg);
         json_decref(reply);
         return NULL;
     }
@@ -330,6 +339,12 @@ static void print_status(json_t *job) {
     }
     if (*jstr(job, "error"))
         printf("  error       %s\n", jstr(job, "error"));
+    const char *state = jstr(job, "state");
+    if (json_is_true(json_object_get(job, "keep_checkpoints")))
+        printf("  checkpoints kept after success (--keep-checkpoints)\n");
+    if (strcmp(state, "failed") == 0 || strcmp(state, "cancelled") == 0)
+        printf("  next        svdllmctl resume %lld continues it; svdllmctl rm %lld deletes its checkpoints\n",
+               jint(job, "id"), jint(job, "id"));
 }
 
 /* ---- Commands --------------------------------------------------------------------- */
@@ -337,8 +352,9 @@ static void print_status(json_t *job) {
 struct args {
     const char *model, *out, *method, *ranks, *calib, *calib_windows, *eval_text, *text, *state;
     double ratio, alpha, attn_split;
-    bool has_ratio, has_alpha, has_attn_split, dense, overwrite, centered;
+    bool has_ratio, has_alpha, has_attn_split, dense, overwrite, centered, keep_checkpoints;
     long long nsamples, seqlen, seed, eval_seqlen, eval_max_windows, max_windows, limit, layers;
+    long long job;   /* commands that take a job id */
 };
 
 static long long parse_ll(const char *opt, const char *v, long long min, long long max) {
@@ -367,37 +383,51 @@ static json_t *abs_path(const char *p) {
     char cwd[PATH_MAX];
     if (!getcwd(cwd, sizeof cwd)) {
         fail("getcwd: %s", strerror(errno));
-        exit(1);
+        exit(EXIT_FAIL);
     }
     size_t n = strlen(cwd) + strlen(p) + 2;
     char *s = malloc(n);
     if (!s)
-        exit(1);
+        exit(EXIT_FAIL);
     snprintf(s, n, "%s/%s", cwd, p);
     json_t *v = proto_str(s);
     free(s);
     return v;
 }
 
-static int cmd_simple(struct conn *c, const char *op) {
-    json_t *r = call(c, proto_request_new(1, op));
+static json_t *job_request(const char *op, long long job) {
+    json_t *q = proto_request_new(1, op);
+    proto_set_int(q, "job", job);
+    return q;
+}
+
+static int cmd_ping(struct conn *c, const struct args *a) {
+    (void)a;
+    json_t *r = call(c, proto_request_new(1, "ping"));
     if (!r)
-        return 1;
+        return call_failure;
+    if (!opt_json)
+        printf("svdllmd at %s is alive\n", c->path);
+    json_decref(r);
+    return EXIT_OK;
+}
+
+static int cmd_version(struct conn *c, const struct args *a) {
+    (void)a;
+    json_t *r = call(c, proto_request_new(1, "version"));
+    if (!r)
+        return call_failure;
     if (!opt_json) {
-        if (strcmp(op, "ping") == 0)
-            printf("svdllmd at %s is alive\n", c->path);
-        else {
-            printf("svdllmd %s, protocol %lld, threads %lld, methods:", jstr(r, "version"), jint(r, "protocol"),
-                   jint(r, "threads"));
-            size_t i;
-            json_t *m;
-            json_array_foreach(json_object_get(r, "methods"), i, m)
-                printf(" %s", json_string_value(m));
-            printf("\n");
-        }
+        printf("svdllmd %s, protocol %lld, threads %lld, methods:", jstr(r, "version"), jint(r, "protocol"),
+               jint(r, "threads"));
+        size_t i;
+        json_t *m;
+        json_array_foreach(json_object_get(r, "methods"), i, m)
+            printf(" %s", json_string_value(m));
+        printf("\n");
     }
     json_decref(r);
-    return 0;
+    return EXIT_OK;
 }
 
 static int cmd_submit(struct conn *c, const struct args *a) {
@@ -434,6 +464,8 @@ static int cmd_submit(struct conn *c, const struct args *a) {
         proto_set_bool(q, "dense", true);
     if (a->overwrite)
         proto_set_bool(q, "overwrite", true);
+    if (a->keep_checkpoints)
+        proto_set_bool(q, "keep_checkpoints", true);
     if (a->eval_text)
         json_object_set_new(q, "eval_text", abs_path(a->eval_text));
     if (a->eval_seqlen >= 0)
@@ -442,27 +474,43 @@ static int cmd_submit(struct conn *c, const struct args *a) {
         proto_set_int(q, "eval_max_windows", a->eval_max_windows);
     json_t *r = call(c, q);
     if (!r)
-        return 1;
-    if (!opt_json)
-        printf("%lld\n", jint(json_object_get(r, "job"), "id"));
+        return call_failure;
+    json_t *job = json_object_get(r, "job");
+    if (opt_json)
+        print_json(job);   /* the job object: "id" is the job's id */
+    else
+        printf("%lld\n", jint(job, "id"));
     json_decref(r);
-    return 0;
+    return EXIT_OK;
 }
 
-static json_t *job_request(const char *op, long long job) {
-    json_t *q = proto_request_new(1, op);
-    proto_set_int(q, "job", job);
-    return q;
-}
-
-static int cmd_status(struct conn *c, long long job) {
-    json_t *r = call(c, job_request("status", job));
+static int cmd_status(struct conn *c, const struct args *a) {
+    json_t *r = call(c, job_request("status", a->job));
     if (!r)
-        return 1;
+        return call_failure;
     if (!opt_json)
         print_status(json_object_get(r, "job"));
     json_decref(r);
-    return 0;
+    return EXIT_OK;
+}
+
+/* "42s", "17m", "5h", "3d": how long ago t (unix seconds) was. */
+static void fmt_age(char *out, size_t n, long long t) {
+    long long d = (long long)time(NULL) - t;
+    if (t <= 0) {
+        snprintf(out, n, "-");
+        return;
+    }
+    if (d < 0)
+        d = 0;
+    if (d < 120)
+        snprintf(out, n, "%llds", d);
+    else if (d < 2 * 3600)
+        snprintf(out, n, "%lldm", d / 60);
+    else if (d < 2 * 86400)
+        snprintf(out, n, "%lldh", d / 3600);
+    else
+        snprintf(out, n, "%lldd", d / 86400);
 }
 
 static int cmd_list(struct conn *c, const struct args *a) {
@@ -473,30 +521,35 @@ static int cmd_list(struct conn *c, const struct args *a) {
         proto_set_int(q, "limit", a->limit);
     json_t *r = call(c, q);
     if (!r)
-        return 1;
+        return call_failure;
     if (!opt_json) {
         json_t *jobs = json_object_get(r, "jobs");
         if (json_array_size(jobs) == 0)
             printf("no jobs\n");
         else
-            printf("%6s  %-9s  %-13s  %5s  %-8s  %s\n", "ID", "STATE", "METHOD", "RATIO", "LAYERS", "MODEL -> OUT");
+            printf("%6s  %-9s  %-13s  %5s  %-8s  %4s  %s\n", "ID", "STATE", "METHOD", "RATIO", "LAYERS", "AGE",
+                   "MODEL -> OUT");
         size_t i;
         json_t *j;
         json_array_foreach(jobs, i, j) {
-            char layers[32];
+            char layers[32], age[24];
             snprintf(layers, sizeof layers, "%lld/%lld", jint(j, "layers_done"), jint(j, "n_layers"));
-            if (json_is_true(json_object_get(j, "restricted")))   /* another user's */
-                printf("%6lld  %-9s  %-13s  %5s  %-8s  (uid %lld's job)\n", jint(j, "id"), jstr(j, "state"), "-",
-                       "-", layers, jint(j, "owner_uid"));
-            else
-                printf("%6lld  %-9s  %-13s  %5.2f  %-8s  %s -> %s\n", jint(j, "id"), jstr(j, "state"),
-                       jstr(j, "method"), jnum(j, "ratio", 0), layers, jstr(j, "model"), jstr(j, "out"));
+            fmt_age(age, sizeof age, jint(j, "created_at"));
+            if (json_is_true(json_object_get(j, "restricted"))) {   /* another user's */
+                printf("%6lld  %-9s  %-13s  %5s  %-8s  %4s  (uid %lld's job)\n", jint(j, "id"), jstr(j, "state"),
+                       "-", "-", layers, age, jint(j, "owner_uid"));
+                continue;
+            }
+            printf("%6lld  %-9s  %-13s  %5.2f  %-8s  %4s  %s -> %s\n", jint(j, "id"), jstr(j, "state"),
+                   jstr(j, "method"), jnum(j, "ratio", 0), layers, age, jstr(j, "model"), jstr(j, "out"));
+            if (*jstr(j, "error"))   /* indented: not a row (the completion reads ids from rows) */
+                printf("        error: %s\n", jstr(j, "error"));
         }
         if (json_is_true(json_object_get(r, "truncated")))
             printf("(more jobs not shown)\n");
     }
     json_decref(r);
-    return 0;
+    return EXIT_OK;
 }
 
 static void draw_bar(json_t *job, bool tty, char *last, size_t last_n) {
@@ -533,10 +586,11 @@ static void draw_bar(json_t *job, bool tty, char *last, size_t last_n) {
     fflush(stdout);
 }
 
-static int cmd_watch(struct conn *c, long long job) {
+static int cmd_watch(struct conn *c, const struct args *a) {
+    long long job = a->job;
     json_t *r = call(c, job_request("watch", job));
     if (!r)
-        return 1;
+        return call_failure;
     bool tty = !opt_json && isatty(STDOUT_FILENO);
     char last[320] = "";
     if (!opt_json)
@@ -547,13 +601,13 @@ static int cmd_watch(struct conn *c, long long job) {
         if (!conn_read(c, &ev)) {
             if (tty)
                 putchar('\n');
-            return 1;
+            return EXIT_UNREACHABLE;
         }
         const char *name = jstr(ev, "event");
         json_t *j = json_object_get(ev, "job");
         if (strcmp(name, "end") == 0) {
             const char *state = jstr(ev, "state");
-            int rc = strcmp(state, "done") == 0 ? 0 : 1;
+            int rc = strcmp(state, "done") == 0 ? EXIT_OK : EXIT_FAIL;
             if (!opt_json) {
                 if (tty)
                     putchar('\n');
@@ -575,29 +629,45 @@ static int cmd_watch(struct conn *c, long long job) {
     }
 }
 
-static int cmd_cancel(struct conn *c, long long job) {
-    json_t *r = call(c, job_request("cancel", job));
+static int cmd_cancel(struct conn *c, const struct args *a) {
+    json_t *r = call(c, job_request("cancel", a->job));
     if (!r)
-        return 1;
+        return call_failure;
     if (!opt_json) {
         if (strcmp(jstr(r, "state"), "cancelling") == 0)
-            printf("job %lld: cancelling (it stops at its next safe point)\n", job);
+            printf("job %lld: cancelling (it stops at its next safe point; svdllmctl resume %lld continues it)\n",
+                   a->job, a->job);
         else
-            printf("job %lld: cancelled\n", job);
+            printf("job %lld: cancelled (svdllmctl resume %lld continues it)\n", a->job, a->job);
     }
     json_decref(r);
-    return 0;
+    return EXIT_OK;
 }
 
-static int cmd_resume(struct conn *c, long long job) {
-    json_t *r = call(c, job_request("resume", job));
+static int cmd_resume(struct conn *c, const struct args *a) {
+    json_t *r = call(c, job_request("resume", a->job));
     if (!r)
-        return 1;
+        return call_failure;
     if (!opt_json)
-        printf("job %lld: %s (resumes from %lld checkpointed layers)\n", job,
+        printf("job %lld: %s (resumes from %lld checkpointed layers)\n", a->job,
                jstr(json_object_get(r, "job"), "state"), jint(json_object_get(r, "job"), "layers_done"));
     json_decref(r);
-    return 0;
+    return EXIT_OK;
+}
+
+static int cmd_rm(struct conn *c, const struct args *a) {
+    json_t *r = call(c, job_request("rm", a->job));
+    if (!r)
+        return call_failure;
+    if (!opt_json) {
+        char freed[32];
+        fmt_bytes(freed, sizeof freed, (double)jint(r, "freed_bytes"));
+        json_t *job = json_object_get(r, "job");
+        printf("job %lld: removed (its work directory and record, %s freed; the output %s is kept)\n", a->job,
+               freed, *jstr(job, "out") ? jstr(job, "out") : "directory");
+    }
+    json_decref(r);
+    return EXIT_OK;
 }
 
 static int cmd_eval(struct conn *c, const struct args *a) {
@@ -612,72 +682,334 @@ static int cmd_eval(struct conn *c, const struct args *a) {
         proto_set_int(q, "max_windows", a->max_windows);
     json_t *r = call(c, q);
     if (!r)
-        return 1;
+        return call_failure;
     if (!opt_json)
         printf("perplexity %.4f (mean NLL %.4f; %lld windows of %lld tokens, %lld predictions, %.1f s)\n",
                jnum(r, "ppl", 0), jnum(r, "mean_nll", 0), jint(r, "windows"), jint(r, "seqlen"),
                jint(r, "predicted"), jnum(r, "seconds", 0));
     json_decref(r);
-    return 0;
+    return EXIT_OK;
+}
+
+/* ---- The command table ---------------------------------------------------------- */
+
+enum {
+    O_SOCKET = 256, O_JSON, O_HELP, O_VERSION, O_MODEL, O_OUT, O_METHOD, O_RATIO, O_CALIB, O_NSAMPLES,
+    O_SEQLEN, O_SEED, O_WINDOWS, O_DENSE, O_OVERWRITE, O_EVAL_TEXT, O_EVAL_SEQLEN,
+    O_EVAL_MAX, O_TEXT, O_MAX_WINDOWS, O_STATE, O_LIMIT, O_ALPHA, O_RANKS, O_LAYERS,
+    O_ATTN_SPLIT, O_CENTERED, O_KEEP_CKPT, O_END
+};
+
+static const struct option longopts[] = {
+    {"socket", required_argument, NULL, O_SOCKET},
+    {"json", no_argument, NULL, O_JSON},
+    {"help", no_argument, NULL, O_HELP},
+    {"version", no_argument, NULL, O_VERSION},
+    {"model", required_argument, NULL, O_MODEL},
+    {"out", required_argument, NULL, O_OUT},
+    {"method", required_argument, NULL, O_METHOD},
+    {"ratio", required_argument, NULL, O_RATIO},
+    {"alpha", required_argument, NULL, O_ALPHA},
+    {"ranks", required_argument, NULL, O_RANKS},
+    {"layers", required_argument, NULL, O_LAYERS},
+    {"attn-split", required_argument, NULL, O_ATTN_SPLIT},
+    {"centered", no_argument, NULL, O_CENTERED},
+    {"calib", required_argument, NULL, O_CALIB},
+    {"nsamples", required_argument, NULL, O_NSAMPLES},
+    {"seqlen", required_argument, NULL, O_SEQLEN},
+    {"seed", required_argument, NULL, O_SEED},
+    {"calib-windows", required_argument, NULL, O_WINDOWS},
+    {"dense", no_argument, NULL, O_DENSE},
+    {"overwrite", no_argument, NULL, O_OVERWRITE},
+    {"keep-checkpoints", no_argument, NULL, O_KEEP_CKPT},
+    {"eval-text", required_argument, NULL, O_EVAL_TEXT},
+    {"eval-seqlen", required_argument, NULL, O_EVAL_SEQLEN},
+    {"eval-max-windows", required_argument, NULL, O_EVAL_MAX},
+    {"text", required_argument, NULL, O_TEXT},
+    {"max-windows", required_argument, NULL, O_MAX_WINDOWS},
+    {"state", required_argument, NULL, O_STATE},
+    {"limit", required_argument, NULL, O_LIMIT},
+    {NULL, 0, NULL, 0},
+};
+
+static const char *opt_name(int id) {
+    for (size_t i = 0; longopts[i].name; i++)
+        if (longopts[i].val == id)
+            return longopts[i].name;
+    return "?";
+}
+
+/* One option of a command: its value's name (NULL: a switch) and the help
+ * line `svdllmctl CMD --help` prints (meaning, unit, range, default). */
+struct cmd_opt {
+    int id;
+    const char *arg;
+    const char *help;
+};
+
+#define MAX_CMD_OPTS 24
+
+struct command {
+    const char *name;
+    const char *synopsis;   /* after the name, for the global --help */
+    const char *summary;    /* one line */
+    bool takes_job;         /* one positional argument: a job id */
+    int required[4];        /* options that must be given (0-terminated) */
+    struct cmd_opt opts[MAX_CMD_OPTS];   /* {0} ends the list */
+    const char *notes;      /* more text for CMD --help (may be NULL) */
+    int (*run)(struct conn *c, const struct args *a);
+};
+
+static const struct command commands[] = {
+    {"ping", "", "check that svdllmd answers", false, {0}, {{0}}, NULL, cmd_ping},
+    {"version", "", "daemon version, protocol, compute threads and methods", false, {0}, {{0}}, NULL, cmd_version},
+    {"submit", "--model DIR --out DIR --ratio R [--calib FILE] [options]",
+     "queue a compression job; prints its id", false, {O_MODEL, O_OUT, O_RATIO, 0},
+     {{O_MODEL, "DIR", "model directory, Hugging Face layout (config.json,\n"
+                       "*.safetensors, tokenizer.json); required"},
+      {O_OUT, "DIR", "output directory to create (its parent must exist);\n"
+                     "required"},
+      {O_RATIO, "R", "fraction of the decoder-linear parameters REMOVED,\n"
+                     "in (0, 1): 0.4 removes 40 % and keeps 60 % (embeddings,\n"
+                     "norms and the head are kept); required"},
+      {O_METHOD, "M", "svd | svdllm | asvd | awsvd | svdllm-update | rom |\n"
+                      "lorap (default svdllm)"},
+      {O_CALIB, "FILE", "calibration text, or a .i32 file of int32 token ids;\n"
+                        "required unless --method svd"},
+      {O_NSAMPLES, "N", "calibration windows, 1..65536 (default 32)"},
+      {O_SEQLEN, "L", "tokens per calibration window, 2..65536 (default 128;\n"
+                      "use 2048 for 7B-class models)"},
+      {O_SEED, "S", "seed of the window sampling, >= 0 (default 0)"},
+      {O_WINDOWS, "W", "random | first: which calibration windows (default\n"
+                       "random)"},
+      {O_RANKS, "RULE", "rank allocation: default | uniform | lorap | last-n |\n"
+                        "auto (default: lorap for --method lorap, last-n with\n"
+                        "--layers, else uniform)"},
+      {O_LAYERS, "N", "last-n: how many final decoder layers are compressed,\n"
+                      "0..1024 (default 0 = all)"},
+      {O_ATTN_SPLIT, "X", "lorap rule: attention's kept parameters split\n"
+                          "(v+o):(q+k) = X, in (0, 100] (default 3)"},
+      {O_CENTERED, NULL, "rom: centred output covariance (default uncentred)"},
+      {O_ALPHA, "A", "asvd: exponent of the channel scales, in (0, 4]\n"
+                     "(default 0.5)"},
+      {O_DENSE, NULL, "write each compressed W' dense under its original name\n"
+                      "(a plain LLaMA checkpoint) instead of factor pairs"},
+      {O_OVERWRITE, NULL, "replace an existing --out, an earlier svdllm output\n"
+                          "of yours (default: an existing --out is refused)"},
+      {O_KEEP_CKPT, NULL, "keep the job's checkpoints once it is done (default:\n"
+                          "its work directory is emptied on success)"},
+      {O_EVAL_TEXT, "FILE", "measure perplexity and tokens/s before and after on\n"
+                            "this text (default: no evaluation)"},
+      {O_EVAL_SEQLEN, "L", "tokens per evaluation window (default 0 = --seqlen)"},
+      {O_EVAL_MAX, "N", "evaluate at most N windows (default 0 = all)"},
+      {0}},
+     "Prints the job's id. With --json it prints the job object instead (one\n"
+     "line; its \"id\" is the job's id: id=$(svdllmctl --json submit ... | jq .id)).\n"
+     "The daemon checks the paths, the model and the parameters before it\n"
+     "records the job; an error names the flag at fault.",
+     cmd_submit},
+    {"status", "JOB", "state, layer i/N, phase, ETA, peak RSS, perplexities", true, {0}, {{0}}, NULL, cmd_status},
+    {"list", "[--state S] [--limit N]", "jobs, newest first, with their age and error", false, {0},
+     {{O_STATE, "S", "only jobs in state S: queued | running | done |\n"
+                     "failed | cancelled (default: all)"},
+      {O_LIMIT, "N", "at most N jobs, 1..10000 (default 100)"},
+      {0}},
+     "AGE is the time since the job was submitted (s, m, h, d); a failed or\n"
+     "cancelled job's error follows on an indented line.",
+     cmd_list},
+    {"watch", "JOB", "follow a job until it ends (exit 0 only if done)", true, {0}, {{0}},
+     "A progress bar on a terminal, one line per change otherwise. Only the\n"
+     "job's owner, root or svdllmd's user may watch it. Exit 0 if it ends done,\n"
+     "1 if failed or cancelled.",
+     cmd_watch},
+    {"cancel", "JOB", "cancel a queued or running job (its checkpoints are kept)", true, {0}, {{0}},
+     "A running job stops at its next safe point. Its checkpoints are kept, so\n"
+     "svdllmctl resume JOB continues it; svdllmctl rm JOB deletes them.",
+     cmd_cancel},
+    {"resume", "JOB", "requeue a failed or cancelled job from its checkpoints", true, {0}, {{0}},
+     "Owner or root only. It continues from its intact checkpoints to the same\n"
+     "output as an uninterrupted run. Refused (invalid) when the model or\n"
+     "calibration files changed since the job was submitted. A daemon restart\n"
+     "does not retry failed jobs.",
+     cmd_resume},
+    {"rm", "JOB", "delete a finished job's work directory and record", true, {0}, {{0}},
+     "For a done, failed or cancelled job; owner or root only. Its output\n"
+     "directory is kept. A removed job cannot be resumed.",
+     cmd_rm},
+    {"eval", "--model DIR --text FILE [--seqlen L] [--max-windows N]", "perplexity of a model on a text", false,
+     {O_MODEL, O_TEXT, 0},
+     {{O_MODEL, "DIR", "model directory (an original or an svdllm output);\n"
+                       "required"},
+      {O_TEXT, "FILE", "the text (or .i32 token ids); required"},
+      {O_SEQLEN, "L", "tokens per window, 2..65536 (default 128)"},
+      {O_MAX_WINDOWS, "N", "evaluate at most N windows (default 0 = all)"},
+      {0}},
+     NULL, cmd_eval},
+};
+#define N_COMMANDS (sizeof commands / sizeof commands[0])
+
+static const char exit_status_text[] =
+    "Exit status:\n"
+    "  0  success (watch: the job ended done)\n"
+    "  1  svdllmd refused the request (one line on stderr: its code and message,\n"
+    "     e.g. not_found, exists, too_many_clients), or the watched job ended\n"
+    "     failed or cancelled\n"
+    "  2  usage error (unknown command or option, missing or malformed argument),\n"
+    "     found before connecting\n"
+    "  3  svdllmd unreachable: cannot connect, or the connection broke before\n"
+    "     the reply (a retry may succeed)\n";
+
+static void usage(FILE *f) {
+    fputs("Usage: svdllmctl [--socket PATH] [--json] COMMAND [ARGS]\n"
+          "       svdllmctl COMMAND --help | --help | --version\n"
+          "\n"
+          "Commands:\n", f);
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        const struct command *c = &commands[i];
+        char head[160];
+        snprintf(head, sizeof head, "%s%s%s", c->name, *c->synopsis ? " " : "", c->synopsis);
+        if (strlen(head) <= 26)
+            fprintf(f, "  %-26s  %s\n", head, c->summary);
+        else
+            fprintf(f, "  %s\n  %-26s  %s\n", head, "", c->summary);
+    }
+    fputs("\n"
+          "  --socket PATH   daemon socket (default $SVDLLMD_SOCKET or " DEFAULT_SOCKET ")\n"
+          "  --json          print the daemon's raw JSON messages, one per line (submit:\n"
+          "                  the job object, whose \"id\" is the job's id)\n"
+          "  --help          this text; after a command: that command's options, their\n"
+          "                  units and defaults\n"
+          "  --version       svdllmctl's version (svdllmctl version: the daemon's)\n"
+          "\n", f);
+    fputs(exit_status_text, f);
+}
+
+/* CMD --help: its synopsis, every option with its unit and default. */
+static void usage_command(FILE *f, const struct command *c) {
+    fprintf(f, "Usage: svdllmctl %s%s%s\n\nsvdllmctl %s: %s.\nGlobal options (--socket PATH, --json): svdllmctl --help.\n", c->name,
+            *c->synopsis ? " " : "", c->synopsis, c->name, c->summary);
+    if (c->takes_job)
+        fputs("JOB is a job id (svdllmctl list shows them).\n", f);
+    if (c->opts[0].id) {
+        fputs("\nOptions:\n", f);
+        for (const struct cmd_opt *o = c->opts; o->id; o++) {
+            char head[64];
+            snprintf(head, sizeof head, "--%s%s%s", opt_name(o->id), o->arg ? " " : "", o->arg ? o->arg : "");
+            fprintf(f, "  %-20s  ", head);
+            for (const char *p = o->help; *p; p++) {   /* continuation lines indented */
+                fputc(*p, f);
+                if (*p == '\n')
+                    fprintf(f, "  %-20s  ", "");
+            }
+            fputc('\n', f);
+        }
+    }
+    if (c->notes)
+        fprintf(f, "\n%s\n", c->notes);
+    fputs("\n", f);
+    fputs(exit_status_text, f);
+}
+
+static const struct command *command_find(const char *name) {
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (strcmp(commands[i].name, name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
+static bool command_has_opt(const struct command *c, int id) {
+    for (const struct cmd_opt *o = c->opts; o->id; o++)
+        if (o->id == id)
+            return true;
+    return false;
+}
+
+/* ---- Errors in the command line's terms ------------------------------------------- */
+
+/* If the protocol field named by s[0..n) is sent from one of the command's
+ * options, writes that flag ("--eval-text") into flag and returns true. The
+ * fields are the flags' names with '_' for '-'. */
+static bool field_flag(const char *s, size_t n, char *flag, size_t flag_n) {
+    if (!cur_cmd || n == 0 || n > 40)
+        return false;
+    char name[48];
+    for (size_t i = 0; i < n; i++)
+        name[i] = s[i] == '_' ? '-' : s[i];
+    name[n] = '\0';
+    for (const struct cmd_opt *o = cur_cmd->opts; o->id; o++)
+        if (strcmp(opt_name(o->id), name) == 0) {
+            snprintf(flag, flag_n, "--%s", name);
+            return true;
+        }
+    return false;
+}
+
+static size_t field_len(const char *s) {
+    size_t n = 0;
+    while ((s[n] >= 'a' && s[n] <= 'z') || s[n] == '_')
+        n++;
+    return n;
+}
+
+/* The daemon's message with the fields it names shown as the flags that set
+ * them: "field 'ratio': ..." and "missing field 'calib'" become "--ratio:
+ * ..." and "missing --calib", a leading "out: " or "seqlen 4096 ..." gets
+ * its flag, "set overwrite" becomes "use --overwrite". */
+static void flag_message(const char *msg, char *out, size_t n) {
+    size_t o = 0;
+    const char *p = msg;
+    char flag[64];
+#define EMIT(str, len)                                                 \
+    do {                                                               \
+        size_t l_ = (len);                                             \
+        if (o + l_ >= n)                                               \
+            l_ = n - 1 - o;                                            \
+        memcpy(out + o, (str), l_);                                    \
+        o += l_;                                                       \
+    } while (0)
+    size_t lead = field_len(p);
+    if (lead && (p[lead] == ':' || (p[lead] == ' ' && p[lead + 1] >= '0' && p[lead + 1] <= '9')) &&
+        field_flag(p, lead, flag, sizeof flag)) {
+        EMIT(flag, strlen(flag));
+        p += lead;
+    }
+    while (*p && o + 1 < n) {
+        static const char fq[] = "field '", mf[] = "missing field '";
+        const char *pre = strncmp(p, mf, sizeof mf - 1) == 0 ? mf : strncmp(p, fq, sizeof fq - 1) == 0 ? fq : NULL;
+        if (pre) {
+            const char *f = p + strlen(pre);
+            size_t fl = field_len(f);
+            if (f[fl] == '\'' && field_flag(f, fl, flag, sizeof flag)) {
+                if (pre == mf)
+                    EMIT("missing ", 8);
+                EMIT(flag, strlen(flag));
+                p = f + fl + 1;
+                continue;
+            }
+        }
+        static const char so[] = "set overwrite", po[] = "pass overwrite";
+        if (strncmp(p, so, sizeof so - 1) == 0 || strncmp(p, po, sizeof po - 1) == 0) {
+            EMIT("use --overwrite", 15);
+            p += *p == 's' ? sizeof so - 1 : sizeof po - 1;
+            continue;
+        }
+        out[o++] = *p++;
+    }
+#undef EMIT
+    out[o] = '\0';
+}
+
+/* One line on stderr for an error reply: "code: message", in flags. */
+static void error_line(enum proto_code code, const char *msg) {
+    char text[2 * SV_ERR_MSG_MAX];
+    flag_message(msg, text, sizeof text);
+    fail("%s: %s", proto_code_name(code), text);
+    call_failure = EXIT_FAIL;
 }
 
 /* ---- main ------------------------------------------------------------------------- */
 
-enum {
-    O_SOCKET = 256, O_JSON, O_HELP, O_MODEL, O_OUT, O_METHOD, O_RATIO, O_CALIB, O_NSAMPLES,
-    O_SEQLEN, O_SEED, O_WINDOWS, O_DENSE, O_OVERWRITE, O_EVAL_TEXT, O_EVAL_SEQLEN,
-    O_EVAL_MAX, O_TEXT, O_MAX_WINDOWS, O_STATE, O_LIMIT, O_ALPHA, O_RANKS, O_LAYERS,
-    O_ATTN_SPLIT, O_CENTERED, O_END
-};
-
-/* Which options each command accepts (besides --socket, --json). */
-static const struct {
-    const char *name;
-    int opts[24];
-} commands[] = {
-    {"ping", {0}},
-    {"version", {0}},
-    {"submit", {O_MODEL, O_OUT, O_METHOD, O_RATIO, O_CALIB, O_NSAMPLES, O_SEQLEN, O_SEED, O_WINDOWS,
-                O_DENSE, O_OVERWRITE, O_EVAL_TEXT, O_EVAL_SEQLEN, O_EVAL_MAX, O_ALPHA, O_RANKS, O_LAYERS, O_ATTN_SPLIT,
-                O_CENTERED, 0}},
-    {"status", {0}},
-    {"list", {O_STATE, O_LIMIT, 0}},
-    {"watch", {0}},
-    {"cancel", {0}},
-    {"resume", {0}},
-    {"eval", {O_MODEL, O_TEXT, O_SEQLEN, O_MAX_WINDOWS, 0}},
-};
-
 int main(int argc, char **argv) {
-    static const struct option longopts[] = {
-        {"socket", required_argument, NULL, O_SOCKET},
-        {"json", no_argument, NULL, O_JSON},
-        {"help", no_argument, NULL, O_HELP},
-        {"model", required_argument, NULL, O_MODEL},
-        {"out", required_argument, NULL, O_OUT},
-        {"method", required_argument, NULL, O_METHOD},
-        {"ratio", required_argument, NULL, O_RATIO},
-        {"alpha", required_argument, NULL, O_ALPHA},
-        {"ranks", required_argument, NULL, O_RANKS},
-        {"layers", required_argument, NULL, O_LAYERS},
-        {"attn-split", required_argument, NULL, O_ATTN_SPLIT},
-        {"centered", no_argument, NULL, O_CENTERED},
-        {"calib", required_argument, NULL, O_CALIB},
-        {"nsamples", required_argument, NULL, O_NSAMPLES},
-        {"seqlen", required_argument, NULL, O_SEQLEN},
-        {"seed", required_argument, NULL, O_SEED},
-        {"calib-windows", required_argument, NULL, O_WINDOWS},
-        {"dense", no_argument, NULL, O_DENSE},
-        {"overwrite", no_argument, NULL, O_OVERWRITE},
-        {"eval-text", required_argument, NULL, O_EVAL_TEXT},
-        {"eval-seqlen", required_argument, NULL, O_EVAL_SEQLEN},
-        {"eval-max-windows", required_argument, NULL, O_EVAL_MAX},
-        {"text", required_argument, NULL, O_TEXT},
-        {"max-windows", required_argument, NULL, O_MAX_WINDOWS},
-        {"state", required_argument, NULL, O_STATE},
-        {"limit", required_argument, NULL, O_LIMIT},
-        {NULL, 0, NULL, 0},
-    };
     /* A daemon that closes while we write must not kill us: we read its reply. */
     signal(SIGPIPE, SIG_IGN);
     const char *socket_path = getenv("SVDLLMD_SOCKET");
@@ -686,11 +1018,17 @@ int main(int argc, char **argv) {
     struct args a = {.nsamples = -1, .seqlen = -1, .seed = -1, .eval_seqlen = -1,
                      .eval_max_windows = -1, .max_windows = -1, .limit = -1, .layers = -1};
     bool seen[O_END] = {0};
-    const char *seen_name[O_END] = {0};
+    bool want_help = false;
     const char *pos[3];
     int npos = 0;
     int opt, idx = 0;
     opterr = 0;
+    /* Usage errors point at the command's own --help once one is named. */
+    for (int i = 1; i < argc; i++)
+        if (argv[i][0] != '-' && command_find(argv[i])) {
+            snprintf(usage_hint, sizeof usage_hint, "svdllmctl %s --help", argv[i]);
+            break;
+        }
     /* '+': stop at each positional argument; take it and go on, so options
      * may come before or after the command. */
     while ((opt = getopt_long(argc, argv, "+:h", longopts, &idx)) != -1 || optind < argc) {
@@ -706,24 +1044,28 @@ int main(int argc, char **argv) {
             die_usage("option '%s' needs a value", argv[optind - 1]);
         if (opt >= O_MODEL && opt < O_END) {
             if (seen[opt])
-                die_usage("option --%s given twice", longopts[idx].name);
+                die_usage("option --%s given twice", opt_name(opt));
             seen[opt] = true;
-            seen_name[opt] = longopts[idx].name;
         }
         switch (opt) {
         case O_SOCKET: socket_path = optarg; break;
         case O_JSON: opt_json = true; break;
         case 'h':
-        case O_HELP: usage(stdout); return 0;
+        case O_HELP: want_help = true; break;
+        case O_VERSION: printf("svdllmctl %s\n", SV_VERSION); return EXIT_OK;
         case O_MODEL: a.model = optarg; break;
         case O_OUT: a.out = optarg; break;
         case O_METHOD: a.method = optarg; break;
         case O_RATIO: {
+            /* The fraction removed: (0, 1) is checked here, before connecting. */
             char *end;
             errno = 0;
             a.ratio = strtod(optarg, &end);
             if (errno || end == optarg || *end)
                 die_usage("--ratio: '%s' is not a number", optarg);
+            if (!(a.ratio > 0.0 && a.ratio < 1.0))
+                die_usage("--ratio: %s is outside (0, 1) (the fraction of parameters removed: 0.4 keeps 60 %%)",
+                          optarg);
             a.has_ratio = true;
             break;
         }
@@ -757,6 +1099,7 @@ int main(int argc, char **argv) {
         case O_WINDOWS: a.calib_windows = optarg; break;
         case O_DENSE: a.dense = true; break;
         case O_OVERWRITE: a.overwrite = true; break;
+        case O_KEEP_CKPT: a.keep_checkpoints = true; break;
         case O_EVAL_TEXT: a.eval_text = optarg; break;
         case O_EVAL_SEQLEN: a.eval_seqlen = parse_ll("eval-seqlen", optarg, 0, INT_MAX); break;
         case O_EVAL_MAX: a.eval_max_windows = parse_ll("eval-max-windows", optarg, 0, INT_MAX); break;
@@ -767,53 +1110,47 @@ int main(int argc, char **argv) {
         default: die_usage("unexpected option");
         }
     }
+    /* "svdllmctl help [CMD]" is --help too. */
+    if (npos >= 1 && strcmp(pos[0], "help") == 0) {
+        want_help = true;
+        memmove(pos, pos + 1, (size_t)--npos * sizeof *pos);
+    }
     if (npos == 0) {
-        usage(stderr);
-        return 2;
+        usage(want_help ? stdout : stderr);
+        return want_help ? EXIT_OK : EXIT_USAGE;
     }
-    size_t ci = 0;
-    while (ci < sizeof commands / sizeof commands[0] && strcmp(commands[ci].name, pos[0]) != 0)
-        ci++;
-    if (ci == sizeof commands / sizeof commands[0])
+    const struct command *cmd = command_find(pos[0]);
+    if (!cmd)
         die_usage("unknown command '%s'", pos[0]);
-    for (int o = O_MODEL; o < O_END; o++) {
-        if (!seen[o])
-            continue;
-        bool ok = false;
-        for (int k = 0; commands[ci].opts[k]; k++)
-            ok |= commands[ci].opts[k] == o;
-        if (!ok)
-            die_usage("option --%s does not apply to '%s'", seen_name[o], pos[0]);
+    if (want_help) {
+        usage_command(stdout, cmd);
+        return EXIT_OK;
     }
-    const char *cmd = pos[0];
-    bool takes_job = !strcmp(cmd, "status") || !strcmp(cmd, "watch") || !strcmp(cmd, "cancel") ||
-                     !strcmp(cmd, "resume");
-    if (takes_job && npos != 2)
-        die_usage("'%s' takes one job id", cmd);
-    if (!takes_job && npos != 1)
-        die_usage("'%s' takes no arguments", cmd);
-    long long job = takes_job ? parse_job(pos[1]) : 0;
+    for (int o = O_MODEL; o < O_END; o++)
+        if (seen[o] && !command_has_opt(cmd, o))
+            die_usage("option --%s does not apply to '%s'", opt_name(o), cmd->name);
+    if (cmd->takes_job && npos != 2)
+        die_usage("'%s' takes one job id", cmd->name);
+    if (!cmd->takes_job && npos != 1)
+        die_usage("'%s' takes no arguments", cmd->name);
+    a.job = cmd->takes_job ? parse_job(pos[1]) : 0;
+    /* Local checks, before connecting: the required options, named. */
+    for (int k = 0; cmd->required[k]; k++)
+        if (!seen[cmd->required[k]]) {
+            const struct cmd_opt *o = cmd->opts;
+            while (o->id && o->id != cmd->required[k])
+                o++;
+            die_usage("%s: --%s %s is required", cmd->name, opt_name(o->id), o->arg ? o->arg : "");
+        }
+    /* submit prints its own JSON (the job object), the others the raw messages. */
+    json_raw = cmd->run != cmd_submit;
+    cur_cmd = cmd;
 
     struct conn c;
-    if (conn_open(&c, socket_path) != 0)
-        return 1;
-    int rc;
-    if (!strcmp(cmd, "ping") || !strcmp(cmd, "version"))
-        rc = cmd_simple(&c, cmd);
-    else if (!strcmp(cmd, "submit"))
-        rc = cmd_submit(&c, &a);
-    else if (!strcmp(cmd, "status"))
-        rc = cmd_status(&c, job);
-    else if (!strcmp(cmd, "list"))
-        rc = cmd_list(&c, &a);
-    else if (!strcmp(cmd, "watch"))
-        rc = cmd_watch(&c, job);
-    else if (!strcmp(cmd, "cancel"))
-        rc = cmd_cancel(&c, job);
-    else if (!strcmp(cmd, "resume"))
-        rc = cmd_resume(&c, job);
-    else
-        rc = cmd_eval(&c, &a);
+    int rc = conn_open(&c, socket_path);
+    if (rc != 0)
+        return rc;
+    rc = cmd->run(&c, &a);
     conn_close(&c);
     return rc;
 }

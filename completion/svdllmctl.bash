@@ -7,8 +7,8 @@
 _svdllmctl() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=""
     ((COMP_CWORD > 0)) && prev=${COMP_WORDS[COMP_CWORD - 1]}
-    local commands="ping version submit status list watch cancel resume eval"
-    local global="--socket --json --help"
+    local commands="ping version submit status list watch cancel resume rm eval help"
+    local global="--socket --json --help --version"
 
     # The command and the socket given so far.
     local cmd="" socket="" i w
@@ -41,7 +41,7 @@ _svdllmctl() {
     case $cmd in
     submit) opts="--model --out --method --ratio --ranks --layers --attn-split --centered --alpha
                   --calib --nsamples --seqlen --seed --calib-windows --dense --overwrite
-                  --eval-text --eval-seqlen --eval-max-windows" ;;
+                  --keep-checkpoints --eval-text --eval-seqlen --eval-max-windows" ;;
     list) opts="--state --limit" ;;
     eval) opts="--model --text --seqlen --max-windows" ;;
     esac
@@ -52,7 +52,9 @@ _svdllmctl() {
         COMPREPLY=($(compgen -W "$commands" -- "$cur"))
     else
         case $cmd in
-        status|watch|cancel|resume)
+        help)
+            COMPREPLY=($(compgen -W "${commands% help}" -- "$cur")) ;;
+        status|watch|cancel|resume|rm)
             # Job ids: the first column of `list`, skipping its header.
             local ids
             ids=$(svdllmctl ${socket:+--socket "$socket"} list 2>/dev/null | awk 'NR > 1 && $1 ~ /^[0-9]+$/ {print $1}')

@@ -792,7 +792,7 @@ static void test_not_running(void) {
     for (int i = 0; i < 3; i++) {
         struct ctl_result r;
         ctl(&r, path, cmds[i]);
-        SV_ASSERT_EQ(r.status, 1);
+        SV_ASSERT_EQ(r.status, 3);   /* unreachable: a retry may succeed */
         SV_ASSERT_STR_CONTAINS(r.err, "svdllmctl: cannot connect to ");
         SV_ASSERT_STR_CONTAINS(r.err, "No such file or directory (is svdllmd running?)");
         SV_ASSERT_EQ(lines(r.err), 1);
@@ -817,7 +817,7 @@ static void test_not_running(void) {
     struct ctl_result r;
     const char *ping[] = {"ping", NULL};
     ctl(&r, path, ping);
-    SV_ASSERT_EQ(r.status, 1);
+    SV_ASSERT_EQ(r.status, 3);
     SV_ASSERT_STR_CONTAINS(r.err, "Connection refused (is svdllmd running?)");
     unlink(path);
 }
@@ -1592,11 +1592,11 @@ static void test_cancel_running(void) {
     char jstate[32], work[PATH_MAX];
     SV_ASSERT_EQ(db_job(out, jstate, sizeof jstate, work, sizeof work), id);
     SV_CHECK(strcmp(jstate, "cancelled") == 0);
-    /* The row is kept; the work directory is emptied (a cancelled job
-     * cannot be resumed). */
+    /* The row and the checkpoint are kept: a cancelled job can be resumed
+     * (test_lifecycle resumes one). */
     struct layer_row rows[4];
     SV_ASSERT_EQ(db_layers(id, rows, 4), 1);
-    SV_ASSERT_EQ(dir_entries(work), 0);
+    SV_CHECK(path_exists(work, "layer-0.safetensors"));
     SV_CHECK(!path_exists(dir, "out-cancel"));
 out:
     daemon_fault = NULL;
@@ -2691,7 +2691,7 @@ static void test_resume_after_full_output(void) {
     SV_CHECK(same_output(ref, out));
     ctl(&r, sock_path, resume);
     SV_ASSERT_EQ(r.status, 1);
-    SV_ASSERT_STR_CONTAINS(r.err, "only a failed job can be resumed");
+    SV_ASSERT_STR_CONTAINS(r.err, "only a failed or cancelled job can be resumed");
     SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
 out:
     if (daemon_pid > 0)
@@ -3214,6 +3214,395 @@ out:
 }
 
 
+/* ---- Job lifecycle and the command line's manners (issue 13) ------------------------ */
+
+/* Waits up to 60 s for job id to be running with at least one committed
+ * layer (under stall-after-commit:0 it then waits there). */
+static bool wait_running_one(long long id) {
+    struct status_view v = wait_layers(id, 1);
+    bool ok = strcmp(v.state, "running") == 0 && v.layers_done >= 1;
+    if (!ok)
+        fprintf(stderr, "job %lld: %s with %lld layers, not running with one\n", id, v.state, v.layers_done);
+    return ok;
+}
+
+/* A cancelled job keeps its checkpoints and `svdllmctl resume` continues it
+ * from them to the bytes of an uninterrupted run (layers_resumed 1), its
+ * work directory then emptied; `list` shows its age and error while it is
+ * cancelled; resume is refused (invalid, naming the change) once its
+ * calibration file changed; `rm` is refused for a running job, to another
+ * uid (forbidden) and for an unknown id, and for a final job deletes its
+ * work directory and row but not its output; --keep-checkpoints keeps a
+ * done job's checkpoints; submit --json prints the job object. */
+static void test_lifecycle(void) {
+    struct side sv;
+    char release[400], out[400], ref[400], kept[400], changed[400], calib_copy[400], ids[32], idc[32];
+    snprintf(release, sizeof release, "%s/release-lifecycle", dir);
+    unlink(release);
+    daemon_fault = "stall-after-commit:0";
+    daemon_release = release;
+    bool up = side_enter(&sv, "lifecycle", "socket_mode = 0666\nthreads = 1\n");
+    daemon_fault = daemon_release = NULL;
+    if (!up)
+        goto out;
+    snprintf(out, sizeof out, "%s/out-life", dir);
+    snprintf(ref, sizeof ref, "%s/out-life-ref", dir);
+    snprintf(kept, sizeof kept, "%s/out-life-kept", dir);
+    snprintf(changed, sizeof changed, "%s/out-life-changed", dir);
+    snprintf(calib_copy, sizeof calib_copy, "%s/calib-life.txt", dir);
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "cp '%s/calib-200k.txt' '%s'", dir, calib_copy);
+    SV_ASSERT_EQ(system(cmd), 0);
+
+    /* Submitted through svdllmctl --json: one line, the job object, whose
+     * "id" is the job's (what `jq .id` reads), not the request's. */
+    struct ctl_result r;
+    const char *submit[] = {"--json", "submit", "--model", model, "--out", out, "--calib", calib_copy, "--ratio",
+                            "0.4", "--nsamples", "16", "--seqlen", "128", NULL};
+    ctl(&r, sock_path, submit);
+    SV_ASSERT_EQ(r.status, 0);
+    SV_ASSERT_EQ(lines(r.out), 1);
+    json_t *m = json_loads(r.out, 0, NULL);
+    long long id = json_integer_value(json_object_get(m, "id"));
+    /* The job object itself (the raw reply would have "ok" and "job"), and
+     * its id is the job that writes out. */
+    SV_CHECK(id >= 1 && json_object_get(m, "ok") == NULL && json_object_get(m, "job") == NULL);
+    json_t *js = job_status(id);
+    SV_CHECK(js && str_is(json_object_get(js, "out"), out));
+    json_decref(js);
+    SV_CHECK(str_is(json_object_get(m, "state"), "queued") && str_is(json_object_get(m, "out"), out));
+    SV_CHECK(json_is_false(json_object_get(m, "keep_checkpoints")));
+    const char *work_c = json_string_value(json_object_get(m, "work_dir"));
+    char work[PATH_MAX];
+    snprintf(work, sizeof work, "%s", work_c ? work_c : "");
+    json_decref(m);
+    snprintf(ids, sizeof ids, "%lld", id);
+    if (!wait_running_one(id))
+        goto out;
+
+    /* rm of a running job: refused, the job untouched. */
+    const char *rm[] = {"rm", ids, NULL};
+    ctl(&r, sock_path, rm);
+    SV_ASSERT_EQ(r.status, 1);
+    SV_ASSERT_STR_CONTAINS(r.err, "svdllmctl: bad_state: job ");
+    SV_ASSERT_STR_CONTAINS(r.err, "is running; only a done, failed or cancelled job can be removed");
+
+    /* Cancel: it ends cancelled with its checkpoint kept. */
+    const char *cancel[] = {"cancel", ids, NULL};
+    ctl(&r, sock_path, cancel);
+    SV_ASSERT_EQ(r.status, 0);
+    SV_ASSERT_STR_CONTAINS(r.out, "svdllmctl resume ");
+    int n_events;
+    SV_CHECK(strcmp(watch_end(id, &n_events), "cancelled") == 0);
+    SV_CHECK(path_exists(work, "layer-0.safetensors"));
+    struct layer_row rows[4];
+    (void)rows;
+
+    /* list: the age column and the error on its own indented line. */
+    const char *list[] = {"list", NULL};
+    ctl(&r, sock_path, list);
+    SV_ASSERT_EQ(r.status, 0);
+    SV_ASSERT_STR_CONTAINS(r.out, "  AGE  MODEL -> OUT\n");
+    char row[128];
+    snprintf(row, sizeof row, "%6lld  cancelled  svdllm", id);
+    SV_ASSERT_STR_CONTAINS(r.out, row);
+    SV_ASSERT_STR_CONTAINS(r.out, "\n        error: cancelled while running\n");
+    const char *status[] = {"status", ids, NULL};
+    ctl(&r, sock_path, status);
+    SV_ASSERT_STR_CONTAINS(r.out, "svdllmctl resume ");
+
+    /* A second job on a copy of the calibration text, cancelled, whose text
+     * then changes: its resume is refused and it stays cancelled. */
+    char calib2[400];
+    snprintf(calib2, sizeof calib2, "%s/calib-life2.txt", dir);
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", calib_copy, calib2);
+    SV_ASSERT_EQ(system(cmd), 0);
+    const char *submit2[] = {"submit", "--model", model, "--out", changed, "--calib", calib2, "--ratio", "0.4",
+                             "--nsamples", "16", "--seqlen", "128", NULL};
+    ctl(&r, sock_path, submit2);
+    SV_ASSERT_EQ(r.status, 0);
+    long long idch = atoll(r.out);
+    snprintf(idc, sizeof idc, "%lld", idch);
+    if (!wait_running_one(idch))
+        goto out;
+    const char *cancel2[] = {"cancel", idc, NULL};
+    ctl(&r, sock_path, cancel2);
+    SV_CHECK(strcmp(watch_end(idch, &n_events), "cancelled") == 0);
+    FILE *f = fopen(calib2, "a");
+    SV_CHECK(f != NULL);
+    if (f) {
+        fputs("One more sentence that changes the calibration text.\n", f);
+        fclose(f);
+    }
+    const char *resume2[] = {"resume", idc, NULL};
+    ctl(&r, sock_path, resume2);
+    SV_ASSERT_EQ(r.status, 1);
+    SV_ASSERT_STR_CONTAINS(r.err, "svdllmctl: invalid: job ");
+    SV_ASSERT_STR_CONTAINS(r.err, "cannot be resumed: its inputs changed since it was submitted");
+    SV_CHECK(strcmp(status_view(idch).state, "cancelled") == 0);
+
+    /* The stall ends; the cancelled job resumes from its checkpoint. */
+    write_file(release, "go\n");
+    const char *resume[] = {"resume", ids, NULL};
+    ctl(&r, sock_path, resume);
+    SV_ASSERT_EQ(r.status, 0);
+    SV_ASSERT_STR_CONTAINS(r.out, "queued (resumes from 1 checkpointed layers)");
+    SV_CHECK(strcmp(watch_end(id, &n_events), "done") == 0);
+    struct status_view v = status_view(id);
+    SV_ASSERT_EQ(v.layers_resumed, 1);
+    SV_ASSERT_EQ(dir_entries(work), 0);   /* done: emptied by default */
+
+    /* The reference, uninterrupted, keeping its checkpoints. */
+    const char *submit_ref[] = {"submit", "--model", model, "--out", ref, "--calib", calib_copy, "--ratio", "0.4",
+                                "--nsamples", "16", "--seqlen", "128", "--keep-checkpoints", NULL};
+    ctl(&r, sock_path, submit_ref);
+    SV_ASSERT_EQ(r.status, 0);
+    long long idr = atoll(r.out);
+    SV_CHECK(strcmp(watch_end(idr, &n_events), "done") == 0);
+    SV_CHECK(same_output(ref, out));
+    json_t *jr = job_status(idr);
+    SV_CHECK(jr && json_is_true(json_object_get(jr, "keep_checkpoints")));
+    const char *wr = json_string_value(json_object_get(jr, "work_dir"));
+    char work_ref[PATH_MAX];
+    snprintf(work_ref, sizeof work_ref, "%s", wr ? wr : "");
+    json_decref(jr);
+    SV_CHECK(path_exists(work_ref, "layer-0.safetensors"));
+    (void)kept;
+
+    /* rm: another uid may not; an unknown id is not found; the owner
+     * removes the work directory and the row, and the output stays. */
+    char line[128];
+    snprintf(line, sizeof line, "{\"id\":3,\"op\":\"rm\",\"job\":%lld}", idr);
+    SV_CHECK(strcmp(request_as(65534, line), "forbidden") == 0);
+    SV_CHECK(path_exists(work_ref, "layer-0.safetensors"));
+    const char *rm_none[] = {"rm", "999999", NULL};
+    ctl(&r, sock_path, rm_none);
+    SV_ASSERT_EQ(r.status, 1);
+    SV_ASSERT_STR_CONTAINS(r.err, "svdllmctl: not_found: ");
+    char idrs[32];
+    snprintf(idrs, sizeof idrs, "%lld", idr);
+    const char *rm_ref[] = {"rm", idrs, NULL};
+    ctl(&r, sock_path, rm_ref);
+    SV_ASSERT_EQ(r.status, 0);
+    SV_ASSERT_STR_CONTAINS(r.out, "removed (its work directory and record, ");
+    SV_ASSERT_STR_CONTAINS(r.out, ref);
+    struct stat st;
+    SV_CHECK(stat(work_ref, &st) < 0 && errno == ENOENT);
+    SV_CHECK(path_exists(ref, "model.safetensors"));
+    const char *status_ref[] = {"status", idrs, NULL};
+    ctl(&r, sock_path, status_ref);
+    SV_ASSERT_EQ(r.status, 1);
+    SV_ASSERT_STR_CONTAINS(r.err, "not_found");
+    ctl(&r, sock_path, rm_ref);
+    SV_ASSERT_EQ(r.status, 1);
+    /* The cancelled one with changed inputs, and the resumed done one. */
+    const char *rm_ch[] = {"rm", idc, NULL};
+    ctl(&r, sock_path, rm_ch);
+    SV_ASSERT_EQ(r.status, 0);
+    ctl(&r, sock_path, rm);
+    SV_ASSERT_EQ(r.status, 0);
+    check_ping();
+    /* Gone from the database too, across a restart. */
+    SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
+    char jstate[32], jwork[PATH_MAX];
+    SV_ASSERT_EQ(db_job(ref, jstate, sizeof jstate, jwork, sizeof jwork), -1);
+    SV_ASSERT_EQ(db_job(out, jstate, sizeof jstate, jwork, sizeof jwork), -1);
+    SV_ASSERT_EQ(db_layers(idr, rows, 4), 0);
+out:
+    side_leave(&sv);
+}
+
+/* stdout of `prog arg` (one line at most), for --version. */
+static void run_line(const char *prog, const char *arg, char *buf, size_t n) {
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "'%s' %s 2>&1", prog, arg);
+    buf[0] = '\0';
+    FILE *p = popen(cmd, "r");
+    if (p) {
+        if (!fgets(buf, (int)n, p))
+            buf[0] = '\0';
+        pclose(p);
+    }
+}
+
+/* svdllmctl's manners: --version; per-command --help with every flag, its
+ * unit and default and the exit codes; the local checks of required flags
+ * and --ratio's range, made before connecting (exit 2 although nothing
+ * listens); the daemon's errors shown with the flags that set the fields
+ * they name. */
+static void test_cli_manners(void) {
+    char line[256], want[300];
+    run_line(svdllmd, "--version", line, sizeof line);
+    SV_ASSERT_STR_CONTAINS(line, "svdllmd ");
+    snprintf(want, sizeof want, "svdllmctl %s", line + strlen("svdllmd "));
+    run_line(svdllmctl, "--version", line, sizeof line);
+    SV_CHECK(strcmp(line, want) == 0);   /* the same version as the daemon's */
+
+    struct ctl_result r;
+    char nobody[400];
+    snprintf(nobody, sizeof nobody, "%s/nobody-listens.sock", dir);
+    const char *help[] = {"submit", "--help", NULL};
+    ctl(&r, nobody, help);
+    SV_ASSERT_EQ(r.status, 0);
+    SV_ASSERT_STR_CONTAINS(r.out, "Usage: svdllmctl submit --model DIR --out DIR --ratio R");
+    SV_ASSERT_STR_CONTAINS(r.out, "fraction of the decoder-linear parameters REMOVED");
+    SV_ASSERT_STR_CONTAINS(r.out, "  --nsamples N          calibration windows, 1..65536 (default 32)\n");
+    SV_ASSERT_STR_CONTAINS(r.out, "--keep-checkpoints");
+    SV_ASSERT_STR_CONTAINS(r.out, "\"id\" is the job's id");
+    SV_ASSERT_STR_CONTAINS(r.out, "  3  svdllmd unreachable");
+    SV_CHECK(strstr(r.out, "--max-windows") == NULL);   /* eval's, not submit's */
+    char submit_help[sizeof r.out];
+    snprintf(submit_help, sizeof submit_help, "%s", r.out);
+    const char *help2[] = {"help", "submit", NULL};
+    ctl(&r, nobody, help2);
+    SV_ASSERT_EQ(r.status, 0);
+    SV_CHECK(strcmp(r.out, submit_help) == 0);
+    const char *help_rm[] = {"rm", "--help", NULL};
+    ctl(&r, nobody, help_rm);
+    SV_ASSERT_STR_CONTAINS(r.out, "Its output\ndirectory is kept");
+
+    /* Required flags and --ratio's range, before connecting: exit 2, one
+     * line naming the flag (nothing listens on nobody: 3 if it had tried). */
+    static const struct {
+        const char *args[10];
+        const char *needle;
+    } local[] = {
+        {{"submit", NULL}, "svdllmctl: submit: --model DIR is required (see svdllmctl submit --help)"},
+        {{"submit", "--model", "m", NULL}, "submit: --out DIR is required"},
+        {{"submit", "--model", "m", "--out", "o", NULL}, "submit: --ratio R is required"},
+        {{"submit", "--model", "m", "--out", "o", "--ratio", "1.5", NULL}, "--ratio: 1.5 is outside (0, 1)"},
+        {{"eval", "--model", "m", NULL}, "eval: --text FILE is required"},
+        {{"rm", NULL}, "'rm' takes one job id"},
+        {{"list", "--keep-checkpoints", NULL}, "option --keep-checkpoints does not apply to 'list'"},
+    };
+    for (size_t i = 0; i < sizeof local / sizeof local[0]; i++) {
+        ctl(&r, nobody, local[i].args);
+        SV_ASSERT_EQ(r.status, 2);
+        SV_ASSERT_STR_CONTAINS(r.err, local[i].needle);
+        SV_ASSERT_EQ(lines(r.err), 1);
+    }
+
+    /* The daemon's errors in the command line's terms. */
+    struct side sv;
+    if (!side_enter(&sv, "manners", "socket_mode = 0600\nthreads = 1\n"))
+        goto out;
+    char exists[400], out[400], missing[400];
+    snprintf(exists, sizeof exists, "%s/exists-dir", dir);
+    mkdir(exists, 0755);
+    snprintf(out, sizeof out, "%s/out-manners", dir);
+    snprintf(missing, sizeof missing, "%s/no-such-text.txt", dir);
+    struct {
+        const char *args[16];
+        const char *needle;
+    } remote[] = {
+        {{"submit", "--model", model, "--out", exists, "--calib", calib, "--ratio", "0.4", NULL},
+         "svdllmctl: exists: --out: "},
+        {{"submit", "--model", model, "--out", exists, "--calib", calib, "--ratio", "0.4", NULL},
+         "already exists (use --overwrite to replace it)"},
+        {{"submit", "--model", model, "--out", out, "--ratio", "0.4", NULL},
+         "svdllmctl: bad_request: missing --calib (method svdllm needs calibration text)"},
+        {{"submit", "--model", model, "--out", out, "--calib", calib, "--ratio", "0.4", "--method", "nope", NULL},
+         "svdllmctl: bad_request: --method: unknown method 'nope'"},
+        {{"submit", "--model", model, "--out", out, "--calib", calib, "--ratio", "0.4", "--seqlen", "100000", NULL},
+         "svdllmctl: bad_request: --seqlen: "},
+        {{"submit", "--model", model, "--out", out, "--calib", missing, "--ratio", "0.4", NULL},
+         "svdllmctl: bad_path: --calib: "},
+        {{"eval", "--model", model, "--text", missing, NULL}, "svdllmctl: bad_path: --text: "},
+    };
+    for (size_t i = 0; i < sizeof remote / sizeof remote[0]; i++) {
+        ctl(&r, sock_path, remote[i].args);
+        SV_ASSERT_EQ(r.status, 1);
+        SV_ASSERT_STR_CONTAINS(r.err, remote[i].needle);
+        SV_ASSERT_EQ(lines(r.err), 1);
+    }
+    /* --json: the error object without the request's id (not a job's). */
+    const char *bad_json[] = {"--json", "submit", "--model", model, "--out", out, "--ratio", "0.4", NULL};
+    ctl(&r, sock_path, bad_json);
+    SV_ASSERT_EQ(r.status, 1);
+    json_t *m = json_loads(r.out, 0, NULL);
+    SV_CHECK(m && json_is_false(json_object_get(m, "ok")) && json_object_get(m, "id") == NULL);
+    json_decref(m);
+    check_ping();
+out:
+    side_leave(&sv);
+}
+
+/* README's Python snippets, read from README.md, on an output the daemon
+ * produced: the numpy one with Debian's /usr/bin/python3 (it has numpy),
+ * the torch + safetensors one where those import; and the factored output's
+ * config marked so that other loaders refuse it. */
+static bool readme_block(const char *after, char *buf, size_t n) {
+    static char text[1 << 18];
+    char path[700];
+    snprintf(path, sizeof path, "%s/README.md", srcdir);
+    slurp(path, text, sizeof text);
+    const char *p = strstr(text, after);
+    p = p ? strstr(p, "```python\n") : NULL;
+    const char *e = p ? strstr(p + 10, "\n```") : NULL;
+    if (!e || (size_t)(e - p - 10 + 2) > n)
+        return false;
+    snprintf(buf, n, "%.*s\n", (int)(e - p - 10), p + 10);
+    return true;
+}
+
+static void test_readme_snippet(void) {
+    static char code[16384];
+    char path[400], out[400], cmd[4000];
+    struct side sv;
+    if (!side_enter(&sv, "snippet", "socket_mode = 0600\nthreads = 1\n"))
+        goto out;
+    snprintf(out, sizeof out, "%s/out-snippet", dir);
+    long long id = submit_small(out, "");
+    int n_events;
+    SV_CHECK(id > 0 && strcmp(watch_end(id, &n_events), "done") == 0);
+    json_t *cfg = load_json_in(out, "config.json");
+    SV_CHECK(str_is(json_object_get(cfg, "model_type"), "svdllm_llama"));
+    json_t *arch = json_object_get(cfg, "architectures");
+    SV_CHECK(json_array_size(arch) == 1 && str_is(json_array_get(arch, 0), "SvdLlmForCausalLM"));
+    json_t *lr = json_object_get(cfg, "low_rank");
+    SV_CHECK(str_is(json_object_get(lr, "base_model_type"), "llama"));
+    SV_CHECK(str_is(json_array_get(json_object_get(lr, "base_architectures"), 0), "LlamaForCausalLM"));
+    json_decref(cfg);
+    SV_ASSERT_EQ(hf_layout(out, false), 0);
+    /* Our own engine still reads it. */
+    const char *eval[] = {"eval", "--model", out, "--text", calib, "--seqlen", "64", "--max-windows", "2", NULL};
+    struct ctl_result r;
+    ctl(&r, sock_path, eval);
+    SV_ASSERT_EQ(r.status, 0);
+    SV_ASSERT_STR_CONTAINS(r.out, "perplexity ");
+
+    SV_CHECK(readme_block("ten-line safetensors reader", code, sizeof code));
+    snprintf(path, sizeof path, "%s/readme-numpy.py", dir);
+    write_file(path, code);
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 '%s' '%s' '%s' > '%s/snippet.out' 2>&1", path, out, model, dir);
+    int rc = system(cmd);
+    char text[4096];
+    snprintf(path, sizeof path, "%s/snippet.out", dir);
+    slurp(path, text, sizeof text);
+    SV_ASSERT_EQ(rc, 0);
+    SV_ASSERT_STR_CONTAINS(text, "model.layers.0.self_attn.q_proj: rank ");
+    SV_ASSERT_STR_CONTAINS(text, "relative output error 0.");
+    if (rc != 0)
+        fprintf(stderr, "README numpy snippet:\n%s\n", text);
+
+    if (system("/usr/bin/python3 -c 'import torch, safetensors' >/dev/null 2>&1") != 0) {
+        fprintf(stderr, "test_readme_snippet: torch snippet skipped: torch or safetensors does not import in "
+                "/usr/bin/python3\n");
+    } else {
+        SV_CHECK(readme_block("With `torch` and `safetensors`", code, sizeof code));
+        snprintf(path, sizeof path, "%s/readme-torch.py", dir);
+        write_file(path, code);
+        snprintf(cmd, sizeof cmd, "/usr/bin/python3 '%s' '%s' > '%s/snippet.out' 2>&1", path, out, dir);
+        rc = system(cmd);
+        snprintf(path, sizeof path, "%s/snippet.out", dir);
+        slurp(path, text, sizeof text);
+        SV_ASSERT_EQ(rc, 0);
+        SV_ASSERT_STR_CONTAINS(text, " parameters instead of ");
+    }
+out:
+    side_leave(&sv);
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: test_daemon SVDLLMD SVDLLMCTL\n");
@@ -3324,6 +3713,9 @@ int main(int argc, char **argv) {
     test_full_state_disk();
     test_resume_after_full_output();
     test_peer_rights();
+    test_lifecycle();
+    test_cli_manners();
+    test_readme_snippet();
     test_not_running();
     int rc = sv_test_result("test_daemon");
     if (rc == 0) {

@@ -218,6 +218,23 @@ check "svdllmd.8 documents every flag of svdllmd --help" \
   flags_documented "$root$SV_SBINDIR/svdllmd" "$root$SV_MANDIR/man8/svdllmd.8"
 check "svdllmctl.1 documents every flag of svdllmctl --help" \
   flags_documented "$root$SV_BINDIR/svdllmctl" "$root$SV_MANDIR/man1/svdllmctl.1"
+# Each command's own --help (svdllmctl CMD --help) lists its flags.
+ctl_commands() {
+  "$root$SV_BINDIR/svdllmctl" --help | sed -n '/^Commands:/,/^$/s/^  \([a-z][a-z-]*\)\( .*\)\{0,1\}$/\1/p'
+}
+command_help() { # a stand-in program: svdllmctl CMD --help for every command
+  local c; for c in $(ctl_commands); do "$root$SV_BINDIR/svdllmctl" "$c" --help; done
+}
+export -f command_help ctl_commands
+export root SV_BINDIR
+check "svdllmctl.1 documents every flag of every svdllmctl COMMAND --help" \
+  flags_documented command_help "$root$SV_MANDIR/man1/svdllmctl.1"
+check "every svdllmctl COMMAND --help exits 0 and lists the exit status" \
+  bash -c 'for c in $(ctl_commands); do "$root$SV_BINDIR/svdllmctl" "$c" --help | grep -q "^  3  svdllmd unreachable" || { echo "  $c"; exit 1; }; done'
+for prog in "$root$SV_BINDIR/svdllmctl" "$root$SV_BINDIR/svdllm-engine" "$root$SV_SBINDIR/svdllmd"; do
+  check "${prog##*/} --version prints its name and $SV_VERSION" \
+    bash -c '[ "$("$1" --version)" = "${1##*/} $2" ]' _ "$prog" "$SV_VERSION"
+done
 check "svdllm-engine.1 documents every flag of svdllm-engine --help" \
   flags_documented "$root$SV_BINDIR/svdllm-engine" "$root$SV_MANDIR/man1/svdllm-engine.1"
 keys_documented() {
@@ -249,7 +266,7 @@ check "completion: list --state values" expect_completion "failed" svdllmctl --j
 check "completion: an option of another command is not offered" expect_completion "--text" svdllmctl eval --te
 completion_covers_help() {
   local missing="" w
-  local help; help=$("$root$SV_BINDIR/svdllmctl" --help)
+  local help; help=$("$root$SV_BINDIR/svdllmctl" --help; command_help)
   for w in $(grep -o -- '--[a-z][a-z-]*' <<<"$help" | sort -u) \
            $(sed -n '/^Commands:/,/^$/s/^  \([a-z][a-z-]*\)\( .*\)\{0,1\}$/\1/p' <<<"$help"); do
     grep -q -- "\(^\|[ \"|]\)$w\([ \")|]\|$\)" "$comp" || missing+=" $w"
