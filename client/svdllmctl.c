@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "proto.h"
+#include "sweep.h"
 
 #define DEFAULT_SOCKET "/run/svdllmd/svdllmd.sock"
 
@@ -83,6 +84,11 @@ static void usage(FILE *f) {
           "                            freed; a daemon restart does not retry failed jobs\n"
           "  eval --model DIR --text FILE [--seqlen L] [--max-windows N]\n"
           "                            perplexity of a model on a text\n"
+          "  sweep --model DIR --methods M,M --ratios R,R --eval-text FILE\n"
+          "        [--out-dir DIR] [--svg FILE] [submit options]\n"
+          "                            a job per method and ratio, then a table and an SVG\n"
+          "                            plot of perplexity against parameters kept\n"
+          "                            (svdllmctl sweep --help)\n"
           "\n"
           "  --socket PATH   daemon socket (default $SVDLLMD_SOCKET or " DEFAULT_SOCKET ")\n"
           "  --json          print the daemon's raw JSON messages, one per line\n"
@@ -649,6 +655,8 @@ static const struct {
 };
 
 int main(int argc, char **argv) {
+    if (sweep_is_command(argc, argv))   /* client/sweep.c: its own options and --help */
+        return sweep_main(argc, argv, DEFAULT_SOCKET);
     static const struct option longopts[] = {
         {"socket", required_argument, NULL, O_SOCKET},
         {"json", no_argument, NULL, O_JSON},
