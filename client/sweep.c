@@ -296,6 +296,7 @@ struct sweep {
     int n_ratios;
     long long eval_seqlen, eval_max_windows, seqlen;
     json_t *extra;           /* the submit fields passed through */
+    char *lists[2];          /* the --methods and --ratios copies methods[] point into */
     struct run *runs;
     int n_runs;
     double orig_ppl, orig_tok_s;
@@ -440,8 +441,13 @@ static void parse_args(struct sweep *s, int argc, char **argv) {
         die_usage("--ratios LIST is required (e.g. 0.2,0.4,0.6)");
     if (!eval_text)
         die_usage("--eval-text FILE is required (the perplexity text)");
+    /* Copies: strtok_r writes into them, and argv stays as ps shows it. */
+    if (!(methods = strdup(methods)) || !(ratios = strdup(ratios)))
+        exit(1);
     parse_methods(s, methods);
     parse_ratios(s, ratios);
+    s->lists[0] = methods;
+    s->lists[1] = ratios;
     s->model = must_abs(model);
     s->eval_text = must_abs(eval_text);
     if (out_dir)
@@ -853,5 +859,7 @@ int sweep_main(int argc, char **argv, const char *default_socket) {
     free(s.eval_text);
     free(s.out_dir);
     free(s.svg);
+    free(s.lists[0]);
+    free(s.lists[1]);
     return rc;
 }
