@@ -772,6 +772,82 @@ static int write_report(const struct sweep *s, json_t *o, struct sv_err *err) {
     return 0;
 }
 
+/* Steps 1 to 5 of the design note, then the reports; returns the exit status. */
+static int sweep_run(struct sweep *s) {
+    if (check_methods(s) != 0)
+        return 1;
+
+    /* 2. The evaluation text, on one window, before any job is queued. */
+    json_t *r;
+    struct sv_err err = {0};
+    if (request(s->socket, eval_request(s, s->model, 1), &r, &err) < 0) {
+        fprintf(stderr, "svdllmctl sweep: --eval-text '%s' on --model '%s': %s\n", s->eval_text, s->model, err.msg);
+        return 1;
+    }
+    json_decref(r);
+
+    s->n_runs = s->n_methods * s->n_ratios;
+    s->runs = calloc((size_t)s->n_runs, sizeof *s->runs);
+    if (!s->runs)
+        return 1;
+    for (int m = 0; m < s->n_methods; m++)
+        for (int k = 0; k < s->n_ratios; k++) {
+            struct run *u = &s->runs[m * s->n_ratios + k];
+            u->method = s->methods[m];
+            u->ratio = s->ratios[k];
+            u->ppl = u->tok_s = u->seconds = NAN;
+            size_t n = strlen(s->out_dir) + strlen(u->method) + 40;
+            if (!(u->out = malloc(n)))
+                return 1;
+            snprintf(u->out, n, "%s/%s-%g", s->out_dir, u->method, u->ratio);
+        }
+    if (submit_all(s) != 0)
+        return 1;
+
+    bool tty = isatty(STDERR_FILENO);
+    int rc = 0;
+    for (int i = 0; i < s->n_runs; i++) {
+        watch_run(s, i, tty);
+        if (strcmp(s->runs[i].state, "done") != 0)
+            rc = 1;
+        else if (s->runs[i].params_before > 0)
+            s->orig_params = s->runs[i].params_before;
+    }
+
+    /* 5. Evaluations, the original first. */
+    char e[SV_ERR_MSG_MAX];
+    if (eval_one(s, "original", s->model, &s->orig_ppl, &s->orig_tok_s, e, sizeof e) != 0)
+        rc = 1;
+    for (int i = 0; i < s->n_runs; i++) {
+        struct run *u = &s->runs[i];
+        if (strcmp(u->state, "done") != 0)
+            continue;
+        char what[128];
+        snprintf(what, sizeof what, "%s ratio %g", u->method, u->ratio);
+        if (eval_one(s, what, u->out, &u->ppl, &u->tok_s, u->error, sizeof u->error) != 0)
+            rc = 1;
+    }
+
+    json_t *o = report_json(s);
+    if (write_report(s, o, &err) < 0) {
+        fprintf(stderr, "svdllmctl sweep: %s\n", err.msg);
+        rc = 1;
+    }
+    if (write_svg(s, &err) < 0) {
+        fprintf(stderr, "svdllmctl sweep: --svg: %s\n", err.msg);
+        rc = 1;
+    } else
+        note("plot written to %s", s->svg);
+    if (s->json) {
+        char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
+        if (line)
+            puts(line);
+        free(line);
+    } else
+        print_table(s);
+    json_decref(o);
+    return rc;
+}
 int sweep_main(int argc, char **argv, const char *default_socket) {
     signal(SIGPIPE, SIG_IGN);   /* a daemon closing while we write: we read its reply */
     struct sweep s = {.orig_ppl = NAN, .orig_tok_s = NAN};
@@ -779,80 +855,9 @@ int sweep_main(int argc, char **argv, const char *default_socket) {
     if (!s.socket || !*s.socket)
         s.socket = default_socket;
     parse_args(&s, argc, argv);
-    if (check_methods(&s) != 0)
-        return 1;
-
-    /* 2. The evaluation text, on one window, before any job is queued. */
-    json_t *r;
-    struct sv_err err = {0};
-    if (request(s.socket, eval_request(&s, s.model, 1), &r, &err) < 0) {
-        fprintf(stderr, "svdllmctl sweep: --eval-text '%s' on --model '%s': %s\n", s.eval_text, s.model, err.msg);
-        return 1;
-    }
-    json_decref(r);
-
-    s.n_runs = s.n_methods * s.n_ratios;
-    s.runs = calloc((size_t)s.n_runs, sizeof *s.runs);
-    if (!s.runs)
-        return 1;
-    for (int m = 0; m < s.n_methods; m++)
-        for (int k = 0; k < s.n_ratios; k++) {
-            struct run *u = &s.runs[m * s.n_ratios + k];
-            u->method = s.methods[m];
-            u->ratio = s.ratios[k];
-            u->ppl = u->tok_s = u->seconds = NAN;
-            size_t n = strlen(s.out_dir) + strlen(u->method) + 40;
-            if (!(u->out = malloc(n)))
-                return 1;
-            snprintf(u->out, n, "%s/%s-%g", s.out_dir, u->method, u->ratio);
-        }
-    if (submit_all(&s) != 0)
-        return 1;
-
-    bool tty = isatty(STDERR_FILENO);
-    int rc = 0;
-    for (int i = 0; i < s.n_runs; i++) {
-        watch_run(&s, i, tty);
-        if (strcmp(s.runs[i].state, "done") != 0)
-            rc = 1;
-        else if (s.runs[i].params_before > 0)
-            s.orig_params = s.runs[i].params_before;
-    }
-
-    /* 5. Evaluations, the original first. */
-    char e[SV_ERR_MSG_MAX];
-    if (eval_one(&s, "original", s.model, &s.orig_ppl, &s.orig_tok_s, e, sizeof e) != 0)
-        rc = 1;
-    for (int i = 0; i < s.n_runs; i++) {
-        struct run *u = &s.runs[i];
-        if (strcmp(u->state, "done") != 0)
-            continue;
-        char what[128];
-        snprintf(what, sizeof what, "%s ratio %g", u->method, u->ratio);
-        if (eval_one(&s, what, u->out, &u->ppl, &u->tok_s, u->error, sizeof u->error) != 0)
-            rc = 1;
-    }
-
-    json_t *o = report_json(&s);
-    if (write_report(&s, o, &err) < 0) {
-        fprintf(stderr, "svdllmctl sweep: %s\n", err.msg);
-        rc = 1;
-    }
-    if (write_svg(&s, &err) < 0) {
-        fprintf(stderr, "svdllmctl sweep: --svg: %s\n", err.msg);
-        rc = 1;
-    } else
-        note("plot written to %s", s.svg);
-    if (s.json) {
-        char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
-        if (line)
-            puts(line);
-        free(line);
-    } else
-        print_table(&s);
-    json_decref(o);
+    int rc = sweep_run(&s);
     json_decref(s.extra);
-    for (int i = 0; i < s.n_runs; i++)
+    for (int i = 0; s.runs && i < s.n_runs; i++)
         free(s.runs[i].out);
     free(s.runs);
     free(s.model);
