@@ -220,7 +220,7 @@ int svg_plot_write(FILE *f, const struct svg_plot *p, struct sv_err *err) {
     }
     fprintf(f, "<rect x=\"0\" y=\"0\" width=\"%d\" height=\"%d\" fill=\"#ffffff\"/>\n", L.width, L.height);
     if (p->title)
-        text_el(f, "title", (L.left + L.right) / 2, 26, "middle", " font-size=\"15\" font-weight=\"bold\"", p->title);
+        text_el(f, "title", L.width / 2.0, 26, "middle", " font-size=\"15\" font-weight=\"bold\"", p->title);
 
     /* Grid and tick labels. */
     char lab[64];
