@@ -47,6 +47,7 @@
 #define MAX_RATIOS 32
 
 bool sweep_is_command(int argc, char **argv) {
+    bool help = false;   /* "svdllmctl help sweep" */
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--socket") == 0) {
             i++;
@@ -54,6 +55,10 @@ bool sweep_is_command(int argc, char **argv) {
         }
         if (argv[i][0] == '-')
             continue;
+        if (!help && strcmp(argv[i], "help") == 0) {
+            help = true;
+            continue;
+        }
         return strcmp(argv[i], "sweep") == 0;
     }
     return false;
@@ -89,7 +94,8 @@ static void sweep_usage(FILE *f) {
           "\n"
           "Progress goes to stderr. Interrupting svdllmctl leaves queued jobs to the\n"
           "daemon (svdllmctl cancel them). Exit status 0 when every job is done and\n"
-          "evaluated, 1 otherwise (the table says which failed), 2 on a usage error.\n",
+          "evaluated, 1 otherwise (the table says which failed), 2 on a usage error,\n"
+          "3 when svdllmd cannot be reached at the start (nothing was queued).\n",
           f);
 }
 
@@ -381,6 +387,10 @@ static void parse_args(struct sweep *s, int argc, char **argv) {
     optind = 1;
     while ((opt = getopt_long(argc, argv, "+:h", longopts, &idx)) != -1 || optind < argc) {
         if (opt == -1) {
+            if (npos == 0 && strcmp(argv[optind], "help") == 0) {   /* svdllmctl help sweep */
+                sweep_usage(stdout);
+                exit(0);
+            }
             if (npos++ > 0)
                 die_usage("unexpected argument '%s'", argv[optind]);
             optind++;   /* "sweep" itself (sweep_is_command found it) */
@@ -474,7 +484,7 @@ static int check_methods(struct sweep *s) {
     struct sv_err err = {0};
     if (request(s->socket, proto_request_new(1, "version"), &r, &err) < 0) {
         fprintf(stderr, "svdllmctl sweep: %s\n", err.msg);
-        return 1;
+        return err.code == -EPROTO ? 1 : 3;   /* no reply: unreachable, as for svdllmctl's commands */
     }
     json_t *known = json_object_get(r, "methods");
     for (int i = 0; i < s->n_methods; i++) {
@@ -774,8 +784,9 @@ static int write_report(const struct sweep *s, json_t *o, struct sv_err *err) {
 
 /* Steps 1 to 5 of the design note, then the reports; returns the exit status. */
 static int sweep_run(struct sweep *s) {
-    if (check_methods(s) != 0)
-        return 1;
+    int rc = check_methods(s);
+    if (rc != 0)
+        return rc;
 
     /* 2. The evaluation text, on one window, before any job is queued. */
     json_t *r;
@@ -805,7 +816,6 @@ static int sweep_run(struct sweep *s) {
         return 1;
 
     bool tty = isatty(STDERR_FILENO);
-    int rc = 0;
     for (int i = 0; i < s->n_runs; i++) {
         watch_run(s, i, tty);
         if (strcmp(s->runs[i].state, "done") != 0)

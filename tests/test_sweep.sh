@@ -71,6 +71,9 @@ check "ratio out of range" expect 2 "--ratios: 1.5 is not in (0, 1)" --model "$M
 check "repeated method" expect 2 "--methods: 'rom' given twice" --model "$MODEL" --methods rom,rom --ratios 0.2 --eval-text "$T/eval.txt"
 check "option of no command" expect 2 "unknown option '--text'" --model "$MODEL" --methods rom --ratios 0.2 --text x
 check "sweep --help" bash -c '"$1" sweep --help | grep -q -- "--methods LIST"' _ "$CTL"
+check "help sweep" bash -c '"$1" help sweep | grep -q -- "--ratios LIST"' _ "$CTL"
+check "no daemon: exit 3, nothing queued" bash -c '"$1" --socket "$2/none.sock" sweep --model "$3" --methods svdllm \
+    --ratios 0.2 --eval-text x 2>&1 >/dev/null | grep -q "cannot connect"; test "${PIPESTATUS[0]}" = 3' _ "$CTL" "$T" "$MODEL"
 check "unknown method (asked of the daemon)" expect 2 "--methods: unknown method 'nope' (svdllmd accepts svd," \
     --model "$MODEL" --methods svdllm,nope --ratios 0.2 --eval-text "$T/eval.txt"
 : >"$T/empty.txt"
