@@ -278,11 +278,14 @@ reference_runs() {
     REF_OK=1
 }
 
-rand_uniform() {   # rand_uniform MAX: a uniform time in [0, MAX), from SEED and a counter
+# rand_uniform MAX: sets RAND_T to a uniform time in [0, MAX), drawn from
+# SEED and a counter (call it in this shell, not in $(...), or the counter
+# would not advance).
+rand_uniform() {
     RAND_N=$((RAND_N + 1))
-    awk -v s="$SEED" -v n="$RAND_N" -v d="$1" 'BEGIN { srand(s * 7919 + n); printf "%.3f", rand() * d }'
+    RAND_T=$(awk -v s="$SEED" -v n="$RAND_N" -v d="$1" 'BEGIN { srand(s * 7919 + n); printf "%.3f", rand() * d }')
 }
-RAND_N=0
+RAND_N=0 RAND_T=0
 
 # ---- kill -9 at random moments ------------------------------------------------------------
 scenario_kill() {
@@ -310,7 +313,8 @@ scenario_kill() {
                 # be killed forever before it gets there).
                 local rem
                 rem=$(echo "($T_READY + 0.05 + ${REF_SECONDS[$m]} * (5 - $rows) / 5) * $stretch" | bc -l)
-                sleep "$(rand_uniform "$rem")"
+                rand_uniform "$rem"
+                sleep "$RAND_T"
                 daemon_kill9
                 seg=$((seg + 1))
                 v=$($CHECK job "$D_STATE" "$id")
