@@ -9,7 +9,7 @@
 #                     [--strict-latency]
 #   tests/campaign.sh --svdllmd P --svdllmctl P --shim P --load-client P ...
 #
-# --long: rounds of the seven methods until >= 50 kills, every I/O case at
+# --long: rounds of the seven methods until >= 100 kills, every I/O case at
 # every layer, the load three times; the quick form (the meson test
 # 'campaign') runs one round (10 kills at least, usually 20-40). --only takes a
 # comma list of kill,disk,io,load,peer. --seed fixes the kill times (printed
@@ -100,7 +100,7 @@ WIKI=$SRC/tests/data/text/wikitext-2-raw-v1-test.joined.txt
 IS_ROOT=0; [[ $(id -u) == 0 ]] && IS_ROOT=1
 
 if ((LONG)); then
-    KILL_TARGET=50 KILL_ROUNDS=40 LOAD_REQUESTS=1000 LOAD_REPEAT=3
+    KILL_TARGET=100 KILL_ROUNDS=40 LOAD_REQUESTS=1000 LOAD_REPEAT=3
 else
     KILL_TARGET=10 KILL_ROUNDS=8 LOAD_REQUESTS=1000 LOAD_REPEAT=1
 fi
@@ -223,6 +223,30 @@ joined() {
     done
     echo "${out:-$d}"
 }
+# grouped DEFAULT "NAME: reason; reason; "...: each distinct reason once,
+# followed by the names it applies to (paths under the work directory
+# shortened, so that the same failure in two cases reads the same).
+grouped() {
+    local d=$1 item name reasons r key out=""
+    shift
+    local -A where=()
+    local order=()
+    for item in "$@"; do
+        name=${item%%: *}
+        reasons=${item#*: }
+        while [[ -n $reasons ]]; do
+            r=${reasons%%; *}
+            [[ $r == "$reasons" ]] && reasons="" || reasons=${reasons#*; }
+            r=${r%;}
+            [[ -n ${r// /} ]] || continue
+            key=$(sed -E "s#$T/[^ ']*\.tmp#OUT.tmp#g; s#$T/[^ ']*#WORK#g" <<<"$r")
+            [[ -n ${where[$key]+x} ]] || order+=("$key")
+            where[$key]+="${where[$key]:+, }$name"
+        done
+    done
+    for key in "${order[@]}"; do out+="${out:+ | }$key [${where[$key]}]"; done
+    echo "${out:-$d}"
+}
 sanitizer_clean() { ! grep -qE 'Sanitizer|runtime error:' "$1" 2>/dev/null; }
 HAVE_RESUME=0
 "$SVDLLMCTL" --help 2>&1 | grep -qE '^ +resume ' && HAVE_RESUME=1
@@ -253,20 +277,21 @@ submit() {
 }
 
 # ---- reference runs ----------------------------------------------------------------------
-REF_OK=0
+
 reference_runs() {
     local names=("${METHODS[@]}")
     [[ $ONLY == *load* ]] && names+=(load)
     log "reference runs (uninterrupted): ${names[*]}"
     daemon_use "$T/ref/state" "$T/ref/sock" "$T/ref/daemon.log"
-    local t=$(date +%s.%N)
+    local t
+    t=$(date +%s.%N)
     daemon_start || return 1
     T_READY=$(echo "$(date +%s.%N) - $t" | bc)
     local m id st
     for m in "${names[@]}"; do
         id=$(submit "$m" "$T/ref/$m")
         st=$( [[ -n $id ]] && job_wait "$id")
-        if [[ $st != done ]]; then
+        if [[ $st != "done" ]]; then
             log "reference $m: '$st' (log $D_LOG): $(job_json "$id" | jget job.error)"
             daemon_stop
             return 1
@@ -275,7 +300,6 @@ reference_runs() {
         log "reference $m: job $id done in ${REF_SECONDS[$m]} s"
     done
     daemon_stop
-    REF_OK=1
 }
 
 # rand_uniform MAX: sets RAND_T to a uniform time in [0, MAX), drawn from
@@ -320,7 +344,7 @@ scenario_kill() {
                 v=$($CHECK job "$D_STATE" "$id")
                 st=$(jget state <<<"$v")
                 checks=$((checks + 1))
-                if [[ $st == done || $st == failed || $st == cancelled ]]; then
+                if [[ $st == "done" || $st == failed || $st == cancelled ]]; then
                     late=$((late + 1))
                 else
                     kills=$((kills + 1))
@@ -330,7 +354,7 @@ scenario_kill() {
                 fi
                 v=$($CHECK snap "$dir/snap-$id.json" "$D_STATE" "$id") || bad+="after kill $seg: $v; "
                 v=$($CHECK integrity "$D_STATE") || bad+="integrity_check after kill $seg: $v; "
-                [[ $st == done || $st == failed || $st == cancelled ]] && break
+                [[ $st == "done" || $st == failed || $st == cancelled ]] && break
                 if ((seg >= 40)); then bad+="40 kills and still '$st'; "; break; fi
                 daemon_start --no-wait
             done
@@ -340,10 +364,10 @@ scenario_kill() {
             st=$(job_wait "$id")
             local j res
             j=$(job_json "$id")
-            [[ $st == done ]] || bad+="ended '$st': $(jget job.error <<<"$j"); "
+            [[ $st == "done" ]] || bad+="ended '$st': $(jget job.error <<<"$j"); "
             res=$(jget job.result.layers_resumed <<<"$j")
-            [[ $st != done || $res == "$rows" ]] || bad+="layers_resumed $res, but $rows rows at the last kill; "
-            if [[ $st == done ]] && ! v=$($CHECK compare "$T/ref/$m" "$out"); then bad+="$v; "; fi
+            [[ $st != "done" || $res == "$rows" ]] || bad+="layers_resumed $res, but $rows rows at the last kill; "
+            if [[ $st == "done" ]] && ! v=$($CHECK compare "$T/ref/$m" "$out"); then bad+="$v; "; fi
             v=$($CHECK snap "$dir/snap-$id.json" "$D_STATE" "$id" --live) || bad+="final: $v; "
             if [[ -z $bad ]]; then
                 passed=$((passed + 1))
@@ -384,9 +408,11 @@ fault_case() {
         CASE_BAD+="ended '$st', not failed; "
     fi
     if [[ $st == failed ]]; then
-        [[ $err == */* ]] || CASE_BAD+="error names no file (path): '$err'; "
+        # A path: '/' after a non-alphanumeric (so "I/O" is not one) and
+        # a second component.
+        [[ $err =~ (^|[^[:alnum:]])/[^/\ \']+/ ]] || CASE_BAD+="error names no file; "
         [[ $err =~ (Input/output error|I/O error|No space left|disk is full|ENOSPC|EIO|Disk quota) ]] ||
-            CASE_BAD+="error names no errno: '$err'; "
+            CASE_BAD+="error names no errno; "
     fi
     ctl ping >/dev/null 2>&1 || CASE_BAD+="ping failed after the fault; "
     [[ -n $(job_json "$CASE_ID" | jget job.id) ]] || CASE_BAD+="status failed after the fault; "
@@ -407,14 +433,14 @@ resume_case() {
         ctl resume "$CASE_ID" >/dev/null 2>>"$dir/resume.err" && how="svdllmctl resume"
         st=$(job_wait "$CASE_ID")
     fi
-    if [[ ${st:-} != done ]]; then
+    if [[ ${st:-} != "done" ]]; then
         daemon_stop || CASE_BAD+="SIGTERM did not stop the daemon cleanly; "
         daemon_start || { CASE_BAD+="daemon did not restart; "; return; }
         how+="${how:+, then }restart"
         st=$(job_wait "$CASE_ID")
     fi
     j=$(job_json "$CASE_ID")
-    if [[ $st != done ]]; then
+    if [[ $st != "done" ]]; then
         CASE_BAD+="after the fault was removed (${how}): still '$st'$( ((HAVE_RESUME)) || echo ' (svdllmctl has no resume)'); "
         return
     fi
@@ -443,7 +469,7 @@ measure_state() {
     local m=$T/disk/measure$1
     mount_tmpfs "$m" 64m || return 1
     daemon_use "$m/state" "$T/disk/measure.sock" "$T/disk/measure.log"
-    daemon_start SVDLLM_FAULT=after-commit:$1 && submit svdllm "$T/disk/out-measure$1" >/dev/null
+    daemon_start "SVDLLM_FAULT=after-commit:$1" && submit svdllm "$T/disk/out-measure$1" >/dev/null
     wait "$D_PID" 2>/dev/null
     D_PID=""
     MEASURED=$(used_bytes "$m")
@@ -508,7 +534,7 @@ scenario_disk() {
     msize=$(stat -c %s "$T/ref/svdllm/model.safetensors")
     disk_case out "$dir/o" $(( (msize / 2 + 4095) / 4096 * 4096 )) "$dir/o-state" "$dir/o/out" 5
     row disk "$DISK_RUNS" "$DISK_FAULTS" "$DISK_PASSED" "$DISK_FAILED" \
-        "$(joined "state dir filled mid-layer and mid-commit, output filled mid-assembly" "${DISK_NOTES[@]}")"
+        "$(grouped "state dir filled mid-layer and mid-commit, output filled mid-assembly" "${DISK_NOTES[@]}")"
 }
 
 # ---- I/O errors (LD_PRELOAD shim) ----------------------------------------------------------
@@ -601,7 +627,7 @@ scenario_io() {
         sanitizer_clean "$cdir/daemon.log" || CASE_BAD+="sanitizer report; "
         if [[ -z $CASE_BAD ]]; then passed=$((passed + 1)); else failed=$((failed + 1)); notes+=("$name: $CASE_BAD"); fi
     done
-    row io "$runs" "$faults" "$passed" "$failed" "$(joined "write/fsync/rename of checkpoints, hidden states, output; SQLite WAL write/sync (EIO once, ENOSPC for good)" "${notes[@]}")"
+    row io "$runs" "$faults" "$passed" "$failed" "$(grouped "write/fsync/rename of checkpoints, hidden states, output; SQLite WAL write/sync (EIO once, ENOSPC for good)" "${notes[@]}")"
 }
 
 # ---- load ------------------------------------------------------------------------------------
@@ -618,6 +644,11 @@ scenario_load() {
         return
     fi
     g() { jget "$1" <<<"$out"; }
+    note_once() {
+        local n
+        for n in "${notes[@]}"; do [[ $n == "$1" ]] && return; done
+        notes+=("$1")
+    }
     local rep served=0 id bad out j st
     for ((rep = 1; rep <= LOAD_REPEAT; rep++)); do
         bad=""
@@ -652,12 +683,12 @@ scenario_load() {
         fi
         [[ $st0 == running || $st1 == running ]] || bad+="the job was '$st0' at the start and '$st1' at the end of the load (campaign: make it longer); "
         (($(g oversize_written_whole) == $(g oversize))) ||
-            notes+=("$(( $(g oversize) - $(g oversize_written_whole) ))/$(g oversize) oversize writes cut short by the daemon's close (EPIPE), reply read anyway")
+            note_once "$(( $(g oversize) - $(g oversize_written_whole) ))/$(g oversize) oversize writes cut short by the daemon's close (EPIPE), reply read anyway"
         st=$(job_wait "$id")
-        [[ $st == done ]] || bad+="job ended '$st'; "
-        if [[ $st == done ]]; then j=$($CHECK compare "$T/ref/load" "$dir/out$rep") || bad+="output: $j; "; fi
+        [[ $st == "done" ]] || bad+="job ended '$st'; "
+        if [[ $st == "done" ]]; then j=$($CHECK compare "$T/ref/load" "$dir/out$rep") || bad+="output: $j; "; fi
         local lat
-        lat=$(printf "job '$st0' -> '$st1' during the load; "'status p50 %.2f ms, p99 %.2f ms (target < 10 ms '"$target"'), max %.1f ms over %s requests in %.1f s (%.0f/s); idle open at end %s/%s, half-sent open %s/%s' \
+        lat=$(printf "$( ((LOAD_REPEAT > 1)) && echo "run $rep: ")job '$st0' -> '$st1' during the load; "'status p50 %.2f ms, p99 %.2f ms (target < 10 ms '"$target"'), max %.1f ms over %s requests in %.1f s (%.0f/s); idle open at end %s/%s, half-sent open %s/%s' \
             "$(g status_p50_ms)" "$p99" "$(g status_max_ms)" "$(g requests)" "$(g seconds)" \
             "$(echo "$(g requests) / $(g seconds)" | bc -l)" "$(g idle_open_at_end)" "$(g idle_connected)" \
             "$(g half_open_at_end)" "$(g half_connected)")
@@ -804,7 +835,7 @@ scenario_peer() {
         st=$(job_wait "$own")
         owner=$(stat -c %u "$dir/home/own/model.safetensors" 2>/dev/null)
         as_user --json status "$own"
-        if [[ $st != done ]]; then
+        if [[ $st != "done" ]]; then
             failed=$((failed + 1)); notes+=("own job ended '$st': $(job_json "$own" | jget job.error)")
         elif [[ $owner != "$uid" ]]; then
             failed=$((failed + 1)); notes+=("own job's output belongs to uid $owner, not the submitter $uid")
