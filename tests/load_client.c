@@ -19,7 +19,7 @@
  * and how many malformed/oversize lines were answered.
  *
  * limit: opens N idle connections, then one more, and reports what that one
- * got (a reply and its error code, or end of stream / an error), runs
+ * got (a reply and its error code and message, or end of stream / an error), runs
  * PROGRAM (e.g. svdllmctl ping) ten times while they are held and reports
  * how many runs exited 0 or printed too_many_clients, and the first other
  * run's exit status and first line of output; then closes them and pings.
@@ -486,8 +486,12 @@ static int run_limit(void) {
         json_t *m = NULL;
         struct proto_error e = {0};
         int r = proto_read_msg(fd, &b, &m, &e);
-        if (r == 1 && err_code(m))
+        if (r == 1 && err_code(m)) {
             json_object_set_new(o, "probe", json_string(err_code(m)));
+            /* The message names the limit that refused it. */
+            const char *why = json_string_value(json_object_get(json_object_get(m, "error"), "message"));
+            json_object_set_new(o, "probe_message", json_string(why ? why : ""));
+        }
         else if (r == 1 && json_is_true(json_object_get(m, "pong")))
             json_object_set_new(o, "probe", json_string("pong"));
         else if (r == 1)
