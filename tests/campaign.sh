@@ -118,6 +118,13 @@ WAIT_S=120           # how long a job may take to reach its end state; set from
 T=$(mktemp -d /tmp/svdllm-campaign.XXXXXX) || exit 2
 chmod 0711 "$T"      # the peer user must reach its own directory below
 T0=$(date +%s.%N)
+# The machine's busy CPU ticks (/proc/stat: all but idle and iowait); at the
+# end, minus the campaign's own (this shell and every child it waited for,
+# daemons included), they say how much CPU other processes took meanwhile,
+# since that moves every time and latency printed here.
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
+own_ticks() { sed 's/.*) //' "/proc/$$/stat" | awk '{ print $12 + $13 + $14 + $15 }'; }
+BUSY0=$(busy_ticks) OWN0=$(own_ticks)
 MOUNTS=()
 PEER_USER=""
 DPIDS=()
@@ -156,8 +163,14 @@ print_table() {
         IFS='|' read -r s n f p x notes <<<"$r"
         printf '%-9s %5s %7s %7s %7s  %s\n' "$s" "$n" "$f" "$p" "$x" "$notes"
     done
-    printf '\nseed %s, %s form, %.0f s, svdllmd %s\n' "$SEED" "$( ((LONG)) && echo long || echo quick)" \
-        "$(echo "$(date +%s.%N) - $T0" | bc)" "$SVDLLMD"
+    local hz wall busy own
+    hz=$(getconf CLK_TCK)
+    wall=$(echo "$(date +%s.%N) - $T0" | bc)
+    busy=$(( $(busy_ticks) - BUSY0 )) own=$(( $(own_ticks) - OWN0 ))
+    printf '\nseed %s, %s form, %.0f s, svdllmd %s\n' "$SEED" "$( ((LONG)) && echo long || echo quick)" "$wall" "$SVDLLMD"
+    printf 'CPU: the campaign used %.1f s, other processes %.1f s, of %.0f s (%d CPUs x wall time)\n' \
+        "$(echo "$own / $hz" | bc -l)" "$(echo "($busy - $own) / $hz" | bc -l)" \
+        "$(echo "$wall * $(nproc)" | bc -l)" "$(nproc)"
 }
 
 # ---- one daemon at a time: D_STATE D_SOCK D_LOG D_CONF, D_PID when running ----------
