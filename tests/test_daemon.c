@@ -3302,6 +3302,34 @@ out:
     memcpy(state_dir, saved_state, sizeof state_dir);
 }
 
+/* The alarm that ends a hung run: SIGALRM's default action would leave the
+ * running daemon (and any svdllmctl child) behind, still holding the test
+ * runner's output pipe, so meson would wait for its own, longer timeout and
+ * the daemon would linger. Under meson the test leads its own process group
+ * (a new session), so the whole group is killed; otherwise only the daemon. */
+static void on_alarm(int sig) {
+    (void)sig;
+    static const char msg[] = "test_daemon: timeout (SV_TEST_TIMEOUT, default 900 s): killing its daemons\n";
+    ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)w;
+    if (daemon_pid > 0)
+        kill(daemon_pid, SIGKILL);
+    if (getpgrp() == getpid())
+        kill(0, SIGKILL);
+    signal(SIGALRM, SIG_DFL);
+    raise(SIGALRM);
+}
+
+/* alarm() with SV_TEST_TIMEOUT seconds (default 900: meson's timeout for the
+ * suite; a run with --timeout-multiplier on a loaded or sanitizer build sets
+ * it to match) and the handler above. */
+static void arm_timeout(void) {
+    const char *t = getenv("SV_TEST_TIMEOUT");
+    long s = t ? strtol(t, NULL, 10) : 900;
+    signal(SIGALRM, on_alarm);
+    alarm(s > 0 ? (unsigned)s : 900);
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: test_daemon SVDLLMD SVDLLMCTL\n");
@@ -3310,7 +3338,7 @@ int main(int argc, char **argv) {
     svdllmd = argv[1];
     svdllmctl = argv[2];
     signal(SIGPIPE, SIG_IGN);
-    alarm(900);   /* a hang is a failure, not a stuck CI run */
+    arm_timeout();   /* a hang is a failure, not a stuck CI run */
     const char *src = getenv("SV_SRCDIR");
     char cwd[512];
     if (!src)
