@@ -795,8 +795,10 @@ static const struct command commands[] = {
                      "(default 0.5)"},
       {O_DENSE, NULL, "write each compressed W' dense under its original name\n"
                       "(a plain LLaMA checkpoint) instead of factor pairs"},
-      {O_OVERWRITE, NULL, "replace an existing --out, an earlier svdllm output\n"
-                          "of yours (default: an existing --out is refused)"},
+      {O_OVERWRITE, NULL, "replace an existing --out, only if it is an earlier\n"
+                          "svdllm output of yours (default: an existing --out is\n"
+                          "refused); every input must be readable and --out's\n"
+                          "parent writable by you"},
       {O_KEEP_CKPT, NULL, "keep the job's checkpoints once it is done (default:\n"
                           "its work directory is emptied on success)"},
       {O_EVAL_TEXT, "FILE", "measure perplexity and tokens/s before and after on\n"

@@ -12,6 +12,12 @@
  *  - cancel_flag: 0 run, 1 cancelled by a user (the job ends 'cancelled'),
  *    and `stopping` means daemon shutdown (the job stays 'running' so the next
  *    start resumes it from its checkpoints).
+ *  - A worker thread holds a submitter's credentials (cred_enter) only
+ *    between a cred_enter and its cred_leave, with no SQLite or work-directory
+ *    access in between; if it cannot leave, the daemon aborts. The output
+ *    rules and the one-live-job-per-output check run with the daemon's own
+ *    credentials, on the ctl thread (so two submits cannot race) and again
+ *    on the job thread before publishing.
  *  - Progress events are throttled to PROGRESS_PERIOD, except that a change of
  *    layer or phase is always posted; their fraction never decreases and
  *    their ETA, once known, stays known for the run (eta_update).
