@@ -1142,8 +1142,11 @@ static void finish(struct runner *r, const struct store_job *j, int64_t id, enum
         post_job(r, r->job_store, id);
         return;
     }
-    log_msg(LOG_ERR, "job %lld: cannot record state %s: %s; it stays 'running' in the database and resumes "
-            "at the next start", (long long)id, store_state_name(state), err.msg);
+    /* Usually the row stays 'running' and the next start resumes the job;
+     * but a commit whose WAL sync failed may still have reached the WAL, so
+     * the restarted daemon can find it 'failed': then resume is the way. */
+    log_msg(LOG_ERR, "job %lld: cannot record state %s: %s; the next start resumes it, or, if it finds it "
+            "failed, svdllmctl resume %lld does", (long long)id, store_state_name(state), err.msg, (long long)id);
     struct store_job *e = j ? malloc(sizeof *e) : NULL;
     if (!e) {
         if (j)
@@ -1153,8 +1156,9 @@ static void finish(struct runner *r, const struct store_job *j, int64_t id, enum
     *e = *j;
     e->state = state == JOB_DONE ? JOB_FAILED : state;   /* not done: its result is not recorded */
     e->finished_at = (int64_t)time(NULL);
-    snprintf(e->error, sizeof e->error, "%.200s%sthe final state could not be recorded (%.250s); it resumes at "
-             "the next start", error && *error ? error : "", error && *error ? "; " : "", err.msg);
+    snprintf(e->error, sizeof e->error, "%.200s%sthe final state could not be recorded (%.250s); the next start "
+             "resumes it (or, if it shows it failed, svdllmctl resume)", error && *error ? error : "",
+             error && *error ? "; " : "", err.msg);
     struct runner_event *ev = event_new(RUNNER_EV_JOB);
     if (ev)
         ev->job = e;
