@@ -3,7 +3,7 @@
  *
  * Three threads, each with its own task queue (mutex + condition variable):
  *   ctl   quick tasks that touch files or SQLite: submit (path checks, model
- *         config check, compress_params_check, job key, insert), cancel and
+ *         config check, params_check, job key, insert), cancel and
  *         resume (failed -> queued);
  *   job   runs queued jobs one at a time in FIFO (SQLite id) order through
  *         compress_run(), owning its own SQLite connection for the layer
