@@ -473,7 +473,7 @@ static int readable_by(void *ctx, const char *path, struct sv_err *err) {
     return cred_access(ctx, path, R_OK, err);
 }
 
-/* compress_precheck's verdict as a reply code and a message naming the field
+/* params_precheck's verdict as a reply code and a message naming the field
  * (and, for a refused access, whose rights were used). */
 static int precheck_error(const struct cred *c, struct proto_error *e, int rc, enum compress_check what,
                           const char *msg) {
@@ -505,13 +505,13 @@ static int submit_checks_as_user(struct runner *r, const struct cred *c, const s
     /* The work directory is created with the row, after the checks; until
      * then it names the directory that will hold it. */
     snprintf(p->work_dir, sizeof p->work_dir, "%s", r->jobs_dir);
-    if (compress_params_check(p, &err) < 0)
+    if (params_check(p, &err) < 0)
         return proto_error_set(e, PROTO_INVALID, "%s", err.msg);
     enum compress_check what = COMPRESS_CHECK_MODEL;
-    int rc = compress_precheck(p, readable_by, (void *)c, &what, &err);
+    int rc = params_precheck(p, readable_by, (void *)c, &what, &err);
     if (rc < 0)
         return precheck_error(c, e, rc, what, err.msg);
-    if (compress_job_key(p, j->key, &err) < 0)
+    if (params_job_key(p, j->key, &err) < 0)
         return proto_error_set(e, PROTO_INVALID, "cannot compute the job key: %s", err.msg);
     return 0;
 }
@@ -553,7 +553,7 @@ static void do_submit(struct runner *r, struct runner_task *t) {
         goto fail;
     }
     log_msg(LOG_INFO, "job %lld: queued (%s, ratio %g, model %s, uid %u, credentials: %s)", (long long)j->id,
-            compress_method_name(p->method), p->ratio, p->model_dir, (unsigned)t->uid, cred_how_name(cred.how));
+            params_method_name(p->method), p->ratio, p->model_dir, (unsigned)t->uid, cred_how_name(cred.how));
     cred_free(&cred);
     /* The reply carries the record; the loop adds it to its table. */
     post_reply(r, t, PROTO_OK, NULL, j);
@@ -630,7 +630,7 @@ static int resume_key_check(const struct store_job *j, struct proto_error *e) {
                                err.msg);
     int rc = cred_enter(&cred, &err);
     if (rc == 0) {
-        rc = compress_job_key(&j->params, key, &err);
+        rc = params_job_key(&j->params, key, &err);
         leave_or_die(&cred);
     }
     cred_free(&cred);
@@ -1197,7 +1197,7 @@ static void run_job(struct runner *r, int64_t id) {
     char key[65];
     int kr = cred_enter(&cred, &err);
     if (kr == 0) {
-        kr = compress_job_key(&j->params, key, &err);
+        kr = params_job_key(&j->params, key, &err);
         leave_or_die(&cred);
     }
     if (kr < 0) {

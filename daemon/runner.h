@@ -3,12 +3,11 @@
  *
  * Three threads, each with its own task queue (mutex + condition variable):
  *   ctl   quick tasks that touch files or SQLite: submit (path checks, model
- *         config check, compress_params_check, compress_precheck, job key,
- *         all with the submitter's credentials; then the output rules and
- *         the insert with the daemon's), cancel, resume (failed or
- *         cancelled -> queued, after checking the job key against the
- *         current inputs) and rm (a final job's work directory, then its
- *         rows);
+ *         config check, params_check, params_precheck, job key, all with
+ *         the submitter's credentials; then the output rules and the insert
+ *         with the daemon's), cancel, resume (failed or cancelled -> queued,
+ *         after checking the job key against the current inputs) and rm (a
+ *         final job's work directory, then its rows);
  *   job   runs queued jobs one at a time in FIFO (SQLite id) order through
  *         compress_run(), owning its own SQLite connection for the layer
  *         hooks;

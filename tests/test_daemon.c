@@ -1342,7 +1342,7 @@ static bool log_contains(const char *needle) {
  * restart: the job continues from its last checkpointed layer (no finished
  * layer is redone) and every output file is byte-identical to an
  * uninterrupted run. The kills come from the engine's crash injection
- * (SVDLLM_FAULT, see compress.c), inherited by the daemon from start_daemon.
+ * (SVDLLM_FAULT, see daemon/engine/fault.c), inherited by the daemon from start_daemon.
  * Its own state directory and log keep its job ids and log lines apart. */
 static void test_crash_resume(void) {
     enum { N_LAYERS = 5 };   /* stories260K */
