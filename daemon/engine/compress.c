@@ -668,7 +668,14 @@ out:
 /* Per-layer statistics (see the design note). */
 struct stats {
     int d, qw, ff;
-    double *g_attn, *g_o, *g_mlp, *c_down;   /* svdllm */
+    /* svdllm (packed, lowrank_pgram_accum): each matrix's statistic on the
+     * narrower side of its eigenproblem. cov[p] = Y^T Y of p's outputs when
+     * d_out <= d_in (q/k/v/o/down in LLaMA): the output covariance
+     * W G W^T itself, so no Cholesky, no W S product and no W G W^T product
+     * at factorization time, and no shift for a singular G. gin[g] = X^T X
+     * of input group g (stats_group) when a matrix reading it has
+     * d_out > d_in (gate/up): whitened once for the group. */
+    double *cov[PROJ_COUNT], *gin[4];
     /* asvd / awsvd / lorap: per input channel sum |x| and sum x^2, for the
      * inputs of q/k/v (0), o (1), gate/up (2), down (3); tokens seen in ntok. */
     double *abs_sum[4], *sq_sum[4];
@@ -701,8 +708,8 @@ static int stats_input_body(struct stats *s, enum config_proj p, const float *x,
             s->ntok += (double)ntok;
         return 0;
     }
-    double *g = p == PROJ_Q ? s->g_attn : p == PROJ_O ? s->g_o : p == PROJ_GATE ? s->g_mlp : NULL;
-    return g ? lowrank_gram_accum(g, x, ntok, width, NULL) : 0;
+    double *g = s->gin[stats_group(p)]; /* the tap fires once per input: q, o, gate, down */
+    return g ? lowrank_pgram_accum(g, x, ntok, width, NULL) : 0;
 }
 
 static int stats_input(void *ctx, enum config_proj p, const float *x, size_t ntok, int width) {
@@ -714,10 +721,10 @@ static int stats_input(void *ctx, enum config_proj p, const float *x, size_t nto
 
 static int stats_output(void *ctx, enum config_proj p, const float *y, size_t ntok, int width) {
     struct stats *s = ctx;
-    if (p != PROJ_DOWN || !s->c_down)
+    if (!s->cov[p])
         return 0;
     double t0 = mono_now();
-    int r = lowrank_gram_accum(s->c_down, y, ntok, width, NULL);
+    int r = lowrank_pgram_accum(s->cov[p], y, ntok, width, NULL);
     tap_seconds += mono_now() - t0;
     return r;
 }
@@ -727,10 +734,10 @@ static void stats_free(struct stats *s) {
         free(s->abs_sum[g]);
         free(s->sq_sum[g]);
     }
-    free(s->g_attn);
-    free(s->g_o);
-    free(s->g_mlp);
-    free(s->c_down);
+    for (int p = 0; p < PROJ_COUNT; p++)
+        free(s->cov[p]);
+    for (int g = 0; g < 4; g++)
+        free(s->gin[g]);
     memset(s, 0, sizeof *s);
 }
 
@@ -739,11 +746,14 @@ static int stats_alloc(const struct job *j, enum stats_kind kind, struct stats *
     int d = c->hidden, qw = c->n_heads * c->head_dim, ok = 1;
     *st = (struct stats){.d = d, .qw = qw, .ff = c->intermediate, .width = {d, qw, d, c->intermediate}};
     if (kind == STATS_GRAMS) {
-        st->g_attn = calloc((size_t)d * d, sizeof(double));
-        st->g_o = calloc((size_t)qw * qw, sizeof(double));
-        st->g_mlp = calloc((size_t)d * d, sizeof(double));
-        st->c_down = calloc((size_t)d * d, sizeof(double));
-        ok = st->g_attn && st->g_o && st->g_mlp && st->c_down;
+        for (int p = 0; p < PROJ_COUNT && ok; p++) {
+            int d_out, d_in, g = stats_group(p);
+            config_proj_shape(c, p, &d_out, &d_in);
+            if (d_out <= d_in)
+                ok = (st->cov[p] = calloc(lowrank_packed_len(d_out), sizeof(double))) != NULL;
+            else if (!st->gin[g])
+                ok = (st->gin[g] = calloc(lowrank_packed_len(d_in), sizeof(double))) != NULL;
+        }
     } else if (kind == STATS_DIAG) {
         for (int g = 0; g < 4; g++) {
             st->abs_sum[g] = calloc((size_t)st->width[g], sizeof(double));
@@ -896,14 +906,7 @@ static int calibrate_layer(struct job *j, const struct layer_w *lw, struct stats
     struct stream st = {.in_hex = in_hex, .out_hex = next_hex, .lw = lw, .taps = &taps};
     snprintf(st.in, sizeof st.in, "%s", in_path);
     snprintf(st.out, sizeof st.out, "%s", out_path);
-    int r = stream_pass(j, lw->index, &st, 1, err);
-    if (r == 0 && s->g_attn) {
-        lowrank_gram_symmetrize(s->g_attn, s->d);
-        lowrank_gram_symmetrize(s->g_o, s->qw);
-        lowrank_gram_symmetrize(s->g_mlp, s->d);
-        lowrank_gram_symmetrize(s->c_down, s->d);
-    }
-    return r;
+    return stream_pass(j, lw->index, &st, 1, err);
 }
 
 enum mat_kind { MAT_FACTORED = 0, MAT_DENSE, MAT_PRUNED };
@@ -991,31 +994,18 @@ static int diag_statistic(const struct job *j, const struct stats *s, enum confi
     return r;
 }
 
-/* The statistic of matrix p under the job's (non-sequential) method: g (an
- * input Gram) or cout (an output covariance), possibly built into *own. */
+/* The statistic of matrix p under a diagonal method (asvd, awsvd, lorap) or
+ * svd: g (an input Gram) or cout (an output covariance), possibly built
+ * into *own. The svdllm family's packed statistics (struct stats) are read
+ * directly by factor_one() and plan_auto(). */
 static int method_statistic(const struct job *j, enum compress_method m, const struct stats *s, enum config_proj p,
                             const struct linear *lin, double **own, const double **g, const double **cout,
                             const char *what, struct sv_err *err) {
     *own = NULL;
     *g = *cout = NULL;
-    if (m == METHOD_SVDLLM || m == METHOD_SVDLLM_UPDATE || m == METHOD_ROM) {
-        if (p == PROJ_DOWN && lin->d_out <= lin->d_in)
-            *cout = s->c_down;
-        else if (p == PROJ_DOWN)
-            return sv_err_set(err, -ENOTSUP, "%s: ffn narrower than hidden is not supported", what);
-        else
-            *g = p <= PROJ_V ? s->g_attn : p == PROJ_O ? s->g_o : s->g_mlp;
-        return 0;
-    }
     if (m == METHOD_ASVD || m == METHOD_AWSVD || m == METHOD_LORAP)
         return diag_statistic(j, s, p, lin, own, g, cout, what, err);
     return 0; /* svd: G = I */
-}
-
-/* Where matrix p's Gram lives (q/k/v share the attention input's, gate/up
- * the MLP input's; down_proj's is its output covariance). */
-static double **group_gram(struct stats *s, int p) {
-    return p <= PROJ_V ? &s->g_attn : p == PROJ_O ? &s->g_o : p <= PROJ_UP ? &s->g_mlp : &s->c_down;
 }
 
 /* Non-sequential methods: every matrix with rank > 0 from its statistic.
@@ -1041,7 +1031,7 @@ struct factor_pool {
     int drop_w, shared;
     struct lowrank_result *res;
     struct mat_report *rep;
-    struct lowrank_white wh[3];   /* by stats_group: q/k/v, o, gate/up */
+    struct lowrank_white wh[4];   /* by stats_group: q/k/v, o, gate/up, down */
     int order[PROJ_COUNT], n, next, done, big_running;
     int r;                        /* first error */
     struct sv_err err;
@@ -1058,7 +1048,12 @@ static int factor_one(struct factor_pool *fp, int p, struct sv_err *err) {
     char what[200];
     model_proj_prefix(l, p, what, sizeof what);
     double t0 = mono_now();
-    if (fp->shared && p != PROJ_DOWN) {
+    if (fp->shared && fp->s->cov[p]) {
+        r = lowrank_project_packed(lin->w, lin->d_out, lin->d_in, fp->s->cov[p], j->rank[l][p], what, &fp->res[p],
+                                   err);
+        free(fp->s->cov[p]); /* only this worker reads it */
+        fp->s->cov[p] = NULL;
+    } else if (fp->shared) {
         r = lowrank_project_white(lin->w, lin->d_out, lin->d_in, &fp->wh[stats_group(p)], j->rank[l][p], what,
                                   &fp->res[p], err);
     } else {
@@ -1119,20 +1114,22 @@ static int factor_matrices(struct job *j, enum compress_method m, struct layer_w
         if (j->rank[l][order[i]])
             fp.order[fp.n++] = order[i];
     progress(j, l, "factorize", 0);
-    /* Whiten each shared Gram that a factored matrix reads, then free the
-     * Grams (down_proj's output covariance is read as it is). */
+    /* Whiten each shared input Gram that a factored input-side matrix
+     * reads, then free the Grams (output covariances are read as they are). */
     double t0 = mono_now();
+    int whitened[PROJ_COUNT] = {0};
     for (int p = 0; p < PROJ_COUNT && r == 0; p++) {
-        double **gp = group_gram(s, p);
-        if (p == PROJ_DOWN || !*gp)
-            continue;
         int grp = stats_group(p), used = 0;
-        for (int q = 0; q < PROJ_DOWN; q++)
-            used |= stats_group(q) == grp && j->rank[l][q] > 0;
+        double **gp = &s->gin[grp];
+        if (!*gp || s->cov[p])
+            continue;
+        for (int q = p; q < PROJ_COUNT; q++)
+            if (stats_group(q) == grp && !s->cov[q] && j->rank[l][q] > 0)
+                used = whitened[q] = 1;
         char what[200];
         model_proj_prefix(l, p, what, sizeof what);
         if (fp.shared && used)
-            r = lowrank_white_new(*gp, lw->proj[p].d_in, what, &fp.wh[grp], err);
+            r = lowrank_white_new_packed(*gp, lw->proj[p].d_in, what, &fp.wh[grp], err);
         if (fp.shared) {
             free(*gp);
             *gp = NULL;
@@ -1163,17 +1160,18 @@ static int factor_matrices(struct job *j, enum compress_method m, struct layer_w
             *err = fp.err;
     }
     for (int i = 0; i < fp.n && r == 0; i++)
-        if (fp.order[i] != PROJ_DOWN) { /* the first matrix of the job order that read a whitened Gram */
+        if (whitened[fp.order[i]]) { /* the first matrix of the job order that read a whitened Gram */
             rep[fp.order[i]].seconds += t_white;
             break;
         }
     j->t.factorize += mono_now() - t0; /* wall time: the matrices' seconds overlap */
-    for (int g = 0; g < 3; g++)
+    for (int g = 0; g < 4; g++)
         lowrank_white_free(&fp.wh[g]);
-    if (fp.shared) { /* the whitened Grams are gone; what is left is c_down (diagonal statistics stay) */
-        free(s->c_down);
-        s->c_down = NULL;
-    }
+    if (fp.shared) /* the whitened Grams are gone; unfactored matrices' covariances go too (diagonal statistics stay) */
+        for (int p = 0; p < PROJ_COUNT; p++) {
+            free(s->cov[p]);
+            s->cov[p] = NULL;
+        }
     return r;
 }
 
@@ -1890,13 +1888,16 @@ static int plan_auto(struct job *j, const char *hex0, struct sv_err *err) {
             model_proj_prefix(l, p, what, sizeof what);
             progress(j, l, "allocate", (double)p / PROJ_COUNT);
             const double *gi, *co;
-            double *own;
+            double *own = NULL;
             int nmax = lin->d_out > lin->d_in ? lin->d_out : lin->d_in;
             if (!(spec[mi] = malloc((size_t)nmax * sizeof **spec))) {
                 r = sv_err_set(err, -ENOMEM, "rank allocation: out of memory");
                 goto out;
             }
-            if ((r = method_statistic(j, m, &st, p, lin, &own, &gi, &co, what, err)) == 0)
+            if (kind == STATS_GRAMS)
+                r = lowrank_spectrum_packed(lin->w, lin->d_out, lin->d_in, st.cov[p] ? NULL : st.gin[stats_group(p)],
+                                            st.cov[p], spec[mi], &n, what, err);
+            else if ((r = method_statistic(j, m, &st, p, lin, &own, &gi, &co, what, err)) == 0)
                 r = lowrank_spectrum(lin->w, lin->d_out, lin->d_in, gi, co, spec[mi], &n, what, err);
             free(own);
             if (r < 0)
