@@ -237,14 +237,7 @@ int calib_layer(struct job *j, const struct layer_w *lw, struct stats *s, const 
     struct calib_stream st = {.in_hex = in_hex, .out_hex = next_hex, .lw = lw, .taps = &taps};
     snprintf(st.in, sizeof st.in, "%s", in_path);
     snprintf(st.out, sizeof st.out, "%s", out_path);
-    int r = calib_stream_pass(j, lw->index, &st, 1, err);
-    if (r == 0 && s->g_attn) {
-        lowrank_gram_symmetrize(s->g_attn, s->d);
-        lowrank_gram_symmetrize(s->g_o, s->qw);
-        lowrank_gram_symmetrize(s->g_mlp, s->d);
-        lowrank_gram_symmetrize(s->c_down, s->d);
-    }
-    return r;
+    return calib_stream_pass(j, lw->index, &st, 1, err);
 }
 
 /* Paths of the two calibration streams entering layer l: the compressed

@@ -30,8 +30,10 @@ void factor_report(struct mat_report *rep, const struct lowrank_result *res, dou
  * so the bytes are the same as one at a time. Input-side matrices (gate,
  * up: the largest working set, 0.5 GiB at 7B) never run together, so peak
  * memory stays that of one of them plus one output-side matrix.
- * A shared Gram is whitened (Cholesky) once, before the workers start, and
- * freed as soon as it is: at LLaMA-7B a Gram is 128 MiB. drop_w: each W is
+ * An output-side matrix of the svdllm family reads its own output
+ * covariance (stats.h), freed once it is factored; a shared input Gram
+ * (gate/up's) is whitened (Cholesky) once, before the workers start, and
+ * freed as soon as it is: at LLaMA-7B a packed Gram is 64 MiB. drop_w: each W is
  * freed once factored (the caller needs only the factors and the shapes). */
 struct factor_pool {
     struct job *j;
@@ -41,7 +43,7 @@ struct factor_pool {
     int drop_w, shared;
     struct lowrank_result *res;
     struct mat_report *rep;
-    struct lowrank_white wh[3];   /* by stats_group: q/k/v, o, gate/up */
+    struct lowrank_white wh[4];   /* by stats_group: q/k/v, o, gate/up, down */
     int order[PROJ_COUNT], n, next, done, big_running;
     int r;                        /* first error */
     struct sv_err err;
@@ -58,7 +60,12 @@ static int factor_one(struct factor_pool *fp, int p, struct sv_err *err) {
     char what[200];
     model_proj_prefix(l, p, what, sizeof what);
     double t0 = mono_now();
-    if (fp->shared && p != PROJ_DOWN) {
+    if (fp->shared && fp->s->cov[p]) {
+        r = lowrank_project_packed(lin->w, lin->d_out, lin->d_in, fp->s->cov[p], j->rank[l][p], what, &fp->res[p],
+                                   err);
+        free(fp->s->cov[p]); /* only this worker reads it */
+        fp->s->cov[p] = NULL;
+    } else if (fp->shared) {
         r = lowrank_project_white(lin->w, lin->d_out, lin->d_in, &fp->wh[stats_group(p)], j->rank[l][p], what,
                                   &fp->res[p], err);
     } else {
@@ -119,20 +126,22 @@ int factor_layer(struct job *j, enum compress_method m, struct layer_w *lw, stru
         if (j->rank[l][order[i]])
             fp.order[fp.n++] = order[i];
     job_progress(j, l, "factorize", 0);
-    /* Whiten each shared Gram that a factored matrix reads, then free the
-     * Grams (down_proj's output covariance is read as it is). */
+    /* Whiten each shared input Gram that a factored input-side matrix
+     * reads, then free the Grams (output covariances are read as they are). */
     double t0 = mono_now();
+    int whitened[PROJ_COUNT] = {0};
     for (int p = 0; p < PROJ_COUNT && r == 0; p++) {
-        double **gp = stats_group_gram(s, p);
-        if (p == PROJ_DOWN || !*gp)
-            continue;
         int grp = stats_group(p), used = 0;
-        for (int q = 0; q < PROJ_DOWN; q++)
-            used |= stats_group(q) == grp && j->rank[l][q] > 0;
+        double **gp = &s->gin[grp];
+        if (!*gp || s->cov[p])
+            continue;
+        for (int q = p; q < PROJ_COUNT; q++)
+            if (stats_group(q) == grp && !s->cov[q] && j->rank[l][q] > 0)
+                used = whitened[q] = 1;
         char what[200];
         model_proj_prefix(l, p, what, sizeof what);
         if (fp.shared && used)
-            r = lowrank_white_new(*gp, lw->proj[p].d_in, what, &fp.wh[grp], err);
+            r = lowrank_white_new_packed(*gp, lw->proj[p].d_in, what, &fp.wh[grp], err);
         if (fp.shared) {
             free(*gp);
             *gp = NULL;
@@ -163,16 +172,17 @@ int factor_layer(struct job *j, enum compress_method m, struct layer_w *lw, stru
             *err = fp.err;
     }
     for (int i = 0; i < fp.n && r == 0; i++)
-        if (fp.order[i] != PROJ_DOWN) { /* the first matrix of the job order that read a whitened Gram */
+        if (whitened[fp.order[i]]) { /* the first matrix of the job order that read a whitened Gram */
             rep[fp.order[i]].seconds += t_white;
             break;
         }
     j->t.factorize += mono_now() - t0; /* wall time: the matrices' seconds overlap */
-    for (int g = 0; g < 3; g++)
+    for (int g = 0; g < 4; g++)
         lowrank_white_free(&fp.wh[g]);
-    if (fp.shared) { /* the whitened Grams are gone; what is left is c_down (diagonal statistics stay) */
-        free(s->c_down);
-        s->c_down = NULL;
-    }
+    if (fp.shared) /* the whitened Grams are gone; unfactored matrices' covariances go too (diagonal statistics stay) */
+        for (int p = 0; p < PROJ_COUNT; p++) {
+            free(s->cov[p]);
+            s->cov[p] = NULL;
+        }
     return r;
 }

@@ -134,13 +134,16 @@ static int auto_layer(struct job *j, enum compress_method m, int l, char hex[65]
         model_proj_prefix(l, p, what, sizeof what);
         job_progress(j, l, "allocate", (double)p / PROJ_COUNT);
         const double *gi, *co;
-        double *own;
+        double *own = NULL;
         int nmax = lin->d_out > lin->d_in ? lin->d_out : lin->d_in;
         if (!(sp->spec[mi] = malloc((size_t)nmax * sizeof **sp->spec))) {
             r = sv_err_set(err, -ENOMEM, "rank allocation: out of memory");
             break;
         }
-        if ((r = stats_matrix(j, m, &st, p, lin, &own, &gi, &co, what, err)) == 0)
+        if (kind == STATS_GRAMS) /* the svdllm family's packed statistics (stats.h) */
+            r = lowrank_spectrum_packed(lin->w, lin->d_out, lin->d_in, st.cov[p] ? NULL : st.gin[stats_group(p)],
+                                        st.cov[p], sp->spec[mi], &n, what, err);
+        else if ((r = stats_matrix(j, m, &st, p, lin, &own, &gi, &co, what, err)) == 0)
             r = lowrank_spectrum(lin->w, lin->d_out, lin->d_in, gi, co, sp->spec[mi], &n, what, err);
         free(own);
         if (r < 0)

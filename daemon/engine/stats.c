@@ -1,10 +1,11 @@
 /* stats: what a method measures of a layer's activations on the original
  * model, and which statistic each matrix is factored under.
  *   svd      G = I, no calibration.
- *   svdllm   G_attn = X^T X of the attention input (shared by q, k, v), G_o of
- *            o_proj's input, G_mlp of the MLP input (gate, up), and C_down =
- *            Y^T Y of down_proj's OUTPUT (hidden^2 instead of ffn^2), all from
- *            the original model, accumulated in double.
+ *   svdllm   per matrix, the statistic of the narrower side: C = Y^T Y of
+ *            its OUTPUT where d_out <= d_in (q, k, v, o, down: hidden^2
+ *            instead of ffn^2 for down), else the Gram X^T X of its input
+ *            (gate/up share the MLP input's), all from the original model,
+ *            packed (lower triangle) and accumulated in double.
  *   asvd, awsvd, lorap's attention: G = diag(s^2) from channel statistics.
  * The sequential methods' own statistics (measured on the compressed model)
  * are in seq.c. The taps run inside the forward pass; their time is
@@ -42,8 +43,8 @@ static int stats_input_body(struct stats *s, enum config_proj p, const float *x,
             s->ntok += (double)ntok;
         return 0;
     }
-    double *g = p == PROJ_Q ? s->g_attn : p == PROJ_O ? s->g_o : p == PROJ_GATE ? s->g_mlp : NULL;
-    return g ? lowrank_gram_accum(g, x, ntok, width, NULL) : 0;
+    double *g = s->gin[stats_group(p)]; /* the tap fires once per input: q, o, gate, down */
+    return g ? lowrank_pgram_accum(g, x, ntok, width, NULL) : 0;
 }
 
 int stats_input(void *ctx, enum config_proj p, const float *x, size_t ntok, int width) {
@@ -55,10 +56,10 @@ int stats_input(void *ctx, enum config_proj p, const float *x, size_t ntok, int 
 
 int stats_output(void *ctx, enum config_proj p, const float *y, size_t ntok, int width) {
     struct stats *s = ctx;
-    if (p != PROJ_DOWN || !s->c_down)
+    if (!s->cov[p])
         return 0;
     double t0 = mono_now();
-    int r = lowrank_gram_accum(s->c_down, y, ntok, width, NULL);
+    int r = lowrank_pgram_accum(s->cov[p], y, ntok, width, NULL);
     job_tap_seconds += mono_now() - t0;
     return r;
 }
@@ -68,10 +69,10 @@ void stats_free(struct stats *s) {
         free(s->abs_sum[g]);
         free(s->sq_sum[g]);
     }
-    free(s->g_attn);
-    free(s->g_o);
-    free(s->g_mlp);
-    free(s->c_down);
+    for (int p = 0; p < PROJ_COUNT; p++)
+        free(s->cov[p]);
+    for (int g = 0; g < 4; g++)
+        free(s->gin[g]);
     memset(s, 0, sizeof *s);
 }
 
@@ -80,11 +81,14 @@ int stats_alloc(const struct job *j, enum stats_kind kind, struct stats *st, str
     int d = c->hidden, qw = c->n_heads * c->head_dim, ok = 1;
     *st = (struct stats){.d = d, .qw = qw, .ff = c->intermediate, .width = {d, qw, d, c->intermediate}};
     if (kind == STATS_GRAMS) {
-        st->g_attn = calloc((size_t)d * d, sizeof(double));
-        st->g_o = calloc((size_t)qw * qw, sizeof(double));
-        st->g_mlp = calloc((size_t)d * d, sizeof(double));
-        st->c_down = calloc((size_t)d * d, sizeof(double));
-        ok = st->g_attn && st->g_o && st->g_mlp && st->c_down;
+        for (int p = 0; p < PROJ_COUNT && ok; p++) {
+            int d_out, d_in, g = stats_group(p);
+            config_proj_shape(c, p, &d_out, &d_in);
+            if (d_out <= d_in)
+                ok = (st->cov[p] = calloc(lowrank_packed_len(d_out), sizeof(double))) != NULL;
+            else if (!st->gin[g])
+                ok = (st->gin[g] = calloc(lowrank_packed_len(d_in), sizeof(double))) != NULL;
+        }
     } else if (kind == STATS_DIAG) {
         for (int g = 0; g < 4; g++) {
             st->abs_sum[g] = calloc((size_t)st->width[g], sizeof(double));
@@ -135,29 +139,14 @@ static int diag_statistic(const struct job *j, const struct stats *s, enum confi
     return r;
 }
 
-/* The statistic of matrix p under the job's (non-sequential) method: g (an
- * input Gram) or cout (an output covariance), possibly built into *own. */
+/* The statistic of matrix p under a diagonal method or svd (stats.h). */
 int stats_matrix(const struct job *j, enum compress_method m, const struct stats *s, enum config_proj p,
                             const struct linear *lin, double **own, const double **g, const double **cout,
                             const char *what, struct sv_err *err) {
     *own = NULL;
     *g = *cout = NULL;
-    if (m == METHOD_SVDLLM || m == METHOD_SVDLLM_UPDATE || m == METHOD_ROM) {
-        if (p == PROJ_DOWN && lin->d_out <= lin->d_in)
-            *cout = s->c_down;
-        else if (p == PROJ_DOWN)
-            return sv_err_set(err, -ENOTSUP, "%s: ffn narrower than hidden is not supported", what);
-        else
-            *g = p <= PROJ_V ? s->g_attn : p == PROJ_O ? s->g_o : s->g_mlp;
-        return 0;
-    }
     if (m == METHOD_ASVD || m == METHOD_AWSVD || m == METHOD_LORAP)
         return diag_statistic(j, s, p, lin, own, g, cout, what, err);
     return 0; /* svd: G = I */
 }
 
-/* Where matrix p's Gram lives (q/k/v share the attention input's, gate/up
- * the MLP input's; down_proj's is its output covariance). */
-double **stats_group_gram(struct stats *s, int p) {
-    return p <= PROJ_V ? &s->g_attn : p == PROJ_O ? &s->g_o : p <= PROJ_UP ? &s->g_mlp : &s->c_down;
-}
