@@ -83,6 +83,12 @@ static void usage(FILE *f) {
           "                            freed; a daemon restart does not retry failed jobs\n"
           "  eval --model DIR --text FILE [--seqlen L] [--max-windows N]\n"
           "                            perplexity of a model on a text\n"
+          "  generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T]\n"
+          "           [--top-p P] [--seed S] [--no-bos]\n"
+          "                            continue TEXT with the model and print prompt and\n"
+          "                            continuation (N new tokens, default 256, at most\n"
+          "                            4096; temperature 0, the default, is greedy; top-p\n"
+          "                            default 0.9, 0 or 1 = off; seed default 1, >= 1)\n"
           "\n"
           "  --socket PATH   daemon socket (default $SVDLLMD_SOCKET or " DEFAULT_SOCKET ")\n"
           "  --json          print the daemon's raw JSON messages, one per line\n"
@@ -339,6 +345,11 @@ struct args {
     double ratio, alpha, attn_split;
     bool has_ratio, has_alpha, has_attn_split, dense, overwrite, centered;
     long long nsamples, seqlen, seed, eval_seqlen, eval_max_windows, max_windows, limit, layers;
+    /* generate */
+    const char *prompt;
+    long long max_tokens;
+    double temperature, top_p;
+    bool has_temperature, has_top_p, no_bos;
 };
 
 static long long parse_ll(const char *opt, const char *v, long long min, long long max) {
@@ -621,13 +632,43 @@ static int cmd_eval(struct conn *c, const struct args *a) {
     return 0;
 }
 
+/* generate: the daemon answers when the whole text is there; printed with a
+ * final newline (as svdllm-engine generate and llama2.c's run do). */
+static int cmd_generate(struct conn *c, const struct args *a) {
+    if (!a->model || !a->prompt)
+        die_usage("generate needs --model and --prompt (which may be '')");
+    json_t *q = proto_request_new(1, "generate");
+    json_object_set_new(q, "model", abs_path(a->model));
+    json_object_set_new(q, "prompt", json_string(a->prompt));
+    if (a->max_tokens >= 0)
+        proto_set_int(q, "max_tokens", a->max_tokens);
+    if (a->has_temperature)
+        proto_set_real(q, "temperature", a->temperature);
+    if (a->has_top_p)
+        proto_set_real(q, "top_p", a->top_p);
+    if (a->seed >= 0)
+        proto_set_int(q, "seed", a->seed);
+    if (a->no_bos)
+        proto_set_bool(q, "bos", false);
+    json_t *r = call(c, q);
+    if (!r)
+        return 1;
+    if (!opt_json) {
+        json_t *t = json_object_get(r, "text");
+        fwrite(json_string_value(t) ? json_string_value(t) : "", 1, json_string_length(t), stdout);
+        putchar('\n');
+    }
+    json_decref(r);
+    return 0;
+}
+
 /* ---- main ------------------------------------------------------------------------- */
 
 enum {
     O_SOCKET = 256, O_JSON, O_HELP, O_MODEL, O_OUT, O_METHOD, O_RATIO, O_CALIB, O_NSAMPLES,
     O_SEQLEN, O_SEED, O_WINDOWS, O_DENSE, O_OVERWRITE, O_EVAL_TEXT, O_EVAL_SEQLEN,
     O_EVAL_MAX, O_TEXT, O_MAX_WINDOWS, O_STATE, O_LIMIT, O_ALPHA, O_RANKS, O_LAYERS,
-    O_ATTN_SPLIT, O_CENTERED, O_END
+    O_ATTN_SPLIT, O_CENTERED, O_PROMPT, O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P, O_NO_BOS, O_END
 };
 
 /* Which options each command accepts (besides --socket, --json). */
@@ -646,6 +687,7 @@ static const struct {
     {"cancel", {0}},
     {"resume", {0}},
     {"eval", {O_MODEL, O_TEXT, O_SEQLEN, O_MAX_WINDOWS, 0}},
+    {"generate", {O_MODEL, O_PROMPT, O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P, O_SEED, O_NO_BOS, 0}},
 };
 
 int main(int argc, char **argv) {
@@ -676,6 +718,11 @@ int main(int argc, char **argv) {
         {"max-windows", required_argument, NULL, O_MAX_WINDOWS},
         {"state", required_argument, NULL, O_STATE},
         {"limit", required_argument, NULL, O_LIMIT},
+        {"prompt", required_argument, NULL, O_PROMPT},
+        {"max-tokens", required_argument, NULL, O_MAX_TOKENS},
+        {"temperature", required_argument, NULL, O_TEMPERATURE},
+        {"top-p", required_argument, NULL, O_TOP_P},
+        {"no-bos", no_argument, NULL, O_NO_BOS},
         {NULL, 0, NULL, 0},
     };
     /* A daemon that closes while we write must not kill us: we read its reply. */
@@ -684,7 +731,7 @@ int main(int argc, char **argv) {
     if (!socket_path || !*socket_path)
         socket_path = DEFAULT_SOCKET;
     struct args a = {.nsamples = -1, .seqlen = -1, .seed = -1, .eval_seqlen = -1,
-                     .eval_max_windows = -1, .max_windows = -1, .limit = -1, .layers = -1};
+                     .eval_max_windows = -1, .max_windows = -1, .limit = -1, .layers = -1, .max_tokens = -1};
     bool seen[O_END] = {0};
     const char *seen_name[O_END] = {0};
     const char *pos[3];
@@ -764,6 +811,23 @@ int main(int argc, char **argv) {
         case O_MAX_WINDOWS: a.max_windows = parse_ll("max-windows", optarg, 0, INT_MAX); break;
         case O_STATE: a.state = optarg; break;
         case O_LIMIT: a.limit = parse_ll("limit", optarg, 1, 10000); break;
+        case O_PROMPT: a.prompt = optarg; break;
+        case O_MAX_TOKENS: a.max_tokens = parse_ll("max-tokens", optarg, 1, INT_MAX); break;
+        case O_TEMPERATURE:
+        case O_TOP_P: {
+            /* The ranges are the daemon's to check; JSON cannot carry nan or inf. */
+            char *end;
+            errno = 0;
+            double v = strtod(optarg, &end);
+            if (errno || end == optarg || *end || !isfinite(v))
+                die_usage("--%s: '%s' is not a number", opt == O_TOP_P ? "top-p" : "temperature", optarg);
+            if (opt == O_TOP_P)
+                a.top_p = v, a.has_top_p = true;
+            else
+                a.temperature = v, a.has_temperature = true;
+            break;
+        }
+        case O_NO_BOS: a.no_bos = true; break;
         default: die_usage("unexpected option");
         }
     }
@@ -812,6 +876,8 @@ int main(int argc, char **argv) {
         rc = cmd_cancel(&c, job);
     else if (!strcmp(cmd, "resume"))
         rc = cmd_resume(&c, job);
+    else if (!strcmp(cmd, "generate"))
+        rc = cmd_generate(&c, &a);
     else
         rc = cmd_eval(&c, &a);
     conn_close(&c);

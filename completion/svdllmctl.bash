@@ -7,7 +7,7 @@
 _svdllmctl() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=""
     ((COMP_CWORD > 0)) && prev=${COMP_WORDS[COMP_CWORD - 1]}
-    local commands="ping version submit status list watch cancel resume eval"
+    local commands="ping version submit status list watch cancel resume eval generate"
     local global="--socket --json --help"
 
     # The command and the socket given so far.
@@ -19,7 +19,7 @@ _svdllmctl() {
         --socket=*) socket=${w#--socket=} ;;
         --model|--out|--method|--ratio|--alpha|--ranks|--layers|--attn-split|--calib|--nsamples|\
         --seqlen|--seed|--calib-windows|--eval-text|--eval-seqlen|--eval-max-windows|--text|\
-        --max-windows|--state|--limit) ((i++)) ;;
+        --max-windows|--state|--limit|--prompt|--max-tokens|--temperature|--top-p) ((i++)) ;;
         -*) ;;
         *) [ -z "$cmd" ] && cmd=$w ;;
         esac
@@ -34,7 +34,8 @@ _svdllmctl() {
     --calib-windows) COMPREPLY=($(compgen -W "random first" -- "$cur")); return ;;
     --state) COMPREPLY=($(compgen -W "queued running done failed cancelled" -- "$cur")); return ;;
     --ratio|--alpha|--layers|--attn-split|--nsamples|--seqlen|--seed|--eval-seqlen|\
-    --eval-max-windows|--max-windows|--limit) return ;;   # a number: nothing to offer
+    --eval-max-windows|--max-windows|--limit|--max-tokens|--temperature|--top-p) return ;;   # a number: nothing to offer
+    --prompt) return ;;   # free text
     esac
 
     local opts=""
@@ -44,6 +45,7 @@ _svdllmctl() {
                   --eval-text --eval-seqlen --eval-max-windows" ;;
     list) opts="--state --limit" ;;
     eval) opts="--model --text --seqlen --max-windows" ;;
+    generate) opts="--model --prompt --max-tokens --temperature --top-p --seed --no-bos" ;;
     esac
 
     if [[ $cur == -* ]]; then
