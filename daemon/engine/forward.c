@@ -392,12 +392,6 @@ int forward_logits(const struct config *c, const struct head_w *h, const float *
 
 /* ---- incremental decoding --------------------------------------------------- */
 
-/* Same math as forward_layer for n new tokens of one sequence at positions
- * pos0 .. pos0+n-1, whose keys and values join the layer's cache; attention
- * reads every cached position up to the query's own. The products of a
- * single token are matrix-vector ones, so BLIS's blocking and our per-head
- * dot products sum in other orders than the full pass: results agree to
- * float rounding, not bit for bit (tests/test_generate.c states the bound). */
 /* forward_linear with BLIS on nt threads, set per call (BLIS's global count
  * is left alone: a job may be computing beside us). */
 static int linear_nt(int nt, const struct linear *lin, const float *x, size_t ntok, float *y, struct sv_err *err) {
@@ -424,6 +418,12 @@ static int linear_nt(int nt, const struct linear *lin, const float *x, size_t nt
  * millisecond on one core). */
 #define GEN_SERIAL_WORK 4e6
 
+/* Same math as forward_layer for n new tokens of one sequence at positions
+ * pos0 .. pos0+n-1, whose keys and values join the layer's cache; attention
+ * reads every cached position up to the query's own. The products of a
+ * single token are matrix-vector ones, so BLIS's blocking and our per-head
+ * dot products sum in other orders than the full pass: results agree to
+ * float rounding, not bit for bit (tests/test_generate.c states the bound). */
 int forward_layer_cached(const struct config *c, const struct layer_w *lw, float *x, int n, int pos0, float *kc,
                          float *vc, int cap, struct sv_err *err) {
     const int d = c->hidden, nh = c->n_heads, nkv = c->n_kv_heads, hd = c->head_dim;
