@@ -392,9 +392,40 @@ int forward_logits(const struct config *c, const struct head_w *h, const float *
 
 /* ---- incremental decoding --------------------------------------------------- */
 
-/* forward_linear with BLIS on nt threads, set per call (BLIS's global count
+/* y (d_out) = W (d_out, d_in) x (d_in), rows split over nt threads. */
+static void matvec(int nt, const float *w, const float *x, int d_out, int d_in, float *y) {
+#pragma omp parallel for num_threads(nt) if (nt > 1)
+    for (int j = 0; j < d_out; j++) {
+        const float *wj = w + (size_t)j * d_in;
+        float s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int i = 0; i < d_in; i++)
+            s += wj[i] * x[i];
+        y[j] = s;
+    }
+}
+
+/* forward_linear for the few rows of a generation step. A single row goes
+ * through our own matrix-vector product rather than a BLIS sgemm with
+ * m = 1: BLIS 0.9 reads past the end of a one-row operand there (found by
+ * ASan in test_generate), and for a vector the product is memory-bound
+ * anyway. More rows: BLIS, on nt threads set per call (BLIS's global count
  * is left alone: a job may be computing beside us). */
 static int linear_nt(int nt, const struct linear *lin, const float *x, size_t ntok, float *y, struct sv_err *err) {
+    if (ntok == 1 && lin->rank == 0) {
+        matvec(nt, lin->w, x, lin->d_out, lin->d_in, y);
+        return 0;
+    }
+    if (ntok == 1) {
+        float *t = malloc((size_t)lin->rank * sizeof *t); /* t: (k) = B x */
+        if (!t)
+            return sv_err_set(err, -ENOMEM, "linear (%d x %d, rank %d): out of memory", lin->d_out, lin->d_in,
+                              lin->rank);
+        matvec(nt, lin->b, x, lin->rank, lin->d_in, t);
+        matvec(nt, lin->a, t, lin->d_out, lin->rank, y);
+        free(t);
+        return 0;
+    }
     if (nt == forward_nthreads)
         return forward_linear(lin, x, ntok, y, err);
     if (lin->rank == 0) {
@@ -551,14 +582,17 @@ out:
 int forward_logits_small(const struct config *c, const struct head_w *h, const float *x, size_t ntok, float *logits,
                          struct sv_err *err) {
     const double work = (double)ntok * c->vocab * c->hidden;
-    if (work >= GEN_SERIAL_WORK)
+    if (work >= GEN_SERIAL_WORK && ntok > 1)
         return forward_logits(c, h, x, ntok, logits, err);
     float *xn = malloc(ntok * (size_t)c->hidden * sizeof(float));
     if (!xn)
         return sv_err_set(err, -ENOMEM, "lm_head: out of memory for %zu tokens", ntok);
     rmsnorm_nt(xn, x, h->norm, ntok, c->hidden, c->rms_eps, 1);
-    sgemm1(1, ntok, (size_t)c->vocab, (size_t)c->hidden, 1.0f, xn, (size_t)c->hidden, h->w, (size_t)c->hidden, 0.0f,
-           logits, (size_t)c->vocab);
+    if (ntok == 1)   /* see linear_nt */
+        matvec(work >= GEN_SERIAL_WORK ? forward_nthreads : 1, h->w, xn, c->vocab, c->hidden, logits);
+    else
+        sgemm1(1, ntok, (size_t)c->vocab, (size_t)c->hidden, 1.0f, xn, (size_t)c->hidden, h->w, (size_t)c->hidden,
+               0.0f, logits, (size_t)c->vocab);
     free(xn);
     return 0;
 }
