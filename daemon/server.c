@@ -962,6 +962,63 @@ fail:
     return r;
 }
 
+/* Continues a prompt with a model on the eval thread (generate.h); shares
+ * the max_evals limit with eval. */
+static int op_generate(struct client *c, long long id, json_t *msg, struct proto_error *e) {
+    static const char *const fields[] = {"id", "op", "model", "prompt", "max_tokens", "temperature", "top_p",
+                                         "seed", "bos", NULL};
+    struct server *s = c->srv;
+    if (proto_check_fields(msg, fields, e) < 0)
+        return -EINVAL;
+    struct runner_task *t = task_new(RUNNER_TASK_GENERATE, id);
+    if (!t)
+        return proto_error_set(e, PROTO_INTERNAL, "out of memory");
+    long long maxt = 256, seed = 1;
+    double temp = 0, top_p = 0.9;
+    bool bos = true;
+    const char *prompt = NULL;
+    int r;
+    if ((r = get_path(msg, "model", true, t->gen.model_dir, e)) < 0 ||
+        (r = proto_get_string(msg, "prompt", true, &prompt, e)) < 0 ||
+        (r = proto_get_int(msg, "max_tokens", false, 1, RUNNER_GEN_MAX_TOKENS, &maxt, e)) < 0 ||
+        (r = proto_get_number(msg, "temperature", false, &temp, e)) < 0 ||
+        (r = proto_get_number(msg, "top_p", false, &top_p, e)) < 0 ||
+        (r = proto_get_int(msg, "seed", false, 1, PROTO_MAX_ID, &seed, e)) < 0 ||
+        (r = proto_get_bool(msg, "bos", false, &bos, e)) < 0)
+        goto fail;
+    if (!(temp >= 0 && temp <= 100)) {
+        r = proto_error_set(e, PROTO_BAD_REQUEST, "field 'temperature': must be a number in [0, 100]");
+        goto fail;
+    }
+    if (!(top_p >= 0 && top_p <= 1)) {
+        r = proto_error_set(e, PROTO_BAD_REQUEST, "field 'top_p': must be a number in [0, 1]");
+        goto fail;
+    }
+    size_t plen = json_string_length(json_object_get(msg, "prompt"));
+    if (plen > RUNNER_PROMPT_MAX) {
+        r = proto_error_set(e, PROTO_BAD_REQUEST, "field 'prompt': %zu bytes, longer than %d", plen,
+                            RUNNER_PROMPT_MAX);
+        goto fail;
+    }
+    if (s->pending_evals >= s->cfg.max_evals) {
+        r = proto_error_set(e, PROTO_QUEUE_FULL, "%d evaluations are already queued or running (the limit)",
+                            s->cfg.max_evals);
+        goto fail;
+    }
+    memcpy(t->gen.prompt, prompt, plen);
+    t->gen.prompt_len = plen;
+    t->gen.add_bos = bos;
+    t->gen.max_tokens = (int)maxt;
+    t->gen.temperature = temp;
+    t->gen.top_p = top_p;
+    t->gen.seed = (uint64_t)seed;
+    s->pending_evals++;
+    return push_task(c, t);
+fail:
+    free(t);
+    return r;
+}
+
 /* failed or cancelled -> queued (the ctl thread checks the database's state
  * and the job key). */
 static int op_resume(struct client *c, long long id, json_t *msg, struct proto_error *e) {
@@ -1020,6 +1077,7 @@ static const struct {
     {"eval", op_eval, true},
     {"resume", op_resume, true},
     {"rm", op_rm, true},
+    {"generate", op_generate, true},
 };
 
 static void handle_line(struct client *c, const char *line, size_t len) {
@@ -1341,7 +1399,7 @@ static void on_reply(struct server *s, struct runner_event *ev) {
     struct client *c = client_find(s, ev->client_id);
     if (ev->task == RUNNER_TASK_SUBMIT)
         s->pending_submits--;
-    if (ev->task == RUNNER_TASK_EVAL)
+    if (ev->task == RUNNER_TASK_EVAL || ev->task == RUNNER_TASK_GENERATE)
         s->pending_evals--;
     struct sjob *j = NULL;
     json_t *removed = NULL;   /* rm: the record as it was */
@@ -1397,6 +1455,21 @@ static void on_reply(struct server *s, struct runner_event *ev) {
         proto_set_real(r, "seconds", ev->ppl.seconds);
         proto_set_real(r, "tokens_per_s", ev->ppl.tokens_per_s);
         break;
+    case RUNNER_TASK_GENERATE: {
+        json_t *ids = json_array();
+        for (size_t i = 0; ids && i < ev->gen.n_ids; i++)
+            json_array_append_new(ids, json_integer(ev->gen.ids[i]));
+        /* The text is valid UTF-8 (tok_decode's promise); NUL bytes are kept. */
+        json_object_set_new(r, "text", json_stringn(ev->gen.text, ev->gen.text_len));
+        json_object_set_new(r, "ids", ids);
+        proto_set_int(r, "prompt_tokens", (long long)ev->gen.n_prompt);
+        proto_set_int(r, "generated_tokens", (long long)(ev->gen.n_ids - ev->gen.n_prompt));
+        proto_set_str(r, "finish", ev->gen.finish);
+        proto_set_real(r, "prompt_seconds", ev->gen.prompt_seconds);
+        proto_set_real(r, "seconds", ev->gen.seconds);
+        proto_set_real(r, "tokens_per_s", ev->gen.tokens_per_s);
+        break;
+    }
     }
     client_send(c, r);
 }
