@@ -72,13 +72,17 @@ static void die_usage(const char *fmt, ...) {
     exit(EXIT_USAGE);
 }
 
+static void say_v(const char *fmt, va_list ap) {
+    fputs("svdllmctl: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
 static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int fail(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fputs("svdllmctl: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    say_v(fmt, ap);
     va_end(ap);
     return EXIT_FAIL;
 }
@@ -88,9 +92,7 @@ static int unreachable(const char *fmt, ...) __attribute__((format(printf, 1, 2)
 static int unreachable(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fputs("svdllmctl: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    say_v(fmt, ap);
     va_end(ap);
     call_failure = EXIT_UNREACHABLE;
     return EXIT_UNREACHABLE;

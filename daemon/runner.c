@@ -818,30 +818,61 @@ static int eval_should_cancel(void *ctx) {
     return atomic_load(&c->t->cancel) || atomic_load(&c->r->stopping);
 }
 
-/* The whole evaluation reads only the requester's files: it runs with the
- * requester's rights from the path checks to the end. */
-static void do_eval(struct runner *r, struct runner_task *t) {
+/* The start of an eval or a generate, which read only the requester's
+ * files: with the requester's rights from the path checks to the end. On 0
+ * the credentials are entered (the caller leaves them) and model holds the
+ * resolved model directory; on -1 the reply is posted. */
+static int eval_enter(struct runner *r, struct runner_task *t, const char *what, const char *model_dir,
+                      char model[PATH_MAX], struct cred *cred) {
     struct proto_error e = {0};
-    char model[PATH_MAX], text[PATH_MAX];
+    struct sv_err err = {0};
     if (atomic_load(&t->cancel)) {
         post_reply(r, t, PROTO_CANCELLED, "the client went away", NULL);
-        return;
+        return -1;
     }
-    struct cred cred;
-    struct sv_err err = {0};
-    if (cred_lookup(&cred, t->uid, t->gid, &err) < 0) {
+    if (cred_lookup(cred, t->uid, t->gid, &err) < 0) {
         post_reply(r, t, PROTO_FORBIDDEN, err.msg, NULL);
-        return;
+        return -1;
     }
-    if (cred_enter(&cred, &err) < 0) {
-        log_msg(LOG_ERR, "eval: %s", err.msg);
-        cred_free(&cred);
+    if (cred_enter(cred, &err) < 0) {
+        log_msg(LOG_ERR, "%s: %s", what, err.msg);
+        cred_free(cred);
         post_reply(r, t, PROTO_INTERNAL, err.msg, NULL);
-        return;
+        return -1;
     }
-    if (resolve_input(&cred, "model", t->eval.model_dir, WANT_DIR, model, &e) < 0 ||
-        check_model(&cred, "model", model, &e) < 0 ||
-        resolve_input(&cred, "text", t->eval.text_path, WANT_FILE, text, &e) < 0) {
+    if (resolve_input(cred, "model", model_dir, WANT_DIR, model, &e) < 0 || check_model(cred, "model", model, &e) < 0) {
+        leave_or_die(cred);
+        cred_free(cred);
+        post_reply(r, t, e.code, e.msg, NULL);
+        return -1;
+    }
+    return 0;
+}
+
+/* Leaves the requester's rights; for a failed computation (rc < 0) posts
+ * its reply and returns -1. */
+static int eval_leave(struct runner *r, struct runner_task *t, struct cred *cred, int rc, const struct sv_err *err) {
+    leave_or_die(cred);
+    cred_free(cred);
+    if (rc == -ECANCELED) {
+        post_reply(r, t, PROTO_CANCELLED, atomic_load(&r->stopping) ? "svdllmd is shutting down"
+                                                                     : "the client went away", NULL);
+        return -1;
+    }
+    if (rc < 0) {
+        post_reply(r, t, PROTO_FAILED, err->msg[0] ? err->msg : strerror(-rc), NULL);
+        return -1;
+    }
+    return 0;
+}
+
+static void do_eval(struct runner *r, struct runner_task *t) {
+    char model[PATH_MAX], text[PATH_MAX];
+    struct cred cred;
+    if (eval_enter(r, t, "eval", t->eval.model_dir, model, &cred) < 0)
+        return;
+    struct proto_error e = {0};
+    if (resolve_input(&cred, "text", t->eval.text_path, WANT_FILE, text, &e) < 0) {
         leave_or_die(&cred);
         cred_free(&cred);
         post_reply(r, t, e.code, e.msg, NULL);
@@ -849,19 +880,10 @@ static void do_eval(struct runner *r, struct runner_task *t) {
     }
     struct eval_cancel c = {r, t};
     struct ppl_result res = {0};
-    int rc = ppl_eval(model, text, t->eval.seqlen, t->eval.max_windows, eval_should_cancel, &c,
-                      &res, &err);
-    leave_or_die(&cred);
-    cred_free(&cred);
-    if (rc == -ECANCELED) {
-        post_reply(r, t, PROTO_CANCELLED, atomic_load(&r->stopping) ? "svdllmd is shutting down"
-                                                                     : "the client went away", NULL);
+    struct sv_err err = {0};
+    int rc = ppl_eval(model, text, t->eval.seqlen, t->eval.max_windows, eval_should_cancel, &c, &res, &err);
+    if (eval_leave(r, t, &cred, rc, &err) < 0)
         return;
-    }
-    if (rc < 0) {
-        post_reply(r, t, PROTO_FAILED, err.msg[0] ? err.msg : strerror(-rc), NULL);
-        return;
-    }
     struct runner_event *ev = event_new(RUNNER_EV_REPLY);
     if (ev) {
         ev->task = t->type;
@@ -872,52 +894,22 @@ static void do_eval(struct runner *r, struct runner_task *t) {
     post(r, ev);
 }
 
-/* generate: like an eval, with the requester's rights from the path checks
- * to the end (the model directory and its tokenizer are the requester's
- * files); the reply carries the text and the ids. */
+/* generate: like an eval (the model directory and its tokenizer are the
+ * requester's files); the reply carries the text and the ids. */
 static void do_generate(struct runner *r, struct runner_task *t) {
-    struct proto_error e = {0};
     char model[PATH_MAX];
-    if (atomic_load(&t->cancel)) {
-        post_reply(r, t, PROTO_CANCELLED, "the client went away", NULL);
-        return;
-    }
     struct cred cred;
-    struct sv_err err = {0};
-    if (cred_lookup(&cred, t->uid, t->gid, &err) < 0) {
-        post_reply(r, t, PROTO_FORBIDDEN, err.msg, NULL);
+    if (eval_enter(r, t, "generate", t->gen.model_dir, model, &cred) < 0)
         return;
-    }
-    if (cred_enter(&cred, &err) < 0) {
-        log_msg(LOG_ERR, "generate: %s", err.msg);
-        cred_free(&cred);
-        post_reply(r, t, PROTO_INTERNAL, err.msg, NULL);
-        return;
-    }
-    if (resolve_input(&cred, "model", t->gen.model_dir, WANT_DIR, model, &e) < 0 ||
-        check_model(&cred, "model", model, &e) < 0) {
-        leave_or_die(&cred);
-        cred_free(&cred);
-        post_reply(r, t, e.code, e.msg, NULL);
-        return;
-    }
     struct eval_cancel c = {r, t};
     struct gen_params gp = {.prompt = t->gen.prompt, .prompt_len = t->gen.prompt_len, .add_bos = t->gen.add_bos,
                             .max_tokens = t->gen.max_tokens, .temperature = t->gen.temperature,
                             .top_p = t->gen.top_p, .seed = t->gen.seed, .max_text_bytes = RUNNER_GEN_MAX_TEXT};
     struct gen_result res;
+    struct sv_err err = {0};
     int rc = gen_run(model, &gp, NULL, NULL, eval_should_cancel, &c, &res, &err);
-    leave_or_die(&cred);
-    cred_free(&cred);
-    if (rc == -ECANCELED) {
-        post_reply(r, t, PROTO_CANCELLED, atomic_load(&r->stopping) ? "svdllmd is shutting down"
-                                                                     : "the client went away", NULL);
+    if (eval_leave(r, t, &cred, rc, &err) < 0)
         return;
-    }
-    if (rc < 0) {
-        post_reply(r, t, PROTO_FAILED, err.msg[0] ? err.msg : strerror(-rc), NULL);
-        return;
-    }
     struct runner_event *ev = event_new(RUNNER_EV_REPLY);
     if (!ev) {
         gen_result_free(&res);
