@@ -38,6 +38,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "conn.h"
 #include "proto.h"
 #include "sweep.h"
 
@@ -100,36 +101,14 @@ static int unreachable(const char *fmt, ...) {
 
 /* ---- Connection -------------------------------------------------------------- */
 
-struct conn {
-    int fd;
-    struct proto_buf buf;
-    const char *path;
-};
-
-static int conn_open(struct conn *c, const char *path) {
-    c->path = path;
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof sa.sun_path)
-        return unreachable("cannot connect to %s: path too long", path);
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-    c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (c->fd < 0)
-        return unreachable("socket: %s", strerror(errno));
-    if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        int e = errno;
-        close(c->fd);
-        return unreachable("cannot connect to %s: %s (is svdllmd running?)", path, strerror(e));
-    }
-    if (proto_buf_init(&c->buf, PROTO_MAX_MSG + 1) < 0) {
-        close(c->fd);
-        return fail("out of memory");
-    }
-    return 0;
-}
-
-static void conn_close(struct conn *c) {
-    close(c->fd);
-    proto_buf_free(&c->buf);
+/* Connects; on failure prints the reason and returns its exit status (3:
+ * unreachable; 1: out of memory). */
+static int ctl_open(struct conn *c, const char *path) {
+    struct sv_err err = {0};
+    int r = conn_open(c, path, &err);
+    if (r == -ENOMEM)
+        return fail("%s", err.msg);
+    return r < 0 ? unreachable("%s", err.msg) : 0;
 }
 
 /* One raw JSON line on stdout (--json). */
@@ -1232,7 +1211,7 @@ int main(int argc, char **argv) {
     cur_cmd = cmd;
 
     struct conn c;
-    int rc = conn_open(&c, socket_path);
+    int rc = ctl_open(&c, socket_path);
     if (rc != 0)
         return rc;
     rc = cmd->run(&c, &a);
