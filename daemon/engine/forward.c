@@ -21,6 +21,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <omp.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,7 +90,26 @@ static int cpus_allowed(void) {
     return c > 0 ? (int)c : 1;
 }
 
+/* BLIS 0.9's small/unpacked ("sup") level-3 kernels read past the end of
+ * their operands at some edge shapes (flame/blis #635, #821; fixed in 1.0):
+ * an ASan run of the daemon tests died in one, reading the page after a
+ * buffer, and a release build can too. The conventional path packs its
+ * operands within bounds. With every sup threshold 0 no shape counts as
+ * small, so each level-3 call takes that path; sup only ever sped up tiny
+ * products (the bundled models), never the LLaMA-7B shapes. */
+static void blis_sup_off(void) {
+    blksz_t *t = bli_cntx_l3_sup_thresh_buf(bli_gks_query_cntx());
+    for (int i = 0; i < BLIS_NUM_THRESH; i++)
+        for (int dt = BLIS_FLOAT; dt <= BLIS_DCOMPLEX; dt++) {
+            bli_blksz_set_def(0, (num_t)dt, &t[i]);
+            bli_blksz_set_max(0, (num_t)dt, &t[i]);
+        }
+}
+
+static pthread_once_t blis_sup_once = PTHREAD_ONCE_INIT;
+
 int forward_threads_set(int n) {
+    pthread_once(&blis_sup_once, blis_sup_off);
     if (n <= 0)
         n = cpus_allowed();
     /* Written only on a change, so a worker thread re-applying the count in
