@@ -93,11 +93,21 @@ static int cpus_allowed(void) {
 /* BLIS 0.9's small/unpacked ("sup") level-3 kernels read past the end of
  * their operands at some edge shapes (flame/blis #635, #821; fixed in 1.0):
  * an ASan run of the daemon tests died in one, reading the page after a
- * buffer, and a release build can too. The conventional path packs its
- * operands within bounds. With every sup threshold 0 no shape counts as
- * small, so each level-3 call takes that path; sup only ever sped up tiny
- * products (the bundled models), never the LLaMA-7B shapes. */
+ * buffer (ASan's allocator ends large blocks at a page; glibc's leaves
+ * slack, which is why release builds have not shown it). The conventional
+ * path packs its operands within bounds. With every sup threshold 0 no
+ * shape counts as small, so each level-3 call takes that path. It costs
+ * about 2x on the bundled models' tiny products (none at LLaMA-7B shapes),
+ * so it is done in sanitizer builds only (the release path stays fast; BLIS
+ * 1.0 fixes the kernels). */
+#if defined(__SANITIZE_ADDRESS__)
+#define SUP_OFF_DEFAULT 1
+#else
+#define SUP_OFF_DEFAULT 0
+#endif
 static void blis_sup_off(void) {
+    if (!SUP_OFF_DEFAULT)
+        return;
     blksz_t *t = bli_cntx_l3_sup_thresh_buf(bli_gks_query_cntx());
     for (int i = 0; i < BLIS_NUM_THRESH; i++)
         for (int dt = BLIS_FLOAT; dt <= BLIS_DCOMPLEX; dt++) {
