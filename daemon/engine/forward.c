@@ -90,36 +90,38 @@ static int cpus_allowed(void) {
     return c > 0 ? (int)c : 1;
 }
 
-/* BLIS 0.9's small/unpacked ("sup") level-3 kernels read past the end of
- * their operands at some edge shapes (flame/blis #635, #821; fixed in 1.0):
- * an ASan run of the daemon tests died in one, reading the page after a
- * buffer (ASan's allocator ends large blocks at a page; glibc's leaves
- * slack, which is why release builds have not shown it). The conventional
- * path packs its operands within bounds. With every sup threshold 0 no
- * shape counts as small, so each level-3 call takes that path. It costs
- * about 2x on the bundled models' tiny products (none at LLaMA-7B shapes),
- * so it is done in sanitizer builds only (the release path stays fast; BLIS
- * 1.0 fixes the kernels). */
-#if defined(__SANITIZE_ADDRESS__)
-#define SUP_OFF_DEFAULT 1
-#else
-#define SUP_OFF_DEFAULT 0
-#endif
+/* BLIS 0.9's small/unpacked ("sup") level-3 kernels for float read past
+ * the end of their operands at some edge shapes (flame/blis #635: the rv
+ * 3x2 and 6x2m kernels; #821/#824: the rd 1x16n kernel, which loads the
+ * next row of A whenever the row edge is 1 and k is not a multiple of 8;
+ * all fixed after 0.9.0, which is Debian 12's). A read past the last row
+ * lands on the next page when the buffer ends at one: first seen under
+ * ASan (whose allocator ends large blocks at a page), then as a SEGV of a
+ * release svdllmd in svdllm-update at LLaMA-7B shapes (a 1228-rank factor,
+ * k % 8 = 4, in the rd kernel at the instruction #824 deletes). The
+ * conventional path packs its operands within bounds, so every float sup
+ * threshold is set to 0: no float product counts as small. Sanitizer and
+ * release builds do the same, so ASan tests what ships. Doubles keep their
+ * sup kernels (no such report for 0.9's d kernels; ASan would show one).
+ * The cost is on tiny products only (the bundled models' forward runs about
+ * 2x slower; at LLaMA-7B shapes every product is large enough to be packed
+ * anyway); one-row products never reach BLIS (matvec, below). */
 static void blis_sup_off(void) {
-    if (!SUP_OFF_DEFAULT)
-        return;
     blksz_t *t = bli_cntx_l3_sup_thresh_buf(bli_gks_query_cntx());
+    const num_t dts[] = {BLIS_FLOAT, BLIS_SCOMPLEX};
     for (int i = 0; i < BLIS_NUM_THRESH; i++)
-        for (int dt = BLIS_FLOAT; dt <= BLIS_DCOMPLEX; dt++) {
-            bli_blksz_set_def(0, (num_t)dt, &t[i]);
-            bli_blksz_set_max(0, (num_t)dt, &t[i]);
+        for (size_t d = 0; d < sizeof dts / sizeof *dts; d++) {
+            bli_blksz_set_def(0, dts[d], &t[i]);
+            bli_blksz_set_max(0, dts[d], &t[i]);
         }
 }
 
 static pthread_once_t blis_sup_once = PTHREAD_ONCE_INIT;
 
+void forward_blis_init(void) { pthread_once(&blis_sup_once, blis_sup_off); }
+
 int forward_threads_set(int n) {
-    pthread_once(&blis_sup_once, blis_sup_off);
+    forward_blis_init();
     if (n <= 0)
         n = cpus_allowed();
     /* Written only on a change, so a worker thread re-applying the count in

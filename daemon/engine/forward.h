@@ -40,6 +40,11 @@ struct forward_taps {
  * OpenMP's default team size per thread: another thread that computes calls
  * forward_threads_set(forward_threads_get()) once to adopt the same count. */
 int forward_threads_set(int n);
+
+/* Makes BLIS safe to call for float products (its small-matrix kernels are
+ * turned off: forward.c says why). Idempotent and thread-safe; every entry
+ * point that calls bli_s* runs it first (forward_threads_set does). */
+void forward_blis_init(void);
 int forward_threads_get(void);
 /* For a caller that runs several BLIS computations side by side on its own
  * threads: BLIS's (process-wide) count set to n for now, n <= 0 back to the

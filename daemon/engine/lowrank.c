@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "forward.h"
 #include "la.h"
 
 #define GRAM_CHUNK 256
@@ -51,6 +52,7 @@ void lowrank_unpack(const double *gp, int n, double *full) {
 static void sgemm(int ta, int tb, int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c,
                   int ldc) {
     float one = 1.0f, zero = 0.0f;
+    forward_blis_init();
     bli_sgemm(ta ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, tb ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, m, n, k, &one,
               (float *)a, lda, 1, (float *)b, ldb, 1, &zero, c, ldc, 1);
 }
@@ -66,6 +68,7 @@ static int chunked_product(double *c, const float *y, int dy, const float *z, in
     float *t = malloc((size_t)dy * dz * sizeof *t);
     if (!t)
         return sv_err_set(err, -ENOMEM, "%s %d x %d: out of memory", sym ? "Gram" : "cross product", dy, dz);
+    forward_blis_init();
     for (size_t r0 = 0; r0 < ntok; r0 += GRAM_CHUNK) {
         size_t nr = ntok - r0 < GRAM_CHUNK ? ntok - r0 : GRAM_CHUNK;
         float one = 1.0f, zero = 0.0f, *yc = (float *)(y + r0 * (size_t)dy), *zc = (float *)(z + r0 * (size_t)dz);
