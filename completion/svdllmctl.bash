@@ -29,7 +29,7 @@ _svdllmctl() {
     --socket) COMPREPLY=($(compgen -f -- "$cur")); return ;;
     --model|--out) COMPREPLY=($(compgen -d -- "$cur")); return ;;
     --calib|--eval-text|--text) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-    --method) COMPREPLY=($(compgen -W "svd svdllm asvd awsvd svdllm-update rom lorap" -- "$cur")); return ;;
+    --method) COMPREPLY=($(compgen -W "svd svdllm asvd awsvd svdllm-update rom lorap rrr" -- "$cur")); return ;;
     --ranks) COMPREPLY=($(compgen -W "default uniform lorap last-n auto" -- "$cur")); return ;;
     --calib-windows) COMPREPLY=($(compgen -W "random first" -- "$cur")); return ;;
     --state) COMPREPLY=($(compgen -W "queued running done failed cancelled" -- "$cur")); return ;;

@@ -6,9 +6,9 @@
  *                          inputs changed is refused
  *     hidden-L.f32         calibration hidden states entering layer L:
  *                          (nsamples, seqlen, hidden) f32, written atomically;
- *                          for rom and svdllm-update those of the COMPRESSED
- *                          model (layers 0..L-1 already replaced)
- *     orig-L.f32           svdllm-update only: the original model's states
+ *                          for rom, svdllm-update and rrr those of the
+ *                          COMPRESSED model (layers 0..L-1 already replaced)
+ *     orig-L.f32           svdllm-update and rrr: the original model's states
  *     ranks.json           --ranks auto: the allocation, written once before
  *                          layer 0 (pre-L.f32 are the pre-pass's states)
  *     layer-L.safetensors  layer L's factors (f32), LoRAP's pruned MLP, and in
@@ -43,9 +43,15 @@
  *            statistic even for down_proj.
  *   lorap    attention as awsvd with the (v+o):(q+k) split; MLP channels
  *            pruned by activation-weighted magnitude (lorap_channels()).
+ *   rrr      both factors free: per stage, the two streams of the update
+ *            give G' = X'^T X' and H = X'^T X of the stage's input, and the
+ *            reduced-rank regression of the original outputs on X' (ridge
+ *            toward W, its weight chosen on held-out windows: rrr_layer())
+ *            replaces each matrix.
  * Cost per layer, in passes of the layer over the calibration states: 1 for
  * the whitening methods, up to 5 for rom (four partial), up to 10 for the
- * update (eight partial); --ranks auto adds one pre-pass over the model. */
+ * update (eight partial), 6 for rrr (four two-stream partial, one two-stream
+ * full); --ranks auto adds one pre-pass over the model. */
 #include "compress.h"
 
 #include <dirent.h>
@@ -77,7 +83,7 @@
 #define CHUNK_TOKENS 4096
 #define CHUNK_BYTES ((size_t)256 << 20)
 
-static const char *const method_names[METHOD_COUNT] = {"svd", "svdllm", "asvd", "awsvd", "svdllm-update", "rom", "lorap"};
+static const char *const method_names[METHOD_COUNT] = {"svd", "svdllm", "asvd", "awsvd", "svdllm-update", "rom", "lorap", "rrr"};
 static const char *const ranks_names[RANKS_COUNT] = {"default", "uniform", "lorap", "last-n", "auto"};
 
 const char *compress_ranks_name(enum compress_ranks r) { return (r >= 0 && r < RANKS_COUNT) ? ranks_names[r] : "?"; }
@@ -103,6 +109,13 @@ int compress_method_parse(const char *s, enum compress_method *ret) {
         }
     return -EINVAL;
 }
+
+/* rom, svdllm-update and rrr measure on the compressed model, layer by
+ * layer; the update and rrr also keep the original model's stream. */
+static int method_sequential(enum compress_method m) {
+    return m == METHOD_ROM || m == METHOD_SVDLLM_UPDATE || m == METHOD_RRR;
+}
+static int method_two_streams(enum compress_method m) { return m == METHOD_SVDLLM_UPDATE || m == METHOD_RRR; }
 
 /* Crash injection for the durability tests (in the spirit of SQLite's
  * crash tests): SVDLLM_FAULT="after-commit:L" kills the process with SIGKILL
@@ -462,6 +475,8 @@ static int user_leave(const struct job *j, int r, struct sv_err *err) {
 #define COST_ASSEMBLE 0.06   /* per layer: copying the output */
 #define COST_REFIT 0.02      /* svdllm-update: a stage's least-squares refit */
 #define COST_FINAL 0.6       /* a compressed layer's pass (rom, update): the next layer's states */
+#define RRR_COST_FACTOR 11.0 /* rrr: a stage's factorizations per svdllm one (eight held-out candidates, the fit,
+                                lambda = 0, the update's reference) */
 static const double factor_share[4] = {0.28, 0.095, 0.53, 0.095};   /* stages q/k/v, o, gate/up, down */
 static const double rom_pass[4] = {0.02, 0.25, 0.33, 1.0};          /* each stage's pass to its tap */
 static const double upd_pass[4] = {0.27, 0.58, 1.1, 1.8};           /* original + compressed stream */
@@ -491,6 +506,10 @@ static double cost_layer(const struct cost *c, int l) {
         for (int sg = 0; sg < 4 && comp; sg++)
             w += upd_pass[sg] + COST_REFIT;
         return w + (comp ? COST_FINAL : 1.0);
+    case METHOD_RRR: /* the final pass runs both streams */
+        for (int sg = 0; sg < 4 && comp; sg++)
+            w += upd_pass[sg] + COST_FACTOR * factor_share[sg] * RRR_COST_FACTOR;
+        return w + 1.0 + COST_FINAL;
     case METHOD_LORAP:
         return w + 1.0 + (comp ? COST_FACTOR * (factor_share[0] + factor_share[1]) + COST_REFIT : 0);
     case METHOD_SVD:
@@ -908,6 +927,10 @@ static int calibrate_layer(struct job *j, const struct layer_w *lw, struct stats
 
 enum mat_kind { MAT_FACTORED = 0, MAT_DENSE, MAT_PRUNED };
 
+/* rrr's ridge grid (rrr_layer) */
+#define RRR_NLAMBDA 8
+static const double rrr_lambdas[RRR_NLAMBDA] = {0, 1e-3, 1e-2, 0.1, 0.3, 1, 3, 10};
+
 struct mat_report {
     int rank, k_effective;
     double energy, discarded, seconds;
@@ -919,7 +942,11 @@ struct mat_report {
     int channels;                  /* pruned: intermediate channels kept */
     int refit;                     /* svdllm-update: A was refitted */
     int refit_dropped;
-    double loss_before, loss_after; /* svdllm-update: ||Y - Z A^T||^2 with A = U_k, then refitted */
+    double loss_before, loss_after; /* svdllm-update: ||Y - Z A^T||^2 with A = U_k, then refitted; rrr: its loss */
+    int rrr, rrr_held;             /* rrr; lambda chosen on held-out windows */
+    double rrr_lambda, rrr_heldout[RRR_NLAMBDA];
+    double loss_svdllm, loss_update; /* rrr: svdllm's factors and the update's refit on the same inputs */
+    double loss_lambda0;           /* rrr: the fit with lambda = 0 */
 };
 
 static int report_json(const struct mat_report *rep, char **ret) {
@@ -941,6 +968,20 @@ static int report_json(const struct mat_report *rep, char **ret) {
             json_object_set_new(e, "refit_loss_before", json_real(rep[p].loss_before));
             json_object_set_new(e, "refit_loss_after", json_real(rep[p].loss_after));
             json_object_set_new(e, "refit_dropped_directions", json_integer(rep[p].refit_dropped));
+        }
+        if (rep[p].rrr) {
+            json_object_set_new(e, "rrr_lambda", json_real(rep[p].rrr_lambda));
+            json_object_set_new(e, "rrr_lambda_rule", json_string(rep[p].rrr_held ? "held-out" : "fixed"));
+            if (rep[p].rrr_held) {
+                json_t *a = json_array();
+                for (int li = 0; li < RRR_NLAMBDA; li++)
+                    json_array_append_new(a, json_real(rep[p].rrr_heldout[li]));
+                json_object_set_new(e, "heldout_loss", a);
+            }
+            json_object_set_new(e, "calib_loss", json_real(rep[p].loss_after));
+            json_object_set_new(e, "calib_loss_lambda0", json_real(rep[p].loss_lambda0));
+            json_object_set_new(e, "calib_loss_svdllm", json_real(rep[p].loss_svdllm));
+            json_object_set_new(e, "calib_loss_update", json_real(rep[p].loss_update));
         }
         json_object_set_new(o, config_proj_name(p), e);
     }
@@ -1499,6 +1540,304 @@ out:
     return r;
 }
 
+/* ---- rrr: reduced-rank regression on the compressed model -----------------
+ *
+ * Per stage, as for the update, the original layer on the original stream
+ * and the compressed-so-far layer on the compressed stream run in lockstep.
+ * The original stream's input tap keeps the chunk's stage input X and adds
+ * to G = X^T X (for the update's B, the reference rrr is compared with);
+ * its output taps add ||Y||^2 per matrix and stop after the stage's last
+ * matrix. The compressed stream's tap adds G' = X'^T X' and H = X'^T X
+ * (lowrank.h). The statistics come in two parts: the fit windows and the
+ * held-out ones, the last RRR_HELD_DIV-th of the calibration windows (at
+ * least one, when there are RRR_HELD_MIN or more). Each matrix's ridge lambda
+ * is the grid value whose factors, fitted on the fit windows, have the
+ * lowest loss on the held-out ones (exact, from the held-out statistics);
+ * the factors are then fitted on all windows with that lambda. Fewer
+ * windows: lambda = RRR_LAMBDA_FIXED. The report has lambda, the held-out
+ * loss of every candidate, and on all windows the calibration loss of rrr,
+ * of rrr with lambda = 0 (which no rank-k pair beats), of svdllm's factors
+ * (B = U_k^T W from G, A = U_k) and of svdllm-update's refit of A for the
+ * same B, all on the same compressed inputs X'.
+ * Memory per stage: five d_in^2 doubles (G, G' and H twice) besides the
+ * core's (lowrank.h); for down_proj d_in is the intermediate size. */
+#define RRR_HELD_DIV 8
+#define RRR_HELD_MIN 4
+#define RRR_LAMBDA_FIXED 1e-3
+
+static int rrr_held_windows(int n_samples) {
+    if (n_samples < RRR_HELD_MIN)
+        return 0;
+    int h = n_samples / RRR_HELD_DIV;
+    return h < 1 ? 1 : h;
+}
+
+struct rrr_ctx {
+    int stage, width;          /* the stage's input width */
+    size_t fit_tok;            /* tokens of the fit windows */
+    size_t tok_orig, tok_comp; /* tokens each stream has passed through the stage's input */
+    size_t chunk0;             /* first token of the current chunk */
+    float *x;                  /* this chunk's original stage input (ntok, width) */
+    size_t xcap, xtok;
+    double *g;                 /* G = X^T X (lower), all windows */
+    double *gp[2], *h[2];      /* [0] fit, [1] held-out: G' (lower), H (full) */
+    double yy[2][PROJ_COUNT];
+};
+
+/* Rows [0, n_fit) of a chunk that starts at token t0 are fit windows. */
+static size_t rrr_fit_rows(const struct rrr_ctx *c, size_t t0, size_t ntok) {
+    return c->fit_tok <= t0 ? 0 : c->fit_tok - t0 < ntok ? c->fit_tok - t0 : ntok;
+}
+
+static int rrr_orig_in(void *ctx, enum config_proj p, const float *x, size_t ntok, int width) {
+    struct rrr_ctx *c = ctx;
+    if ((int)p != stage_in[c->stage])
+        return 0;
+    double t0 = mono_now();
+    size_t n = ntok * (size_t)width;
+    if (c->xcap < n) {
+        float *t = realloc(c->x, n * sizeof *t);
+        if (!t)
+            return -ENOMEM;
+        c->x = t;
+        c->xcap = n;
+    }
+    memcpy(c->x, x, n * sizeof *x);
+    c->xtok = ntok;
+    c->chunk0 = c->tok_orig;
+    c->tok_orig += ntok;
+    int r = lowrank_gram_accum(c->g, x, ntok, width, NULL);
+    tap_seconds += mono_now() - t0;
+    return r;
+}
+
+static int rrr_orig_out(void *ctx, enum config_proj p, const float *y, size_t ntok, int width) {
+    struct rrr_ctx *c = ctx;
+    if ((int)p < stage_in[c->stage] || (int)p > stage_last[c->stage])
+        return 0;
+    size_t nf = rrr_fit_rows(c, c->chunk0, ntok) * (size_t)width, n = ntok * (size_t)width;
+    for (size_t i = 0; i < n; i++)
+        c->yy[i >= nf][p] += (double)y[i] * y[i];
+    return (int)p == stage_last[c->stage] ? FORWARD_STOP : 0;
+}
+
+static int rrr_comp_in(void *ctx, enum config_proj p, const float *x, size_t ntok, int width) {
+    struct rrr_ctx *c = ctx;
+    if ((int)p != stage_in[c->stage])
+        return 0;
+    if (c->tok_comp != c->chunk0 || ntok != c->xtok || width != c->width)
+        return -EIO; /* the two streams out of step: cannot happen with stream_pass's order */
+    double t0 = mono_now();
+    size_t nf = rrr_fit_rows(c, c->tok_comp, ntok), w = (size_t)width;
+    c->tok_comp += ntok;
+    int r = 0;
+    for (int part = 0; part < 2 && r == 0; part++) {
+        size_t r0 = part ? nf : 0, nr = part ? ntok - nf : nf;
+        if (!nr)
+            continue;
+        if ((r = lowrank_gram_accum(c->gp[part], x + r0 * w, nr, width, NULL)) == 0)
+            r = lowrank_cross_accum(c->h[part], x + r0 * w, width, c->x + r0 * w, width, nr, NULL);
+    }
+    tap_seconds += mono_now() - t0;
+    return r < 0 ? r : FORWARD_STOP;
+}
+
+static void rrr_ctx_free(struct rrr_ctx *c) {
+    free(c->x);
+    free(c->g);
+    for (int i = 0; i < 2; i++) {
+        free(c->gp[i]);
+        free(c->h[i]);
+    }
+    memset(c, 0, sizeof *c);
+}
+
+/* The reference on the same inputs: svdllm's factors of W (G = X^T X) and
+ * svdllm-update's refit of their A, their calibration losses into rep. */
+static int rrr_reference(const struct linear *lin, const struct rrr_ctx *c, int p, int k, const char *what,
+                         struct mat_report *rep, struct sv_err *err) {
+    struct lowrank_result ru;
+    memset(&ru, 0, sizeof ru);
+    int d_out = lin->d_out, d_in = lin->d_in;
+    double *yz = malloc((size_t)d_out * k * sizeof *yz), *zz = malloc((size_t)k * k * sizeof *zz),
+           *a = malloc((size_t)d_out * k * sizeof *a);
+    int r = 0;
+    if (!yz || !zz || !a) {
+        r = sv_err_set(err, -ENOMEM, "%s: out of memory for the update's reference", what);
+        goto out;
+    }
+    double yy = c->yy[0][p] + c->yy[1][p];
+    if ((r = lowrank_project(lin->w, d_out, d_in, c->g, NULL, k, what, &ru, err)) < 0 ||
+        (r = lowrank_rrr_zstats(lin->w, d_out, d_in, c->gp[0], c->h[0], ru.b, k, yz, zz, err)) < 0)
+        goto out;
+    for (size_t i = 0; i < (size_t)d_out * k; i++)
+        a[i] = ru.a[i];
+    rep->loss_svdllm = lowrank_refit_loss(yy, a, yz, zz, d_out, k);
+    if ((r = lowrank_refit(yz, zz, d_out, k, what, a, NULL, err)) < 0)
+        goto out;
+    rep->loss_update = lowrank_refit_loss(yy, a, yz, zz, d_out, k);
+out:
+    lowrank_result_free(&ru);
+    free(yz);
+    free(zz);
+    free(a);
+    return r;
+}
+
+/* One stage's factors from the statistics in c: lambda per matrix on the
+ * held-out part, then the fit on all windows (c->gp[0], c->h[0] become the
+ * sums). */
+static int rrr_stage_factor(struct job *j, const struct layer_w *lw, struct rrr_ctx *c, int sg,
+                            struct lowrank_result *res, struct mat_report *rep, struct sv_err *err) {
+    const int l = lw->index, w = c->width, held = c->fit_tok < (size_t)j->n_samples * j->T;
+    char what[200];
+    int best[PROJ_COUNT] = {0}, r = 0;
+    struct lowrank_rrr q = {0}, q0 = {0};
+    double hl[PROJ_COUNT][RRR_NLAMBDA];
+    lowrank_gram_symmetrize(c->g, w);
+    for (int part = 0; part < 2; part++)
+        lowrank_gram_symmetrize(c->gp[part], w);
+    for (int li = 0; li < RRR_NLAMBDA && held; li++) {
+        double t0 = mono_now();
+        model_proj_prefix(l, stage_in[sg], what, sizeof what);
+        if ((r = lowrank_rrr_new(c->gp[0], c->h[0], w, rrr_lambdas[li], what, &q, err)) < 0)
+            return r;
+        for (int p = stage_in[sg]; p <= stage_last[sg] && r == 0; p++) {
+            if (!j->rank[l][p])
+                continue;
+            const struct linear *lin = &lw->proj[p];
+            struct lowrank_result rt;
+            memset(&rt, 0, sizeof rt);
+            model_proj_prefix(l, p, what, sizeof what);
+            if ((r = lowrank_rrr_project(lin->w, lin->d_out, lin->d_in, &q, j->rank[l][p], what, &rt, err)) == 0)
+                hl[p][li] = lowrank_rrr_loss(c->yy[1][p], lin->w, lin->d_out, lin->d_in, c->gp[1], c->h[1], rt.a,
+                                             rt.b, rt.k);
+            lowrank_result_free(&rt);
+            if (r == 0 && isfinite(hl[p][li]) && (li == 0 || !(hl[p][li] >= hl[p][best[p]])))
+                best[p] = li;
+            rep[p].seconds += (mono_now() - t0) / (stage_last[sg] - stage_in[sg] + 1);
+        }
+        lowrank_rrr_free(&q);
+        j->t.factorize += mono_now() - t0;
+        if (r < 0)
+            return r;
+    }
+    size_t ww = (size_t)w * w;
+    for (size_t i = 0; i < ww; i++) {
+        c->gp[0][i] += c->gp[1][i];
+        c->h[0][i] += c->h[1][i];
+    }
+    for (int p = stage_in[sg]; p <= stage_last[sg]; p++) {
+        if (!j->rank[l][p])
+            continue;
+        const struct linear *lin = &lw->proj[p];
+        double lambda = held ? rrr_lambdas[best[p]] : RRR_LAMBDA_FIXED, t0 = mono_now(), sec = rep[p].seconds;
+        model_proj_prefix(l, p, what, sizeof what);
+        /* q/k/v (gate/up) that chose the same lambda share its Cholesky. */
+        if ((!q.wh.s || q.lambda != lambda) &&
+            (lowrank_rrr_free(&q), r = lowrank_rrr_new(c->gp[0], c->h[0], w, lambda, what, &q, err)) < 0)
+            break;
+        if ((r = lowrank_rrr_project(lin->w, lin->d_out, lin->d_in, &q, j->rank[l][p], what, &res[p], err)) < 0)
+            break;
+        res[p].gflop += q.gflop;
+        report_factored(&rep[p], &res[p], sec);
+        rep[p].rrr = 1;
+        rep[p].rrr_lambda = lambda;
+        rep[p].rrr_held = held;
+        for (int li = 0; li < RRR_NLAMBDA && held; li++)
+            rep[p].rrr_heldout[li] = hl[p][li];
+        rep[p].loss_after = lowrank_rrr_loss(c->yy[0][p] + c->yy[1][p], lin->w, lin->d_out, lin->d_in, c->gp[0],
+                                             c->h[0], res[p].a, res[p].b, res[p].k);
+        /* lambda = 0, the plain reduced-rank regression: never above the update. */
+        rep[p].loss_lambda0 = rep[p].loss_after;
+        if (lambda != 0) {
+            struct lowrank_result r0;
+            memset(&r0, 0, sizeof r0);
+            if ((!q0.wh.s && (r = lowrank_rrr_new(c->gp[0], c->h[0], w, 0.0, what, &q0, err)) < 0) ||
+                (r = lowrank_rrr_project(lin->w, lin->d_out, lin->d_in, &q0, res[p].k, what, &r0, err)) < 0)
+                break;
+            rep[p].loss_lambda0 = lowrank_rrr_loss(c->yy[0][p] + c->yy[1][p], lin->w, lin->d_out, lin->d_in,
+                                                   c->gp[0], c->h[0], r0.a, r0.b, r0.k);
+            lowrank_result_free(&r0);
+        }
+        if ((r = rrr_reference(lin, c, p, res[p].k, what, &rep[p], err)) < 0)
+            break;
+        double dt = mono_now() - t0;
+        rep[p].seconds += dt;
+        j->t.factorize += dt;
+    }
+    lowrank_rrr_free(&q);
+    lowrank_rrr_free(&q0);
+    return r;
+}
+
+/* One layer of rrr; the contract of seq_layer. */
+static int rrr_layer(struct job *j, const struct layer_w *lw, struct lowrank_result *res, struct mat_report *rep,
+                     const char *in_hex, const char *orig_in_hex, char next_hex[65], char orig_next_hex[65],
+                     struct sv_err *err) {
+    const int l = lw->index;
+    const struct config *cf = j->c;
+    char comp_in[PATH_MAX + 64], orig_in[PATH_MAX + 64];
+    struct layer_w lc = *lw; /* the layer as compressed so far (shares lw's dense weights) */
+    struct rrr_ctx cx = {0};
+    int r = 0;
+    work_path(j, comp_in, sizeof comp_in, "hidden-%d.f32", l);
+    orig_path(j, orig_in, sizeof orig_in, l);
+    for (int sg = 0; sg < 4; sg++) {
+        int any = 0;
+        for (int p = stage_in[sg]; p <= stage_last[sg]; p++)
+            any |= j->rank[l][p] > 0;
+        if (!any)
+            continue;
+        int w = sg == 0 || sg == 2 ? cf->hidden : sg == 1 ? cf->n_heads * cf->head_dim : cf->intermediate;
+        size_t ww = (size_t)w * w;
+        rrr_ctx_free(&cx);
+        cx.fit_tok = (size_t)(j->n_samples - rrr_held_windows(j->n_samples)) * j->T;
+        cx.stage = sg;
+        cx.width = w;
+        cx.g = calloc(ww, sizeof *cx.g);
+        for (int part = 0; part < 2; part++) {
+            cx.gp[part] = calloc(ww, sizeof(double));
+            cx.h[part] = calloc(ww, sizeof(double));
+        }
+        if (!cx.g || !cx.gp[0] || !cx.gp[1] || !cx.h[0] || !cx.h[1]) {
+            r = sv_err_set(err, -ENOMEM, "layer %d: out of memory for rrr's statistics (5 x %d^2 doubles)", l, w);
+            goto out;
+        }
+        struct forward_taps to = {.ctx = &cx, .input = rrr_orig_in, .output = rrr_orig_out},
+                            tc = {.ctx = &cx, .input = rrr_comp_in};
+        struct stream s[2] = {{.lw = lw, .taps = &to}, {.lw = &lc, .taps = &tc}};
+        snprintf(s[0].in, sizeof s[0].in, "%s", orig_in);
+        snprintf(s[1].in, sizeof s[1].in, "%s", comp_in);
+        seg(j, upd_pass[sg]);
+        if ((r = stream_pass(j, l, s, 2, err)) < 0)
+            goto out;
+        seg(j, COST_FACTOR * factor_share[sg] * RRR_COST_FACTOR);
+        progress(j, l, "factorize", 0);
+        if ((r = rrr_stage_factor(j, lw, &cx, sg, res, rep, err)) < 0)
+            goto out;
+        /* The later stages see these matrices compressed. */
+        for (int p = stage_in[sg]; p <= stage_last[sg]; p++)
+            if (res[p].k)
+                lc.proj[p] = (struct linear){.d_out = lw->proj[p].d_out, .d_in = lw->proj[p].d_in, .rank = res[p].k,
+                                             .a = res[p].a, .b = res[p].b};
+    }
+    rrr_ctx_free(&cx);
+    /* Both streams for the next layer: the compressed layer's outputs and the
+     * original layer's. */
+    struct stream s[2] = {{.in_hex = in_hex, .out_hex = next_hex, .lw = &lc},
+                          {.in_hex = orig_in_hex, .out_hex = orig_next_hex, .lw = lw}};
+    snprintf(s[0].in, sizeof s[0].in, "%s", comp_in);
+    work_path(j, s[0].out, sizeof s[0].out, "hidden-%d.f32", l + 1);
+    snprintf(s[1].in, sizeof s[1].in, "%s", orig_in);
+    work_path(j, s[1].out, sizeof s[1].out, "orig-%d.f32", l + 1);
+    seg(j, 1.0 + COST_FINAL);
+    r = stream_pass(j, l, s, 2, err);
+out:
+    rrr_ctx_free(&cx);
+    return r;
+}
+
 /* ---- the layer checkpoint -------------------------------------------------- */
 
 /* Writes layer-l.safetensors with the factor pairs in res (rank > 0), the
@@ -1688,8 +2027,8 @@ static int layer_from_checkpoint(const struct job *j, const struct layer_w *lw, 
  * checksums layer k-1 recorded (want, want_orig); hex/orig_hex get them. */
 static int replay_states(struct job *j, int k, const char *want, const char *want_orig, char hex[65],
                          char orig_hex[65], struct sv_err *err) {
-    const int sequential = j->p->method == METHOD_ROM || j->p->method == METHOD_SVDLLM_UPDATE;
-    const int update = j->p->method == METHOD_SVDLLM_UPDATE;
+    const int sequential = method_sequential(j->p->method);
+    const int update = method_two_streams(j->p->method);
     char next[65] = "", orig_next[65] = "";
     struct layer_w lw = {0}, lc;
     float *f[2 * PROJ_COUNT] = {0};
@@ -1850,7 +2189,7 @@ static int plan_auto(struct job *j, const char *hex0, struct sv_err *err) {
         unlink(path);
     }
     enum compress_method m = j->p->method;
-    if (m == METHOD_ROM || m == METHOD_SVDLLM_UPDATE)
+    if (method_sequential(m))
         m = METHOD_SVDLLM;
     enum stats_kind kind = stats_kind_of(m);
     double **spec = calloc((size_t)M, sizeof *spec);
@@ -2286,6 +2625,17 @@ static int write_report(struct job *j, const char *dir, const char *key, const s
         "bytes_before", (json_int_t)res->bytes_before, "bytes_after", (json_int_t)res->bytes_after);
     if (j->p->method == METHOD_ASVD)
         json_object_set_new(root, "alpha", json_real(job_alpha(j->p)));
+    if (j->p->method == METHOD_RRR) {
+        json_t *grid = json_array();
+        for (int li = 0; li < RRR_NLAMBDA; li++)
+            json_array_append_new(grid, json_real(rrr_lambdas[li]));
+        json_object_set_new(root, "rrr",
+                            json_pack("{s:o, s:i, s:f, s:s}", "lambda_grid", grid, "heldout_windows",
+                                      rrr_held_windows(j->n_samples), "lambda_fixed", RRR_LAMBDA_FIXED, "rule",
+                                      "per matrix, the grid value whose factors fitted on the other windows have the "
+                                      "lowest loss on the held-out windows (the last nsamples/8, at least 1, when "
+                                      "nsamples >= 4; else lambda_fixed); then fitted on all windows"));
+    }
     if (res->ppl_before > 0) {
         json_t *ev = json_pack("{s:s, s:i, s:f, s:f, s:s}", "text", j->p->eval_path, "seqlen",
                                j->p->eval_seqlen ? j->p->eval_seqlen : j->p->seqlen, "before", res->ppl_before,
@@ -2611,8 +2961,8 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
     }
     res.params_before = model_linear_params(j.m);
     j.ranks = resolve_ranks(p->method, p->ranks, p->layers);
-    /* rom, svdllm-update: the states come from the compressed model */
-    const int sequential = p->method == METHOD_ROM || p->method == METHOD_SVDLLM_UPDATE;
+    /* rom, svdllm-update, rrr: the states come from the compressed model */
+    const int sequential = method_sequential(p->method);
     plan_ranks(&j);
     struct compress_cost_in ci;
     compress_cost_in_of(p, &ci);
@@ -2680,12 +3030,12 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
         } else {
             char want[65], want_orig[65] = "", in[PATH_MAX + 64];
             if ((r = layer_meta(&j, l0 - 1, "hidden_next_sha256", want, sizeof want, err)) < 0 ||
-                (p->method == METHOD_SVDLLM_UPDATE &&
+                (method_two_streams(p->method) &&
                  (r = layer_meta(&j, l0 - 1, "orig_next_sha256", want_orig, sizeof want_orig, err)) < 0))
                 goto out;
             work_path(&j, in, sizeof in, "hidden-%d.f32", l0);
             int ok = states_intact(in, want, why, sizeof why);
-            if (ok && p->method == METHOD_SVDLLM_UPDATE) {
+            if (ok && method_two_streams(p->method)) {
                 work_path(&j, in, sizeof in, "orig-%d.f32", l0);
                 ok = states_intact(in, want_orig, why, sizeof why);
             }
@@ -2719,7 +3069,8 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
         memset(lres, 0, sizeof lres);
         memset(rep, 0, sizeof rep);
         if (sequential) {
-            r = seq_layer(&j, &lw, lres, rep, hex, orig_hex, next_hex, orig_next_hex, err);
+            r = (p->method == METHOD_RRR ? rrr_layer : seq_layer)(&j, &lw, lres, rep, hex, orig_hex, next_hex,
+                                                                   orig_next_hex, err);
         } else {
             int comp = l >= cost.first;
             if (p->method != METHOD_SVD) {

@@ -37,10 +37,13 @@
  * rom: sequential; U_k from the output covariance of the already-compressed
  * model (within a layer o/down see compressed q/k/v and gate/up).
  * lorap: attention by awsvd with the (v+o):(q+k) split, MLP by structured
- * channel pruning. */
+ * channel pruning.
+ * rrr: sequential like the update; both factors free: the rank-k reduced-rank
+ * regression of the original outputs on the compressed model's inputs, with
+ * a ridge toward W chosen on held-out calibration windows (lowrank.h). */
 enum compress_method {
     METHOD_SVD = 0, METHOD_SVDLLM, METHOD_ASVD, METHOD_AWSVD, METHOD_SVDLLM_UPDATE, METHOD_ROM, METHOD_LORAP,
-    METHOD_COUNT
+    METHOD_RRR, METHOD_COUNT
 };
 
 /* Rank allocation. default: lorap for method lorap, last-n when layers > 0,
