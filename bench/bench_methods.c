@@ -57,7 +57,7 @@ int main(int argc, char **argv) {
                 models[nmodels++] = optarg;
             break;
         case 'M':
-            if (nmethods >= MAXN || compress_method_parse(optarg, &methods[nmethods]) < 0) {
+            if (nmethods >= MAXN || params_method_parse(optarg, &methods[nmethods]) < 0) {
                 fprintf(stderr, "bench_methods: unknown method '%s'\n", optarg);
                 return 2;
             }
@@ -73,7 +73,7 @@ int main(int argc, char **argv) {
             break;
         }
         case 'R':
-            if (compress_ranks_parse(optarg, &ranks) < 0) {
+            if (params_ranks_parse(optarg, &ranks) < 0) {
                 fprintf(stderr, "bench_methods: unknown ranks '%s'\n", optarg);
                 return 2;
             }
@@ -127,7 +127,7 @@ int main(int argc, char **argv) {
         printf("no evaluation");
     else
         printf("eval: next 200 kB, %ld windows of %ld tokens", evalw, seqlen);
-    printf("; ranks %s; %d threads\n", compress_ranks_name(ranks), forward_threads_get());
+    printf("; ranks %s; %d threads\n", params_ranks_name(ranks), forward_threads_get());
     int fails = 0, run = 0;
     for (int mi = 0; mi < nmodels; mi++) {
         printf("\n%s\n%-14s", models[mi], "method");
@@ -136,7 +136,7 @@ int main(int argc, char **argv) {
         printf("\n");
         double before = 0;
         for (int k = 0; k < nmethods; k++) {
-            printf("%-14s", compress_method_name(methods[k]));
+            printf("%-14s", params_method_name(methods[k]));
             fflush(stdout);
             for (int ri = 0; ri < nratios; ri++) {
                 struct compress_params p = {0};

@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "proto.h"
+#include "sweep.h"
 
 #ifndef SV_VERSION
 #define SV_VERSION "unknown"
@@ -794,8 +795,10 @@ static const struct command commands[] = {
                      "(default 0.5)"},
       {O_DENSE, NULL, "write each compressed W' dense under its original name\n"
                       "(a plain LLaMA checkpoint) instead of factor pairs"},
-      {O_OVERWRITE, NULL, "replace an existing --out, an earlier svdllm output\n"
-                          "of yours (default: an existing --out is refused)"},
+      {O_OVERWRITE, NULL, "replace an existing --out, only if it is an earlier\n"
+                          "svdllm output of yours (default: an existing --out is\n"
+                          "refused); every input must be readable and --out's\n"
+                          "parent writable by you"},
       {O_KEEP_CKPT, NULL, "keep the job's checkpoints once it is done (default:\n"
                           "its work directory is emptied on success)"},
       {O_EVAL_TEXT, "FILE", "measure perplexity and tokens/s before and after on\n"
@@ -873,6 +876,12 @@ static void usage(FILE *f) {
         else
             fprintf(f, "  %s\n  %-26s  %s\n", head, "", c->summary);
     }
+    /* sweep runs its own connections (client/sweep.c), outside the table. */
+    fputs("  sweep --model DIR --methods M,M --ratios R,R --eval-text FILE\n"
+          "        [--out-dir DIR] [--svg FILE] [submit options]\n"
+          "                              a job per method and ratio, then a table and an SVG\n"
+          "                              plot of perplexity against parameters kept\n"
+          "                              (svdllmctl sweep --help)\n", f);
     fputs("\n"
           "  --socket PATH   daemon socket (default $SVDLLMD_SOCKET or " DEFAULT_SOCKET ")\n"
           "  --json          print the daemon's raw JSON messages, one per line (submit:\n"
@@ -1012,6 +1021,8 @@ static void error_line(enum proto_code code, const char *msg) {
 int main(int argc, char **argv) {
     /* A daemon that closes while we write must not kill us: we read its reply. */
     signal(SIGPIPE, SIG_IGN);
+    if (sweep_is_command(argc, argv)) /* client/sweep.c: its own options and --help */
+        return sweep_main(argc, argv, DEFAULT_SOCKET);
     const char *socket_path = getenv("SVDLLMD_SOCKET");
     if (!socket_path || !*socket_path)
         socket_path = DEFAULT_SOCKET;

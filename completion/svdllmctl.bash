@@ -7,7 +7,7 @@
 _svdllmctl() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=""
     ((COMP_CWORD > 0)) && prev=${COMP_WORDS[COMP_CWORD - 1]}
-    local commands="ping version submit status list watch cancel resume rm eval help"
+    local commands="ping version submit status list watch cancel resume rm eval sweep help"
     local global="--socket --json --help --version"
 
     # The command and the socket given so far.
@@ -19,7 +19,7 @@ _svdllmctl() {
         --socket=*) socket=${w#--socket=} ;;
         --model|--out|--method|--ratio|--alpha|--ranks|--layers|--attn-split|--calib|--nsamples|\
         --seqlen|--seed|--calib-windows|--eval-text|--eval-seqlen|--eval-max-windows|--text|\
-        --max-windows|--state|--limit) ((i++)) ;;
+        --max-windows|--state|--limit|--methods|--ratios|--out-dir|--svg) ((i++)) ;;
         -*) ;;
         *) [ -z "$cmd" ] && cmd=$w ;;
         esac
@@ -27,14 +27,17 @@ _svdllmctl() {
 
     case $prev in
     --socket) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-    --model|--out) COMPREPLY=($(compgen -d -- "$cur")); return ;;
-    --calib|--eval-text|--text) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    --model|--out|--out-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
+    --calib|--eval-text|--text|--svg) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    --methods)   # a comma-separated list: complete its last item
+        local head=""; [[ $cur == *,* ]] && head=${cur%,*},
+        COMPREPLY=($(compgen -P "$head" -W "svd svdllm asvd awsvd svdllm-update rom lorap rrr" -- "${cur##*,}")); return ;;
     --method) COMPREPLY=($(compgen -W "svd svdllm asvd awsvd svdllm-update rom lorap rrr" -- "$cur")); return ;;
     --ranks) COMPREPLY=($(compgen -W "default uniform lorap last-n auto" -- "$cur")); return ;;
     --calib-windows) COMPREPLY=($(compgen -W "random first" -- "$cur")); return ;;
     --state) COMPREPLY=($(compgen -W "queued running done failed cancelled" -- "$cur")); return ;;
     --ratio|--alpha|--layers|--attn-split|--nsamples|--seqlen|--seed|--eval-seqlen|\
-    --eval-max-windows|--max-windows|--limit) return ;;   # a number: nothing to offer
+    --eval-max-windows|--max-windows|--limit|--ratios) return ;;   # a number: nothing to offer
     esac
 
     local opts=""
@@ -44,6 +47,9 @@ _svdllmctl() {
                   --keep-checkpoints --eval-text --eval-seqlen --eval-max-windows" ;;
     list) opts="--state --limit" ;;
     eval) opts="--model --text --seqlen --max-windows" ;;
+    sweep) opts="--model --methods --ratios --eval-text --eval-seqlen --eval-max-windows --out-dir --svg
+                 --ranks --layers --attn-split --centered --alpha --calib --nsamples --seqlen --seed
+                 --calib-windows --dense --overwrite" ;;
     esac
 
     if [[ $cur == -* ]]; then

@@ -12,6 +12,12 @@
  *  - cancel_flag: 0 run, 1 cancelled by a user (the job ends 'cancelled'),
  *    and `stopping` means daemon shutdown (the job stays 'running' so the next
  *    start resumes it from its checkpoints).
+ *  - A worker thread holds a submitter's credentials (cred_enter) only
+ *    between a cred_enter and its cred_leave, with no SQLite or work-directory
+ *    access in between; if it cannot leave, the daemon aborts. The output
+ *    rules and the one-live-job-per-output check run with the daemon's own
+ *    credentials, on the ctl thread (so two submits cannot race) and again
+ *    on the job thread before publishing.
  *  - Progress events are throttled to PROGRESS_PERIOD, except that a change of
  *    layer or phase is always posted; their fraction never decreases and
  *    their ETA, once known, stays known for the run (eta_update).
@@ -467,7 +473,7 @@ static int readable_by(void *ctx, const char *path, struct sv_err *err) {
     return cred_access(ctx, path, R_OK, err);
 }
 
-/* compress_precheck's verdict as a reply code and a message naming the field
+/* params_precheck's verdict as a reply code and a message naming the field
  * (and, for a refused access, whose rights were used). */
 static int precheck_error(const struct cred *c, struct proto_error *e, int rc, enum compress_check what,
                           const char *msg) {
@@ -499,13 +505,13 @@ static int submit_checks_as_user(struct runner *r, const struct cred *c, const s
     /* The work directory is created with the row, after the checks; until
      * then it names the directory that will hold it. */
     snprintf(p->work_dir, sizeof p->work_dir, "%s", r->jobs_dir);
-    if (compress_params_check(p, &err) < 0)
+    if (params_check(p, &err) < 0)
         return proto_error_set(e, PROTO_INVALID, "%s", err.msg);
     enum compress_check what = COMPRESS_CHECK_MODEL;
-    int rc = compress_precheck(p, readable_by, (void *)c, &what, &err);
+    int rc = params_precheck(p, readable_by, (void *)c, &what, &err);
     if (rc < 0)
         return precheck_error(c, e, rc, what, err.msg);
-    if (compress_job_key(p, j->key, &err) < 0)
+    if (params_job_key(p, j->key, &err) < 0)
         return proto_error_set(e, PROTO_INVALID, "cannot compute the job key: %s", err.msg);
     return 0;
 }
@@ -547,7 +553,7 @@ static void do_submit(struct runner *r, struct runner_task *t) {
         goto fail;
     }
     log_msg(LOG_INFO, "job %lld: queued (%s, ratio %g, model %s, uid %u, credentials: %s)", (long long)j->id,
-            compress_method_name(p->method), p->ratio, p->model_dir, (unsigned)t->uid, cred_how_name(cred.how));
+            params_method_name(p->method), p->ratio, p->model_dir, (unsigned)t->uid, cred_how_name(cred.how));
     cred_free(&cred);
     /* The reply carries the record; the loop adds it to its table. */
     post_reply(r, t, PROTO_OK, NULL, j);
@@ -624,7 +630,7 @@ static int resume_key_check(const struct store_job *j, struct proto_error *e) {
                                err.msg);
     int rc = cred_enter(&cred, &err);
     if (rc == 0) {
-        rc = compress_job_key(&j->params, key, &err);
+        rc = params_job_key(&j->params, key, &err);
         leave_or_die(&cred);
     }
     cred_free(&cred);
@@ -1136,8 +1142,11 @@ static void finish(struct runner *r, const struct store_job *j, int64_t id, enum
         post_job(r, r->job_store, id);
         return;
     }
-    log_msg(LOG_ERR, "job %lld: cannot record state %s: %s; it stays 'running' in the database and resumes "
-            "at the next start", (long long)id, store_state_name(state), err.msg);
+    /* Usually the row stays 'running' and the next start resumes the job;
+     * but a commit whose WAL sync failed may still have reached the WAL, so
+     * the restarted daemon can find it 'failed': then resume is the way. */
+    log_msg(LOG_ERR, "job %lld: cannot record state %s: %s; the next start resumes it, or, if it finds it "
+            "failed, svdllmctl resume %lld does", (long long)id, store_state_name(state), err.msg, (long long)id);
     struct store_job *e = j ? malloc(sizeof *e) : NULL;
     if (!e) {
         if (j)
@@ -1147,8 +1156,9 @@ static void finish(struct runner *r, const struct store_job *j, int64_t id, enum
     *e = *j;
     e->state = state == JOB_DONE ? JOB_FAILED : state;   /* not done: its result is not recorded */
     e->finished_at = (int64_t)time(NULL);
-    snprintf(e->error, sizeof e->error, "%.200s%sthe final state could not be recorded (%.250s); it resumes at "
-             "the next start", error && *error ? error : "", error && *error ? "; " : "", err.msg);
+    snprintf(e->error, sizeof e->error, "%.200s%sthe final state could not be recorded (%.250s); the next start "
+             "resumes it (or, if it shows it failed, svdllmctl resume)", error && *error ? error : "",
+             error && *error ? "; " : "", err.msg);
     struct runner_event *ev = event_new(RUNNER_EV_JOB);
     if (ev)
         ev->job = e;
@@ -1187,7 +1197,7 @@ static void run_job(struct runner *r, int64_t id) {
     char key[65];
     int kr = cred_enter(&cred, &err);
     if (kr == 0) {
-        kr = compress_job_key(&j->params, key, &err);
+        kr = params_job_key(&j->params, key, &err);
         leave_or_die(&cred);
     }
     if (kr < 0) {

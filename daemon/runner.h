@@ -3,14 +3,19 @@
  *
  * Three threads, each with its own task queue (mutex + condition variable):
  *   ctl   quick tasks that touch files or SQLite: submit (path checks, model
- *         config check, compress_params_check, job key, insert), cancel,
- *         resume (failed or cancelled -> queued, after checking the job key
- *         against the current inputs) and rm (a final job's work directory,
- *         then its rows);
+ *         config check, params_check, params_precheck, job key, all with
+ *         the submitter's credentials; then the output rules and the insert
+ *         with the daemon's), cancel, resume (failed or cancelled -> queued,
+ *         after checking the job key against the current inputs) and rm (a
+ *         final job's work directory, then its rows);
  *   job   runs queued jobs one at a time in FIFO (SQLite id) order through
  *         compress_run(), owning its own SQLite connection for the layer
  *         hooks;
- *   eval  runs ppl_eval() requests one at a time.
+ *   eval  runs ppl_eval() requests one at a time, with the requester's
+ *         credentials.
+ * Credentials are switched per thread (daemon/cred.h); the job thread takes
+ * the owner's only around the engine's accesses to the owner's files
+ * (compress_hooks.user_fs), never around SQLite or the work directory.
  * Every result goes back as a struct runner_event through one
  * mutex-protected list and uv_async_send(); async sends coalesce, so the loop
  * drains the whole list on each wake-up, in order. Nothing here runs jansson.

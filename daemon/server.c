@@ -364,14 +364,14 @@ static void add_progress(json_t *o, const struct sjob *j) {
             json_object_set_new(o, "eta_s", json_null());
         proto_set_int(o, "peak_rss", (long long)p->peak_rss);
     } else {
-        /* On the engine's scale (compress_fraction_resumed: where a run
+        /* On the engine's scale (cost_fraction_resumed: where a run
          * with these checkpoints starts), and never below what was shown. */
-        struct compress_cost_in ci = {
+        struct cost_in ci = {
             .method = j->method, .ranks = j->ranks, .layers = j->layers, .eval = j->eval_text && *j->eval_text,
             .nsamples = j->nsamples, .seqlen = j->seqlen, .eval_seqlen = j->eval_seqlen,
             .eval_max_windows = j->eval_max_windows,
         };
-        double f = j->state == JOB_DONE ? 1.0 : fmax(compress_fraction_resumed(&ci, n_layers, done), j->frac_hwm);
+        double f = j->state == JOB_DONE ? 1.0 : fmax(cost_fraction_resumed(&ci, n_layers, done), j->frac_hwm);
         proto_set_real(o, "fraction", f);
         if (j->state == JOB_RUNNING)
             proto_set_str(o, "phase", "starting");
@@ -384,11 +384,11 @@ static json_t *job_json(const struct sjob *j, bool full) {
     json_t *o = json_object();
     proto_set_int(o, "id", j->id);
     proto_set_str(o, "state", store_state_name(j->state));
-    proto_set_str(o, "method", compress_method_name(j->method));
+    proto_set_str(o, "method", params_method_name(j->method));
     proto_set_real(o, "ratio", j->ratio);
     if (j->method == METHOD_ASVD)   /* the exponent in effect: 0 stands for the default */
         proto_set_real(o, "alpha", j->alpha > 0 ? j->alpha : ASVD_DEFAULT_ALPHA);
-    proto_set_str(o, "ranks", compress_ranks_name(j->ranks));
+    proto_set_str(o, "ranks", params_ranks_name(j->ranks));
     if (j->layers > 0)
         proto_set_int(o, "layers", j->layers);
     /* The split in effect where lorap's rank rule applies (ranks lorap, or
@@ -658,7 +658,7 @@ static int op_version(struct client *c, long long id, json_t *msg, struct proto_
     proto_set_int(r, "threads", c->srv->cfg.threads);
     json_t *m = json_array();
     for (int i = 0; i < METHOD_COUNT; i++)
-        json_array_append_new(m, proto_str(compress_method_name((enum compress_method)i)));
+        json_array_append_new(m, proto_str(params_method_name((enum compress_method)i)));
     json_object_set_new(r, "methods", m);
     client_send(c, r);
     return 0;
@@ -670,8 +670,8 @@ static void join_names(char *buf, size_t n, int count, const char *(*name)(int))
     for (int i = 0; i < count; i++)
         snprintf(buf + strlen(buf), n - strlen(buf), "%s%s", i ? ", " : "", name(i));
 }
-static const char *method_name_i(int i) { return compress_method_name((enum compress_method)i); }
-static const char *ranks_name_i(int i) { return compress_ranks_name((enum compress_ranks)i); }
+static const char *method_name_i(int i) { return params_method_name((enum compress_method)i); }
+static const char *ranks_name_i(int i) { return params_ranks_name((enum compress_ranks)i); }
 
 /* Copies a path field (required or not) into dst; "" when absent. */
 static int get_path(json_t *msg, const char *field, bool required, char dst[PATH_MAX],
@@ -751,14 +751,14 @@ static int op_submit(struct client *c, long long id, json_t *msg, struct proto_e
         (r = proto_get_bool(msg, "centered", false, &centered, e)) < 0 ||
         (r = proto_get_bool(msg, "keep_checkpoints", false, &keep, e)) < 0)
         goto fail;
-    if (compress_method_parse(method, &p->method) < 0) {
+    if (params_method_parse(method, &p->method) < 0) {
         char known[256];
         join_names(known, sizeof known, METHOD_COUNT, method_name_i);
         r = proto_error_set(e, PROTO_BAD_REQUEST, "field 'method': unknown method '%.100s' (known: %s)",
                             method, known);
         goto fail;
     }
-    if (compress_ranks_parse(ranks, &p->ranks) < 0) {
+    if (params_ranks_parse(ranks, &p->ranks) < 0) {
         char known[256];
         join_names(known, sizeof known, RANKS_COUNT, ranks_name_i);
         r = proto_error_set(e, PROTO_BAD_REQUEST, "field 'ranks': unknown rank rule '%.100s' (known: %s)",
@@ -790,7 +790,7 @@ static int op_submit(struct client *c, long long id, json_t *msg, struct proto_e
     }
     if (!p->calib_path[0] && p->method != METHOD_SVD) {
         r = proto_error_set(e, PROTO_BAD_REQUEST, "missing field 'calib' (method %s needs calibration text)",
-                            compress_method_name(p->method));
+                            params_method_name(p->method));
         goto fail;
     }
     p->ratio = ratio;

@@ -26,7 +26,7 @@
  *      a crash between 2's rename and its COMMIT costs only time. A row whose
  *      file is missing or altered is dropped with every later one
  *      (store_layers_drop) and those layers are redone.
- *   4. The job key (compress_job_key(): a hash of every input that shapes the
+ *   4. The job key (params_job_key(): a hash of every input that shapes the
  *      output) is stored at submit and recomputed before every (re)start; a
  *      different key fails the job rather than mixing checkpoints of two
  *      different inputs.
@@ -298,7 +298,7 @@ int store_job_insert(struct store *s, struct store_job *j, const char *jobs_dir,
         goto out;
     sqlite3_bind_text(st, 1, p->model_dir, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, p->out_dir, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, compress_method_name(p->method), -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, params_method_name(p->method), -1, SQLITE_STATIC);
     sqlite3_bind_double(st, 4, p->ratio);
     sqlite3_bind_text(st, 5, p->calib_path, -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 6, p->nsamples);
@@ -314,7 +314,7 @@ int store_job_insert(struct store *s, struct store_job *j, const char *jobs_dir,
     sqlite3_bind_int64(st, 16, j->owner_uid);
     sqlite3_bind_int64(st, 17, j->created_at);
     sqlite3_bind_double(st, 18, p->alpha);
-    sqlite3_bind_text(st, 19, compress_ranks_name(p->ranks), -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 19, params_ranks_name(p->ranks), -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 20, p->layers);
     sqlite3_bind_double(st, 21, p->attn_split);
     sqlite3_bind_int(st, 22, p->centered);
@@ -381,7 +381,7 @@ static int row_to_job(sqlite3_stmt *st, struct store_job *j, struct sv_err *err)
     copy_text(p->model_dir, sizeof p->model_dir, st, 2);
     copy_text(p->out_dir, sizeof p->out_dir, st, 3);
     const char *method = (const char *)sqlite3_column_text(st, 4);
-    if (!method || compress_method_parse(method, &p->method) < 0)
+    if (!method || params_method_parse(method, &p->method) < 0)
         return sv_err_set(err, -EIO, "job %lld: unknown method '%s' in database",
                           (long long)j->id, method ? method : "");
     p->ratio = sqlite3_column_double(st, 5);
@@ -419,7 +419,7 @@ static int row_to_job(sqlite3_stmt *st, struct store_job *j, struct sv_err *err)
     j->layers_done = sqlite3_column_int(st, 33);
     p->alpha = sqlite3_column_double(st, 34);
     const char *ranks = (const char *)sqlite3_column_text(st, 35);
-    if (!ranks || compress_ranks_parse(ranks, &p->ranks) < 0)
+    if (!ranks || params_ranks_parse(ranks, &p->ranks) < 0)
         return sv_err_set(err, -EIO, "job %lld: unknown rank rule '%s' in database",
                           (long long)j->id, ranks ? ranks : "");
     p->layers = sqlite3_column_int(st, 36);

@@ -25,7 +25,7 @@ struct store_job {
     int64_t id;
     enum job_state state;
     struct compress_params params;    /* work_dir included */
-    char key[65];                     /* compress_job_key() at submit */
+    char key[65];                     /* params_job_key() at submit */
     uint32_t owner_uid;
     uint32_t owner_gid;               /* SO_PEERCRED gid at submit; (uint32_t)-1 if not recorded */
     int64_t created_at, started_at, finished_at;   /* unix seconds, 0 = not yet */

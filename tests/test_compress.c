@@ -200,7 +200,7 @@ int main(void) {
                     fprintf(stderr, "%s\n", err.msg);
                 ppl[m] = res.ppl_after;
                 printf("%.1f    %-14s  %10.4f %10.4f  %llu / %llu\n", ratios[i],
-                       is_auto ? "svdllm+auto" : compress_method_name(m), res.ppl_before, res.ppl_after,
+                       is_auto ? "svdllm+auto" : params_method_name(m), res.ppl_before, res.ppl_after,
                        (unsigned long long)res.params_after, (unsigned long long)res.params_before);
                 SV_CHECK(res.ppl_after > res.ppl_before);
                 /* Every allocation spends at most the budget (auto: two sub-budgets). */
@@ -438,14 +438,14 @@ int main(void) {
 
     /* Bad parameters. */
     params(&p, model, "bad", "work-bad", METHOD_SVDLLM, 1.0);
-    SV_ASSERT_EQ(compress_params_check(&p, &err), -EINVAL);
+    SV_ASSERT_EQ(params_check(&p, &err), -EINVAL);
     SV_ASSERT_STR_CONTAINS(err.msg, "ratio 1 is outside (0, 1)");
     p.ratio = 0.4;
     snprintf(p.calib_path, sizeof p.calib_path, "/nonexistent/calib.txt");
-    SV_ASSERT_EQ(compress_params_check(&p, &err), -ENOENT);
+    SV_ASSERT_EQ(params_check(&p, &err), -ENOENT);
     SV_ASSERT_STR_CONTAINS(err.msg, "/nonexistent/calib.txt");
     params(&p, model, "out-0-1-1", "work-bad", METHOD_SVDLLM, 0.4);
-    SV_ASSERT_EQ(compress_params_check(&p, &err), -EEXIST);
+    SV_ASSERT_EQ(params_check(&p, &err), -EEXIST);
     SV_ASSERT_STR_CONTAINS(err.msg, "exists");
     params(&p, model, "big", "work-bad", METHOD_SVDLLM, 0.4);
     p.nsamples = 100000;
@@ -454,22 +454,22 @@ int main(void) {
 
     params(&p, model, "bad", "work-bad", METHOD_ROM, 0.6);
     p.ranks = RANKS_LAST_N;
-    SV_ASSERT_EQ(compress_params_check(&p, &err), -EINVAL);
+    SV_ASSERT_EQ(params_check(&p, &err), -EINVAL);
     SV_ASSERT_STR_CONTAINS(err.msg, "needs layers");
     p.layers = 1;
-    SV_ASSERT_EQ(compress_params_check(&p, &err), -EINVAL);
+    SV_ASSERT_EQ(params_check(&p, &err), -EINVAL);
     SV_ASSERT_STR_CONTAINS(err.msg, "would remove 120 %");
     p.layers = 3;
-    SV_ASSERT_EQ(compress_params_check(&p, &err), -EINVAL);
+    SV_ASSERT_EQ(params_check(&p, &err), -EINVAL);
     SV_ASSERT_STR_CONTAINS(err.msg, "exceeds the model's 2 decoder layers");
     p.layers = 1;
     p.ranks = RANKS_AUTO;
-    SV_ASSERT_EQ(compress_params_check(&p, &err), -EINVAL);
+    SV_ASSERT_EQ(params_check(&p, &err), -EINVAL);
     SV_ASSERT_STR_CONTAINS(err.msg, "layers 1 applies to ranks last-n only, not auto");
     p.method = METHOD_LORAP;
     p.layers = 0;
     p.ranks = RANKS_AUTO;
-    SV_ASSERT_EQ(compress_params_check(&p, &err), -EINVAL);
+    SV_ASSERT_EQ(params_check(&p, &err), -EINVAL);
     SV_ASSERT_STR_CONTAINS(err.msg, "lorap allocates its own ranks");
 
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);

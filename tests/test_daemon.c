@@ -15,6 +15,16 @@
  * checkpoint and in the middle of one, and checks that the resumed job redoes
  * no finished layer and writes the same bytes as an uninterrupted run; it
  * reads the daemon's SQLite database (read-only, with no daemon running).
+ * Inputs the engine can judge from their contents (empty or short texts, a
+ * truncated or mistyped safetensors file, a ratio that leaves rank 0) are
+ * refused at submit with no job row. As root, a second real user (PEER_USER,
+ * created if absent, with a supplementary group; else nobody) talks to a root
+ * daemon of its own: it cannot make the daemon read, write or replace what it
+ * could not (root-only files and directories, root's svdllm output, plain
+ * directories, the state and work directories), its job's output is its own,
+ * its eval runs with its credentials on one thread only (seen in /proc), and
+ * a live job owns its output path; then the same user against a daemon
+ * running as nobody (mode-bit checks, outputs owned by the daemon).
  * Sanitizer reports in the daemon's log fail the test. Jobs use the bundled
  * stories260K model, so they take about a second with the real engine.
  *
@@ -1332,7 +1342,7 @@ static bool log_contains(const char *needle) {
  * restart: the job continues from its last checkpointed layer (no finished
  * layer is redone) and every output file is byte-identical to an
  * uninterrupted run. The kills come from the engine's crash injection
- * (SVDLLM_FAULT, see compress.c), inherited by the daemon from start_daemon.
+ * (SVDLLM_FAULT, see daemon/engine/fault.c), inherited by the daemon from start_daemon.
  * Its own state directory and log keep its job ids and log lines apart. */
 static void test_crash_resume(void) {
     enum { N_LAYERS = 5 };   /* stories260K */
@@ -3213,6 +3223,112 @@ out:
     memcpy(state_dir, saved_state, sizeof state_dir);
 }
 
+/* A daemon that is not root cannot take the peer's rights: it checks the
+ * mode bits for the peer instead (and its own access), and its outputs are
+ * its own (schema/protocol.md, Authorization). The daemon runs as nobody,
+ * the requests come from the peer. */
+static void test_peer_vs_nonroot_daemon(void) {
+    if (geteuid() != 0) {
+        printf("test_daemon: peer against a non-root daemon skipped: not running as root\n");
+        return;
+    }
+    if (peer_uid == 65534) {
+        printf("test_daemon: peer against a non-root daemon skipped: the peer is nobody, the daemon's user\n");
+        return;
+    }
+    char saved_sock[sizeof sock_path], saved_state[sizeof state_dir];
+    memcpy(saved_sock, sock_path, sizeof sock_path);
+    memcpy(saved_state, state_dir, sizeof state_dir);
+    pid_t main_daemon = daemon_pid;
+    char sub[300], pub[340], own[340], grp_calib[340], outs[340], daemon_only[340], cfg[340], cmd[8192], out[400];
+    char uidtxt[32];
+    snprintf(uidtxt, sizeof uidtxt, "uid %u", (unsigned)peer_uid);
+    snprintf(sub, sizeof sub, "%s/nonroot", dir);
+    snprintf(pub, sizeof pub, "%s/pubmodel", sub);
+    snprintf(own, sizeof own, "%s/nobody-only.txt", sub);      /* 0600 nobody: the daemon reads it, the peer not */
+    snprintf(grp_calib, sizeof grp_calib, "%s/group.txt", sub); /* 0640 nobody:PEER_GROUP */
+    snprintf(outs, sizeof outs, "%s/outs", sub);                /* 0777: both may write */
+    snprintf(daemon_only, sizeof daemon_only, "%s/daemon-only", sub);   /* 0755 nobody */
+    snprintf(cfg, sizeof cfg, "%s/d.conf", sub);
+    snprintf(cmd, sizeof cmd,
+             "mkdir -p '%s' '%s' '%s' && cp -r '%s' '%s' && chmod -R a+rX '%s' && head -c 60000 '%s' > '%s' && "
+             "cp '%s' '%s' && chown 65534:65534 '%s' '%s' '%s' '%s' && chmod 0600 '%s' && chmod 0640 '%s' && "
+             "chmod 0777 '%s' && chmod 0755 '%s' '%s'",
+             sub, outs, daemon_only, model, pub, pub, calib, own, own, grp_calib, sub, own, grp_calib, daemon_only,
+             own, grp_calib, outs, sub, daemon_only);
+    SV_ASSERT_EQ(system(cmd), 0);
+    if (peer_group != (gid_t)-1)
+        SV_CHECK(chown(grp_calib, 65534, peer_group) == 0);
+    else
+        SV_CHECK(chmod(grp_calib, 0644) == 0);   /* no group to test: readable by all */
+    SV_CHECK(chmod(dir, 0711) == 0);
+    write_file(cfg, "socket_mode = 0666\nthreads = 1\n");
+    snprintf(sock_path, sizeof sock_path, "%.250s/s.sock", sub);
+    snprintf(state_dir, sizeof state_dir, "%.250s/state", sub);
+    run_as = 65534;
+    int started = start_daemon(NULL, cfg);
+    run_as = 0;
+    if (started < 0) {
+        SV_CHECK(!"daemon start as nobody");
+        stop_daemon(SIGKILL);
+        goto out;
+    }
+    snprintf(out, sizeof out, "%s/o", outs);
+    /* The daemon could read it; the peer could not: refused by mode bits. */
+    expect_peer(peer_line(pub, out, own, ""), "bad_path", "nobody-only.txt: not readable by uid");
+    expect_peer(peer_line(pub, out, own, ""), "bad_path", uidtxt);
+    /* A parent the daemon may write and the peer may not. */
+    char nout[400];
+    snprintf(nout, sizeof nout, "%s/o", daemon_only);
+    expect_peer(peer_line(pub, nout, grp_calib, ""), "bad_path", "not writable by uid");
+    long long rows = db_count_jobs();
+    SV_ASSERT_EQ(rows, 0);
+    /* Readable through the peer's group bits: accepted, and the output is
+     * the daemon's (it cannot hand it to the peer). */
+    long long id = submit_by(true, peer_line(pub, out, grp_calib, ""));
+    int n_events = 0;
+    SV_CHECK(id > 0);
+    SV_CHECK(id > 0 && strcmp(watch_end(id, &n_events), "done") == 0);
+    SV_CHECK(tree_owned_by(out, 65534, 65534));
+    /* The job table says whose it is: the peer may overwrite it. */
+    long long again = submit_by(true, peer_line(pub, out, grp_calib, "\"overwrite\":true,\"seed\":2"));
+    SV_CHECK(again > 0);
+    SV_CHECK(again > 0 && strcmp(watch_end(again, &n_events), "done") == 0);
+    SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
+out:
+    daemon_pid = main_daemon;
+    chmod(dir, 0700);
+    memcpy(sock_path, saved_sock, sizeof sock_path);
+    memcpy(state_dir, saved_state, sizeof state_dir);
+}
+
+/* The alarm that ends a hung run: SIGALRM's default action would leave the
+ * running daemon (and any svdllmctl child) behind, still holding the test
+ * runner's output pipe, so meson would wait for its own, longer timeout and
+ * the daemon would linger. Under meson the test leads its own process group
+ * (a new session), so the whole group is killed; otherwise only the daemon. */
+static void on_alarm(int sig) {
+    (void)sig;
+    static const char msg[] = "test_daemon: timeout (SV_TEST_TIMEOUT, default 900 s): killing its daemons\n";
+    ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)w;
+    if (daemon_pid > 0)
+        kill(daemon_pid, SIGKILL);
+    if (getpgrp() == getpid())
+        kill(0, SIGKILL);
+    signal(SIGALRM, SIG_DFL);
+    raise(SIGALRM);
+}
+
+/* alarm() with SV_TEST_TIMEOUT seconds (default 900: meson's timeout for the
+ * suite; a run with --timeout-multiplier on a loaded or sanitizer build sets
+ * it to match) and the handler above. */
+static void arm_timeout(void) {
+    const char *t = getenv("SV_TEST_TIMEOUT");
+    long s = t ? strtol(t, NULL, 10) : 900;
+    signal(SIGALRM, on_alarm);
+    alarm(s > 0 ? (unsigned)s : 900);
+}
 
 /* ---- Job lifecycle and the command line's manners (issue 13) ------------------------ */
 
@@ -3686,7 +3802,7 @@ int main(int argc, char **argv) {
     svdllmd = argv[1];
     svdllmctl = argv[2];
     signal(SIGPIPE, SIG_IGN);
-    alarm(900);   /* a hang is a failure, not a stuck CI run */
+    arm_timeout();   /* a hang is a failure, not a stuck CI run */
     const char *src = getenv("SV_SRCDIR");
     char cwd[512];
     if (!src)
@@ -3792,6 +3908,7 @@ int main(int argc, char **argv) {
     test_lifecycle();
     test_cli_manners();
     test_readme_snippet();
+    test_peer_vs_nonroot_daemon();
     test_not_running();
     int rc = sv_test_result("test_daemon");
     if (rc == 0) {

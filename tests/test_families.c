@@ -331,7 +331,7 @@ static void test_compress_families(void) {
             char cmd[PATH_MAX + 16], what[64];
             snprintf(cmd, sizeof cmd, "mkdir -p '%s'", p.work_dir);
             SV_ASSERT_EQ(system(cmd), 0);
-            snprintf(what, sizeof what, "%s %s%s", fams[fi], compress_method_name(mth), dense ? " dense" : "");
+            snprintf(what, sizeof what, "%s %s%s", fams[fi], params_method_name(mth), dense ? " dense" : "");
             struct compress_result res;
             struct sv_err err = {0};
             int r = compress_run(&p, NULL, &res, &err);

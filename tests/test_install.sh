@@ -259,7 +259,8 @@ expect_completion() { # expected, words...
   [ "$got" = "$want" ] || echo "  '$*': got '$got', expected '$want'"
   [ "$got" = "$want" ]
 }
-check "completion: commands" expect_completion "submit status" svdllmctl s
+check "completion: commands" expect_completion "submit status sweep" svdllmctl s
+check "completion: sweep --methods, the list's last item" expect_completion "svdllm,rom" svdllmctl sweep --methods svdllm,ro
 check "completion: submit's options" expect_completion "--model --method" svdllmctl submit --m
 check "completion: --method values" expect_completion "svd svdllm svdllm-update" svdllmctl submit --method svd
 check "completion: list --state values" expect_completion "failed" svdllmctl --json list --state f

@@ -924,15 +924,25 @@ static void rom_case(int d_out, int d_in, int n_tok, const int *ks, int nk, uint
             SV_ASSERT_EQ(rg.k_effective, k);
             SV_CHECK(rc.a64 && rc.b64 && rg.a64 && rg.b64);
             SV_CHECK(rf.a64 == NULL && rf.b64 == NULL); /* lowrank_project keeps no doubles */
-            /* The f32 factors are the doubles rounded, and the same as lowrank_project's. */
+            /* lowrank_project64's f32 factors are its doubles rounded. */
             int same = 1;
             for (size_t i = 0; i < (size_t)d_out * k; i++)
-                same &= rg.a[i] == (float)rg.a64[i] && rc.a[i] == (float)rc.a64[i] && rf.a[i] == rg.a[i];
+                same &= rg.a[i] == (float)rg.a64[i] && rc.a[i] == (float)rc.a64[i];
             for (size_t i = 0; i < (size_t)k * d_in; i++)
-                same &= rg.b[i] == (float)rg.b64[i] && rc.b[i] == (float)rc.b64[i] && rf.b[i] == rg.b[i];
+                same &= rg.b[i] == (float)rg.b64[i] && rc.b[i] == (float)rc.b64[i];
             SV_CHECK(same);
             double *wrom = matmul(rc.a64, rc.b64, d_out, k, d_in, 0);
             double *wg = matmul(rg.a64, rg.b64, d_out, k, d_in, 0);
+            /* lowrank_project forms its factors by f32 products with W:
+             * the same W' to f32 rounding (measured ~1e-7; 1e-6 allowed). */
+            double *a32 = f2d(rf.a, (size_t)d_out * k), *b32 = f2d(rf.b, (size_t)k * d_in);
+            double *w32 = matmul(a32, b32, d_out, k, d_in, 0), e_32 = rel_fro(w32, wg, wn);
+            printf("  %dx%d k=%d: lowrank_project's f32-product factors vs the double ones %.2e\n", d_out, d_in, k,
+                   e_32);
+            SV_CHECK(e_32 <= 1e-6);
+            free(a32);
+            free(b32);
+            free(w32);
             double e_rom = rel_fro(wrom, wlit, wn), e_g = rel_fro(wg, wlit, wn);
             printf("  %dx%d N=%d k=%d: gap %.3f, |W'_rom - W'_svdllm|/|W'_svdllm| %.2e, G path (side %c) %.2e, "
                    "Jacobi literal %.2e\n", d_out, d_in, n_tok, k, gap, e_rom, rg.side, e_g, e_jac);

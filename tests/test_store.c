@@ -111,7 +111,7 @@ static void fill_params(struct store_job *j, enum compress_method m, double alph
     memset(j, 0, sizeof *j);
     struct compress_params *p = &j->params;
     snprintf(p->model_dir, sizeof p->model_dir, "/models/tiny");
-    snprintf(p->out_dir, sizeof p->out_dir, "/out/tiny-%s", compress_method_name(m));
+    snprintf(p->out_dir, sizeof p->out_dir, "/out/tiny-%s", params_method_name(m));
     snprintf(p->calib_path, sizeof p->calib_path, "/data/calib.txt");
     p->method = m;
     p->ratio = 0.3;

@@ -27,54 +27,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "cost.h"
+#include "params.h"
 #include "sv_err.h"
-
-/* svd: G = I. svdllm: G = X^T X of the original model's activations.
- * asvd: G = diag(s^2), s_j = (mean |x_j|)^alpha (ASVD). awsvd: G = diag(s^2),
- * s_j = RMS of input channel j (LoRAP's AWSVD). See lowrank.h.
- * svdllm-update: svdllm's B = U_k^T W, then A refitted by least squares so
- * that the compressed model's inputs reproduce the original model's outputs.
- * rom: sequential; U_k from the output covariance of the already-compressed
- * model (within a layer o/down see compressed q/k/v and gate/up).
- * lorap: attention by awsvd with the (v+o):(q+k) split, MLP by structured
- * channel pruning.
- * rrr: sequential like the update; both factors free: the rank-k reduced-rank
- * regression of the original outputs on the compressed model's inputs, with
- * a ridge toward W chosen on held-out calibration windows (lowrank.h). */
-enum compress_method {
-    METHOD_SVD = 0, METHOD_SVDLLM, METHOD_ASVD, METHOD_AWSVD, METHOD_SVDLLM_UPDATE, METHOD_ROM, METHOD_LORAP,
-    METHOD_RRR, METHOD_COUNT
-};
-
-/* Rank allocation. default: lorap for method lorap, last-n when layers > 0,
- * uniform otherwise. uniform: k = floor(d_out d_in (1 - ratio) / (d_out + d_in)).
- * lorap: attention's kept parameters split (v+o):(q+k) = attn_split, MLP uniform.
- * last-n: only the last `layers` decoder layers, each at ratio * L / layers.
- * auto: one global budget, greedy on the discarded eigenvalues (compress.c). */
-enum compress_ranks { RANKS_DEFAULT = 0, RANKS_UNIFORM, RANKS_LORAP, RANKS_LAST_N, RANKS_AUTO, RANKS_COUNT };
-
-struct compress_params {
-    char model_dir[PATH_MAX];
-    char out_dir[PATH_MAX];
-    char calib_path[PATH_MAX];   /* text or .i32 ids */
-    char work_dir[PATH_MAX];     /* the job's checkpoint directory (exists) */
-    char eval_path[PATH_MAX];    /* "" = no perplexity before/after */
-    enum compress_method method;
-    double ratio;                /* fraction of decoder-linear params removed, in (0,1) */
-    double alpha;                /* asvd's exponent; 0 = the default 0.5 */
-    int nsamples;
-    int seqlen;
-    uint64_t seed;
-    bool calib_first;            /* take the first nsamples windows instead of seeded sampling */
-    bool dense;                  /* write W' with original shapes instead of factor pairs */
-    bool overwrite;              /* allow replacing an existing out_dir */
-    int eval_seqlen;             /* 0 = seqlen */
-    int eval_max_windows;        /* 0 = all */
-    enum compress_ranks ranks;
-    int layers;                  /* last-n: how many final layers to compress; 0 = all */
-    double attn_split;           /* lorap's (v+o):(q+k) parameter ratio; 0 = the default 3 */
-    bool centered;               /* rom: centred output covariance (default uncentred) */
-};
 
 /* Which phase a job is in, for status and watch. */
 struct compress_progress {
@@ -83,7 +38,7 @@ struct compress_progress {
     int layers_done;
     const char *phase;  /* "eval", "calibrate", "replay", "allocate", "statistics", "factorize",
                          * "checkpoint", "assemble", "done" */
-    double fraction;    /* overall, 0..1, never decreasing within a run (cost model in compress.c) */
+    double fraction;    /* overall, 0..1, never decreasing within a run (cost model in cost.c) */
 };
 
 struct compress_checkpoint {
@@ -133,50 +88,8 @@ struct compress_result {
     int layers_resumed;                /* layers taken from checkpoints */
 };
 
-/* What a job's progress scale depends on (compress.c: the cost model). */
-struct compress_cost_in {
-    enum compress_method method;
-    enum compress_ranks ranks;   /* as submitted */
-    int layers;                  /* last-n */
-    bool eval;                   /* an evaluation text is set */
-    int nsamples, seqlen, eval_seqlen, eval_max_windows;
-};
-void compress_cost_in_of(const struct compress_params *p, struct compress_cost_in *ret);
-/* The fraction at which a run of that job starts when layers_done of its
- * n_layers layers are checkpointed: what status shows for a queued or failed
- * job, and never more than what the run then reports. */
-double compress_fraction_resumed(const struct compress_cost_in *c, int n_layers, int layers_done);
-
-/* Checks params without touching the model (ratio range, sizes, paths readable). */
-int compress_params_check(const struct compress_params *p, struct sv_err *err);
-/* Which input compress_precheck() found at fault. */
-enum compress_check { COMPRESS_CHECK_MODEL = 1, COMPRESS_CHECK_CALIB, COMPRESS_CHECK_EVAL, COMPRESS_CHECK_RATIO };
-/* Called with every file compress_precheck() is about to read (absolute
- * path); non-zero refuses it with that error. */
-typedef int (*compress_readable_fn)(void *ctx, const char *path, struct sv_err *err);
-/* The checks that need the inputs' contents, for a submit that
- * compress_params_check() accepted; nothing is written. In order: the model
- * (config.json, every safetensors header and every tensor the forward pass
- * needs, with shape and dtype: model_open(); not already low-rank; its
- * tokenizer and other files the output copies readable); the rank rule
- * leaves every matrix a rank >= 1 (method lorap: >= 1 MLP channel); the
- * calibration text (methods other than svd) is non-empty, tokenizes and
- * holds at least nsamples windows of seqlen; the evaluation text at least
- * one window of eval_seqlen. Reads the files with the caller's credentials;
- * readable (may be NULL) vets each path first. On failure *ret_what names
- * the input at fault and err says why, naming the file or tensor. */
-int compress_precheck(const struct compress_params *p, compress_readable_fn readable, void *ctx,
-                      enum compress_check *ret_what, struct sv_err *err);
-/* Hex sha256 over every input that shapes the output: model files, method,
- * ratio, calibration file, nsamples, seqlen, seed, window rule, dense. */
-int compress_job_key(const struct compress_params *p, char key[65], struct sv_err *err);
 /* Runs (or resumes) the job. Returns 0, -ECANCELED, or another negative code. */
 int compress_run(const struct compress_params *p, const struct compress_hooks *h,
                  struct compress_result *ret, struct sv_err *err);
-
-const char *compress_method_name(enum compress_method m);
-int compress_method_parse(const char *s, enum compress_method *ret);
-const char *compress_ranks_name(enum compress_ranks r);
-int compress_ranks_parse(const char *s, enum compress_ranks *ret);
 
 #endif

@@ -1,6 +1,7 @@
 /* la: libFLAME's LAPACK-compatible routines, in double, with checked info. */
 #include "la.h"
 
+#include <blis.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,8 +16,8 @@ void dstemr_(const char *jobz, const char *range, const int *n, double *d, doubl
              const double *vu, const int *il, const int *iu, int *m, double *w, double *z, const int *ldz,
              const int *nzc, int *isuppz, int *tryrac, double *work, const int *lwork, int *iwork, const int *liwork,
              int *info);
-void dormtr_(const char *side, const char *uplo, const char *trans, const int *m, const int *n, const double *a,
-             const int *lda, const double *tau, double *c, const int *ldc, double *work, const int *lwork, int *info);
+void dlarft_(const char *direct, const char *storev, const int *n, const int *k, double *v, const int *ldv,
+             const double *tau, double *t, const int *ldt);
 void dgesdd_(const char *jobz, const int *m, const int *n, double *a, const int *lda, double *s, double *u,
              const int *ldu, double *vt, const int *ldvt, double *work, const int *lwork, int *iwork, int *info);
 
@@ -102,9 +103,55 @@ int la_syevd_values(double *a, double *w, int n, const char *what, struct sv_err
     return r;
 }
 
+/* z (n x k, column-major) := Q z for Q = H(n-1) ... H(1) of dsytrd("U"):
+ * reflector j (0-based, j < n - 1) is v = (a[(j+1) n + 0 .. j-1], 1, 0...)
+ * with tau[j], acting on rows 0..j. Blocks of QR_NB reflectors as one
+ * I - V T V^T (dlarft, backward), applied lowest block first by two BLIS
+ * GEMMs and a triangular product: the same 2 n^2 k flops as dormtr, whose
+ * 32-wide blocks ran at 20 GFLOP/s on one core here; measured 1.3-1.5x
+ * faster at n = 4096, k = 1228 (8.3-10.2 s against 6.4-6.8 s, loaded
+ * machine, side by side; relative difference 1e-15). */
+#define QR_NB 128
+
+static int back_transform(const double *a, int n, const double *tau, double *z, int k, const char *what,
+                          struct sv_err *err) {
+    const int m = n - 1;
+    if (m < 1)
+        return 0;
+    const int nbk = m < QR_NB ? m : QR_NB;
+    double *v = malloc((size_t)m * nbk * sizeof *v), *t = malloc((size_t)nbk * nbk * sizeof *t),
+           *w = malloc((size_t)nbk * k * sizeof *w);
+    int r = 0;
+    if (!v || !t || !w) {
+        r = sv_err_set(err, -ENOMEM, "%s: out of memory for the back-transformation (n = %d)", what, n);
+        goto out;
+    }
+    double one = 1, zero = 0, mone = -1;
+    for (int j0 = 0; j0 < m; j0 += nbk) {
+        int b = m - j0 < nbk ? m - j0 : nbk, mb = j0 + b;
+        for (int c = 0; c < b; c++) { /* V (mb x b, column-major) with its unit and zeros explicit */
+            int j = j0 + c;
+            double *vc = v + (size_t)c * mb;
+            memcpy(vc, a + (size_t)(j + 1) * n, (size_t)j * sizeof *vc);
+            vc[j] = 1;
+            memset(vc + j + 1, 0, (size_t)(mb - j - 1) * sizeof *vc);
+        }
+        dlarft_("B", "C", &mb, &b, v, &mb, tau + j0, t, &b);
+        /* w = T (V^T z[0:mb]); z[0:mb] -= V w. T is lower triangular. */
+        bli_dgemm(BLIS_TRANSPOSE, BLIS_NO_TRANSPOSE, b, k, mb, &one, v, 1, mb, z, 1, n, &zero, w, 1, b);
+        bli_dtrmm(BLIS_LEFT, BLIS_LOWER, BLIS_NO_TRANSPOSE, BLIS_NONUNIT_DIAG, b, k, &one, t, 1, b, w, 1, b);
+        bli_dgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, mb, k, b, &mone, v, 1, mb, w, 1, b, &one, z, 1, n);
+    }
+out:
+    free(v);
+    free(t);
+    free(w);
+    return r;
+}
+
 /* Tridiagonal reduction of the upper triangle (tridiag_upper), then all
  * eigenvalues by dsterf (O(n^2)), the top k vectors of the tridiagonal matrix
- * by MRRR (dstemr, O(n k)) and their back-transformation (dormtr, 2 n^2 k):
+ * by MRRR (dstemr, O(n k)) and their back-transformation (2 n^2 k):
  * the work of dsyevd's divide and conquer and of back-transforming the other
  * n - k vectors is skipped. */
 int la_syevr_top(double *a, int n, int k, double *w, double *z, const char *what, struct sv_err *err) {
@@ -126,14 +173,11 @@ int la_syevr_top(double *a, int n, int k, double *w, double *z, const char *what
         goto out;
     int lw = -1;
     dstemr_("V", "I", &n, d, e, &vl, &vu, &il, &iu, &m, wk, z, &n, &k, isuppz, &tryrac, &q, &lw, &iq, &liwork, &info);
-    double q2 = 0;
-    if (info == 0)
-        dormtr_("L", "U", "N", &n, &k, a, &n, tau, z, &n, &q2, &lw, &info);
     if (info != 0) {
         r = sv_err_set(err, -EINVAL, "%s: eigenvector workspace query failed (info %d)", what, info);
         goto out;
     }
-    lwork = ws_size(q > q2 ? q : q2);
+    lwork = ws_size(q);
     work = malloc((size_t)lwork * sizeof *work);
     liwork = iq + 64;
     iwork = malloc((size_t)liwork * sizeof *iwork);
@@ -156,9 +200,7 @@ int la_syevr_top(double *a, int n, int k, double *w, double *z, const char *what
                        info, m, k, n);
         goto out;
     }
-    dormtr_("L", "U", "N", &n, &k, a, &n, tau, z, &n, work, &lwork, &info);
-    if (info != 0)
-        r = sv_err_set(err, -EINVAL, "%s: dormtr argument %d is invalid", what, -info);
+    r = back_transform(a, n, tau, z, k, what, err);
 out:
     free(d);
     free(e);

@@ -1,7 +1,8 @@
 /* la: dense factorizations in double through libFLAME's LAPACK interface.
  *
  * This is the only translation unit that talks to libFLAME (its header cannot
- * share one with blis.h, so we declare the two Fortran entry points we use).
+ * share one with blis.h, so we declare the Fortran entry points we use; the
+ * eigenvectors' back-transformation is ours, on BLIS GEMMs).
  * Every routine checks the LAPACK info code and reports it by name; nothing
  * here returns NaN silently. Matrices are column-major as LAPACK wants them;
  * for the symmetric matrices we pass, row- and column-major are the same. */

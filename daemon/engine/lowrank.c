@@ -35,11 +35,32 @@ static void dgemm(int ta, int tb, int m, int n, int k, double alpha, const doubl
               (double *)a, lda, 1, (double *)b, ldb, 1, &beta, c, ldc, 1);
 }
 
+/* Packed symmetric storage: the lower triangle row by row, (i, j) with
+ * j <= i at i (i + 1) / 2 + j. */
+static inline size_t pk(size_t i, size_t j) { return i * (i + 1) / 2 + j; }
+
+size_t lowrank_packed_len(int n) { return (size_t)n * ((size_t)n + 1) / 2; }
+
+void lowrank_unpack(const double *gp, int n, double *full) {
+    for (size_t i = 0; i < (size_t)n; i++)
+        for (size_t j = 0; j <= i; j++)
+            full[i * n + j] = full[j * n + i] = gp[pk(i, j)];
+}
+
+/* c (m, n) = op(a) op(b), f32, row-major. */
+static void sgemm(int ta, int tb, int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c,
+                  int ldc) {
+    float one = 1.0f, zero = 0.0f;
+    bli_sgemm(ta ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, tb ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, m, n, k, &one,
+              (float *)a, lda, 1, (float *)b, ldb, 1, &zero, c, ldc, 1);
+}
+
 /* c (dy, dz) += y^T z over row chunks of at most GRAM_CHUNK: the product of
  * a chunk in f32 (BLIS), added into the double accumulator. sym: z == y and
- * only the lower triangle is formed (syrk, half the flops). */
+ * only the lower triangle is formed (syrk, half the flops); packed: c is in
+ * packed storage (sym only). */
 static int chunked_product(double *c, const float *y, int dy, const float *z, int dz, size_t ntok, int sym,
-                           struct sv_err *err) {
+                           int packed, struct sv_err *err) {
     if (dy < 1 || dz < 1)
         return 0;
     float *t = malloc((size_t)dy * dz * sizeof *t);
@@ -58,20 +79,27 @@ static int chunked_product(double *c, const float *y, int dy, const float *z, in
          * chunk's syrk runs on every core). Each entry is its own sum, so
          * the result does not depend on the thread count. */
 #pragma omp parallel for schedule(dynamic, 64) if (dy >= 512)
-        for (int i = 0; i < dy; i++)
+        for (int i = 0; i < dy; i++) {
+            const float *ti = t + (size_t)i * dz;
+            double *ci = packed ? c + pk((size_t)i, 0) : c + (size_t)i * dz;
             for (int j = 0; j < (sym ? i + 1 : dz); j++)
-                c[(size_t)i * dz + j] += t[(size_t)i * dz + j];
+                ci[j] += ti[j];
+        }
     }
     free(t);
     return 0;
 }
 
 int lowrank_gram_accum(double *g, const float *x, size_t ntok, int n, struct sv_err *err) {
-    return chunked_product(g, x, n, x, n, ntok, 1, err);
+    return chunked_product(g, x, n, x, n, ntok, 1, 0, err);
+}
+
+int lowrank_pgram_accum(double *gp, const float *x, size_t ntok, int n, struct sv_err *err) {
+    return chunked_product(gp, x, n, x, n, ntok, 1, 1, err);
 }
 
 int lowrank_cross_accum(double *c, const float *y, int dy, const float *z, int dz, size_t ntok, struct sv_err *err) {
-    return chunked_product(c, y, dy, z, dz, ntok, 0, err);
+    return chunked_product(c, y, dy, z, dz, ntok, 0, 0, err);
 }
 
 int lowrank_scaled_cov(const float *w, int d_out, int d_in, const double *s, double *c, struct sv_err *err) {
@@ -103,19 +131,32 @@ void lowrank_result_free(struct lowrank_result *r) {
     r->a64 = r->b64 = NULL;
 }
 
-int lowrank_white_new(const double *g, int n, const char *what, struct lowrank_white *ret, struct sv_err *err) {
+/* Entry (i, j) of a symmetric matrix in full or packed storage. */
+static inline double sym_at(const double *g, int packed, size_t n, size_t i, size_t j) {
+    return !packed ? g[i * n + j] : j <= i ? g[pk(i, j)] : g[pk(j, i)];
+}
+
+static void sym_full(const double *g, int packed, int n, double *full) {
+    if (packed)
+        lowrank_unpack(g, n, full);
+    else
+        memcpy(full, g, (size_t)n * n * sizeof *full);
+}
+
+static int white_new(const double *g, int packed, int n, const char *what, struct lowrank_white *ret,
+                     struct sv_err *err) {
     memset(ret, 0, sizeof *ret);
     size_t nn = (size_t)n * n;
     double trace = 0, gersh = 0;
     for (int i = 0; i < n; i++) {
         double row = 0;
         for (int j = 0; j < n; j++) {
-            double v = g[(size_t)i * n + j];
+            double v = sym_at(g, packed, (size_t)n, (size_t)i, (size_t)j);
             if (!isfinite(v))
                 return sv_err_set(err, -EDOM, "%s: Gram matrix has a non-finite entry (%d, %d)", what, i, j);
             row += fabs(v);
         }
-        trace += g[(size_t)i * n + i];
+        trace += sym_at(g, packed, (size_t)n, (size_t)i, (size_t)i);
         gersh = row > gersh ? row : gersh;
     }
     double *s = malloc(nn * sizeof *s);
@@ -132,7 +173,7 @@ int lowrank_white_new(const double *g, int n, const char *what, struct lowrank_w
     int r = 0;
     for (int t = 0; t <= 6; t++) {
         double shift = t == 0 ? 0 : t < 6 ? base * pow(1e3, t - 1) : 2 * gersh + base;
-        memcpy(s, g, nn * sizeof *s);
+        sym_full(g, packed, n, s);
         for (int i = 0; i < n; i++)
             s[(size_t)i * n + i] += shift;
         struct sv_err cerr = {0};
@@ -161,6 +202,15 @@ int lowrank_white_new(const double *g, int n, const char *what, struct lowrank_w
                       what);
 }
 
+int lowrank_white_new(const double *g, int n, const char *what, struct lowrank_white *ret, struct sv_err *err) {
+    return white_new(g, 0, n, what, ret, err);
+}
+
+int lowrank_white_new_packed(const double *gp, int n, const char *what, struct lowrank_white *ret,
+                             struct sv_err *err) {
+    return white_new(gp, 1, n, what, ret, err);
+}
+
 void lowrank_white_free(struct lowrank_white *wh) {
     if (!wh)
         return;
@@ -185,12 +235,13 @@ static void rows_double(const float *w, const double *w64, int r0, int rows, int
 /* The core. k = 0 with spec != NULL: only the spectrum (descending, n values)
  * is returned. keep64: the result also carries the double factors. wh: the
  * whitening of the input Gram (shared by the matrices that read one input),
- * or NULL for G = I; c_out, when given, replaces W G W^T.
+ * or NULL for G = I; c_out, when given, replaces W G W^T. w64, when given,
+ * is W in double (w unused) and every product with it stays in double.
  * Memory beyond the result: the n^2 statistic, k x (n + d_out + d_in) for the
  * vectors and factors, a block of ROW_BLOCK rows of W, and on the output side
  * W S (d_out x d_in, d_out <= d_in), on the input side F = W^T W (n^2). */
 static int project(const float *w, const double *w64, int d_out, int d_in, const struct lowrank_white *wh,
-                   const double *c_out, int k, int keep64, double *spec, int *spec_n, const char *what, struct lowrank_result *ret,
+                   const double *c_out, int c_packed, int k, int keep64, double *spec, int *spec_n, const char *what, struct lowrank_result *ret,
                    struct sv_err *err) {
     struct lowrank_result res;
     memset(&res, 0, sizeof res);
@@ -218,7 +269,7 @@ static int project(const float *w, const double *w64, int d_out, int d_in, const
         goto out;
     }
     if (c_out) {
-        memcpy(m, c_out, (size_t)n * n * sizeof *m);
+        sym_full(c_out, c_packed, n, m);
     } else if (res.side == 'o') {
         /* C = (W S)(W S)^T: W S by a triangular product, C by a rank-k update. */
         if (!(ws = malloc((size_t)d_out * d_in * sizeof *ws))) {
@@ -292,10 +343,19 @@ static int project(const float *w, const double *w64, int d_out, int d_in, const
     res.k = k;
     /* Rows of vk: the top-k eigenvectors, descending. */
     vk = malloc((size_t)k * n * sizeof *vk);
-    ut = malloc((size_t)k * d_out * sizeof *ut);   /* U_k^T: (k, d_out) */
-    bd = calloc((size_t)k * d_in, sizeof *bd);     /* B: (k, d_in) */
     scale = malloc((size_t)k * sizeof *scale);
-    if (!vk || !ut || !bd || !scale) {
+    res.a = malloc((size_t)d_out * k * sizeof *res.a);
+    res.b = malloc((size_t)k * d_in * sizeof *res.b);
+    /* U_k^T (k, d_out) in double: always on the output side (it is V_k),
+     * on the input side only for the double factors. B (k, d_in) in double:
+     * the input side (from F) and the double factors. */
+    const int dbl = keep64 || w64 != NULL; /* every product with W in double */
+    const int want_ut = res.side == 'o' || dbl, want_bd = res.side == 'i' || dbl;
+    if (want_ut)
+        ut = malloc((size_t)k * d_out * sizeof *ut);
+    if (want_bd)
+        bd = calloc((size_t)k * d_in, sizeof *bd);
+    if (!vk || !scale || !res.a || !res.b || (want_ut && !ut) || (want_bd && !bd)) {
         r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
         goto out;
     }
@@ -313,26 +373,44 @@ static int project(const float *w, const double *w64, int d_out, int d_in, const
     }
     free(z);
     z = NULL;
-    if (res.side == 'o') {
-        memcpy(ut, vk, (size_t)k * n * sizeof *ut);
-    } else {
-        /* U_k^T = diag(1/sigma) V_k^T S^T W^T: first V_k^T S^T (a triangular
-         * product), then against W a row block at a time. */
+    /* The products with W that make the stored f32 factors run in f32
+     * (sgemm on W as it is, about twice dgemm's rate and no double copy of
+     * W): their rounding error in a direction is relative to that
+     * direction's own energy, so the calibration loss moves by ~k eps_f32^2
+     * of the kept energy (< 1e-9 of the discarded one at LLaMA-7B shapes),
+     * far below the f32 storage of the factors themselves. The double
+     * factors (keep64, for tests that compare methods beyond f32) keep
+     * every product in double. */
+    double wf = 0, bf = 0;
+    if (res.side == 'i') {
+        /* U_k = W S V_k diag(1/sigma): first (S V_k)^T by a triangular
+         * product, then against W. */
         if (wh)
             bli_dtrmm(BLIS_RIGHT, BLIS_LOWER, BLIS_TRANSPOSE, BLIS_NONUNIT_DIAG, k, n, &one, wh->s, n, 1, vk, n, 1);
-        for (int r0 = 0; r0 < d_out; r0 += nb) {
-            int rows = d_out - r0 < nb ? d_out - r0 : nb;
-            rows_double(w, w64, r0, rows, d_in, blk);
-            dgemm(0, 1, k, rows, n, 1.0, vk, n, blk, d_in, 0.0, ut + r0, d_out);
+        if (dbl) {
+            for (int r0 = 0; r0 < d_out; r0 += nb) {
+                int rows = d_out - r0 < nb ? d_out - r0 : nb;
+                rows_double(w, w64, r0, rows, d_in, blk);
+                dgemm(0, 1, k, rows, n, 1.0, vk, n, blk, d_in, 0.0, ut + r0, d_out);
+            }
+            for (int c = 0; c < k; c++)
+                for (int i = 0; i < d_out; i++)
+                    ut[(size_t)c * d_out + i] *= scale[c];
+        } else {
+            float *v32 = malloc((size_t)k * n * sizeof *v32);
+            if (!v32) {
+                r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
+                goto out;
+            }
+            for (size_t i = 0; i < (size_t)k * n; i++)
+                v32[i] = (float)vk[i];
+            sgemm(0, 1, d_out, k, n, w, d_in, v32, n, res.a, k); /* A = W (S V_k) */
+            free(v32);
+            for (int i = 0; i < d_out; i++)
+                for (int c = 0; c < k; c++)
+                    res.a[(size_t)i * k + c] = (float)(res.a[(size_t)i * k + c] * scale[c]);
         }
-    }
-    for (int c = 0; c < k; c++)
-        for (int i = 0; i < d_out; i++)
-            ut[(size_t)c * d_out + i] *= scale[c];
-    /* B = U_k^T W, and ||W||^2. Input side: U_k^T W = diag(1/sigma)
-     * (S V_k)^T W^T W from F; output side: a row block of W at a time. */
-    double wf = 0, bf = 0;
-    if (f) {
+        /* B = U_k^T W = diag(1/sigma) (S V_k)^T F. */
         dgemm(0, 0, k, n, n, 1.0, vk, n, f, n, 0.0, bd, d_in);
         for (int c = 0; c < k; c++)
             for (int i = 0; i < d_in; i++)
@@ -342,21 +420,46 @@ static int project(const float *w, const double *w64, int d_out, int d_in, const
         free(f);
         f = NULL;
     } else {
-        for (int r0 = 0; r0 < d_out; r0 += nb) {
-            int rows = d_out - r0 < nb ? d_out - r0 : nb;
-            rows_double(w, w64, r0, rows, d_in, blk);
-            for (size_t i = 0; i < (size_t)rows * d_in; i++)
-                wf += blk[i] * blk[i];
-            dgemm(0, 0, k, d_in, rows, 1.0, ut + r0, d_out, blk, d_in, 1.0, bd, d_in);
+        for (int c = 0; c < k; c++)
+            for (int i = 0; i < d_out; i++)
+                ut[(size_t)c * d_out + i] = vk[(size_t)c * n + i] * scale[c];
+        if (dbl) { /* B = U_k^T W, and ||W||^2, a row block of W at a time */
+            for (int r0 = 0; r0 < d_out; r0 += nb) {
+                int rows = d_out - r0 < nb ? d_out - r0 : nb;
+                rows_double(w, w64, r0, rows, d_in, blk);
+                for (size_t i = 0; i < (size_t)rows * d_in; i++)
+                    wf += blk[i] * blk[i];
+                dgemm(0, 0, k, d_in, rows, 1.0, ut + r0, d_out, blk, d_in, 1.0, bd, d_in);
+            }
+        } else {
+            float *u32 = malloc((size_t)k * d_out * sizeof *u32);
+            if (!u32) {
+                r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
+                goto out;
+            }
+            for (size_t i = 0; i < (size_t)k * d_out; i++)
+                u32[i] = (float)ut[i];
+            sgemm(0, 0, k, d_in, d_out, u32, d_out, w, d_in, res.b, d_in); /* B = U_k^T W */
+            free(u32);
+            if (wh && wh->shift > 0)
+                for (size_t i = 0; i < (size_t)d_out * d_in; i++)
+                    wf += (double)w[i] * w[i];
         }
     }
+    if (bd)
+        for (size_t i = 0; i < (size_t)k * d_in; i++)
+            res.b[i] = (float)bd[i];
+    if (ut)
+        for (int i = 0; i < d_out; i++)
+            for (int c = 0; c < k; c++)
+                res.a[(size_t)i * k + c] = (float)ut[(size_t)c * d_out + i];
     if (wh && wh->shift > 0) {
         /* The eigenvalues are those of W (G + shift I) W^T. For the true G:
          * kept = sum kept - shift ||B||^2 (B = U_k^T W), total = sum all -
          * shift ||W||^2, so dropped loses shift (||W||^2 - ||B||^2): the
          * report stays the exact calibration-output error of these factors. */
         for (size_t i = 0; i < (size_t)k * d_in; i++)
-            bf += bd[i] * bd[i];
+            bf += bd ? bd[i] * bd[i] : (double)res.b[i] * res.b[i];
         kept -= wh->shift * bf;
         dropped -= wh->shift * (wf - bf);
         kept = kept > 0 ? kept : 0;
@@ -365,17 +468,6 @@ static int project(const float *w, const double *w64, int d_out, int d_in, const
     double total = kept + dropped;
     res.energy = total > 0 ? kept / total : 1.0;
     res.discarded = dropped;
-    res.a = malloc((size_t)d_out * k * sizeof *res.a);
-    res.b = malloc((size_t)k * d_in * sizeof *res.b);
-    if (!res.a || !res.b) {
-        r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
-        goto out;
-    }
-    for (int i = 0; i < d_out; i++)
-        for (int c = 0; c < k; c++)
-            res.a[(size_t)i * k + c] = (float)ut[(size_t)c * d_out + i];
-    for (size_t i = 0; i < (size_t)k * d_in; i++)
-        res.b[i] = (float)bd[i];
     for (size_t i = 0; i < (size_t)k * d_in; i++)
         if (!isfinite(res.b[i])) {
             r = sv_err_set(err, -EDOM, "%s: factor B is not finite", what);
@@ -423,7 +515,7 @@ static int project_g(const float *w, int d_out, int d_in, const double *g_in, co
     int r = 0;
     if (g_in && !c_out && (r = lowrank_white_new(g_in, d_in, what, &wh, err)) < 0)
         return r;
-    r = project(w, NULL, d_out, d_in, wh.s ? &wh : NULL, c_out, k, keep64, spec, spec_n, what, ret, err);
+    r = project(w, NULL, d_out, d_in, wh.s ? &wh : NULL, c_out, 0, k, keep64, spec, spec_n, what, ret, err);
     lowrank_white_free(&wh);
     return r;
 }
@@ -435,7 +527,23 @@ int lowrank_project(const float *w, int d_out, int d_in, const double *g_in, con
 
 int lowrank_project_white(const float *w, int d_out, int d_in, const struct lowrank_white *wh, int k,
                           const char *what, struct lowrank_result *ret, struct sv_err *err) {
-    return project(w, NULL, d_out, d_in, wh, NULL, k, 0, NULL, NULL, what, ret, err);
+    return project(w, NULL, d_out, d_in, wh, NULL, 0, k, 0, NULL, NULL, what, ret, err);
+}
+
+int lowrank_project_packed(const float *w, int d_out, int d_in, const double *c_packed, int k, const char *what,
+                           struct lowrank_result *ret, struct sv_err *err) {
+    return project(w, NULL, d_out, d_in, NULL, c_packed, 1, k, 0, NULL, NULL, what, ret, err);
+}
+
+int lowrank_spectrum_packed(const float *w, int d_out, int d_in, const double *g_packed, const double *c_packed,
+                            double *ev, int *n, const char *what, struct sv_err *err) {
+    struct lowrank_white wh = {0};
+    int r = 0;
+    if (g_packed && !c_packed && (r = white_new(g_packed, 1, d_in, what, &wh, err)) < 0)
+        return r;
+    r = project(w, NULL, d_out, d_in, wh.s ? &wh : NULL, c_packed, 1, 0, 0, ev, n, what, NULL, err);
+    lowrank_white_free(&wh);
+    return r;
 }
 
 int lowrank_project64(const float *w, int d_out, int d_in, const double *g_in, const double *c_out, int k,
@@ -656,7 +764,7 @@ int lowrank_rrr_project(const float *w, int d_out, int d_in, const struct lowran
         }
     free(blk);
     blk = NULL;
-    if ((r = project(NULL, wls, d_out, d_in, &q->wh, NULL, k, 0, NULL, NULL, what, ret, err)) < 0)
+    if ((r = project(NULL, wls, d_out, d_in, &q->wh, NULL, 0, k, 0, NULL, NULL, what, ret, err)) < 0)
         goto out;
     ret->fallback = q->shift > 0 ? LOWRANK_SHIFT : LOWRANK_OK;
     ret->shift = q->rel_shift;

@@ -11,9 +11,12 @@
  *
  * Which side is solved:
  *  - output side (d_out <= d_in, or C given directly): eigen-decompose C
- *    (d_out^2). A caller that observes the outputs Y = X W^T can pass
- *    C = Y^T Y directly and never form the input Gram: for LLaMA-7B's
- *    down_proj that is a 4096^2 statistic instead of 11008^2.
+ *    (d_out^2). A caller that observes the outputs Y = X W^T passes
+ *    C = Y^T Y directly (lowrank_project_packed) and never forms the input
+ *    Gram: for LLaMA-7B's down_proj that is a 4096^2 statistic instead of
+ *    11008^2, and for q/k/v/o it saves W S and (W S)(W S)^T (2 d^3 flops in
+ *    double, 4.6 s a matrix on one core at d = 4096) for one more f32 Gram
+ *    in the forward pass; a singular G needs no shift there.
  *  - input side (d_out > d_in, gate/up): eigen-decompose M = S^T W^T W S
  *    (d_in^2) with S S^T = G; then U_k = W S V_k / sigma_k.
  * S is the Cholesky factor of G, computed once per input and shared
@@ -49,7 +52,9 @@
  * (<= n eps lambda_max) carry no signal: their columns of A and rows of B are
  * zero (reported as a smaller effective rank).
  *
- * All arithmetic is double; inputs and factors are f32. Thread count is the
+ * The statistic and the eigensolver are double; inputs and factors are f32,
+ * and the final products with W that make the f32 factors (U_k^T W, W S V_k)
+ * run in f32 (see project()), except in lowrank_project64. Thread count is the
  * BLIS one set by forward_threads_set(). */
 #ifndef LOWRANK_H
 #define LOWRANK_H
@@ -88,9 +93,15 @@ struct lowrank_white {
 };
 int lowrank_white_new(const double *g, int n, const char *what, struct lowrank_white *ret, struct sv_err *err);
 void lowrank_white_free(struct lowrank_white *wh);
+int lowrank_white_new_packed(const double *gp, int n, const char *what, struct lowrank_white *ret,
+                             struct sv_err *err);
 /* lowrank_project with g_in's whitening already computed (wh NULL: G = I). */
 int lowrank_project_white(const float *w, int d_out, int d_in, const struct lowrank_white *wh, int k,
                           const char *what, struct lowrank_result *ret, struct sv_err *err);
+/* The output side from an output covariance C = Y^T Y in packed storage
+ * (lowrank_pgram_accum). */
+int lowrank_project_packed(const float *w, int d_out, int d_in, const double *c_packed, int k, const char *what,
+                           struct lowrank_result *ret, struct sv_err *err);
 /* The same, also keeping the factors in double (a64, b64): for tests that
  * compare methods beyond f32 storage precision. */
 int lowrank_project64(const float *w, int d_out, int d_in, const double *g_in, const double *c_out, int k,
@@ -101,6 +112,9 @@ int lowrank_project64(const float *w, int d_out, int d_in, const double *g_in, c
  * squared calibration-output error equal to their sum. */
 int lowrank_spectrum(const float *w, int d_out, int d_in, const double *g_in, const double *c_out, double *ev,
                      int *n, const char *what, struct sv_err *err);
+/* The same from packed statistics: an input Gram or an output covariance. */
+int lowrank_spectrum_packed(const float *w, int d_out, int d_in, const double *g_packed, const double *c_packed,
+                            double *ev, int *n, const char *what, struct sv_err *err);
 
 /* The closed-form update for a fixed right factor B (k x d_in): with Z = X' B^T
  * (the compressed model's inputs through B) and Y the target outputs, the
@@ -131,6 +145,13 @@ int lowrank_scaled_cov(const float *w, int d_out, int d_in, const double *s, dou
  * row-major) is accumulated. Products in f32 over chunks of at most 256
  * rows, each chunk added into the double accumulator. */
 int lowrank_gram_accum(double *g, const float *x, size_t ntok, int n, struct sv_err *err);
+/* The same into packed storage: the lower triangle row by row, entry
+ * (i, j), j <= i, at i (i + 1) / 2 + j; lowrank_packed_len(n) doubles. Half
+ * the memory of a full accumulator (64 instead of 128 MiB at n = 4096). */
+int lowrank_pgram_accum(double *gp, const float *x, size_t ntok, int n, struct sv_err *err);
+size_t lowrank_packed_len(int n);
+/* full (n, n) = the symmetric matrix of packed gp. */
+void lowrank_unpack(const double *gp, int n, double *full);
 /* Copies the lower triangle into the upper one. */
 void lowrank_gram_symmetrize(double *g, int n);
 

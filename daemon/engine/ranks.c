@@ -1,0 +1,314 @@
+/* ranks: every rank rule. uniform, last-n and lorap are closed forms of the
+ * shapes and the ratio (ranks_plan); auto is a pre-pass over the model that
+ * collects each matrix's spectrum and one greedy allocation under two
+ * budgets (ranks_plan_auto; the choice is kept in WORK/ranks.json, read and
+ * written by jobfiles.c); ranks_precheck() refuses at submit a ratio whose
+ * rule would leave a matrix rank 0. */
+#include "ranks.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "afile.h"
+#include "calib.h"
+#include "jobfiles.h"
+#include "lowrank.h"
+#include "stats.h"
+
+const char *ranks_rule(const struct job *j) {
+    switch (j->ranks) {
+    case RANKS_LAST_N:
+        return "last-n: only the last `layers` decoder layers, each at ratio' = ratio * n_layers / layers, "
+               "k = floor(d_out*d_in*(1-ratio')/(d_out+d_in)); earlier layers kept dense";
+    case RANKS_LORAP:
+        return "lorap: per layer, attention keeps (1-ratio) of its parameters, split (v+o):(q+k) = attn_split, "
+               "q,k (and v,o) one common rank; MLP uniform (method lorap: channels pruned to "
+               "round(ffn*(1-ratio)))";
+    case RANKS_AUTO:
+        return "auto: attention and MLP each keep (1-ratio) of their parameters; every matrix starts at rank 1, "
+               "then the eigenvalues of all layers' statistics are taken greedily by lambda / trace / (d_out + d_in) "
+               "while the sub-layer's budget lasts (discarded lambdas = predicted squared output error); "
+               "rank <= d_out*d_in/(d_out+d_in)";
+    default:
+        return "uniform: k = floor(d_out*d_in*(1-ratio)/(d_out+d_in)) per q/k/v/o/gate/up/down; embeddings, norms, "
+               "head kept";
+    }
+}
+
+static void plan_lorap_attn(struct job *j, int l) {
+    const struct config *c = j->c;
+    int dout[4], din[4];
+    double total = 0;
+    for (int p = 0; p <= PROJ_O; p++) {
+        config_proj_shape(c, p, &dout[p], &din[p]);
+        total += (double)dout[p] * din[p];
+    }
+    double split = j->p->attn_split > 0 ? j->p->attn_split : 3.0, keep = (1 - j->p->ratio) * total;
+    double k_qk = floor(keep / (1 + split) / (dout[0] + din[0] + dout[1] + din[1]));
+    double k_vo = floor(keep * split / (1 + split) / (dout[2] + din[2] + dout[3] + din[3]));
+    for (int p = 0; p <= PROJ_O; p++) {
+        double k = p <= PROJ_K ? k_qk : k_vo;
+        int mn = dout[p] < din[p] ? dout[p] : din[p];
+        j->rank[l][p] = k < 1 ? 1 : k > mn ? mn : (int)k;
+    }
+}
+
+/* Every rule but auto. */
+void ranks_plan(struct job *j) {
+    const struct config *c = j->c;
+    int L = c->n_layers, first = j->ranks == RANKS_LAST_N ? L - j->p->layers : 0;
+    double ratio = j->ranks == RANKS_LAST_N ? j->p->ratio * L / j->p->layers : j->p->ratio;
+    for (int l = 0; l < L; l++)
+        for (int q = 0; q < PROJ_COUNT; q++) {
+            int d_out, d_in;
+            config_proj_shape(c, q, &d_out, &d_in);
+            j->rank[l][q] = l < first ? 0 : lowrank_rank_for_ratio(d_out, d_in, ratio);
+        }
+    for (int l = 0; l < L && j->ranks == RANKS_LORAP; l++)
+        plan_lorap_attn(j, l);
+    if (j->p->method == METHOD_LORAP) {
+        double keep = floor(c->intermediate * (1 - j->p->ratio) + 0.5);
+        j->ff_keep = keep < 2 ? 2 : (int)keep;
+        for (int l = 0; l < L; l++)
+            j->rank[l][PROJ_GATE] = j->rank[l][PROJ_UP] = j->rank[l][PROJ_DOWN] = 0;
+    }
+}
+
+/* 0 for the attention projections, 1 for the MLP's. */
+static int sublayer(int p) { return p <= PROJ_O ? 0 : 1; }
+
+struct gain {
+    double score;
+    int m, i;
+};
+
+static int gain_cmp(const void *a, const void *b) {
+    const struct gain *x = a, *y = b;
+    if (x->score != y->score)
+        return x->score > y->score ? -1 : 1;
+    return x->m != y->m ? x->m - y->m : x->i - y->i;
+}
+
+/* --ranks auto's pre-pass results: each matrix mi = l * PROJ_COUNT + p's
+ * eigenvalues (descending), their sum, how many may be taken (cap), and
+ * the number of gains beyond rank 1 over all matrices. */
+struct spectra {
+    double **spec, *total;
+    int *cap;
+    size_t ng;
+};
+
+/* The pre-pass over layer l: the original layer over the pre-pass states
+ * (hex names those entering it, and gets those leaving it) when the
+ * statistic needs calibration, then each matrix's spectrum under it. */
+static int auto_layer(struct job *j, enum compress_method m, int l, char hex[65], struct spectra *sp,
+                      struct sv_err *err) {
+    enum stats_kind kind = stats_kind_of(m);
+    char in[PATH_MAX + 64], out[PATH_MAX + 64], next[65], what[200];
+    struct layer_w lw = {0};
+    struct stats st = {0};
+    int r = model_layer_load(j->m, l, &lw, err);
+    if (r == 0 && kind != STATS_NONE) {
+        job_work_path(j, in, sizeof in, l == 0 ? "hidden-%d.f32" : "pre-%d.f32", l);
+        job_work_path(j, out, sizeof out, "pre-%d.f32", l + 1);
+        job_seg(j, 1.0);
+        j->pass_phase = "allocate";
+        r = stats_alloc(j, kind, &st, err);
+        if (r == 0)
+            r = calib_layer(j, &lw, &st, in, hex, out, next, err);
+        j->pass_phase = NULL;
+        if (r == 0 && l > 0)
+            unlink(in);
+        if (r == 0)
+            memcpy(hex, next, 65);
+    }
+    if (r == 0)
+        job_seg(j, COST_SPECTRA);
+    for (int p = 0; p < PROJ_COUNT && r == 0; p++) {
+        const struct linear *lin = &lw.proj[p];
+        int mi = l * PROJ_COUNT + p, n = 0;
+        model_proj_prefix(l, p, what, sizeof what);
+        job_progress(j, l, "allocate", (double)p / PROJ_COUNT);
+        const double *gi, *co;
+        double *own = NULL;
+        int nmax = lin->d_out > lin->d_in ? lin->d_out : lin->d_in;
+        if (!(sp->spec[mi] = malloc((size_t)nmax * sizeof **sp->spec))) {
+            r = sv_err_set(err, -ENOMEM, "rank allocation: out of memory");
+            break;
+        }
+        if (kind == STATS_GRAMS) /* the svdllm family's packed statistics (stats.h) */
+            r = lowrank_spectrum_packed(lin->w, lin->d_out, lin->d_in, st.cov[p] ? NULL : st.gin[stats_group(p)],
+                                        st.cov[p], sp->spec[mi], &n, what, err);
+        else if ((r = stats_matrix(j, m, &st, p, lin, &own, &gi, &co, what, err)) == 0)
+            r = lowrank_spectrum(lin->w, lin->d_out, lin->d_in, gi, co, sp->spec[mi], &n, what, err);
+        free(own);
+        if (r < 0)
+            break;
+        for (int i = 0; i < n; i++)
+            sp->total[mi] += sp->spec[mi][i];
+        int be = (int)((double)lin->d_out * lin->d_in / (lin->d_out + lin->d_in));
+        sp->cap[mi] = be < 1 ? 1 : be < n ? be : n;
+        sp->ng += (size_t)sp->cap[mi] - 1;
+    }
+    stats_free(&st);
+    model_layer_free(&lw);
+    return r;
+}
+
+/* The greedy allocation over the spectra into j->rank.
+ * Two budgets, attention's and the MLP's, each (1 - ratio) of its
+ * parameters; within each the spectra decide across all layers and
+ * matrices. The score is the share of the matrix's output energy an
+ * eigenvalue carries, per parameter: raw eigenvalues are squared errors
+ * in each matrix's own units, and ranking them together gave every rank
+ * to the few matrices with the largest activations (ppl 207 / 2191 on
+ * tinystories-656K at 0.4 / 0.6 against 131 / 269 uniform). Normalised,
+ * one global budget measured 106 / 272 (and 93 / 229 on stories260K);
+ * with the attention / MLP split 100 / 258 (94 / 193): relative errors of
+ * the two sub-layers are not worth the same, as LoRAP also finds. */
+static int auto_greedy(struct job *j, const struct spectra *sp, struct sv_err *err) {
+    const struct config *c = j->c;
+    const int M = c->n_layers * PROJ_COUNT;
+    double budget[2] = {0, 0}; /* [sublayer(p)] */
+    struct gain *g = malloc((sp->ng ? sp->ng : 1) * sizeof *g);
+    if (!g)
+        return sv_err_set(err, -ENOMEM, "rank allocation: out of memory");
+    size_t ng = 0;
+    for (int mi = 0; mi < M; mi++) {
+        int d_out, d_in, p = mi % PROJ_COUNT;
+        config_proj_shape(c, p, &d_out, &d_in);
+        double cost = d_out + d_in;
+        j->rank[mi / PROJ_COUNT][p] = 1;
+        budget[sublayer(p)] += (1 - j->p->ratio) * d_out * d_in - cost;
+        double tot = sp->total[mi];
+        for (int i = 1; i < sp->cap[mi]; i++)
+            g[ng++] = (struct gain){tot > 0 ? sp->spec[mi][i] / tot / cost : 0, mi, i};
+    }
+    for (int q = 0; q < 2; q++)
+        if (budget[q] < 0) {
+            free(g);
+            return sv_err_set(err, -EINVAL, "ratio %g leaves less than rank 1 for every matrix", j->p->ratio);
+        }
+    qsort(g, ng, sizeof *g, gain_cmp);
+    for (size_t i = 0; i < ng; i++) {
+        int l = g[i].m / PROJ_COUNT, p = g[i].m % PROJ_COUNT, d_out, d_in;
+        config_proj_shape(c, p, &d_out, &d_in);
+        /* Within a matrix the scores descend, so a taken gain always extends a prefix. */
+        if (budget[sublayer(p)] >= d_out + d_in && g[i].i == j->rank[l][p]) {
+            j->rank[l][p]++;
+            budget[sublayer(p)] -= d_out + d_in;
+        }
+    }
+    free(g);
+    return 0;
+}
+
+/* --ranks auto: a pre-pass over all layers collects each matrix's spectrum
+ * under the job's statistic (the original model's for the sequential
+ * methods: their own statistics depend on the ranks being chosen), then one
+ * greedy allocation. Needs hidden-0 (hex0); writes ranks.json so a resumed
+ * job reuses it without the pre-pass. */
+int ranks_plan_auto(struct job *j, const char *hex0, struct sv_err *err) {
+    const int L = j->c->n_layers, M = L * PROJ_COUNT;
+    char path[PATH_MAX + 64], hex[65];
+    int r;
+    job_work_path(j, path, sizeof path, "ranks.json", 0);
+    if (access(path, F_OK) == 0) {
+        /* From a run that died before layer 0 was committed. */
+        if (jobfiles_ranks_read(j, path, err) == 0)
+            return 0;
+        if ((r = job_drop_layers(j, 0, err->msg, err)) < 0)
+            return r;
+        unlink(path);
+    }
+    enum compress_method m = j->p->method;
+    if (params_method_sequential(m))
+        m = METHOD_SVDLLM;
+    struct spectra sp = {.spec = calloc((size_t)M, sizeof *sp.spec), .total = calloc((size_t)M, sizeof *sp.total),
+                         .cap = calloc((size_t)M, sizeof *sp.cap)};
+    r = 0;
+    if (!sp.spec || !sp.cap || !sp.total)
+        r = sv_err_set(err, -ENOMEM, "rank allocation: out of memory");
+    snprintf(hex, sizeof hex, "%s", hex0);
+    for (int l = 0; l < L && r == 0; l++)
+        if ((r = auto_layer(j, m, l, hex, &sp, err)) == 0 && job_cancelled(j))
+            r = sv_err_set(err, -ECANCELED, "cancelled");
+    if (r == 0) {
+        job_work_path(j, path, sizeof path, "pre-%d.f32", L);
+        unlink(path);
+        job_work_path(j, path, sizeof path, "ranks.json", 0);
+        if ((r = auto_greedy(j, &sp, err)) == 0)
+            r = jobfiles_ranks_write(j, path, err);
+    }
+    for (int mi = 0; sp.spec && mi < M; mi++)
+        free(sp.spec[mi]);
+    free(sp.spec);
+    free(sp.cap);
+    free(sp.total);
+    return r;
+}
+
+/* The rank rule of p on config c gives every factored matrix rank >= 1 (and
+ * method lorap keeps >= 1 MLP channel), before any clamping: a ratio that
+ * needs rank 0 cannot be honoured. */
+int ranks_precheck(const struct compress_params *p, const struct config *c, struct sv_err *err) {
+    enum compress_ranks rule = p->ranks != RANKS_DEFAULT ? p->ranks
+                               : p->method == METHOD_LORAP ? RANKS_LORAP
+                               : p->layers                 ? RANKS_LAST_N
+                                                           : RANKS_UNIFORM;
+    const int L = c->n_layers;
+    if (rule == RANKS_AUTO) { /* every matrix starts at rank 1 out of its sub-layer's budget */
+        double budget[2] = {0, 0}, need[2] = {0, 0};
+        for (int q = 0; q < PROJ_COUNT; q++) {
+            int d_out, d_in;
+            config_proj_shape(c, q, &d_out, &d_in);
+            budget[sublayer(q)] += (double)L * (1 - p->ratio) * d_out * d_in;
+            need[sublayer(q)] += (double)L * (d_out + d_in);
+        }
+        for (int q = 0; q < 2; q++)
+            if (budget[q] < need[q])
+                return sv_err_set(err, -EINVAL,
+                                  "ratio %g leaves the %s %.0f parameters, fewer than the %.0f of rank 1 for each of "
+                                  "its matrices",
+                                  p->ratio, q ? "MLP" : "attention", budget[q], need[q]);
+        return 0;
+    }
+    double ratio = rule == RANKS_LAST_N ? p->ratio * L / p->layers : p->ratio;
+    for (int q = 0; q < PROJ_COUNT; q++) {
+        if (p->method == METHOD_LORAP && q >= PROJ_GATE)
+            continue; /* pruned, checked below */
+        if (rule == RANKS_LORAP && q <= PROJ_O)
+            continue; /* the split, checked below */
+        int d_out, d_in;
+        config_proj_shape(c, q, &d_out, &d_in);
+        double k = floor((double)d_out * d_in * (1.0 - ratio) / ((double)d_out + d_in) + 1e-9);
+        if (k < 1)
+            return sv_err_set(err, -EINVAL,
+                              "ratio %g leaves %s (%d x %d) rank %.0f; every matrix keeps rank 1 up to ratio %.4g%s",
+                              p->ratio, config_proj_name(q), d_out, d_in, k,
+                              (1.0 - ((double)d_out + d_in) / ((double)d_out * d_in)) *
+                                  (rule == RANKS_LAST_N ? (double)p->layers / L : 1.0),
+                              rule == RANKS_LAST_N ? " (last-n: ratio * layers / n_layers)" : "");
+    }
+    if (rule == RANKS_LORAP) { /* as plan_lorap_attn */
+        int dout[4], din[4];
+        double total = 0;
+        for (int q = 0; q <= PROJ_O; q++) {
+            config_proj_shape(c, q, &dout[q], &din[q]);
+            total += (double)dout[q] * din[q];
+        }
+        double split = p->attn_split > 0 ? p->attn_split : 3.0, keep = (1 - p->ratio) * total;
+        double k_qk = floor(keep / (1 + split) / (dout[0] + din[0] + dout[1] + din[1]));
+        double k_vo = floor(keep * split / (1 + split) / (dout[2] + din[2] + dout[3] + din[3]));
+        if (k_qk < 1 || k_vo < 1)
+            return sv_err_set(err, -EINVAL, "ratio %g with attn_split %g leaves %s rank %.0f", p->ratio, split,
+                              k_qk < 1 ? "q_proj/k_proj" : "v_proj/o_proj", k_qk < 1 ? k_qk : k_vo);
+    }
+    if (p->method == METHOD_LORAP && floor(c->intermediate * (1 - p->ratio) + 0.5) < 1)
+        return sv_err_set(err, -EINVAL, "ratio %g prunes every one of the %d MLP channels", p->ratio, c->intermediate);
+    return 0;
+}
