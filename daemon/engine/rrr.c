@@ -176,6 +176,10 @@ static int rrr_stage_factor(struct job *j, const struct layer_w *lw, struct rrr_
         lowrank_gram_symmetrize(c->gp[part], w);
     for (int li = 0; li < RRR_NLAMBDA && held; li++) {
         double t0 = mono_now();
+        /* Each candidate is a factorization of the stage: a cancel is
+         * honoured between them. */
+        if (job_cancelled(j))
+            return sv_err_set(err, -ECANCELED, "cancelled");
         model_proj_prefix(l, stage_in[sg], what, sizeof what);
         if ((r = lowrank_rrr_new(c->gp[0], c->h[0], w, rrr_lambdas[li], what, &q, err)) < 0)
             return r;
@@ -210,6 +214,10 @@ static int rrr_stage_factor(struct job *j, const struct layer_w *lw, struct rrr_
         const struct linear *lin = &lw->proj[p];
         double lambda = held ? rrr_lambdas[best[p]] : RRR_LAMBDA_FIXED, t0 = mono_now(), sec = rep[p].seconds;
         model_proj_prefix(l, p, what, sizeof what);
+        if (job_cancelled(j)) {
+            r = sv_err_set(err, -ECANCELED, "cancelled");
+            break;
+        }
         /* q/k/v (gate/up) that chose the same lambda share its Cholesky. */
         if ((!q.wh.s || q.lambda != lambda) &&
             (lowrank_rrr_free(&q), r = lowrank_rrr_new(c->gp[0], c->h[0], w, lambda, what, &q, err)) < 0)
@@ -239,6 +247,11 @@ static int rrr_stage_factor(struct job *j, const struct layer_w *lw, struct rrr_
         }
         if ((r = rrr_reference(lin, c, p, res[p].k, what, &rep[p], err)) < 0)
             break;
+        if (!isfinite(rep[p].loss_after) || !isfinite(rep[p].loss_lambda0) || !isfinite(rep[p].loss_svdllm) ||
+            !isfinite(rep[p].loss_update)) {
+            r = sv_err_set(err, -ENOMEM, "%s: out of memory for rrr's calibration losses", what);
+            break;
+        }
         double dt = mono_now() - t0;
         rep[p].seconds += dt;
         j->t.factorize += dt;
