@@ -47,10 +47,12 @@
 #                and run compressed matrices, which compression.json does not
 #                describe: their forward GFLOP is left out (a note gives the
 #                dense bound), unless "timing" has a "forward_gflop";
-#   statistics   layers x tokens x (3 hidden^2 + (heads x head_dim)^2): the four
-#                Grams (syrk, n^2 per token: attention input, o_proj input,
-#                MLP input, down_proj output), for svdllm and rom (on the
-#                compressed model); svdllm-update adds, per matrix of rank k,
+#   statistics   layers x tokens x the Grams' n^2 (syrk, n^2 per token):
+#                svdllm, each matrix's output covariance where d_out <= d_in
+#                (q, k, v, o, down) and the MLP input's Gram (gate/up); rom,
+#                its four stages' (attention input, o_proj input, MLP input,
+#                down_proj output, on the compressed model); svdllm-update
+#                is svdllm's plus, per matrix of rank k,
 #                tokens x (2 d_in k + k^2 + 2 d_out k) for Z = X'B^T, Z^T Z
 #                and Y^T Z;
 #   q .. down    the matrix's "gflop" in compression.json (the double-precision
@@ -219,7 +221,14 @@ def report(meta_path):
             notes.append('%s: forward GFLOP not in compression.json; %d dense passes would be %.0f, an upper '
                          'bound' % (job['method'], passes, passes * full / 1e9))
         rows.append(('calibration forward', t.get('calibration_forward'), g, rate['fwd'], 0))
-        g = layers * tok * (3.0 * h * h + qd * qd)  # the four Grams (rom: on the compressed model)
+        if job['method'] == 'rom':  # the four Grams of its stages, on the compressed model
+            g = layers * tok * (3.0 * h * h + qd * qd)
+        else:  # svdllm: each matrix's own output covariance where d_out <= d_in, else its input's Gram
+            groups = {'q_proj': 0, 'k_proj': 0, 'v_proj': 0, 'o_proj': 1, 'gate_proj': 2, 'up_proj': 2,
+                      'down_proj': 3}
+            ins = {groups[name]: di for name, (do, di) in shapes.items() if do > di}
+            g = layers * tok * (sum(float(do) * do for do, di in shapes.values() if do <= di) +
+                                sum(float(di) * di for di in ins.values()))
         if job['method'] == 'svdllm-update':  # per matrix Z = X' B^T, Z^T Z (syrk), Y^T Z
             for key, e in mats.items():
                 for name, (do, di) in shapes.items():

@@ -38,6 +38,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "conn.h"
 #include "proto.h"
 #include "sweep.h"
 
@@ -72,13 +73,17 @@ static void die_usage(const char *fmt, ...) {
     exit(EXIT_USAGE);
 }
 
+static void say_v(const char *fmt, va_list ap) {
+    fputs("svdllmctl: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
 static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int fail(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fputs("svdllmctl: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    say_v(fmt, ap);
     va_end(ap);
     return EXIT_FAIL;
 }
@@ -88,9 +93,7 @@ static int unreachable(const char *fmt, ...) __attribute__((format(printf, 1, 2)
 static int unreachable(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fputs("svdllmctl: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    say_v(fmt, ap);
     va_end(ap);
     call_failure = EXIT_UNREACHABLE;
     return EXIT_UNREACHABLE;
@@ -98,36 +101,14 @@ static int unreachable(const char *fmt, ...) {
 
 /* ---- Connection -------------------------------------------------------------- */
 
-struct conn {
-    int fd;
-    struct proto_buf buf;
-    const char *path;
-};
-
-static int conn_open(struct conn *c, const char *path) {
-    c->path = path;
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof sa.sun_path)
-        return unreachable("cannot connect to %s: path too long", path);
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-    c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (c->fd < 0)
-        return unreachable("socket: %s", strerror(errno));
-    if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        int e = errno;
-        close(c->fd);
-        return unreachable("cannot connect to %s: %s (is svdllmd running?)", path, strerror(e));
-    }
-    if (proto_buf_init(&c->buf, PROTO_MAX_MSG + 1) < 0) {
-        close(c->fd);
-        return fail("out of memory");
-    }
-    return 0;
-}
-
-static void conn_close(struct conn *c) {
-    close(c->fd);
-    proto_buf_free(&c->buf);
+/* Connects; on failure prints the reason and returns its exit status (3:
+ * unreachable; 1: out of memory). */
+static int ctl_open(struct conn *c, const char *path) {
+    struct sv_err err = {0};
+    int r = conn_open(c, path, &err);
+    if (r == -ENOMEM)
+        return fail("%s", err.msg);
+    return r < 0 ? unreachable("%s", err.msg) : 0;
 }
 
 /* One raw JSON line on stdout (--json). */
@@ -356,6 +337,11 @@ struct args {
     bool has_ratio, has_alpha, has_attn_split, dense, overwrite, centered, keep_checkpoints;
     long long nsamples, seqlen, seed, eval_seqlen, eval_max_windows, max_windows, limit, layers;
     long long job;   /* commands that take a job id */
+    /* generate */
+    const char *prompt;
+    long long max_tokens;
+    double temperature, top_p;
+    bool has_temperature, has_top_p, no_bos;
 };
 
 static long long parse_ll(const char *opt, const char *v, long long min, long long max) {
@@ -692,13 +678,41 @@ static int cmd_eval(struct conn *c, const struct args *a) {
     return EXIT_OK;
 }
 
+/* generate: the daemon answers when the whole text is there; printed with a
+ * final newline (as svdllm-engine generate and llama2.c's run do). */
+static int cmd_generate(struct conn *c, const struct args *a) {
+    json_t *q = proto_request_new(1, "generate");
+    json_object_set_new(q, "model", abs_path(a->model));
+    json_object_set_new(q, "prompt", json_string(a->prompt ? a->prompt : ""));
+    if (a->max_tokens >= 0)
+        proto_set_int(q, "max_tokens", a->max_tokens);
+    if (a->has_temperature)
+        proto_set_real(q, "temperature", a->temperature);
+    if (a->has_top_p)
+        proto_set_real(q, "top_p", a->top_p);
+    if (a->seed >= 0)
+        proto_set_int(q, "seed", a->seed);
+    if (a->no_bos)
+        proto_set_bool(q, "bos", false);
+    json_t *r = call(c, q);
+    if (!r)
+        return call_failure;
+    if (!opt_json) {
+        json_t *t = json_object_get(r, "text");
+        fwrite(json_string_value(t) ? json_string_value(t) : "", 1, json_string_length(t), stdout);
+        putchar('\n');
+    }
+    json_decref(r);
+    return EXIT_OK;
+}
+
 /* ---- The command table ---------------------------------------------------------- */
 
 enum {
     O_SOCKET = 256, O_JSON, O_HELP, O_VERSION, O_MODEL, O_OUT, O_METHOD, O_RATIO, O_CALIB, O_NSAMPLES,
     O_SEQLEN, O_SEED, O_WINDOWS, O_DENSE, O_OVERWRITE, O_EVAL_TEXT, O_EVAL_SEQLEN,
     O_EVAL_MAX, O_TEXT, O_MAX_WINDOWS, O_STATE, O_LIMIT, O_ALPHA, O_RANKS, O_LAYERS,
-    O_ATTN_SPLIT, O_CENTERED, O_KEEP_CKPT, O_END
+    O_ATTN_SPLIT, O_CENTERED, O_KEEP_CKPT, O_PROMPT, O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P, O_NO_BOS, O_END
 };
 
 static const struct option longopts[] = {
@@ -730,6 +744,11 @@ static const struct option longopts[] = {
     {"max-windows", required_argument, NULL, O_MAX_WINDOWS},
     {"state", required_argument, NULL, O_STATE},
     {"limit", required_argument, NULL, O_LIMIT},
+    {"prompt", required_argument, NULL, O_PROMPT},
+    {"max-tokens", required_argument, NULL, O_MAX_TOKENS},
+    {"temperature", required_argument, NULL, O_TEMPERATURE},
+    {"top-p", required_argument, NULL, O_TOP_P},
+    {"no-bos", no_argument, NULL, O_NO_BOS},
     {NULL, 0, NULL, 0},
 };
 
@@ -848,6 +867,22 @@ static const struct command commands[] = {
       {O_MAX_WINDOWS, "N", "evaluate at most N windows (default 0 = all)"},
       {0}},
      NULL, cmd_eval},
+    {"generate", "--model DIR --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S] [--no-bos]",
+     "continue TEXT with the model; prints prompt and continuation", false, {O_MODEL, O_PROMPT, 0},
+     {{O_MODEL, "DIR", "model directory (an original or an svdllm output);\n"
+                       "required"},
+      {O_PROMPT, "TEXT", "the text to continue; required (may be '': BOS alone),\n"
+                         "at most 16384 bytes"},
+      {O_MAX_TOKENS, "N", "new tokens, 1..4096 (default 256); stops earlier at\n"
+                          "the model's EOS or a full context"},
+      {O_TEMPERATURE, "T", "sampling temperature, 0..100 (default 0 = greedy)"},
+      {O_TOP_P, "P", "top-p (nucleus) threshold, 0..1 (default 0.9; 0 or 1 =\n"
+                     "the whole vocabulary)"},
+      {O_SEED, "S", "sampling seed, >= 1 (default 1): the same seed gives\n"
+                    "the same text"},
+      {O_NO_BOS, NULL, "leave out the tokenizer's BOS (default: prepended)"},
+      {0}},
+     NULL, cmd_generate},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
@@ -1027,7 +1062,8 @@ int main(int argc, char **argv) {
     if (!socket_path || !*socket_path)
         socket_path = DEFAULT_SOCKET;
     struct args a = {.nsamples = -1, .seqlen = -1, .seed = -1, .eval_seqlen = -1,
-                     .eval_max_windows = -1, .max_windows = -1, .limit = -1, .layers = -1};
+                     .eval_max_windows = -1, .max_windows = -1, .limit = -1, .layers = -1,
+                     .max_tokens = -1};
     bool seen[O_END] = {0};
     bool want_help = false;
     const char *pos[3];
@@ -1118,6 +1154,23 @@ int main(int argc, char **argv) {
         case O_MAX_WINDOWS: a.max_windows = parse_ll("max-windows", optarg, 0, INT_MAX); break;
         case O_STATE: a.state = optarg; break;
         case O_LIMIT: a.limit = parse_ll("limit", optarg, 1, 10000); break;
+        case O_PROMPT: a.prompt = optarg; break;
+        case O_MAX_TOKENS: a.max_tokens = parse_ll("max-tokens", optarg, 1, INT_MAX); break;
+        case O_TEMPERATURE:
+        case O_TOP_P: {
+            /* The ranges are the daemon's to check; JSON cannot carry nan or inf. */
+            char *end;
+            errno = 0;
+            double v = strtod(optarg, &end);
+            if (errno || end == optarg || *end || !isfinite(v))
+                die_usage("--%s: '%s' is not a number", opt == O_TOP_P ? "top-p" : "temperature", optarg);
+            if (opt == O_TOP_P)
+                a.top_p = v, a.has_top_p = true;
+            else
+                a.temperature = v, a.has_temperature = true;
+            break;
+        }
+        case O_NO_BOS: a.no_bos = true; break;
         default: die_usage("unexpected option");
         }
     }
@@ -1158,7 +1211,7 @@ int main(int argc, char **argv) {
     cur_cmd = cmd;
 
     struct conn c;
-    int rc = conn_open(&c, socket_path);
+    int rc = ctl_open(&c, socket_path);
     if (rc != 0)
         return rc;
     rc = cmd->run(&c, &a);

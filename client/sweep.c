@@ -39,6 +39,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "conn.h"
 #include "proto.h"
 #include "svg.h"
 #include "sweep.h"
@@ -125,44 +126,6 @@ static void note(const char *fmt, ...) {
 }
 
 /* ---- Connection ------------------------------------------------------------------- */
-
-struct conn {
-    int fd;
-    struct proto_buf buf;
-    const char *path;
-};
-
-static int conn_open(struct conn *c, const char *path, struct sv_err *err) {
-    c->path = path;
-    c->fd = -1;
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof sa.sun_path)
-        return sv_err_set(err, -ENAMETOOLONG, "cannot connect to %s: path too long", path);
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-    c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (c->fd < 0)
-        return sv_err_set(err, -errno, "socket: %s", strerror(errno));
-    if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        int e = errno;
-        close(c->fd);
-        c->fd = -1;
-        return sv_err_set(err, -e, "cannot connect to %s: %s (is svdllmd running?)", path, strerror(e));
-    }
-    if (proto_buf_init(&c->buf, PROTO_MAX_MSG + 1) < 0) {
-        close(c->fd);
-        c->fd = -1;
-        return sv_err_set(err, -ENOMEM, "out of memory");
-    }
-    return 0;
-}
-
-static void conn_close(struct conn *c) {
-    if (c->fd < 0)
-        return;
-    close(c->fd);
-    proto_buf_free(&c->buf);
-    c->fd = -1;
-}
 
 /* The next message, or <0 with err set (an error reply is "code: message"). */
 static int conn_next(struct conn *c, json_t **ret, struct sv_err *err) {

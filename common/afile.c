@@ -14,7 +14,7 @@ int afile_fsync_dir(const char *dir, struct sv_err *err) {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
         return sv_err_set(err, -errno, "directory '%s': %s", dir, strerror(errno));
-    int r = fsync(fd) < 0 ? sv_err_set(err, -errno, "fsync of directory '%s': %s", dir, strerror(errno)) : 0;
+    int r = fsync(fd) < 0 ? sv_err_set(err, -errno, "fsync of directory '%s' failed: %s", dir, strerror(errno)) : 0;
     close(fd);
     return r;
 }
@@ -37,18 +37,25 @@ int afile_tmp_open(const char *path, char *tmp, size_t n, struct sv_err *err) {
     snprintf(tmp, n, "%s.tmp", path);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
-        return sv_err_set(err, -errno, "file '%s': %s", tmp, strerror(errno));
+        return sv_err_set(err, -errno, "file '%s': cannot create: %s", tmp, strerror(errno));
     return fd;
 }
 
 /* Ends an atomic write: given fd open on tmp and r the outcome so far, fsyncs
  * and closes fd, renames tmp to path and fsyncs dir; removes tmp on failure. */
 int afile_tmp_finish(int fd, int r, const char *tmp, const char *path, const char *dir, struct sv_err *err) {
+    char parent[PATH_MAX];
     if (r == 0 && fsync(fd) < 0)
         r = sv_err_set(err, -errno, "file '%s': fsync failed: %s", tmp, strerror(errno));
-    close(fd);
+    /* close() can report a deferred write error (NFS); after it the fd is gone either way. */
+    if (close(fd) < 0 && r == 0)
+        r = sv_err_set(err, -errno, "file '%s': close failed: %s", tmp, strerror(errno));
     if (r == 0 && rename(tmp, path) < 0)
-        r = sv_err_set(err, -errno, "rename '%s': %s", tmp, strerror(errno));
+        r = sv_err_set(err, -errno, "file '%s': rename from '%s' failed: %s", path, tmp, strerror(errno));
+    if (r == 0 && !dir) {
+        afile_parent_dir(path, parent, sizeof parent);
+        dir = parent;
+    }
     if (r == 0)
         r = afile_fsync_dir(dir, err);
     if (r < 0)

@@ -17,7 +17,8 @@ int afile_write_full(int fd, const void *buf, size_t n, const char *path, struct
  * bytes) for writing, created 0644 or truncated; the fd, or -errno. */
 int afile_tmp_open(const char *path, char *tmp, size_t n, struct sv_err *err);
 /* Ends an atomic write: given fd open on tmp and r the outcome so far, fsyncs
- * and closes fd, renames tmp to path and fsyncs dir; removes tmp on failure. */
+ * and closes fd, renames tmp to path and fsyncs dir (NULL: path's parent);
+ * removes tmp on failure. */
 int afile_tmp_finish(int fd, int r, const char *tmp, const char *path, const char *dir, struct sv_err *err);
 /* Writes buf to path atomically: path.tmp, fsync, rename, fsync dir. */
 int afile_write_atomic(const char *dir, const char *path, const void *buf, size_t n, struct sv_err *err);

@@ -4,9 +4,11 @@
  * the reference). This file owns the framing (a bounded line buffer), the
  * error codes, typed field getters that produce `bad_request` errors naming the
  * field, reply/event builders, and blocking read/write helpers for the client
- * and the tests. It is, with the daemon's request handlers, the only jansson
- * user; it never logs and holds no global state, so any thread may call it on
- * its own objects. */
+ * and the tests. On the wire it is, with the daemon's request handlers
+ * (daemon/server.c) and svdllmctl, the only jansson user; the engine uses
+ * jansson on its own for the model's files (config.c, st.c, tok.c), a job's
+ * files (jobfiles.c) and svdllm-engine's output. It never logs and holds no
+ * global state, so any thread may call it on its own objects. */
 #ifndef PROTO_H
 #define PROTO_H
 

@@ -7,7 +7,7 @@
 _svdllmctl() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=""
     ((COMP_CWORD > 0)) && prev=${COMP_WORDS[COMP_CWORD - 1]}
-    local commands="ping version submit status list watch cancel resume rm eval sweep help"
+    local commands="ping version submit status list watch cancel resume rm eval generate sweep help"
     local global="--socket --json --help --version"
 
     # The command and the socket given so far.
@@ -19,7 +19,7 @@ _svdllmctl() {
         --socket=*) socket=${w#--socket=} ;;
         --model|--out|--method|--ratio|--alpha|--ranks|--layers|--attn-split|--calib|--nsamples|\
         --seqlen|--seed|--calib-windows|--eval-text|--eval-seqlen|--eval-max-windows|--text|\
-        --max-windows|--state|--limit|--methods|--ratios|--out-dir|--svg) ((i++)) ;;
+        --max-windows|--state|--limit|--methods|--ratios|--out-dir|--svg|--prompt|--max-tokens|--temperature|--top-p) ((i++)) ;;
         -*) ;;
         *) [ -z "$cmd" ] && cmd=$w ;;
         esac
@@ -37,7 +37,8 @@ _svdllmctl() {
     --calib-windows) COMPREPLY=($(compgen -W "random first" -- "$cur")); return ;;
     --state) COMPREPLY=($(compgen -W "queued running done failed cancelled" -- "$cur")); return ;;
     --ratio|--alpha|--layers|--attn-split|--nsamples|--seqlen|--seed|--eval-seqlen|\
-    --eval-max-windows|--max-windows|--limit|--ratios) return ;;   # a number: nothing to offer
+    --eval-max-windows|--max-windows|--limit|--ratios|--max-tokens|--temperature|--top-p) return ;;   # a number: nothing to offer
+    --prompt) return ;;   # free text
     esac
 
     local opts=""
@@ -50,6 +51,7 @@ _svdllmctl() {
     sweep) opts="--model --methods --ratios --eval-text --eval-seqlen --eval-max-windows --out-dir --svg
                  --ranks --layers --attn-split --centered --alpha --calib --nsamples --seqlen --seed
                  --calib-windows --dense --overwrite" ;;
+    generate) opts="--model --prompt --max-tokens --temperature --top-p --seed --no-bos" ;;
     esac
 
     if [[ $cur == -* ]]; then

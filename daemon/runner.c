@@ -55,6 +55,7 @@
 #include "config.h"
 #include "cred.h"
 #include "forward.h"
+#include "generate.h"
 #include "log.h"
 
 #define PROGRESS_PERIOD 0.25   /* seconds between progress events */
@@ -108,6 +109,8 @@ static struct runner_event *event_new(enum runner_event_type type) {
 static void event_free(struct runner_event *ev) {
     if (!ev)
         return;
+    free(ev->gen.text);
+    free(ev->gen.ids);
     free(ev->job);
     free(ev);
 }
@@ -815,30 +818,61 @@ static int eval_should_cancel(void *ctx) {
     return atomic_load(&c->t->cancel) || atomic_load(&c->r->stopping);
 }
 
-/* The whole evaluation reads only the requester's files: it runs with the
- * requester's rights from the path checks to the end. */
-static void do_eval(struct runner *r, struct runner_task *t) {
+/* The start of an eval or a generate, which read only the requester's
+ * files: with the requester's rights from the path checks to the end. On 0
+ * the credentials are entered (the caller leaves them) and model holds the
+ * resolved model directory; on -1 the reply is posted. */
+static int eval_enter(struct runner *r, struct runner_task *t, const char *what, const char *model_dir,
+                      char model[PATH_MAX], struct cred *cred) {
     struct proto_error e = {0};
-    char model[PATH_MAX], text[PATH_MAX];
+    struct sv_err err = {0};
     if (atomic_load(&t->cancel)) {
         post_reply(r, t, PROTO_CANCELLED, "the client went away", NULL);
-        return;
+        return -1;
     }
-    struct cred cred;
-    struct sv_err err = {0};
-    if (cred_lookup(&cred, t->uid, t->gid, &err) < 0) {
+    if (cred_lookup(cred, t->uid, t->gid, &err) < 0) {
         post_reply(r, t, PROTO_FORBIDDEN, err.msg, NULL);
-        return;
+        return -1;
     }
-    if (cred_enter(&cred, &err) < 0) {
-        log_msg(LOG_ERR, "eval: %s", err.msg);
-        cred_free(&cred);
+    if (cred_enter(cred, &err) < 0) {
+        log_msg(LOG_ERR, "%s: %s", what, err.msg);
+        cred_free(cred);
         post_reply(r, t, PROTO_INTERNAL, err.msg, NULL);
-        return;
+        return -1;
     }
-    if (resolve_input(&cred, "model", t->eval.model_dir, WANT_DIR, model, &e) < 0 ||
-        check_model(&cred, "model", model, &e) < 0 ||
-        resolve_input(&cred, "text", t->eval.text_path, WANT_FILE, text, &e) < 0) {
+    if (resolve_input(cred, "model", model_dir, WANT_DIR, model, &e) < 0 || check_model(cred, "model", model, &e) < 0) {
+        leave_or_die(cred);
+        cred_free(cred);
+        post_reply(r, t, e.code, e.msg, NULL);
+        return -1;
+    }
+    return 0;
+}
+
+/* Leaves the requester's rights; for a failed computation (rc < 0) posts
+ * its reply and returns -1. */
+static int eval_leave(struct runner *r, struct runner_task *t, struct cred *cred, int rc, const struct sv_err *err) {
+    leave_or_die(cred);
+    cred_free(cred);
+    if (rc == -ECANCELED) {
+        post_reply(r, t, PROTO_CANCELLED, atomic_load(&r->stopping) ? "svdllmd is shutting down"
+                                                                     : "the client went away", NULL);
+        return -1;
+    }
+    if (rc < 0) {
+        post_reply(r, t, PROTO_FAILED, err->msg[0] ? err->msg : strerror(-rc), NULL);
+        return -1;
+    }
+    return 0;
+}
+
+static void do_eval(struct runner *r, struct runner_task *t) {
+    char model[PATH_MAX], text[PATH_MAX];
+    struct cred cred;
+    if (eval_enter(r, t, "eval", t->eval.model_dir, model, &cred) < 0)
+        return;
+    struct proto_error e = {0};
+    if (resolve_input(&cred, "text", t->eval.text_path, WANT_FILE, text, &e) < 0) {
         leave_or_die(&cred);
         cred_free(&cred);
         post_reply(r, t, e.code, e.msg, NULL);
@@ -846,19 +880,10 @@ static void do_eval(struct runner *r, struct runner_task *t) {
     }
     struct eval_cancel c = {r, t};
     struct ppl_result res = {0};
-    int rc = ppl_eval(model, text, t->eval.seqlen, t->eval.max_windows, eval_should_cancel, &c,
-                      &res, &err);
-    leave_or_die(&cred);
-    cred_free(&cred);
-    if (rc == -ECANCELED) {
-        post_reply(r, t, PROTO_CANCELLED, atomic_load(&r->stopping) ? "svdllmd is shutting down"
-                                                                     : "the client went away", NULL);
+    struct sv_err err = {0};
+    int rc = ppl_eval(model, text, t->eval.seqlen, t->eval.max_windows, eval_should_cancel, &c, &res, &err);
+    if (eval_leave(r, t, &cred, rc, &err) < 0)
         return;
-    }
-    if (rc < 0) {
-        post_reply(r, t, PROTO_FAILED, err.msg[0] ? err.msg : strerror(-rc), NULL);
-        return;
-    }
     struct runner_event *ev = event_new(RUNNER_EV_REPLY);
     if (ev) {
         ev->task = t->type;
@@ -866,6 +891,38 @@ static void do_eval(struct runner *r, struct runner_task *t) {
         ev->req_id = t->req_id;
         ev->ppl = res;
     }
+    post(r, ev);
+}
+
+/* generate: like an eval (the model directory and its tokenizer are the
+ * requester's files); the reply carries the text and the ids. */
+static void do_generate(struct runner *r, struct runner_task *t) {
+    char model[PATH_MAX];
+    struct cred cred;
+    if (eval_enter(r, t, "generate", t->gen.model_dir, model, &cred) < 0)
+        return;
+    struct eval_cancel c = {r, t};
+    struct gen_params gp = {.prompt = t->gen.prompt, .prompt_len = t->gen.prompt_len, .add_bos = t->gen.add_bos,
+                            .max_tokens = t->gen.max_tokens, .temperature = t->gen.temperature,
+                            .top_p = t->gen.top_p, .seed = t->gen.seed, .max_text_bytes = RUNNER_GEN_MAX_TEXT};
+    struct gen_result res;
+    struct sv_err err = {0};
+    int rc = gen_run(model, &gp, NULL, NULL, eval_should_cancel, &c, &res, &err);
+    if (eval_leave(r, t, &cred, rc, &err) < 0)
+        return;
+    struct runner_event *ev = event_new(RUNNER_EV_REPLY);
+    if (!ev) {
+        gen_result_free(&res);
+        post(r, NULL);
+        return;
+    }
+    ev->task = t->type;
+    ev->client_id = t->client_id;
+    ev->req_id = t->req_id;
+    ev->gen = (struct runner_gen_reply){.text = res.text, .text_len = res.text_len, .ids = res.ids,
+                                        .n_ids = res.n_ids, .n_prompt = res.n_prompt,
+                                        .finish = gen_finish_name(res.finish), .prompt_seconds = res.prompt_seconds,
+                                        .seconds = res.gen_seconds, .tokens_per_s = res.tokens_per_s};
     post(r, ev);
 }
 
@@ -890,7 +947,10 @@ static void *eval_main(void *arg) {
     forward_threads_set(forward_threads_get());   /* see job_main */
     compute_team_start();
     while ((t = queue_take(r, &r->eval))) {
-        do_eval(r, t);
+        if (t->type == RUNNER_TASK_GENERATE)
+            do_generate(r, t);
+        else
+            do_eval(r, t);
         queue_done(&r->eval);
         free(t);
     }
@@ -1410,7 +1470,7 @@ int runner_new(struct runner **ret, uv_loop_t *loop, const char *state_dir, runn
 }
 
 void runner_push(struct runner *r, struct runner_task *t) {
-    struct queue *q = t->type == RUNNER_TASK_EVAL ? &r->eval : &r->ctl;
+    struct queue *q = t->type == RUNNER_TASK_EVAL || t->type == RUNNER_TASK_GENERATE ? &r->eval : &r->ctl;
     t->next = NULL;
     pthread_mutex_lock(&q->mu);
     if (q->tail)

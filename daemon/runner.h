@@ -11,8 +11,8 @@
  *   job   runs queued jobs one at a time in FIFO (SQLite id) order through
  *         compress_run(), owning its own SQLite connection for the layer
  *         hooks;
- *   eval  runs ppl_eval() requests one at a time, with the requester's
- *         credentials.
+ *   eval  runs ppl_eval() and gen_run() (generate) requests one at a time,
+ *         with the requester's credentials.
  * Credentials are switched per thread (daemon/cred.h); the job thread takes
  * the owner's only around the engine's accesses to the owner's files
  * (compress_hooks.user_fs), never around SQLite or the work directory.
@@ -39,13 +39,40 @@
 #include "store.h"
 #include "sv_err.h"
 
-enum runner_task_type { RUNNER_TASK_SUBMIT, RUNNER_TASK_CANCEL, RUNNER_TASK_EVAL, RUNNER_TASK_RESUME, RUNNER_TASK_RM };
+enum runner_task_type { RUNNER_TASK_SUBMIT, RUNNER_TASK_CANCEL, RUNNER_TASK_EVAL, RUNNER_TASK_RESUME, RUNNER_TASK_RM,
+                         RUNNER_TASK_GENERATE };
 
 struct runner_eval_params {
     char model_dir[PATH_MAX];
     char text_path[PATH_MAX];
     int seqlen;
     size_t max_windows;   /* 0 = all */
+};
+
+/* generate: bounded so that the reply (text, JSON-escaped, and ids) fits
+ * one protocol line (PROTO_MAX_MSG). */
+#define RUNNER_PROMPT_MAX 16384
+#define RUNNER_GEN_MAX_TOKENS 4096
+#define RUNNER_GEN_MAX_TEXT (128 * 1024)
+
+struct runner_gen_params {
+    char model_dir[PATH_MAX];
+    char prompt[RUNNER_PROMPT_MAX + 1];
+    size_t prompt_len;
+    bool add_bos;
+    int max_tokens;
+    double temperature, top_p;
+    uint64_t seed;
+};
+
+/* The answer to a generate; text and ids are malloc'ed, freed with the event. */
+struct runner_gen_reply {
+    char *text;
+    size_t text_len;
+    int32_t *ids;
+    size_t n_ids, n_prompt;
+    const char *finish;           /* gen_finish_name() */
+    double prompt_seconds, seconds, tokens_per_s;
 };
 
 /* A request for a worker thread; allocate with calloc, runner_push takes it. */
@@ -59,7 +86,8 @@ struct runner_task {
     bool keep_checkpoints;              /* SUBMIT: not emptied once done */
     int64_t job_id;                     /* CANCEL, RESUME, RM */
     struct runner_eval_params eval;     /* EVAL */
-    atomic_int cancel;                  /* EVAL: set when the client is gone */
+    struct runner_gen_params gen;       /* GENERATE */
+    atomic_int cancel;                  /* EVAL, GENERATE: set when the client is gone */
     struct runner_task *next;
 };
 
@@ -93,6 +121,7 @@ struct runner_event {
     bool cancelling;              /* REPLY to CANCEL: was running, flag set */
     struct runner_progress progress;
     struct ppl_result ppl;        /* REPLY to EVAL */
+    struct runner_gen_reply gen;  /* REPLY to GENERATE */
     struct runner_event *next;
 };
 
@@ -109,7 +138,7 @@ int runner_new(struct runner **ret, uv_loop_t *loop, const char *state_dir, runn
                void *ctx, struct sv_err *err);
 /* Queues t (ownership passes) for its thread. */
 void runner_push(struct runner *r, struct runner_task *t);
-/* The client went away: its pending evals are cancelled (their replies still
+/* The client went away: its pending evals and generates are cancelled (their replies still
  * come back, with PROTO_CANCELLED, so counts stay right). */
 void runner_drop_client(struct runner *r, uint64_t client_id);
 /* Begins shutdown: queued tasks are answered PROTO_SHUTTING_DOWN, the

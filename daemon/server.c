@@ -664,15 +664,6 @@ static int op_version(struct client *c, long long id, json_t *msg, struct proto_
     return 0;
 }
 
-/* "a, b, c": the names 0..count-1, for an error that lists the known values. */
-static void join_names(char *buf, size_t n, int count, const char *(*name)(int)) {
-    buf[0] = '\0';
-    for (int i = 0; i < count; i++)
-        snprintf(buf + strlen(buf), n - strlen(buf), "%s%s", i ? ", " : "", name(i));
-}
-static const char *method_name_i(int i) { return params_method_name((enum compress_method)i); }
-static const char *ranks_name_i(int i) { return params_ranks_name((enum compress_ranks)i); }
-
 /* Copies a path field (required or not) into dst; "" when absent. */
 static int get_path(json_t *msg, const char *field, bool required, char dst[PATH_MAX],
                     struct proto_error *e) {
@@ -710,12 +701,58 @@ static int push_task(struct client *c, struct runner_task *t) {
     return 0;
 }
 
+/* One job parameter (params.h's table entry f) of a submit into p; absent
+ * leaves params_defaults()' value. Ranges and names come from the table. */
+static int submit_field(json_t *msg, const struct params_field *f, struct compress_params *p,
+                        struct proto_error *e) {
+    char path[PATH_MAX], why[128];
+    const char *s = NULL;
+    long long n = 0;
+    double v = 0;
+    bool b = false;
+    int r;
+    switch (f->type) {
+    case PARAMS_PATH:
+        if ((r = get_path(msg, f->name, f->required, path, e)) > 0)
+            params_field_set(p, f, 0, path);
+        return r;
+    case PARAMS_ENUM:
+        if ((r = proto_get_string(msg, f->name, f->required, &s, e)) <= 0)
+            return r;
+        if ((r = params_field_enum(f, s)) < 0) {
+            char known[256] = "";
+            for (int i = 0; i < f->n_names; i++)
+                snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", i ? ", " : "", f->names[i]);
+            return proto_error_set(e, PROTO_BAD_REQUEST, "field '%s': unknown %s '%.100s' (known: %s)", f->name,
+                                   f->noun, s, known);
+        }
+        params_field_set(p, f, r, NULL);
+        return 1;
+    case PARAMS_INT:
+        if ((r = proto_get_int(msg, f->name, f->required, (long long)f->min, (long long)f->max, &n, e)) > 0)
+            params_field_set(p, f, (double)n, NULL);
+        return r;
+    case PARAMS_NUMBER:
+        if ((r = proto_get_number(msg, f->name, f->required, &v, e)) <= 0)
+            return r;
+        if (params_field_range(f, v, why, sizeof why) < 0)
+            return proto_error_set(e, PROTO_BAD_REQUEST, "field '%s': %s (%s)", f->name, why, f->help);
+        params_field_set(p, f, v, NULL);
+        return 1;
+    case PARAMS_BOOL:
+        if ((r = proto_get_bool(msg, f->name, f->required, &b, e)) > 0)
+            params_field_set(p, f, b, NULL);
+        return r;
+    }
+    return 0;
+}
+
 static int op_submit(struct client *c, long long id, json_t *msg, struct proto_error *e) {
-    static const char *const fields[] = {
-        "id", "op", "model", "out", "method", "ratio", "calib", "nsamples", "seqlen", "seed",
-        "calib_windows", "dense", "overwrite", "eval_text", "eval_seqlen", "eval_max_windows",
-        "alpha", "ranks", "layers", "attn_split", "centered", "keep_checkpoints", NULL,
-    };
+    /* id, op, keep_checkpoints (the daemon's: whether a done job's work
+     * directory is emptied, not an engine parameter), then the table's. */
+    const char *fields[64] = {"id", "op", "keep_checkpoints"};
+    for (size_t i = 0; i < params_n_fields && i + 4 < sizeof fields / sizeof fields[0]; i++)
+        fields[3 + i] = params_fields[i].name;
     struct server *s = c->srv;
     if (proto_check_fields(msg, fields, e) < 0)
         return -EINVAL;
@@ -723,90 +760,25 @@ static int op_submit(struct client *c, long long id, json_t *msg, struct proto_e
     if (!t)
         return proto_error_set(e, PROTO_INTERNAL, "out of memory");
     struct compress_params *p = &t->params;
-    const char *method = "svdllm", *windows = "random", *ranks = "default";
-    long long nsamples = 32, seqlen = 128, seed = 0, eval_seqlen = 0, eval_max = 0, layers = 0;
-    double ratio = 0, alpha = 0;   /* alpha absent: 0, the engine's default */
-    double attn_split = 0;         /* likewise */
-    int has_alpha = 0, has_split = 0;
-    bool dense = false, overwrite = false, centered = false, keep = false;
-    int r;
-    if ((r = get_path(msg, "model", true, p->model_dir, e)) < 0 ||
-        (r = get_path(msg, "out", true, p->out_dir, e)) < 0 ||
-        (r = proto_get_string(msg, "method", false, &method, e)) < 0 ||
-        (r = proto_get_number(msg, "ratio", true, &ratio, e)) < 0 ||
-        (r = get_path(msg, "calib", false, p->calib_path, e)) < 0 ||
-        (r = proto_get_int(msg, "nsamples", false, 1, 65536, &nsamples, e)) < 0 ||
-        (r = proto_get_int(msg, "seqlen", false, 2, 65536, &seqlen, e)) < 0 ||
-        (r = proto_get_int(msg, "seed", false, 0, PROTO_MAX_ID, &seed, e)) < 0 ||
-        (r = proto_get_string(msg, "calib_windows", false, &windows, e)) < 0 ||
-        (r = proto_get_bool(msg, "dense", false, &dense, e)) < 0 ||
-        (r = proto_get_bool(msg, "overwrite", false, &overwrite, e)) < 0 ||
-        (r = get_path(msg, "eval_text", false, p->eval_path, e)) < 0 ||
-        (r = proto_get_int(msg, "eval_seqlen", false, 0, 65536, &eval_seqlen, e)) < 0 ||
-        (r = proto_get_int(msg, "eval_max_windows", false, 0, INT_MAX, &eval_max, e)) < 0 ||
-        (r = has_alpha = proto_get_number(msg, "alpha", false, &alpha, e)) < 0 ||
-        (r = proto_get_string(msg, "ranks", false, &ranks, e)) < 0 ||
-        (r = proto_get_int(msg, "layers", false, 0, 1024, &layers, e)) < 0 ||
-        (r = has_split = proto_get_number(msg, "attn_split", false, &attn_split, e)) < 0 ||
-        (r = proto_get_bool(msg, "centered", false, &centered, e)) < 0 ||
-        (r = proto_get_bool(msg, "keep_checkpoints", false, &keep, e)) < 0)
+    struct sv_err err = {0};
+    int r = 0;
+    params_defaults(p);
+    bool keep = false;
+    for (size_t i = 0; i < params_n_fields && r >= 0; i++)
+        r = submit_field(msg, &params_fields[i], p, e);
+    if (r >= 0 && (r = proto_get_bool(msg, "keep_checkpoints", false, &keep, e)) >= 0)
+        t->keep_checkpoints = keep;
+    if (r < 0)
         goto fail;
-    if (params_method_parse(method, &p->method) < 0) {
-        char known[256];
-        join_names(known, sizeof known, METHOD_COUNT, method_name_i);
-        r = proto_error_set(e, PROTO_BAD_REQUEST, "field 'method': unknown method '%.100s' (known: %s)",
-                            method, known);
-        goto fail;
-    }
-    if (params_ranks_parse(ranks, &p->ranks) < 0) {
-        char known[256];
-        join_names(known, sizeof known, RANKS_COUNT, ranks_name_i);
-        r = proto_error_set(e, PROTO_BAD_REQUEST, "field 'ranks': unknown rank rule '%.100s' (known: %s)",
-                            ranks, known);
-        goto fail;
-    }
-    if (!(ratio > 0.0 && ratio < 1.0)) {
-        r = proto_error_set(e, PROTO_BAD_REQUEST,
-                            "field 'ratio': %g is outside (0, 1) (the fraction of parameters removed)", ratio);
-        goto fail;
-    }
-    /* An explicit alpha must be one the engine takes as given (0 would mean
-     * "the default"). Methods other than asvd ignore it. */
-    if (has_alpha && !(isfinite(alpha) && alpha > 0.0 && alpha <= 4.0)) {
-        r = proto_error_set(e, PROTO_BAD_REQUEST,
-                            "field 'alpha': %g is outside (0, 4] (asvd's exponent)", alpha);
-        goto fail;
-    }
-    /* Likewise an explicit attn_split (lorap's rank rule alone uses it). */
-    if (has_split && !(isfinite(attn_split) && attn_split > 0.0 && attn_split <= 100.0)) {
-        r = proto_error_set(e, PROTO_BAD_REQUEST,
-                            "field 'attn_split': %g is outside (0, 100] (lorap's (v+o):(q+k) ratio)", attn_split);
-        goto fail;
-    }
-    if (strcmp(windows, "random") != 0 && strcmp(windows, "first") != 0) {
-        r = proto_error_set(e, PROTO_BAD_REQUEST,
-                            "field 'calib_windows': expected \"random\" or \"first\", got '%.100s'", windows);
-        goto fail;
-    }
     if (!p->calib_path[0] && p->method != METHOD_SVD) {
         r = proto_error_set(e, PROTO_BAD_REQUEST, "missing field 'calib' (method %s needs calibration text)",
                             params_method_name(p->method));
         goto fail;
     }
-    p->ratio = ratio;
-    p->alpha = alpha;
-    p->layers = (int)layers;
-    p->attn_split = attn_split;
-    p->centered = centered;
-    p->nsamples = (int)nsamples;
-    p->seqlen = (int)seqlen;
-    p->seed = (uint64_t)seed;
-    p->calib_first = strcmp(windows, "first") == 0;
-    p->dense = dense;
-    p->overwrite = overwrite;
-    t->keep_checkpoints = keep;
-    p->eval_seqlen = (int)eval_seqlen;
-    p->eval_max_windows = (int)eval_max;
+    if (params_values_check(p, &err) < 0) {
+        r = proto_error_set(e, PROTO_BAD_REQUEST, "%s", err.msg);
+        goto fail;
+    }
     if (count_queued(s) + s->pending_submits >= s->cfg.max_queued_jobs) {
         r = proto_error_set(e, PROTO_QUEUE_FULL, "the queue already holds %d jobs (the limit)",
                             s->cfg.max_queued_jobs);
@@ -962,6 +934,63 @@ fail:
     return r;
 }
 
+/* Continues a prompt with a model on the eval thread (generate.h); shares
+ * the max_evals limit with eval. */
+static int op_generate(struct client *c, long long id, json_t *msg, struct proto_error *e) {
+    static const char *const fields[] = {"id", "op", "model", "prompt", "max_tokens", "temperature", "top_p",
+                                         "seed", "bos", NULL};
+    struct server *s = c->srv;
+    if (proto_check_fields(msg, fields, e) < 0)
+        return -EINVAL;
+    struct runner_task *t = task_new(RUNNER_TASK_GENERATE, id);
+    if (!t)
+        return proto_error_set(e, PROTO_INTERNAL, "out of memory");
+    long long maxt = 256, seed = 1;
+    double temp = 0, top_p = 0.9;
+    bool bos = true;
+    const char *prompt = NULL;
+    int r;
+    if ((r = get_path(msg, "model", true, t->gen.model_dir, e)) < 0 ||
+        (r = proto_get_string(msg, "prompt", true, &prompt, e)) < 0 ||
+        (r = proto_get_int(msg, "max_tokens", false, 1, RUNNER_GEN_MAX_TOKENS, &maxt, e)) < 0 ||
+        (r = proto_get_number(msg, "temperature", false, &temp, e)) < 0 ||
+        (r = proto_get_number(msg, "top_p", false, &top_p, e)) < 0 ||
+        (r = proto_get_int(msg, "seed", false, 1, PROTO_MAX_ID, &seed, e)) < 0 ||
+        (r = proto_get_bool(msg, "bos", false, &bos, e)) < 0)
+        goto fail;
+    if (!(temp >= 0 && temp <= 100)) {
+        r = proto_error_set(e, PROTO_BAD_REQUEST, "field 'temperature': must be a number in [0, 100]");
+        goto fail;
+    }
+    if (!(top_p >= 0 && top_p <= 1)) {
+        r = proto_error_set(e, PROTO_BAD_REQUEST, "field 'top_p': must be a number in [0, 1]");
+        goto fail;
+    }
+    size_t plen = json_string_length(json_object_get(msg, "prompt"));
+    if (plen > RUNNER_PROMPT_MAX) {
+        r = proto_error_set(e, PROTO_BAD_REQUEST, "field 'prompt': %zu bytes, longer than %d", plen,
+                            RUNNER_PROMPT_MAX);
+        goto fail;
+    }
+    if (s->pending_evals >= s->cfg.max_evals) {
+        r = proto_error_set(e, PROTO_QUEUE_FULL, "%d evaluations are already queued or running (the limit)",
+                            s->cfg.max_evals);
+        goto fail;
+    }
+    memcpy(t->gen.prompt, prompt, plen);
+    t->gen.prompt_len = plen;
+    t->gen.add_bos = bos;
+    t->gen.max_tokens = (int)maxt;
+    t->gen.temperature = temp;
+    t->gen.top_p = top_p;
+    t->gen.seed = (uint64_t)seed;
+    s->pending_evals++;
+    return push_task(c, t);
+fail:
+    free(t);
+    return r;
+}
+
 /* failed or cancelled -> queued (the ctl thread checks the database's state
  * and the job key). */
 static int op_resume(struct client *c, long long id, json_t *msg, struct proto_error *e) {
@@ -1020,6 +1049,7 @@ static const struct {
     {"eval", op_eval, true},
     {"resume", op_resume, true},
     {"rm", op_rm, true},
+    {"generate", op_generate, true},
 };
 
 static void handle_line(struct client *c, const char *line, size_t len) {
@@ -1341,7 +1371,7 @@ static void on_reply(struct server *s, struct runner_event *ev) {
     struct client *c = client_find(s, ev->client_id);
     if (ev->task == RUNNER_TASK_SUBMIT)
         s->pending_submits--;
-    if (ev->task == RUNNER_TASK_EVAL)
+    if (ev->task == RUNNER_TASK_EVAL || ev->task == RUNNER_TASK_GENERATE)
         s->pending_evals--;
     struct sjob *j = NULL;
     json_t *removed = NULL;   /* rm: the record as it was */
@@ -1397,6 +1427,21 @@ static void on_reply(struct server *s, struct runner_event *ev) {
         proto_set_real(r, "seconds", ev->ppl.seconds);
         proto_set_real(r, "tokens_per_s", ev->ppl.tokens_per_s);
         break;
+    case RUNNER_TASK_GENERATE: {
+        json_t *ids = json_array();
+        for (size_t i = 0; ids && i < ev->gen.n_ids; i++)
+            json_array_append_new(ids, json_integer(ev->gen.ids[i]));
+        /* The text is valid UTF-8 (tok_decode's promise); NUL bytes are kept. */
+        json_object_set_new(r, "text", json_stringn(ev->gen.text, ev->gen.text_len));
+        json_object_set_new(r, "ids", ids);
+        proto_set_int(r, "prompt_tokens", (long long)ev->gen.n_prompt);
+        proto_set_int(r, "generated_tokens", (long long)(ev->gen.n_ids - ev->gen.n_prompt));
+        proto_set_str(r, "finish", ev->gen.finish);
+        proto_set_real(r, "prompt_seconds", ev->gen.prompt_seconds);
+        proto_set_real(r, "seconds", ev->gen.seconds);
+        proto_set_real(r, "tokens_per_s", ev->gen.tokens_per_s);
+        break;
+    }
     }
     client_send(c, r);
 }

@@ -36,7 +36,7 @@ CREATE TABLE jobs (
     eval_seqlen     INTEGER NOT NULL,
     eval_max_windows INTEGER NOT NULL,
     -- bookkeeping
-    job_key         TEXT NOT NULL,           -- compress_job_key() at submit time
+    job_key         TEXT NOT NULL,           -- params_job_key() at submit time
     owner_uid       INTEGER NOT NULL,        -- SO_PEERCRED of the submitter
     work_dir        TEXT NOT NULL,           -- STATE/jobs/<id>
     created_at      INTEGER NOT NULL,        -- unix seconds

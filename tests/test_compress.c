@@ -103,6 +103,47 @@ static int same_tensor(const char *a, const char *b, const char *name) {
     return same == 1;
 }
 
+/* ||A_a B_a - A_b B_b||_F / ||A_b B_b||_F for module `mod` (e.g.
+ * "model.layers.0.self_attn.q_proj") of two factored f32 outputs; -1 when
+ * a factor is missing or not f32. */
+static double product_rel_diff(const char *a, const char *b, const char *mod) {
+    char pa[PATH_MAX + 32], pb[PATH_MAX + 32], name[160];
+    snprintf(pa, sizeof pa, "%s/model.safetensors", a);
+    snprintf(pb, sizeof pb, "%s/model.safetensors", b);
+    struct st_model *m[2] = {NULL, NULL};
+    struct sv_err err = {0};
+    double num = 0, den = 0, res = -1;
+    if (st_open_file(&m[0], pa, &err) == 0 && st_open_file(&m[1], pb, &err) == 0) {
+        const struct st_tensor *f[2][2];
+        int ok = 1;
+        for (int i = 0; i < 2; i++)
+            for (int h = 0; h < 2; h++) {
+                snprintf(name, sizeof name, "%s.%d.weight", mod, h);
+                f[i][h] = st_find(m[i], name);
+                ok &= f[i][h] && f[i][h]->dtype == ST_F32 && f[i][h]->ndim == 2;
+            }
+        if (ok) { /* .0 = B (k, d_in), .1 = A (d_out, k); the ranks may differ only in name */
+            int d_out = (int)f[0][1]->shape[0], d_in = (int)f[0][0]->shape[1];
+            int k0 = (int)f[0][0]->shape[0], k1 = (int)f[1][0]->shape[0];
+            const float *b0 = f[0][0]->data, *a0 = f[0][1]->data, *b1 = f[1][0]->data, *a1 = f[1][1]->data;
+            for (int o = 0; o < d_out; o++)
+                for (int i = 0; i < d_in; i++) {
+                    double w0 = 0, w1 = 0;
+                    for (int c = 0; c < k0; c++)
+                        w0 += (double)a0[(size_t)o * k0 + c] * b0[(size_t)c * d_in + i];
+                    for (int c = 0; c < k1; c++)
+                        w1 += (double)a1[(size_t)o * k1 + c] * b1[(size_t)c * d_in + i];
+                    num += (w0 - w1) * (w0 - w1);
+                    den += w1 * w1;
+                }
+            res = den > 0 ? sqrt(num / den) : -1;
+        }
+    }
+    st_free(m[0]);
+    st_free(m[1]);
+    return res;
+}
+
 /* The pruned MLP of every layer of dir is the original's restricted to one
  * channel set: each kept gate row is an original row i (found by value), and
  * the up row and the down column at that position are the original's row and
@@ -329,8 +370,10 @@ int main(void) {
     /* The sequential methods' structure, visible in the bytes (ratio 0.4):
      * svdllm-update keeps svdllm's right factors B everywhere (they come from
      * the original model's statistics) and refits only A; rom's layer-0
-     * q/k/v see the same inputs as svdllm's and are identical, while its
-     * o_proj sees the compressed q/k/v and differs. */
+     * q/k/v see the same inputs as svdllm's and give the same W' (svdllm
+     * factors their output covariance Y^T Y, rom the W G W^T of its input
+     * Gram: equal up to f32 rounding, 1e-4 allowed), while its o_proj sees
+     * the compressed q/k/v and differs (by far more than that). */
     {
         char dsvd[PATH_MAX], dupd[PATH_MAX], drom[PATH_MAX], name[128];
         snprintf(dsvd, sizeof dsvd, "%s/out-0-%d-1", tmp, METHOD_SVDLLM);
@@ -349,11 +392,16 @@ int main(void) {
         printf("svdllm-update vs svdllm: %d of 14 B identical, %d of 14 A identical\n", b_same, a_same);
         SV_ASSERT_EQ(b_same, 14);
         SV_CHECK(a_same < 14);
-        for (int q = 0; q < 4; q++)
-            for (int half = 0; half < 2; half++) {
-                snprintf(name, sizeof name, "model.layers.0.%s.%d.weight", mods[q], half);
-                SV_ASSERT_EQ(same_tensor(dsvd, drom, name), q < 3);
-            }
+        for (int q = 0; q < 4; q++) {
+            snprintf(name, sizeof name, "model.layers.0.%s", mods[q]);
+            double e = product_rel_diff(drom, dsvd, name);
+            printf("rom vs svdllm, layer 0 %s: |W'_rom - W'_svdllm| / |W'_svdllm| = %.2e\n", mods[q], e);
+            SV_CHECK(e >= 0);
+            if (q < 3)
+                SV_CHECK(e <= 1e-4);
+            else
+                SV_CHECK(e > 1e-3);
+        }
     }
 
     /* rom --centered: mean-removed covariance, a different (finite) model. */
@@ -448,7 +496,7 @@ int main(void) {
     SV_ASSERT_EQ(params_check(&p, &err), -EEXIST);
     SV_ASSERT_STR_CONTAINS(err.msg, "exists");
     params(&p, model, "big", "work-bad", METHOD_SVDLLM, 0.4);
-    p.nsamples = 100000;
+    p.nsamples = 65536; /* the most params_check() accepts, more windows than the text holds */
     SV_ASSERT_EQ(run(&p, NULL, &res, &err), -EINVAL);
     SV_ASSERT_STR_CONTAINS(err.msg, "fewer than nsamples");
 

@@ -3794,9 +3794,219 @@ static void test_rrr(void) {
     json_decref(ju);
 }
 
+/* ---- generate, and the acceptance test for generated Llama 3 / Qwen3 models --------- */
+
+/* svdllmctl generate through the daemon: run.c's greedy text of stories260K
+ * byte for byte (tests/data/reference/), the JSON reply's members, and bad
+ * requests answered with their field named while the daemon keeps serving. */
+static void test_generate_op(void) {
+    struct ctl_result r;
+    const char *greedy[] = {"generate", "--model", model, "--prompt", "", "--max-tokens", "256", NULL};
+    ctl(&r, sock_path, greedy);
+    SV_ASSERT_EQ(r.status, 0);
+    char ref[1024], want[4096] = "";
+    snprintf(ref, sizeof ref, "%s/tests/data/reference/stories260K.run_c.greedy256.txt", srcdir);
+    slurp(ref, want, sizeof want);
+    SV_CHECK(want[0] && strcmp(r.out, want) == 0);
+    if (strcmp(r.out, want) != 0)
+        fprintf(stderr, "generate: got\n%s%s\nwant\n%s\n", r.out, r.err, want);
+    const char *sampled[] = {"--json", "generate", "--model", model, "--prompt", "Once upon a time",
+                             "--max-tokens", "8", "--temperature", "1", "--top-p", "0.9", "--seed", "5", NULL};
+    ctl(&r, sock_path, sampled);
+    SV_ASSERT_EQ(r.status, 0);
+    json_t *m = json_loads(r.out, 0, NULL);
+    SV_CHECK(m && json_is_true(json_object_get(m, "ok")));
+    SV_ASSERT_EQ(json_integer_value(json_object_get(m, "prompt_tokens")), 5);
+    SV_ASSERT_EQ(json_integer_value(json_object_get(m, "generated_tokens")), 8);
+    SV_ASSERT_EQ(json_array_size(json_object_get(m, "ids")), 13);
+    SV_CHECK(str_is(json_object_get(m, "finish"), "length"));
+    SV_CHECK(str_starts(json_object_get(m, "text"), "Once upon a time"));
+    ctl(&r, sock_path, sampled);   /* the same seed: the same text */
+    json_t *m2 = json_loads(r.out, 0, NULL);
+    SV_CHECK(m2 && json_equal(json_object_get(m, "ids"), json_object_get(m2, "ids")));
+    json_decref(m);
+    json_decref(m2);
+
+    char line[20000];
+    snprintf(line, sizeof line, "{\"id\":1,\"op\":\"generate\",\"model\":\"%s\",\"prompt\":\"x\",\"top_p\":2}", model);
+    expect_error_line(__LINE__, line, "bad_request", "field 'top_p'");
+    snprintf(line, sizeof line, "{\"id\":1,\"op\":\"generate\",\"model\":\"%s\",\"prompt\":\"x\",\"temperature\":-1}",
+             model);
+    expect_error_line(__LINE__, line, "bad_request", "field 'temperature'");
+    snprintf(line, sizeof line, "{\"id\":1,\"op\":\"generate\",\"model\":\"%s\",\"prompt\":\"x\",\"max_tokens\":4097}",
+             model);
+    expect_error_line(__LINE__, line, "bad_request", "max_tokens");
+    snprintf(line, sizeof line, "{\"id\":1,\"op\":\"generate\",\"model\":\"%s\",\"prompt\":\"x\",\"seed\":0}", model);
+    expect_error_line(__LINE__, line, "bad_request", "seed");
+    snprintf(line, sizeof line, "{\"id\":1,\"op\":\"generate\",\"model\":\"%s\"}", model);
+    expect_error_line(__LINE__, line, "bad_request", "prompt");
+    snprintf(line, sizeof line, "{\"id\":1,\"op\":\"generate\",\"model\":\"%s\",\"prompt\":\"x\",\"top_k\":4}", model);
+    expect_error_line(__LINE__, line, "bad_request", "top_k");
+    int n = snprintf(line, sizeof line, "{\"id\":1,\"op\":\"generate\",\"model\":\"%s\",\"prompt\":\"", model);
+    memset(line + n, 'a', 16385);
+    snprintf(line + n + 16385, sizeof line - (size_t)n - 16385, "\"}");
+    expect_error_line(__LINE__, line, "bad_request", "longer than 16384");
+    snprintf(line, sizeof line, "{\"id\":1,\"op\":\"generate\",\"model\":\"%s/none\",\"prompt\":\"x\"}", dir);
+    expect_error_line(__LINE__, line, "bad_path", "none");
+    /* A prompt longer than stories260K's 512 positions: the engine's message. */
+    char *longp = malloc(6000);
+    for (int i = 0; i < 5999; i++)
+        longp[i] = i % 2 ? ' ' : 'a';
+    longp[5999] = '\0';
+    const char *toolong[] = {"generate", "--model", model, "--prompt", longp, NULL};
+    ctl(&r, sock_path, toolong);
+    SV_ASSERT_EQ(r.status, 1);
+    SV_ASSERT_STR_CONTAINS(r.err, "failed: ");
+    SV_ASSERT_STR_CONTAINS(r.err, "the context holds 512");
+    free(longp);
+    check_ping();
+}
+
+/* Copies a file (the bundled tokenizers into a generated model). */
+static void copy_file(const char *from, const char *to) {
+    char cmd[2 * PATH_MAX + 16];
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", from, to);
+    SV_ASSERT_EQ(system(cmd), 0);
+}
+
+/* The issue's acceptance test: a Llama-3-shaped and a Qwen3-shaped tiny
+ * model (svdllm-genmodel --family, random weights; the real Llama 3 and Qwen3
+ * tokenizer files of tests/data/tokenizers/, so the full 128256- and
+ * 151936-row vocabularies; Llama 3.1 RoPE scaling; Qwen3 with its q_norm /
+ * k_norm, explicit head_dim and tied embeddings) go through svdllmctl submit
+ * with every method; each job ends done with finite perplexities before and
+ * after, and its output (factored, or lorap's pruned dense one) loads back:
+ * svdllmctl eval gives the job's ppl_after and svdllmctl generate continues a
+ * prompt with it. */
+static void test_families_accept(void) {
+    const char *bdir = getenv("SV_BUILDDIR");
+    char genmodel[PATH_MAX];
+    snprintf(genmodel, sizeof genmodel, "%s/svdllm-genmodel", bdir ? bdir : "build");
+    SV_CHECK(access(genmodel, X_OK) == 0);
+    static const struct {
+        const char *name, *args, *tok, *config;
+    } fam[] = {
+        {"llama3", "--family llama --hidden 32 --layers 2 --heads 4 --kv-heads 2 --ffn 96 --vocab 128256 "
+                   "--max-pos 512 --dtype bf16 --tie-embeddings --seed 31",
+         "llama3",
+         "{\"rope_theta\": 500000.0, \"bos_token_id\": 128000, \"eos_token_id\": 128001, \"rope_scaling\": "
+         "{\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
+         "\"original_max_position_embeddings\": 128}}"},
+        {"qwen3", "--family qwen3 --hidden 64 --layers 2 --heads 4 --kv-heads 2 --ffn 160 --vocab 151936 "
+                  "--head-dim 32 --tie-embeddings --max-pos 512 --dtype bf16 --seed 32",
+         "qwen3", "{\"eos_token_id\": 151645}"},
+    };
+    static const char *const methods[] = {"svd", "svdllm", "asvd", "awsvd", "svdllm-update", "rom", "lorap"};
+    double t0 = mono_now();
+    /* 16 kB of the text (about 4000 tokens) for calibration and evaluation:
+     * each job tokenizes it several times with a 128k/151k vocabulary. */
+    char text[400], head[16384 + 1] = "";
+    snprintf(text, sizeof text, "%s/accept-text.txt", dir);
+    slurp(calib, head, sizeof head);
+    write_file(text, head);
+    for (size_t f = 0; f < sizeof fam / sizeof fam[0]; f++) {
+        char mdir[400], cmd[3 * PATH_MAX], from[PATH_MAX], to[PATH_MAX];
+        snprintf(mdir, sizeof mdir, "%s/accept-%s", dir, fam[f].name);
+        snprintf(cmd, sizeof cmd, "'%s' --out '%s' %s", genmodel, mdir, fam[f].args);
+        SV_ASSERT_EQ(system(cmd), 0);
+        static const char *const tfiles[] = {"tokenizer.json", "tokenizer_config.json"};
+        for (int i = 0; i < 2; i++) {
+            snprintf(from, sizeof from, "%s/tests/data/tokenizers/%s/%s", srcdir, fam[f].tok, tfiles[i]);
+            snprintf(to, sizeof to, "%s/%s", mdir, tfiles[i]);
+            copy_file(from, to);
+        }
+        json_t *cfg = load_json_in(mdir, "config.json"), *add = json_loads(fam[f].config, 0, NULL);
+        SV_CHECK(cfg && add && json_object_update(cfg, add) == 0);
+        snprintf(to, sizeof to, "%s/config.json", mdir);
+        SV_ASSERT_EQ(json_dump_file(cfg, to, JSON_INDENT(2)), 0);
+        json_decref(cfg);
+        json_decref(add);
+
+        for (size_t k = 0; k < sizeof methods / sizeof methods[0]; k++) {
+            char out[400];
+            snprintf(out, sizeof out, "%s/accept-%s-%s", dir, fam[f].name, methods[k]);
+            const char *args[] = {"submit", "--model", mdir, "--out", out, "--method", methods[k], "--ratio", "0.4",
+                                  "--calib", text, "--nsamples", "16", "--seqlen", "32", "--eval-text", text,
+                                  "--eval-seqlen", "32", "--eval-max-windows", "2", NULL};
+            struct ctl_result r;
+            ctl(&r, sock_path, args);
+            SV_ASSERT_EQ(r.status, 0);
+            long long id = atoll(r.out);
+            if (r.status != 0 || id <= 0) {
+                fprintf(stderr, "accept: submit %s %s: %s%s", fam[f].name, methods[k], r.out, r.err);
+                continue;
+            }
+            char ids[32];
+            snprintf(ids, sizeof ids, "%lld", id);
+            const char *watch[] = {"watch", ids, NULL}, *status[] = {"status", ids, "--json", NULL};
+            ctl(&r, sock_path, watch);
+            SV_ASSERT_EQ(r.status, 0);
+            ctl(&r, sock_path, status);
+            json_t *m = json_loads(r.out, 0, NULL);
+            json_t *job = json_object_get(m, "job"), *res = json_object_get(job, "result");
+            bool done = str_is(json_object_get(job, "state"), "done");
+            SV_CHECK(done);
+            double b = json_number_value(json_object_get(res, "ppl_before")),
+                   a = json_number_value(json_object_get(res, "ppl_after"));
+            SV_CHECK(isfinite(b) && b > 1 && isfinite(a) && a > 1);
+            if (!done)
+                fprintf(stderr, "accept: %s %s: %s\n", fam[f].name, methods[k], r.out);
+            /* The output loads back: evaluated again, and continued. */
+            const char *eval[] = {"--json", "eval", "--model", out, "--text", text, "--seqlen", "32",
+                                  "--max-windows", "2", NULL};
+            ctl(&r, sock_path, eval);
+            SV_ASSERT_EQ(r.status, 0);
+            json_t *e = json_loads(r.out, 0, NULL);
+            double pe = json_number_value(json_object_get(e, "ppl"));
+            SV_ASSERT_NEAR_REL(pe, a, 1e-6);
+            json_decref(e);
+            const char *gen[] = {"--json", "generate", "--model", out, "--prompt", "Hello world", "--max-tokens",
+                                 "6", NULL};
+            ctl(&r, sock_path, gen);
+            SV_ASSERT_EQ(r.status, 0);
+            json_t *g = json_loads(r.out, 0, NULL);
+            /* "Hello", " world": neither file's post-processor adds a BOS. */
+            SV_ASSERT_EQ(json_integer_value(json_object_get(g, "prompt_tokens")), 2);
+            SV_CHECK(json_integer_value(json_object_get(g, "generated_tokens")) >= 1);
+            SV_CHECK(str_starts(json_object_get(g, "text"), "Hello world"));
+            fprintf(stderr, "accept: %s %s: perplexity %.1f -> %.1f (eval of the output %.1f), generated '%s'\n",
+                    fam[f].name, methods[k], b, a, pe, json_string_value(json_object_get(g, "text")));
+            json_decref(g);
+            json_decref(m);
+        }
+    }
+    fprintf(stderr, "accept: 2 families x 7 methods in %.1f s\n", mono_now() - t0);
+}
+
+/* test_daemon SVDLLMD SVDLLMCTL generate: only generate through the daemon
+ * and the acceptance test, on a daemon of their own (a separate meson test,
+ * so each has its own time budget). */
+static int main_generate(void) {
+    if (start_daemon(NULL, NULL) < 0) {
+        SV_CHECK(!"daemon start");
+        return sv_test_result("test_daemon generate");
+    }
+    test_generate_op();
+    test_families_accept();
+    check_ping();
+    SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
+    check_log_clean();
+    int rc = sv_test_result("test_daemon generate");
+    if (rc == 0) {
+        char cmd[600];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "could not remove %s\n", dir);
+    } else {
+        fprintf(stderr, "test_daemon: kept %s (daemon log: %s)\n", dir, log_path);
+    }
+    return rc;
+}
+
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: test_daemon SVDLLMD SVDLLMCTL\n");
+    bool only_generate = argc == 4 && strcmp(argv[3], "generate") == 0;
+    if (argc != 3 && !only_generate) {
+        fprintf(stderr, "usage: test_daemon SVDLLMD SVDLLMCTL [generate]\n");
         return 2;
     }
     svdllmd = argv[1];
@@ -3821,6 +4031,8 @@ int main(int argc, char **argv) {
     snprintf(sock_path, sizeof sock_path, "%s/svdllmd.sock", dir);
     snprintf(state_dir, sizeof state_dir, "%s/state", dir);
     snprintf(log_path, sizeof log_path, "%s/svdllmd.log", dir);
+    if (only_generate)
+        return main_generate();
 
     test_not_running();
     test_bad_config();

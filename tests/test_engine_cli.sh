@@ -241,5 +241,36 @@ expect_fail "tokenize: unsupported tokenizer" "model type 'Unigram' not supporte
     tokenize --tokenizer "$TMP/unigram.json" --text "$TMP/hello.txt"
 expect_fail "tokenize: missing text" "cannot open" tokenize --tokenizer "$LLAMA3" --text "$TMP/no-such.txt"
 
+# --- generate ------------------------------------------------------------------
+# Greedy and sampled text of stories260K as llama2.c run.c prints it (its
+# outputs are committed in tests/data/reference/, with their commands in
+# reference-values.json), and --json's members.
+S260=tests/data/stories260K-hf
+check_generate() {
+    local name=$1 want=$2
+    shift 2
+    if "$ENGINE" generate --model "$S260" "$@" >"$TMP/out" 2>"$TMP/err" && [ ! -s "$TMP/err" ] &&
+        cmp -s "$TMP/out" "$want"; then
+        pass
+    else
+        fail "$name: output differs from $want: $(head -c 300 "$TMP/out") $(cat "$TMP/err")"
+    fi
+}
+check_generate "generate greedy 256 (run.c -t 0)" tests/data/reference/stories260K.run_c.greedy256.txt \
+    --prompt '' --max-tokens 256
+check_generate "generate greedy, prompt (run.c -t 0 -n 100 -i ...)" \
+    tests/data/reference/stories260K.run_c.greedy100.once_upon_a_time.txt --prompt 'Once upon a time' --max-tokens 96
+check_generate "generate sampled (run.c -t 1.0 -p 0.9 -s 133742)" \
+    tests/data/reference/stories260K.run_c.t1.0_p0.9_s133742.txt --prompt '' --temperature 1 --top-p 0.9 --seed 133742
+"$ENGINE" generate --model "$S260" --prompt 'Once upon a time' --max-tokens 4 --json >"$TMP/out" 2>"$TMP/err"
+line=$(cat "$TMP/out")
+want='^\{"model":"tests/data/stories260K-hf","text":"Once upon a time, there was a","ids":\[1,403,407,261,378,432,383,286,261\],"prompt_tokens":5,"generated_tokens":4,"finish":"length",'
+[[ $line =~ $want ]] && pass || fail "generate --json: $line $(cat "$TMP/err")"
+expect_fail "generate: no --prompt" "generate needs --model and --prompt" generate --model "$S260"
+expect_fail "generate: bad --top-p" "--top-p '1.5' must be a number in [0, 1]" generate --model "$S260" --prompt x --top-p 1.5
+expect_fail "generate: seed 0" "--seed '0' must be an integer" generate --model "$S260" --prompt x --seed 0
+expect_fail "generate: missing model" "no-such-model" generate --model "$TMP/no-such-model" --prompt x
+expect_fail "generate: empty prompt, no BOS" "the prompt is empty" generate --model "$S260" --prompt '' --no-bos
+
 echo "engine_cli: $checks checks passed, $failures failed"
 [ "$failures" -eq 0 ]

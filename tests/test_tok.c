@@ -802,6 +802,250 @@ static void test_reference_ids(void) {
     json_decref(man);
 }
 
+/* Decodes ids and compares with want (bytes), printing both on a mismatch. */
+static void expect_text(const struct tok *t, const int32_t *ids, size_t n, int flags, const char *want, int line) {
+    char *text = NULL;
+    size_t len = 0;
+    struct sv_err err = {0};
+    int r = tok_decode(t, ids, n, flags, &text, &len, &err);
+    sv_test_checks++;
+    if (r != 0 || len != strlen(want) || memcmp(text, want, len) != 0) {
+        sv_test_failures++;
+        fprintf(stderr, "%s:%d: decode: r=%d (%s), got '%.*s', want '%s'\n", __FILE__, line, r, err.msg, (int)len,
+                text ? text : "", want);
+    }
+    free(text);
+}
+
+#define EXPECT_TEXT(t, flags, want, ...) do { static const int32_t ids_[] = {__VA_ARGS__}; \
+    expect_text((t), ids_, sizeof ids_ / sizeof ids_[0], (flags), (want), __LINE__); } while (0)
+
+/* Hand-checked decoder rules on toy files: the Llama 2 decoder chain
+ * (Replace, ByteFallback with a valid and an invalid byte run, Fuse, Strip),
+ * special tokens kept or skipped, ids with no piece dropped, Metaspace, no
+ * decoder, and an unsupported decoder refused by name at decode time only. */
+static void test_decode_toy(void) {
+    struct sv_err err = {0};
+    struct tok *t = NULL;
+#define TOY_DEC_MODEL "\"model\": {\"type\": \"BPE\", \"unk_token\": \"<unk>\", \"byte_fallback\": true, " \
+    TOY_VOCAB ", " TOY_MERGES "}"
+    int r = load_json("dec-llama2.json",
+                      "{\"added_tokens\": [{\"id\": 0, \"content\": \"<unk>\", \"special\": true}, "
+                      "{\"id\": 1, \"content\": \"<s>\", \"special\": true}, "
+                      "{\"id\": 20, \"content\": \"<extra>\", \"special\": false}]," TOY_NORM
+                      "\"decoder\": {\"type\": \"Sequence\", \"decoders\": ["
+                      "{\"type\": \"Replace\", \"pattern\": {\"String\": \"\\u2581\"}, \"content\": \" \"}, "
+                      "{\"type\": \"ByteFallback\"}, {\"type\": \"Fuse\"}, "
+                      "{\"type\": \"Strip\", \"content\": \" \", \"start\": 1, \"stop\": 0}]}," TOY_DEC_MODEL "}",
+                      &t, &err);
+    SV_ASSERT_EQ(r, 0);
+    if (r == 0) {
+        EXPECT_TEXT(t, 0, "a bc", 8, 5, 7);                      /* "▁a" "▁" "bc": the first space stripped */
+        EXPECT_TEXT(t, 0, "<s> a bc", 1, 8, 5, 7);               /* kept: Strip sees "<s>" first */
+        EXPECT_TEXT(t, TOK_DECODE_SKIP_SPECIAL, "a bc", 1, 8, 5, 7);
+        EXPECT_TEXT(t, TOK_DECODE_SKIP_SPECIAL, "a<extra>", 8, 20);   /* not special: kept */
+        EXPECT_TEXT(t, 0, "\xc3\xa9\n", 14, 15, 13);            /* C3 A9 0A: valid, its bytes */
+        EXPECT_TEXT(t, 0, "x\xef\xbf\xbd\xef\xbf\xbd" "c", 10, 14, 16, 4);  /* C3 FF: one U+FFFD per byte */
+        EXPECT_TEXT(t, 0, "xc", 10, 17, -5, 999, 4);            /* no piece: dropped */
+        EXPECT_TEXT(t, 0, "");
+        /* decode(encode(x)) == x on a text with spaces, byte fallback and a newline. */
+        static const char text[] = "ab c\xc3\xa9 \n xx";
+        int32_t *ids = NULL;
+        size_t n = 0;
+        SV_ASSERT_EQ(tok_encode(t, text, sizeof text - 1, 1, &ids, &n, &err), 0);
+        expect_text(t, ids, n, TOK_DECODE_SKIP_SPECIAL, text, __LINE__);
+        free(ids);
+    }
+    tok_free(t);
+
+    r = load_json("dec-metaspace.json",
+                  "{\"decoder\": {\"type\": \"Metaspace\", \"replacement\": \"\\u2581\", \"prepend_scheme\": "
+                  "\"first\", \"split\": false}," TOY_DEC_MODEL "}",
+                  &t, &err);
+    SV_ASSERT_EQ(r, 0);
+    if (r == 0) {
+        EXPECT_TEXT(t, 0, "a a", 8, 8);       /* every "▁" of the first token dropped, later ones ' ' */
+        EXPECT_TEXT(t, 0, "ab ", 6, 5);
+    }
+    tok_free(t);
+    r = load_json("dec-never.json",
+                  "{\"decoder\": {\"type\": \"Metaspace\", \"replacement\": \"\\u2581\", \"prepend_scheme\": "
+                  "\"never\"}," TOY_DEC_MODEL "}",
+                  &t, &err);
+    SV_ASSERT_EQ(r, 0);
+    if (r == 0)
+        EXPECT_TEXT(t, 0, " a a", 8, 8);
+    tok_free(t);
+    r = load_json("dec-none.json", "{" TOY_DEC_MODEL "}", &t, &err);
+    SV_ASSERT_EQ(r, 0);
+    if (r == 0)
+        EXPECT_TEXT(t, 0, "ab c <0x0A>", 6, 4, 13);   /* no decoder: pieces joined by ' ' */
+    tok_free(t);
+    r = load_json("dec-wordpiece.json", "{\"decoder\": {\"type\": \"WordPiece\", \"prefix\": \"##\"}," TOY_DEC_MODEL "}",
+                  &t, &err);
+    SV_ASSERT_EQ(r, 0);   /* encoding does not need the decoder */
+    if (r == 0) {
+        static const int32_t one[] = {2};
+        char *text = NULL;
+        size_t len = 0;
+        struct sv_err e2 = {0};
+        SV_ASSERT_EQ(tok_decode(t, one, 1, 0, &text, &len, &e2), -ENOTSUP);
+        SV_ASSERT_STR_CONTAINS(e2.msg, "decoder type 'WordPiece' not supported");
+        SV_ASSERT_STR_CONTAINS(e2.msg, "dec-wordpiece.json");
+        SV_CHECK(text == NULL);
+    }
+    tok_free(t);
+#undef TOY_DEC_MODEL
+
+    /* ByteLevel: Ġ (U+0120) is the space byte, é (U+00E9) byte E9; a piece
+     * with a character outside the table ("€") stays as its UTF-8 bytes; an
+     * incomplete sequence at the end is one U+FFFD (maximal subpart). */
+    r = load_json("dec-bytelevel.json",
+                  "{\"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true}, \"model\": {\"type\": "
+                  "\"BPE\", \"vocab\": {\"a\": 0, \"\\u0120b\": 1, \"\\u00c3\": 2, \"\\u00a9\": 3, \"\\u20ac\": 4, "
+                  "\"\\u00e2\\u0124\": 5}, \"merges\": []}}",
+                  &t, &err);
+    SV_ASSERT_EQ(r, 0);
+    if (r == 0) {
+        EXPECT_TEXT(t, 0, "a b\xc3\xa9", 0, 1, 2, 3);
+        EXPECT_TEXT(t, 0, "a\xe2\x82\xac" "a", 0, 4, 0);
+        EXPECT_TEXT(t, 0, "a\xef\xbf\xbd", 0, 5);   /* E2 84: cut short */
+    }
+    tok_free(t);
+}
+
+/* decode(ids) equals @huggingface/tokenizers' decode of the same reference
+ * ids (tests/ref/gen_decode_ref.mjs), keeping and skipping special tokens,
+ * for every tokenizer x text of the manifest: the text itself where the
+ * reference gives it back (decode.json's equals_text), else its bytes (the
+ * stress texts: NFC, special tokens skipped, stripped spaces, added prefix
+ * spaces, U+FFFD for the invalid bytes) or its sha256 (long texts). */
+static void test_reference_decode(void) {
+    json_error_t jerr;
+    json_t *man = json_load_file("tests/data/reference/tok/manifest.json", 0, &jerr);
+    json_t *dec = json_load_file("tests/data/reference/tok/decode.json", 0, &jerr);
+    SV_CHECK(man && dec);
+    json_t *variants = json_object_get(man, "variants"), *mcases = json_object_get(man, "cases");
+    json_t *dcases = json_object_get(dec, "cases");
+    SV_ASSERT_EQ(json_array_size(dcases), json_array_size(mcases));
+    char loaded[512] = "", vpath[512];
+    struct tok *t = NULL;
+    size_t i, n_equal = 0, n_cases = 0;
+    json_t *c;
+    json_array_foreach(dcases, i, c) {
+        json_t *mc = json_array_get(mcases, i);
+        const char *tpath = json_string_value(json_object_get(mc, "tokenizer"));
+        const char *variant = json_string_value(json_object_get(mc, "variant"));
+        const char *ids_path = json_string_value(json_object_get(c, "ids"));
+        const char *text_path = json_string_value(json_object_get(c, "text"));
+        SV_CHECK(tpath && ids_path && text_path && strcmp(ids_path, json_string_value(json_object_get(mc, "ids"))) == 0);
+        if (!tpath || !ids_path || !text_path)
+            continue;
+        if (variant && variant_file(variants, variant, tpath, vpath, sizeof vpath) == 0)
+            tpath = vpath;
+        if (strcmp(loaded, tpath) != 0) {
+            tok_free(t);
+            t = NULL;
+            struct sv_err err = {0};
+            if (tok_new(&t, tpath, &err) < 0) {
+                SV_CHECK(!"tok_new");
+                fprintf(stderr, "  %s\n", err.msg);
+                loaded[0] = '\0';
+                continue;
+            }
+            snprintf(loaded, sizeof loaded, "%s", tpath);
+        }
+        size_t n = 0, len = 0, bytes = (size_t)json_integer_value(json_object_get(c, "bytes"));
+        int32_t *ids = read_ids(ids_path, &n);
+        char *text = read_all(text_path, &len);
+        for (int skip = 0; skip < 2 && ids && text; skip++) {
+            json_t *want = json_object_get(c, skip ? "skip_special" : "keep_special");
+            char *got = NULL;
+            size_t got_len = 0;
+            struct sv_err err = {0};
+            int r = tok_decode(t, ids, n, skip ? TOK_DECODE_SKIP_SPECIAL : 0, &got, &got_len, &err);
+            SV_ASSERT_EQ(r, 0);
+            if (r < 0) {
+                fprintf(stderr, "  %s\n", err.msg);
+                continue;
+            }
+            n_cases++;
+            struct sha256 h;
+            uint8_t dig[32];
+            char hex[65];
+            sha256_init(&h);
+            sha256_update(&h, got, got_len);
+            sha256_final(&h, dig);
+            sha256_hex(dig, hex);
+            const char *want_sha = json_string_value(json_object_get(want, "sha256"));
+            const char *file = json_string_value(json_object_get(want, "file"));
+            int eq_text = json_is_true(json_object_get(want, "equals_text"));
+            /* The exact bytes to show a difference against, where we have them. */
+            size_t ref_len = 0;
+            char *ref = file ? read_all(file, &ref_len) : NULL;
+            if (!ref && eq_text && len == bytes && got_len == bytes) {
+                ref = malloc(bytes ? bytes : 1);
+                if (ref)
+                    memcpy(ref, text, bytes);
+                ref_len = bytes;
+            }
+            int ok = want_sha && strcmp(hex, want_sha) == 0 &&
+                     got_len == (size_t)json_integer_value(json_object_get(want, "bytes"));
+            SV_CHECK(ok);
+            if (!ok) {
+                size_t k = 0;
+                while (ref && k < ref_len && k < got_len && got[k] == ref[k])
+                    k++;
+                fprintf(stderr, "%s%s%s: decode of %s (%s special): %zu bytes, sha256 %s; want %lld bytes, %s",
+                        tpath, variant ? " variant " : "", variant ? variant : "", ids_path, skip ? "skipping" : "keeping",
+                        got_len, hex, (long long)json_integer_value(json_object_get(want, "bytes")), want_sha);
+                if (ref)
+                    fprintf(stderr, "; first difference at byte %zu: got '%.40s', want '%.40s'", k, got + k,
+                            ref + (k < ref_len ? k : ref_len));
+                fprintf(stderr, "\n");
+            }
+            n_equal += ok && eq_text;
+            free(ref);
+            free(got);
+        }
+        free(ids);
+        free(text);
+    }
+    tok_free(t);
+    printf("decode: %zu reference decodes, %zu of them equal to the text\n", n_cases, n_equal);
+    SV_ASSERT_EQ(n_cases, 2 * json_array_size(dcases));
+    json_decref(man);
+    json_decref(dec);
+}
+
+/* decode(encode(text)) == text on the whole TinyStories head with the
+ * SentencePiece-style tokenizers of the bundled models (byte fallback for the
+ * text's mojibake in stories260K; the reference ids are run.c's and
+ * tokenizers.js's, reference-values.json). */
+static void test_decode_bundled(void) {
+    static const char *const cases[][2] = {
+        {"tests/data/stories260K-hf/tokenizer.json", "tests/data/reference/tinystories-valid-head.stories260K.tokens.i32"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct sv_err err = {0};
+        struct tok *t = NULL;
+        size_t len = 0, n = 0;
+        char *text = read_all("tests/data/text/tinystories-valid-head.txt", &len);
+        int32_t *ids = read_ids(cases[i][1], &n);
+        SV_ASSERT_EQ(tok_new(&t, cases[i][0], &err), 0);
+        char *got = NULL;
+        size_t got_len = 0;
+        int r = t && text && ids ? tok_decode(t, ids, n, TOK_DECODE_SKIP_SPECIAL, &got, &got_len, &err) : -1;
+        SV_ASSERT_EQ(r, 0);
+        SV_ASSERT_EQ(got_len, len);
+        SV_CHECK(got && got_len == len && memcmp(got, text, len) == 0);
+        free(got);
+        free(text);
+        free(ids);
+        tok_free(t);
+    }
+}
+
 int main(void) {
     if (!mkdtemp(tmpdir)) {
         perror("mkdtemp");
@@ -817,6 +1061,9 @@ int main(void) {
     test_bytelevel_roundtrip();
     test_bundled_basics();
     test_reference_ids();
+    test_decode_toy();
+    test_reference_decode();
+    test_decode_bundled();
 
     check_file("tests/data/stories260K-hf/tokenizer.json", "tests/data/text/tinystories-valid-head.txt",
                "tests/data/reference/tinystories-valid-head.stories260K.tokens.i32", 393019);

@@ -36,7 +36,8 @@
 #include "seq.h"
 #include "stats.h"
 
-static int eval_cancel(void *ctx) { return job_cancelled(ctx); }
+/* ppl_eval's and fault_stall's cancel test. */
+static int cancel_cb(void *ctx) { return job_cancelled(ctx); }
 
 /* Opens the job: the key (refused when WORK/KEY names another), the model
  * (mapped: later reads need no access check), the rank plan and the cost
@@ -113,7 +114,7 @@ static int run_eval(struct job *j, const char *model_dir, double *ret_ppl, doubl
     if (r < 0)
         return r;
     r = ppl_eval(model_dir, p->eval_path, p->eval_seqlen ? p->eval_seqlen : p->seqlen, (size_t)p->eval_max_windows,
-                 eval_cancel, j, &pr, err);
+                 cancel_cb, j, &pr, err);
     if ((r = job_user_leave(j, r, err)) < 0)
         return r;
     j->t.eval += mono_now() - t_e;
@@ -301,8 +302,7 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
         j.layers_done = l + 1;
         job_seg_at(&j, cost_layer_start(&cost, l + 1));
         job_progress(&j, l + 1, "statistics", 0);
-        for (int i = 0; i < 3000 && fault_is("stall-after-commit", l) && !job_cancelled(&j) && !fault_released(); i++)
-            usleep(20000);
+        fault_stall("stall-after-commit", l, cancel_cb, &j);
     }
     job_seg_at(&j, cost_layer_start(&cost, L));
     job_seg(&j, L * COST_ASSEMBLE);

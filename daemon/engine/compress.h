@@ -1,14 +1,19 @@
 /* compress: one compression job, run layer by layer with checkpoints.
  *
  * The engine knows nothing of SQLite or sockets: the daemon's runner passes
- * hooks. The durability protocol (also written in daemon/store.c):
+ * hooks. The durability protocol (also written in daemon/store.c; the loop
+ * is compress_run() in compress.c, the files jobfiles.c and calib.c):
  *   for each decoder layer l not yet done:
- *     compute the layer's factors; write WORK/layer-L.st.tmp, fsync, rename to
- *     WORK/layer-L.st, fsync WORK; write the next layer's calibration hidden
- *     states the same way; then call hooks->layer_done(), which commits the
- *     SQLite row (file, size, sha256). Only after that returns 0 is the layer
- *     done. A crash anywhere before leaves a row-less layer that is redone from
- *     scratch, and redoing is idempotent (same inputs, same bytes).
+ *     compute the layer's factors, writing the next layer's calibration
+ *     states as WORK/hidden-(L+1).f32.tmp (and orig-(L+1).f32.tmp for
+ *     svdllm-update), fsync, rename to hidden-(L+1).f32, fsync WORK; write
+ *     WORK/layer-L.safetensors.tmp (factors, and those states' sha256 in its
+ *     metadata), fsync, rename to layer-L.safetensors, fsync WORK; then call
+ *     hooks->layer_done(), which commits the SQLite row (file, size,
+ *     sha256). Only after that returns 0 is the layer done, and only then
+ *     are hidden-L.f32 (orig-L.f32) removed. A crash anywhere before leaves
+ *     a row-less layer that is redone from scratch, and redoing is
+ *     idempotent (same inputs, same bytes).
  *   On resume, hooks->layer_lookup() tells which layers have rows; the engine
  *   checks each recorded file's size and sha256 before trusting it. A
  *   missing or damaged checkpoint is not an error: hooks->layers_drop() is

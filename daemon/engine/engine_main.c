@@ -2,6 +2,8 @@
  *
  *   svdllm-engine eval --model DIR --text FILE --seqlen L [--max-windows N] [--threads N] [--json]
  *   svdllm-engine tokenize (--tokenizer FILE | --model DIR) [--text FILE] [--no-bos] [--json]
+ *   svdllm-engine generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P]
+ *                          [--seed S] [--no-bos] [--threads N] [--json]
  *
  * tokenize encodes the text (stdin without --text) with the tokenizer.json
  * (DIR/tokenizer.json with --model) as the engine does for eval and
@@ -9,6 +11,18 @@
  * separated by spaces; --json prints one object instead:
  *   {"tokenizer": PATH, "bytes": N, "tokens": K, "ids": [...], "pieces": [...]}
  * where pieces are the vocab strings as the file spells them ("Ġthe", "▁the").
+ *
+ * generate continues the prompt (BOS in front unless --no-bos; '' is allowed:
+ * BOS alone) with the model, greedily by default (generate.h has the
+ * sampler, run.c's, and the stop rules), and prints the decoded text of
+ * prompt and continuation as it grows, then a newline; so
+ *   svdllm-engine generate --model stories260K-hf --prompt '' --max-tokens 256
+ * prints what llama2.c's `run stories260K.bin -z tok512.bin -t 0` prints.
+ * --max-tokens counts new tokens (default 256); --temperature 0 (default)
+ * is greedy; --top-p defaults to 0.9 as in run.c (0 or 1: off); --seed
+ * (default 1) must be non-zero. --json prints one object at the end instead:
+ *   {"model", "text", "ids", "prompt_tokens", "generated_tokens", "finish" ("eos", "length", "context"),
+ *    "temperature", "top_p", "seed", "prompt_seconds", "seconds", "tokens_per_s"}
  *
  * --threads goes to forward_threads_set(), as svdllmd's does: 0 or absent
  * means the CPUs this process may run on (its affinity mask).
@@ -24,6 +38,7 @@
 
 #include "args.h"
 #include "forward.h"
+#include "generate.h"
 #include "ppl.h"
 #include "tok.h"
 
@@ -34,6 +49,8 @@
 static void usage(FILE *f) {
     fprintf(f, "usage: svdllm-engine eval --model DIR --text FILE --seqlen L [--max-windows N] [--threads N] [--json]\n");
     fprintf(f, "       svdllm-engine tokenize (--tokenizer FILE | --model DIR) [--text FILE] [--no-bos] [--json]\n");
+    fprintf(f, "       svdllm-engine generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P]\n"
+               "                              [--seed S] [--no-bos] [--threads N] [--json]\n");
     fprintf(f, "       svdllm-engine --help | --version\n");
 }
 
@@ -252,6 +269,128 @@ out:
     return rc;
 }
 
+static int print_text(void *ctx, const char *text, size_t len) {
+    *(int *)ctx = 1;   /* something is on stdout: end it with a newline even on failure */
+    if (fwrite(text, 1, len, stdout) != len || fflush(stdout) == EOF)
+        return -EIO;
+    return 0;
+}
+
+/* A real number in [lo, hi] (strtod; the whole string). */
+static int parse_real(const char *s, double lo, double hi, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int cmd_generate(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
+        {"max-tokens", required_argument, 0, 'n'}, {"temperature", required_argument, 0, 'T'},
+        {"top-p", required_argument, 0, 'P'}, {"seed", required_argument, 0, 's'},
+        {"no-bos", no_argument, 0, 'B'}, {"threads", required_argument, 0, 'j'},
+        {"json", no_argument, 0, 'J'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+    };
+    const char *model = NULL, *prompt = NULL;
+    long maxt = 256, threads = 0;
+    double temp = 0, top_p = 0.9;
+    unsigned long long seed = 1;
+    int json = 0, bos = 1, c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'p': prompt = optarg; break;
+        case 'n':
+            if (args_parse_long(optarg, 1, 1 << 20, &maxt) < 0) {
+                fprintf(stderr, "svdllm-engine: --max-tokens '%s' must be an integer in [1, 1048576]\n", optarg);
+                return 2;
+            }
+            break;
+        case 'T':
+            if (parse_real(optarg, 0, 100, &temp) < 0) {
+                fprintf(stderr, "svdllm-engine: --temperature '%s' must be a number in [0, 100]\n", optarg);
+                return 2;
+            }
+            break;
+        case 'P':
+            if (parse_real(optarg, 0, 1, &top_p) < 0) {
+                fprintf(stderr, "svdllm-engine: --top-p '%s' must be a number in [0, 1]\n", optarg);
+                return 2;
+            }
+            break;
+        case 's': {
+            char *end;
+            errno = 0;
+            seed = strtoull(optarg, &end, 10);
+            if (errno || end == optarg || *end || seed == 0 || optarg[0] == '-') {
+                fprintf(stderr, "svdllm-engine: --seed '%s' must be an integer in [1, 2^64)\n", optarg);
+                return 2;
+            }
+            break;
+        }
+        case 'B': bos = 0; break;
+        case 'j':
+            if (args_parse_long(optarg, 0, 1024, &threads) < 0) {
+                fprintf(stderr, "svdllm-engine: --threads '%s' must be an integer in [0, 1024]\n", optarg);
+                return 2;
+            }
+            break;
+        case 'J': json = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!model || !prompt) {
+        fprintf(stderr, "svdllm-engine: generate needs --model and --prompt (which may be '')\n");
+        return 2;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "svdllm-engine: generate: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    forward_threads_set((int)threads);
+    struct gen_params gp = {.prompt = prompt, .prompt_len = strlen(prompt), .add_bos = bos, .max_tokens = (int)maxt,
+                            .temperature = temp, .top_p = top_p, .seed = seed};
+    struct gen_result res;
+    struct sv_err err = {0};
+    int printed = 0;
+    if (gen_run(model, &gp, json ? NULL : print_text, &printed, NULL, NULL, &res, &err) < 0) {
+        if (printed)
+            putchar('\n');
+        fprintf(stderr, "svdllm-engine: %s\n", err.msg);
+        return 1;
+    }
+    int rc = 0;
+    if (json) {
+        json_t *jids = json_array();
+        for (size_t i = 0; jids && i < res.n_ids; i++)
+            json_array_append_new(jids, json_integer(res.ids[i]));
+        json_t *o = jids ? json_pack("{s:s, s:s%, s:o, s:I, s:I, s:s, s:f, s:f, s:I, s:f, s:f, s:f}", "model", model,
+                                     "text", res.text, res.text_len, "ids", jids, "prompt_tokens",
+                                     (json_int_t)res.n_prompt, "generated_tokens", (json_int_t)(res.n_ids - res.n_prompt),
+                                     "finish", gen_finish_name(res.finish), "temperature", temp, "top_p", top_p,
+                                     "seed", (json_int_t)seed, "prompt_seconds", res.prompt_seconds, "seconds",
+                                     res.gen_seconds, "tokens_per_s", res.tokens_per_s)
+                         : NULL;
+        char *out = o ? json_dumps(o, JSON_PRESERVE_ORDER | JSON_COMPACT | JSON_REAL_PRECISION(12)) : NULL;
+        json_decref(o);
+        if (!out || puts(out) == EOF) {
+            fprintf(stderr, "svdllm-engine: cannot format the result as JSON\n");
+            rc = 1;
+        }
+        free(out);
+    } else if (putchar('\n') == EOF || fflush(stdout) == EOF) {
+        fprintf(stderr, "svdllm-engine: cannot write the output\n");
+        rc = 1;
+    }
+    gen_result_free(&res);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         usage(stderr);
@@ -261,6 +400,8 @@ int main(int argc, char **argv) {
         return cmd_eval(argc - 1, argv + 1);
     if (strcmp(argv[1], "tokenize") == 0)
         return cmd_tokenize(argc - 1, argv + 1);
+    if (strcmp(argv[1], "generate") == 0)
+        return cmd_generate(argc - 1, argv + 1);
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         usage(stdout);
         return 0;

@@ -149,9 +149,9 @@ int forward_linear(const struct linear *lin, const float *x, size_t ntok, float 
     return 0;
 }
 
-/* out (ntok, d) = x / rms(x) * w */
-static void rmsnorm(float *out, const float *x, const float *w, size_t ntok, int d, double eps) {
-#pragma omp parallel for num_threads(forward_nthreads)
+/* out (ntok, d) = x / rms(x) * w, on nt threads (forward_nthreads by default). */
+static void rmsnorm_nt(float *out, const float *x, const float *w, size_t ntok, int d, double eps, int nt) {
+#pragma omp parallel for num_threads(nt)
     for (size_t i = 0; i < ntok; i++) {
         const float *xi = x + i * (size_t)d;
         double ss = 0;
@@ -164,23 +164,35 @@ static void rmsnorm(float *out, const float *x, const float *w, size_t ntok, int
     }
 }
 
+static void rmsnorm(float *out, const float *x, const float *w, size_t ntok, int d, double eps) {
+    rmsnorm_nt(out, x, w, ntok, d, eps, forward_nthreads);
+}
+
 /* x (n) += y (n): the residual connection. */
-static void add_inplace(float *x, const float *y, size_t n) {
-#pragma omp parallel for simd num_threads(forward_nthreads)
+static void add_inplace_nt(float *x, const float *y, size_t n, int nt) {
+#pragma omp parallel for simd num_threads(nt)
     for (size_t i = 0; i < n; i++)
         x[i] += y[i];
 }
 
+static void add_inplace(float *x, const float *y, size_t n) {
+    add_inplace_nt(x, y, n, forward_nthreads);
+}
+
 /* y (ntok, d) += b (d) broadcast over rows: a module's bias. */
-static void add_bias(float *y, const float *b, size_t ntok, int d) {
+static void add_bias_nt(float *y, const float *b, size_t ntok, int d, int nt) {
     if (!b)
         return;
-#pragma omp parallel for num_threads(forward_nthreads)
+#pragma omp parallel for num_threads(nt)
     for (size_t i = 0; i < ntok; i++) {
         float *yi = y + i * (size_t)d;
         for (int j = 0; j < d; j++)
             yi[j] += b[j];
     }
+}
+
+static void add_bias(float *y, const float *b, size_t ntok, int d) {
+    add_bias_nt(y, b, ntok, d, forward_nthreads);
 }
 
 /* HF rotate_half RoPE on v (B*T rows of nh heads of hd), position = row % T. */
@@ -374,6 +386,213 @@ int forward_logits(const struct config *c, const struct head_w *h, const float *
     rmsnorm(xn, x, h->norm, ntok, c->hidden, c->rms_eps);
     forward_sgemm(1, ntok, (size_t)c->vocab, (size_t)c->hidden, 1.0f, xn, (size_t)c->hidden, h->w,
                   (size_t)c->hidden, 0.0f, logits, (size_t)c->vocab);
+    free(xn);
+    return 0;
+}
+
+/* ---- incremental decoding --------------------------------------------------- */
+
+/* y (d_out) = W (d_out, d_in) x (d_in), rows split over nt threads. */
+static void matvec(int nt, const float *w, const float *x, int d_out, int d_in, float *y) {
+#pragma omp parallel for num_threads(nt) if (nt > 1)
+    for (int j = 0; j < d_out; j++) {
+        const float *wj = w + (size_t)j * d_in;
+        float s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int i = 0; i < d_in; i++)
+            s += wj[i] * x[i];
+        y[j] = s;
+    }
+}
+
+/* forward_linear for the few rows of a generation step. A single row goes
+ * through our own matrix-vector product rather than a BLIS sgemm with
+ * m = 1: BLIS 0.9 reads past the end of a one-row operand there (found by
+ * ASan in test_generate), and for a vector the product is memory-bound
+ * anyway. More rows: BLIS, on nt threads set per call (BLIS's global count
+ * is left alone: a job may be computing beside us). */
+static int linear_nt(int nt, const struct linear *lin, const float *x, size_t ntok, float *y, struct sv_err *err) {
+    if (ntok == 1 && lin->rank == 0) {
+        matvec(nt, lin->w, x, lin->d_out, lin->d_in, y);
+        return 0;
+    }
+    if (ntok == 1) {
+        float *t = malloc((size_t)lin->rank * sizeof *t); /* t: (k) = B x */
+        if (!t)
+            return sv_err_set(err, -ENOMEM, "linear (%d x %d, rank %d): out of memory", lin->d_out, lin->d_in,
+                              lin->rank);
+        matvec(nt, lin->b, x, lin->rank, lin->d_in, t);
+        matvec(nt, lin->a, t, lin->d_out, lin->rank, y);
+        free(t);
+        return 0;
+    }
+    if (nt == forward_nthreads)
+        return forward_linear(lin, x, ntok, y, err);
+    if (lin->rank == 0) {
+        sgemm1(1, ntok, (size_t)lin->d_out, (size_t)lin->d_in, 1.0f, x, (size_t)lin->d_in, lin->w, (size_t)lin->d_in,
+               0.0f, y, (size_t)lin->d_out);
+        return 0;
+    }
+    float *t = malloc(ntok * (size_t)lin->rank * sizeof *t); /* t: (ntok, k) */
+    if (!t)
+        return sv_err_set(err, -ENOMEM, "linear (%d x %d, rank %d): out of memory for %zu tokens", lin->d_out,
+                          lin->d_in, lin->rank, ntok);
+    sgemm1(1, ntok, (size_t)lin->rank, (size_t)lin->d_in, 1.0f, x, (size_t)lin->d_in, lin->b, (size_t)lin->d_in, 0.0f,
+           t, (size_t)lin->rank);
+    sgemm1(1, ntok, (size_t)lin->d_out, (size_t)lin->rank, 1.0f, t, (size_t)lin->rank, lin->a, (size_t)lin->rank,
+           0.0f, y, (size_t)lin->d_out);
+    free(t);
+    return 0;
+}
+
+/* Multiply-adds of one call below which it runs single-threaded (about a
+ * millisecond on one core). */
+#define GEN_SERIAL_WORK 4e6
+
+/* Same math as forward_layer for n new tokens of one sequence at positions
+ * pos0 .. pos0+n-1, whose keys and values join the layer's cache; attention
+ * reads every cached position up to the query's own. The products of a
+ * single token are matrix-vector ones, so BLIS's blocking and our per-head
+ * dot products sum in other orders than the full pass: results agree to
+ * float rounding, not bit for bit (tests/test_generate.c states the bound). */
+int forward_layer_cached(const struct config *c, const struct layer_w *lw, float *x, int n, int pos0, float *kc,
+                         float *vc, int cap, struct sv_err *err) {
+    const int d = c->hidden, nh = c->n_heads, nkv = c->n_kv_heads, hd = c->head_dim;
+    const int qw = nh * hd, kvw = nkv * hd, ff = lw->proj[PROJ_GATE].d_out;
+    const size_t ntok = (size_t)n;
+    const int len = pos0 + n;   /* positions in the cache after this call */
+    int r = 0;
+    if (n < 1 || pos0 < 0 || len > cap)
+        return sv_err_set(err, -EINVAL, "layer %d: %d tokens at position %d do not fit a cache of %d", lw->index, n,
+                          pos0, cap);
+    if (c->sliding_window && len > c->sliding_window)
+        return sv_err_set(err, -ENOTSUP, "layer %d: sequence length %d exceeds the model's sliding_window %d",
+                          lw->index, len, c->sliding_window);
+    float *xn = malloc(ntok * (size_t)d * sizeof(float));
+    float *q = malloc(ntok * (size_t)qw * sizeof(float));
+    float *att = malloc(ntok * (size_t)qw * sizeof(float));
+    /* A token of a small model is a few hundred thousand multiply-adds: a
+     * thread team's start-up and barriers would cost more than they save
+     * (and far more on a loaded machine), so small steps run on this thread. */
+    const double work = (double)ntok * ((double)d * (qw + 2 * kvw) + (double)qw * d + 3.0 * d * ff);
+    const int nt = work < GEN_SERIAL_WORK ? 1 : forward_nthreads;
+    float *sc = malloc((size_t)nt * (size_t)len * sizeof(float));   /* per thread: one score row */
+    float *g = NULL, *u = NULL;
+    float *k = kc + (size_t)pos0 * kvw, *v = vc + (size_t)pos0 * kvw;   /* the new rows, written in place */
+    if (!xn || !q || !att || !sc) {
+        r = sv_err_set(err, -ENOMEM, "layer %d: out of memory for %d tokens", lw->index, n);
+        goto out;
+    }
+    rmsnorm_nt(xn, x, lw->attn_norm, ntok, d, c->rms_eps, nt);
+    if ((r = linear_nt(nt, &lw->proj[PROJ_Q], xn, ntok, q, err)) < 0 ||
+        (r = linear_nt(nt, &lw->proj[PROJ_K], xn, ntok, k, err)) < 0 ||
+        (r = linear_nt(nt, &lw->proj[PROJ_V], xn, ntok, v, err)) < 0)
+        goto out;
+    add_bias_nt(q, lw->bias[PROJ_Q], ntok, qw, nt);
+    add_bias_nt(k, lw->bias[PROJ_K], ntok, kvw, nt);
+    add_bias_nt(v, lw->bias[PROJ_V], ntok, kvw, nt);
+    if (lw->q_norm)
+        rmsnorm_nt(q, q, lw->q_norm, ntok * (size_t)nh, hd, c->rms_eps, nt);
+    if (lw->k_norm)
+        rmsnorm_nt(k, k, lw->k_norm, ntok * (size_t)nkv, hd, c->rms_eps, nt);
+    /* RoPE at absolute positions. Dynamic NTK takes the length so far, as
+     * transformers' cached generation does (keys already cached keep the
+     * angles they were given). */
+    double freq[CONFIG_MAX_HEAD_DIM / 2];
+    config_rope_inv_freq(c, len, freq);
+    for (int t = 0; t < n; t++) {
+        float *rows[2] = {q + (size_t)t * qw, k + (size_t)t * kvw};
+        int heads[2] = {nh, nkv};
+        for (int i = 0; i < hd / 2; i++) {
+            double ang = (double)(pos0 + t) * freq[i];
+            float cs = (float)cos(ang), sn = (float)sin(ang);
+            for (int w = 0; w < 2; w++)
+                for (int h = 0; h < heads[w]; h++) {
+                    float *p = rows[w] + (size_t)h * hd;
+                    float x1 = p[i], x2 = p[i + hd / 2];
+                    p[i] = x1 * cs - x2 * sn;
+                    p[i + hd / 2] = x2 * cs + x1 * sn;
+                }
+        }
+    }
+    const float scale = (float)(1.0 / sqrt((double)hd));
+    const int group = nh / nkv;
+#pragma omp parallel for schedule(dynamic) num_threads(nt)
+    for (int th = 0; th < n * nh; th++) {
+        int t = th / nh, h = th % nh, L = pos0 + t + 1;
+        float *row = sc + (size_t)omp_get_thread_num() * (size_t)len;
+        const float *qh = q + (size_t)t * qw + (size_t)h * hd;
+        const size_t koff = (size_t)(h / group) * hd;
+        float mx = -INFINITY;
+        for (int j = 0; j < L; j++) {
+            const float *kj = kc + (size_t)j * kvw + koff;
+            float s = 0;
+            for (int i = 0; i < hd; i++)
+                s += qh[i] * kj[i];
+            row[j] = s * scale;
+            mx = row[j] > mx ? row[j] : mx;
+        }
+        float sum = 0;
+        for (int j = 0; j < L; j++) {
+            row[j] = vexpf(row[j] - mx);
+            sum += row[j];
+        }
+        float inv = 1.0f / sum;
+        float *oh = att + (size_t)t * qw + (size_t)h * hd;
+        for (int i = 0; i < hd; i++)
+            oh[i] = 0;
+        for (int j = 0; j < L; j++) {
+            const float *vj = vc + (size_t)j * kvw + koff;
+            float p = row[j] * inv;
+            for (int i = 0; i < hd; i++)
+                oh[i] += p * vj[i];
+        }
+    }
+    if ((r = linear_nt(nt, &lw->proj[PROJ_O], att, ntok, xn, err)) < 0)
+        goto out;
+    add_inplace_nt(x, xn, ntok * (size_t)d, nt);
+
+    g = malloc(ntok * (size_t)ff * sizeof(float));
+    u = malloc(ntok * (size_t)ff * sizeof(float));
+    if (!g || !u) {
+        r = sv_err_set(err, -ENOMEM, "layer %d: out of memory for the MLP of %d tokens", lw->index, n);
+        goto out;
+    }
+    rmsnorm_nt(xn, x, lw->ffn_norm, ntok, d, c->rms_eps, nt);
+    if ((r = linear_nt(nt, &lw->proj[PROJ_GATE], xn, ntok, g, err)) < 0 ||
+        (r = linear_nt(nt, &lw->proj[PROJ_UP], xn, ntok, u, err)) < 0)
+        goto out;
+    for (size_t i = 0; i < ntok * (size_t)ff; i++) {
+        float a = g[i];
+        g[i] = a / (1.0f + vexpf(-a)) * u[i];
+    }
+    if ((r = linear_nt(nt, &lw->proj[PROJ_DOWN], g, ntok, xn, err)) < 0)
+        goto out;
+    add_inplace_nt(x, xn, ntok * (size_t)d, nt);
+out:
+    free(xn);
+    free(q);
+    free(att);
+    free(sc);
+    free(g);
+    free(u);
+    return r;
+}
+
+int forward_logits_small(const struct config *c, const struct head_w *h, const float *x, size_t ntok, float *logits,
+                         struct sv_err *err) {
+    const double work = (double)ntok * c->vocab * c->hidden;
+    if (work >= GEN_SERIAL_WORK && ntok > 1)
+        return forward_logits(c, h, x, ntok, logits, err);
+    float *xn = malloc(ntok * (size_t)c->hidden * sizeof(float));
+    if (!xn)
+        return sv_err_set(err, -ENOMEM, "lm_head: out of memory for %zu tokens", ntok);
+    rmsnorm_nt(xn, x, h->norm, ntok, c->hidden, c->rms_eps, 1);
+    if (ntok == 1)   /* see linear_nt */
+        matvec(work >= GEN_SERIAL_WORK ? forward_nthreads : 1, h->w, xn, c->vocab, c->hidden, logits);
+    else
+        sgemm1(1, ntok, (size_t)c->vocab, (size_t)c->hidden, 1.0f, xn, (size_t)c->hidden, h->w, (size_t)c->hidden,
+               0.0f, logits, (size_t)c->vocab);
     free(xn);
     return 0;
 }

@@ -57,9 +57,26 @@ int forward_linear(const struct linear *lin, const float *x, size_t ntok, float 
 int forward_layer(const struct config *c, const struct layer_w *lw, float *x, int B, int T,
                   const struct forward_taps *taps, struct sv_err *err);
 
+/* Incremental decoding: one decoder layer on x (n, hidden), n new tokens of
+ * one sequence at positions pos0 .. pos0+n-1. kc, vc: this layer's key and
+ * value cache, (cap, n_kv_heads * head_dim) each, rows [0, pos0) filled by
+ * earlier calls; this call writes rows pos0 .. pos0+n-1 (keys after bias,
+ * k_norm and RoPE). Equal to forward_layer on the whole sequence up to float
+ * rounding. A call of under about 4 million multiply-adds (a small model's
+ * token) runs on the calling thread alone, BLIS included: a thread team
+ * would cost more than it saves. -EINVAL when pos0 + n > cap; -ENOTSUP past
+ * a sliding_window. */
+int forward_layer_cached(const struct config *c, const struct layer_w *lw, float *x, int n, int pos0, float *kc,
+                         float *vc, int cap, struct sv_err *err);
+
 /* logits (ntok, vocab) = lm_head(rmsnorm(x)). x is not modified. */
 int forward_logits(const struct config *c, const struct head_w *h, const float *x, size_t ntok, float *logits,
                    struct sv_err *err);
+
+/* forward_logits for the few rows of a generation step: on this thread alone
+ * when the product is small (see forward_layer_cached), else forward_logits. */
+int forward_logits_small(const struct config *c, const struct head_w *h, const float *x, size_t ntok, float *logits,
+                         struct sv_err *err);
 
 /* Raw sgemm C (m,n) = alpha A (m,k) op B + beta C, all row-major; transb: B is (n,k). */
 void forward_sgemm(int transb, size_t m, size_t n, size_t k, float alpha, const float *a, size_t lda,

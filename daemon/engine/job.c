@@ -8,14 +8,10 @@ __thread double job_tap_seconds;
 
 int job_cancelled(const struct job *j) { return j->h && j->h->should_cancel && j->h->should_cancel(j->h->ctx); }
 
-/* The submitter's credentials around an access to their files (see
- * compress_hooks.user_fs): enter, access, leave, nothing else between. */
 int job_user_enter(const struct job *j, struct sv_err *err) {
     return j->h && j->h->user_fs ? j->h->user_fs(j->h->ctx, 1, err) : 0;
 }
 
-/* Back to the daemon's credentials; returns r, or the leave's own error
- * when r is 0. */
 int job_user_leave(const struct job *j, int r, struct sv_err *err) {
     if (!j->h || !j->h->user_fs)
         return r;
@@ -29,14 +25,12 @@ int job_user_leave(const struct job *j, int r, struct sv_err *err) {
     return r;
 }
 
-/* The next segment of the job: weight w (cost units) starting where the last ended. */
 void job_seg(struct job *j, double w) {
     j->seg_at = j->at;
     j->seg_w = w;
     j->at += w;
 }
 
-/* A zero-weight segment at absolute position at (a layer's start, a resume). */
 void job_seg_at(struct job *j, double at) {
     j->at = j->seg_at = at;
     j->seg_w = 0;
@@ -65,7 +59,6 @@ void job_work_path(const struct job *j, char *buf, size_t n, const char *fmt, in
     snprintf(buf, n, "%s/%s", j->p->work_dir, name);
 }
 
-/* Tells the store that layers from.. are to be recomputed, and why. */
 int job_drop_layers(struct job *j, int from, const char *why, struct sv_err *err) {
     char msg[SV_ERR_MSG_MAX];
     snprintf(msg, sizeof msg, "%s", why);   /* why may be err->msg */

@@ -8,6 +8,7 @@
 #define PARAMS_H
 
 #include <limits.h>
+#include <stddef.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -71,6 +72,8 @@ const char *params_ranks_name(enum compress_ranks r);
 int params_ranks_parse(const char *s, enum compress_ranks *ret);
 /* asvd's exponent: p->alpha, or the default 0.5 when it is 0. */
 double params_alpha(const struct compress_params *p);
+/* lorap's (v+o):(q+k) split: p->attn_split, or the default 3 when it is 0. */
+double params_attn_split(const struct compress_params *p);
 /* The rank rule a job runs under (never RANKS_DEFAULT): ranks, or for
  * RANKS_DEFAULT lorap for method lorap, last-n when layers > 0, else uniform. */
 enum compress_ranks params_ranks_resolve(enum compress_method m, enum compress_ranks ranks, int layers);
@@ -102,5 +105,58 @@ int params_full_rank(const struct config *c, const char *model_dir, struct sv_er
 /* Hex sha256 over every input that shapes the output: model files, method,
  * ratio, calibration file, nsamples, seqlen, seed, window rule, dense. */
 int params_job_key(const struct compress_params *p, char key[65], struct sv_err *err);
+
+/* ---- the job parameter table ------------------------------------------------
+ * Each job parameter once: its submit field (and job.schema.json property),
+ * type, default, range, svdllmctl flag, store column, whether and under
+ * which name it enters the job key, and where it lives in struct
+ * compress_params. The daemon's submit parsing and params_values_check()
+ * are driven by it; tests/test_params.c checks job.schema.json,
+ * svdllmctl's usage, schema/store.sql and the README against it, and
+ * tests/test_store.c round-trips every entry through the store. Adding a
+ * parameter is one row here plus the code that uses it. */
+enum params_type { PARAMS_PATH = 0, PARAMS_ENUM, PARAMS_INT, PARAMS_NUMBER, PARAMS_BOOL };
+/* How a value sits in struct compress_params. */
+enum params_slot { PARAMS_SLOT_PATH = 0, PARAMS_SLOT_INT, PARAMS_SLOT_U64, PARAMS_SLOT_DOUBLE, PARAMS_SLOT_BOOL };
+enum params_key { PARAMS_KEY_NO = 0, PARAMS_KEY_YES, PARAMS_KEY_ASVD /* asvd's value, 0 for other methods */ };
+struct params_field {
+    const char *name;            /* submit field; schema property */
+    enum params_type type;
+    bool required;
+    double min, max;             /* INT, NUMBER: accepted values */
+    bool min_open, max_open;     /* NUMBER: a bound itself is refused */
+    double def;                  /* INT, NUMBER, BOOL: the default; ENUM: its index */
+    bool zero_default;           /* NUMBER: 0 in the struct stands for def (absent) */
+    const char *const *names;    /* ENUM: the values by index */
+    int n_names;
+    const char *noun;            /* ENUM: "unknown <noun> 'x'" */
+    const char *flag;            /* svdllmctl's option */
+    const char *column;          /* the store's jobs column */
+    enum params_key key;
+    const char *key_name;        /* its name in the job key (table order is key order) */
+    enum params_slot slot;
+    size_t off;                  /* offsetof(struct compress_params, ...) */
+    const char *help;            /* what it is, for error messages */
+};
+extern const struct params_field params_fields[];
+extern const size_t params_n_fields;
+/* The entry named name, or NULL. */
+const struct params_field *params_field_find(const char *name);
+/* Every field at its default (paths empty); what a submit leaves unset. */
+void params_defaults(struct compress_params *p);
+/* ENUM: the index of s among f's names, or -EINVAL. */
+int params_field_enum(const struct params_field *f, const char *s);
+/* INT, NUMBER: -EINVAL and why ("1 is outside (0, 1)") when v is outside
+ * f's range. */
+int params_field_range(const struct params_field *f, double v, char *why, size_t n);
+/* Stores v (INT, NUMBER, BOOL, ENUM index) or s (PATH) in p; no checks. */
+void params_field_set(struct compress_params *p, const struct params_field *f, double v, const char *s);
+/* f's value in p as a number (PATH: its length). */
+double params_field_get(const struct compress_params *p, const struct params_field *f);
+/* The pure part of params_check(): every field within its range and the
+ * rules between fields (lorap's own ranks, last-n needs layers, layers only
+ * with last-n, calib for every method but svd). No file is touched; the
+ * daemon's submit handler calls it too. */
+int params_values_check(const struct compress_params *p, struct sv_err *err);
 
 #endif

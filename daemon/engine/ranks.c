@@ -39,17 +39,28 @@ const char *ranks_rule(const struct job *j) {
     }
 }
 
-static void plan_lorap_attn(struct job *j, int l) {
-    const struct config *c = j->c;
-    int dout[4], din[4];
+/* lorap's attention ranks before clamping: q and k share k_qk, v and o
+ * k_vo, so that the four keep (1 - ratio) of their parameters split
+ * (v+o):(q+k) = attn_split. */
+static void lorap_attn_ranks(const struct config *c, const struct compress_params *p, int dout[4], int din[4],
+                             double *k_qk, double *k_vo) {
     double total = 0;
-    for (int p = 0; p <= PROJ_O; p++) {
-        config_proj_shape(c, p, &dout[p], &din[p]);
-        total += (double)dout[p] * din[p];
+    for (int q = 0; q <= PROJ_O; q++) {
+        config_proj_shape(c, q, &dout[q], &din[q]);
+        total += (double)dout[q] * din[q];
     }
-    double split = j->p->attn_split > 0 ? j->p->attn_split : 3.0, keep = (1 - j->p->ratio) * total;
-    double k_qk = floor(keep / (1 + split) / (dout[0] + din[0] + dout[1] + din[1]));
-    double k_vo = floor(keep * split / (1 + split) / (dout[2] + din[2] + dout[3] + din[3]));
+    double split = params_attn_split(p), keep = (1 - p->ratio) * total;
+    *k_qk = floor(keep / (1 + split) / (dout[0] + din[0] + dout[1] + din[1]));
+    *k_vo = floor(keep * split / (1 + split) / (dout[2] + din[2] + dout[3] + din[3]));
+}
+
+/* Method lorap: the MLP's intermediate channels kept, before clamping. */
+static double lorap_ff_keep(const struct config *c, double ratio) { return floor(c->intermediate * (1 - ratio) + 0.5); }
+
+static void plan_lorap_attn(struct job *j, int l) {
+    int dout[4], din[4];
+    double k_qk, k_vo;
+    lorap_attn_ranks(j->c, j->p, dout, din, &k_qk, &k_vo);
     for (int p = 0; p <= PROJ_O; p++) {
         double k = p <= PROJ_K ? k_qk : k_vo;
         int mn = dout[p] < din[p] ? dout[p] : din[p];
@@ -71,7 +82,7 @@ void ranks_plan(struct job *j) {
     for (int l = 0; l < L && j->ranks == RANKS_LORAP; l++)
         plan_lorap_attn(j, l);
     if (j->p->method == METHOD_LORAP) {
-        double keep = floor(c->intermediate * (1 - j->p->ratio) + 0.5);
+        double keep = lorap_ff_keep(c, j->p->ratio);
         j->ff_keep = keep < 2 ? 2 : (int)keep;
         for (int l = 0; l < L; l++)
             j->rank[l][PROJ_GATE] = j->rank[l][PROJ_UP] = j->rank[l][PROJ_DOWN] = 0;
@@ -256,10 +267,7 @@ int ranks_plan_auto(struct job *j, const char *hex0, struct sv_err *err) {
  * method lorap keeps >= 1 MLP channel), before any clamping: a ratio that
  * needs rank 0 cannot be honoured. */
 int ranks_precheck(const struct compress_params *p, const struct config *c, struct sv_err *err) {
-    enum compress_ranks rule = p->ranks != RANKS_DEFAULT ? p->ranks
-                               : p->method == METHOD_LORAP ? RANKS_LORAP
-                               : p->layers                 ? RANKS_LAST_N
-                                                           : RANKS_UNIFORM;
+    enum compress_ranks rule = params_ranks_resolve(p->method, p->ranks, p->layers);
     const int L = c->n_layers;
     if (rule == RANKS_AUTO) { /* every matrix starts at rank 1 out of its sub-layer's budget */
         double budget[2] = {0, 0}, need[2] = {0, 0};
@@ -296,19 +304,14 @@ int ranks_precheck(const struct compress_params *p, const struct config *c, stru
     }
     if (rule == RANKS_LORAP) { /* as plan_lorap_attn */
         int dout[4], din[4];
-        double total = 0;
-        for (int q = 0; q <= PROJ_O; q++) {
-            config_proj_shape(c, q, &dout[q], &din[q]);
-            total += (double)dout[q] * din[q];
-        }
-        double split = p->attn_split > 0 ? p->attn_split : 3.0, keep = (1 - p->ratio) * total;
-        double k_qk = floor(keep / (1 + split) / (dout[0] + din[0] + dout[1] + din[1]));
-        double k_vo = floor(keep * split / (1 + split) / (dout[2] + din[2] + dout[3] + din[3]));
+        double k_qk, k_vo;
+        lorap_attn_ranks(c, p, dout, din, &k_qk, &k_vo);
         if (k_qk < 1 || k_vo < 1)
-            return sv_err_set(err, -EINVAL, "ratio %g with attn_split %g leaves %s rank %.0f", p->ratio, split,
-                              k_qk < 1 ? "q_proj/k_proj" : "v_proj/o_proj", k_qk < 1 ? k_qk : k_vo);
+            return sv_err_set(err, -EINVAL, "ratio %g with attn_split %g leaves %s rank %.0f", p->ratio,
+                              params_attn_split(p), k_qk < 1 ? "q_proj/k_proj" : "v_proj/o_proj",
+                              k_qk < 1 ? k_qk : k_vo);
     }
-    if (p->method == METHOD_LORAP && floor(c->intermediate * (1 - p->ratio) + 0.5) < 1)
+    if (p->method == METHOD_LORAP && lorap_ff_keep(c, p->ratio) < 1)
         return sv_err_set(err, -EINVAL, "ratio %g prunes every one of the %d MLP channels", p->ratio, c->intermediate);
     return 0;
 }

@@ -40,6 +40,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "afile.h"
+
 /* safetensors is little-endian; F32 data is memcpy'd straight to the caller. */
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "st.c assumes a little-endian host"
@@ -946,12 +948,8 @@ int st_writer_new(struct st_writer **ret, const char *path, struct sv_err *err) 
         r = sv_err_set(err, -ENOMEM, "file '%s': out of memory", path);
         goto out;
     }
-    memcpy(w->tmp, path, len);
-    memcpy(w->tmp + len, ".tmp", 5);
-    w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (w->fd < 0) {
-        r = -errno;
-        sv_err_set(err, r, "file '%s': cannot create: %s", w->tmp, strerror(-r));
+    if ((w->fd = afile_tmp_open(path, w->tmp, len + 5, err)) < 0) {
+        r = w->fd;
         goto out;
     }
     *ret = w;
@@ -1078,20 +1076,10 @@ int st_writer_declare(struct st_writer *w, const char *name, enum st_dtype dtype
 
 /* Writes all of buf, retrying short writes; a full disk surfaces here. */
 static int write_all(struct st_writer *w, const void *buf, size_t len, struct sv_err *err) {
-    const unsigned char *p = buf;
-    while (len > 0) {
-        ssize_t k = write(w->fd, p, len);
-        if (k < 0) {
-            if (errno == EINTR)
-                continue;
-            int r = -errno;
-            w->failed = 1;
-            return sv_err_set(err, r, "file '%s': write failed: %s", w->tmp, strerror(-r));
-        }
-        p += k;
-        len -= (size_t)k;
-    }
-    return 0;
+    int r = afile_write_full(w->fd, buf, len, w->tmp, err);
+    if (r < 0)
+        w->failed = 1;
+    return r;
 }
 
 static int write_header(struct st_writer *w, struct sv_err *err) {
@@ -1231,8 +1219,7 @@ int st_writer_write_raw(struct st_writer *w, const char *name, const void *data,
 }
 
 int st_writer_finish(struct st_writer *w, struct sv_err *err) {
-    int r = 0, dfd = -1;
-    char *dir = NULL;
+    int r = 0;
     if (!w)
         return sv_err_set(err, -EINVAL, "st_writer_finish: no writer");
     if (w->failed) {
@@ -1246,48 +1233,9 @@ int st_writer_finish(struct st_writer *w, struct sv_err *err) {
     }
     if (!w->header_done && (r = write_header(w, err)) < 0)
         goto out;
-    if (fsync(w->fd) < 0) {
-        r = -errno;
-        sv_err_set(err, r, "file '%s': fsync failed: %s", w->tmp, strerror(-r));
-        goto out;
-    }
-    /* close() can report a deferred write error (NFS); after it the fd is gone either way. */
-    int cr = close(w->fd);
-    w->fd = -1;
-    if (cr < 0) {
-        r = -errno;
-        sv_err_set(err, r, "file '%s': close failed: %s", w->tmp, strerror(-r));
-        unlink(w->tmp);
-        goto out;
-    }
-    if (rename(w->tmp, w->path) < 0) {
-        r = -errno;
-        sv_err_set(err, r, "file '%s': rename from '%s' failed: %s", w->path, w->tmp, strerror(-r));
-        unlink(w->tmp);
-        goto out;
-    }
-    /* The rename is durable only once the directory entry is on disk. */
-    const char *slash = strrchr(w->path, '/');
-    if (!slash)
-        dir = strdup(".");
-    else if (slash == w->path)
-        dir = strdup("/");
-    else
-        dir = strndup(w->path, (size_t)(slash - w->path));
-    if (!dir) {
-        r = sv_err_set(err, -ENOMEM, "file '%s': out of memory", w->path);
-        goto out;
-    }
-    dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0 || fsync(dfd) < 0) {
-        r = -errno;
-        sv_err_set(err, r, "file '%s': fsync of directory '%s' failed: %s", w->path, dir, strerror(-r));
-        goto out;
-    }
+    r = afile_tmp_finish(w->fd, 0, w->tmp, w->path, NULL, err);
+    w->fd = -1; /* closed, and tmp removed on failure */
 out:
-    if (dfd >= 0)
-        close(dfd);
-    free(dir);
     st_writer_free(w);
     return r;
 }

@@ -57,8 +57,13 @@
  * is refused. Anything else the library can do (other models, normalizers,
  * pre-tokenizers, Split behaviours, single_word tokens) is refused by name.
  *
+ * Decoding (tok_decode, at the end of this file) runs the file's "decoder"
+ * steps on the list of piece strings as the Rust library does; a decoder we
+ * do not implement does not stop tok_new (encoding does not need it), only
+ * tok_decode, by name.
+ *
  * A struct tok is immutable after tok_new, so any number of threads may call
- * tok_encode on it at once; each call has its own scratch state. */
+ * tok_encode and tok_decode on it at once; each call has its own scratch state. */
 #include "tok.h"
 
 #include <errno.h>
@@ -169,7 +174,17 @@ struct tok {
     int32_t *bos;  /* ids in front of $A in the "single" template */
     size_t n_bos;
     int vocab_size;
+
+    /* Decoding (tok_decode): the file's decoder steps, or why it is refused. */
+    struct dec_step *dec;
+    size_t n_dec;
+    int dec_join_space;     /* no decoder: pieces joined by ' ', as the library does */
+    char *dec_refused;      /* non-NULL: the decoder is not supported, and why */
+    unsigned char *special; /* per id: an added token with special = true */
 };
+
+static int parse_decoder(struct tok *t, json_t *root, struct sv_err *err);
+static void dec_free(struct tok *t);
 
 static int fail(const struct tok *t, struct sv_err *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -996,6 +1011,9 @@ int tok_new(struct tok **ret, const char *tokenizer_json_path, struct sv_err *er
     r = build_pieces(t, err);
     if (r < 0)
         goto out;
+    r = parse_decoder(t, root, err);
+    if (r < 0)
+        goto out;
     /* A BOS id must name a row of the embedding table like any other id
      * (found by fuzzing: post_processor ids were taken as given). */
     for (size_t b = 0; b < t->n_bos && r == 0; b++)
@@ -1025,6 +1043,7 @@ void tok_free(struct tok *t) {
     set_free(t->raw.a, t->raw.n);
     set_free(t->norm.a, t->norm.n);
     set_free(t->whole, t->n_whole);
+    dec_free(t);
     free(t->piece);
     free(t->piece_len);
     free(t->ms_rep);
@@ -1968,4 +1987,390 @@ int tok_piece_borrow(const struct tok *t, int32_t id, const char **ret, size_t *
 
 int tok_is_byte_level(const struct tok *t) {
     return t->byte_level;
+}
+
+/* ---- decoding --------------------------------------------------------- */
+
+/* The decoder runs as the library's decode does (tokenizer.rs decode, and
+ * each decoder's decode_chain): ids -> piece strings (unknown ids dropped,
+ * special tokens dropped on request), then each step of the file's
+ * "decoder" on the list of strings, then the strings joined. */
+
+enum dec_kind { DEC_BYTELEVEL, DEC_REPLACE, DEC_BYTEFALLBACK, DEC_FUSE, DEC_STRIP, DEC_METASPACE };
+
+struct dec_step {
+    enum dec_kind kind;
+    char *pat, *with;      /* Replace: String pattern -> content; Strip, Metaspace: pat = the character */
+    size_t pat_len, with_len;
+    size_t start, stop;    /* Strip: at most this many characters cut at each end */
+    int first_drop;        /* Metaspace: prepend_scheme != never (drop every replacement of token 0) */
+};
+
+static void dec_free(struct tok *t) {
+    for (size_t i = 0; i < t->n_dec; i++) {
+        free(t->dec[i].pat);
+        free(t->dec[i].with);
+    }
+    free(t->dec);
+    free(t->dec_refused);
+    free(t->special);
+    t->dec = NULL;
+    t->n_dec = 0;
+}
+
+/* Records why decoding is refused; tok_new still succeeds (encoding does not
+ * need the decoder), tok_decode returns -ENOTSUP with this text. */
+static int dec_refuse(struct tok *t, const char *fmt, const char *what) {
+    char msg[160];
+    snprintf(msg, sizeof msg, fmt, what);
+    free(t->dec_refused);
+    t->dec_refused = strdup(msg);
+    return t->dec_refused ? 0 : -ENOMEM;
+}
+
+/* One character (one code point of UTF-8) from a JSON string, or -1. */
+static int one_char(json_t *s, char **ret, size_t *ret_len) {
+    if (!json_is_string(s))
+        return -1;
+    size_t n = json_string_length(s);
+    const unsigned char *u = (const unsigned char *)json_string_value(s);
+    if (n == 0 || utf8_len(u, n) != n)
+        return -1;
+    *ret = dup_json_string(s, ret_len);
+    return *ret ? 0 : -ENOMEM;
+}
+
+static int dec_add(struct tok *t, json_t *d, int depth) {
+    const char *ty = type_of(d);
+    if (!ty)
+        return dec_refuse(t, "decoder %s has no type", "");
+    if (strcmp(ty, "Sequence") == 0) {
+        json_t *list = json_object_get(d, "decoders"), *x;
+        size_t i;
+        if (depth > 0 || !json_is_array(list))
+            return dec_refuse(t, "decoder %s: only one Sequence with a 'decoders' array is supported", ty);
+        json_array_foreach(list, i, x) {
+            int r = dec_add(t, x, depth + 1);
+            if (r < 0 || t->dec_refused)
+                return r;
+        }
+        return 0;
+    }
+    struct dec_step st = {0};
+    int r = 0;
+    if (strcmp(ty, "ByteLevel") == 0) {
+        st.kind = DEC_BYTELEVEL;
+    } else if (strcmp(ty, "ByteFallback") == 0) {
+        st.kind = DEC_BYTEFALLBACK;
+    } else if (strcmp(ty, "Fuse") == 0) {
+        st.kind = DEC_FUSE;
+    } else if (strcmp(ty, "Replace") == 0) {
+        json_t *pat = json_object_get(json_object_get(d, "pattern"), "String"), *c = json_object_get(d, "content");
+        if (!json_is_string(pat) || json_string_length(pat) == 0 || !json_is_string(c))
+            return dec_refuse(t, "decoder %s: only a non-empty String pattern and a string content are supported",
+                              ty);
+        st.kind = DEC_REPLACE;
+        st.pat = dup_json_string(pat, &st.pat_len);
+        st.with = dup_json_string(c, &st.with_len);
+        if (!st.pat || !st.with)
+            r = -ENOMEM;
+    } else if (strcmp(ty, "Strip") == 0) {
+        json_t *a = json_object_get(d, "start"), *b = json_object_get(d, "stop");
+        st.kind = DEC_STRIP;
+        if ((r = one_char(json_object_get(d, "content"), &st.pat, &st.pat_len)) == -1 || !json_is_integer(a) ||
+            !json_is_integer(b) || json_integer_value(a) < 0 || json_integer_value(b) < 0)
+            return dec_refuse(t, "decoder %s needs a one-character 'content' and integer 'start' and 'stop' >= 0",
+                              ty);
+        st.start = (size_t)json_integer_value(a);
+        st.stop = (size_t)json_integer_value(b);
+    } else if (strcmp(ty, "Metaspace") == 0) {
+        json_t *ps = json_object_get(d, "prepend_scheme"), *ap = json_object_get(d, "add_prefix_space");
+        st.kind = DEC_METASPACE;
+        if ((r = one_char(json_object_get(d, "replacement"), &st.pat, &st.pat_len)) == -1)
+            return dec_refuse(t, "decoder %s needs a one-character 'replacement'", ty);
+        /* Older files say add_prefix_space instead of prepend_scheme. */
+        st.first_drop = json_is_string(ps) ? strcmp(json_string_value(ps), "never") != 0
+                                           : !json_is_boolean(ap) || json_is_true(ap);
+    } else {
+        return dec_refuse(t, "decoder type '%s' not supported", ty);
+    }
+    struct dec_step *n = r < 0 ? NULL : realloc(t->dec, (t->n_dec + 1) * sizeof *n);
+    if (!n) {
+        free(st.pat);
+        free(st.with);
+        return -ENOMEM;
+    }
+    t->dec = n;
+    t->dec[t->n_dec++] = st;
+    return 0;
+}
+
+static int parse_decoder(struct tok *t, json_t *root, struct sv_err *err) {
+    t->special = calloc((size_t)t->vocab_size + 1, 1);
+    if (!t->special)
+        return fail(t, err, -ENOMEM, "out of memory");
+    size_t i;
+    json_t *at;
+    json_array_foreach(json_object_get(root, "added_tokens"), i, at) {
+        json_int_t id = json_integer_value(json_object_get(at, "id"));
+        if (json_is_true(json_object_get(at, "special")) && id >= 0 && id < t->vocab_size)
+            t->special[id] = 1;
+    }
+    json_t *d = json_object_get(root, "decoder");
+    int r = 0;
+    if (!d || json_is_null(d))
+        t->dec_join_space = 1;
+    else
+        r = dec_add(t, d, 0);
+    return r < 0 ? fail(t, err, r, "out of memory for the decoder") : 0;
+}
+
+/* The list of strings a decoder step works on. */
+struct strv {
+    char **s;
+    size_t *n;
+    size_t count, cap;
+};
+
+static void strv_free(struct strv *v) {
+    for (size_t i = 0; i < v->count; i++)
+        free(v->s[i]);
+    free(v->s);
+    free(v->n);
+    memset(v, 0, sizeof *v);
+}
+
+/* Appends a copy of s[0..n) (own = 0) or s itself (own = 1). */
+static int strv_push(struct strv *v, char *s, size_t n, int own) {
+    if (v->count == v->cap) {
+        size_t cap = v->cap ? 2 * v->cap : 64;
+        char **ns = realloc(v->s, cap * sizeof *ns);
+        if (ns)
+            v->s = ns;
+        size_t *nn = ns ? realloc(v->n, cap * sizeof *nn) : NULL;
+        if (!nn) {
+            if (own)
+                free(s);
+            return -ENOMEM;
+        }
+        v->n = nn;
+        v->cap = cap;
+    }
+    char *c = s;
+    if (!own) {
+        c = malloc(n + 1);
+        if (!c)
+            return -ENOMEM;
+        memcpy(c, s, n);
+        c[n] = '\0';
+    }
+    v->s[v->count] = c;
+    v->n[v->count++] = n;
+    return 0;
+}
+
+/* All strings of v concatenated, as one new malloc'ed string. */
+static int strv_join(const struct strv *v, const char *sep, size_t sep_len, char **ret, size_t *ret_len) {
+    size_t total = 0;
+    for (size_t i = 0; i < v->count; i++) {
+        if (v->n[i] > TOK_TEXT_MAX - total - sep_len)
+            return -E2BIG;
+        total += v->n[i] + (i ? sep_len : 0);
+    }
+    char *out = malloc(total + 1), *o = out;
+    if (!out)
+        return -ENOMEM;
+    for (size_t i = 0; i < v->count; i++) {
+        if (i) {
+            memcpy(o, sep, sep_len);
+            o += sep_len;
+        }
+        memcpy(o, v->s[i], v->n[i]);
+        o += v->n[i];
+    }
+    *o = '\0';
+    *ret = out;
+    *ret_len = total;
+    return 0;
+}
+
+/* ByteLevel: every string back through GPT-2's table (a string with a
+ * character outside it stays as its UTF-8 bytes), all concatenated, then read
+ * as UTF-8 with each maximal ill-formed subsequence as U+FFFD (Rust's
+ * from_utf8_lossy). One string out. */
+static int dec_bytelevel(struct strv *v) {
+    size_t total = 0;
+    for (size_t i = 0; i < v->count; i++)
+        total += v->n[i];
+    char *bytes = malloc(total + 1);
+    if (!bytes)
+        return -ENOMEM;
+    size_t k = 0;
+    for (size_t i = 0; i < v->count; i++) {
+        long m = pretok_unicode_to_bytes(v->s[i], v->n[i], bytes + k);
+        if (m < 0) {
+            memcpy(bytes + k, v->s[i], v->n[i]);
+            m = (long)v->n[i];
+        }
+        k += (size_t)m;
+    }
+    char *valid = NULL;
+    size_t vn = 0;
+    int r = make_valid_utf8(bytes, k, &valid, &vn);
+    if (r < 0) {
+        free(bytes);
+        return r;
+    }
+    if (valid) {
+        free(bytes);
+        bytes = valid;
+        k = vn;
+    } else {
+        bytes[k] = '\0';
+    }
+    strv_free(v);
+    return strv_push(v, bytes, k, 1);
+}
+
+static int hexval(int c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* ByteFallback: a run of "<0xHH>" strings becomes its bytes when they are
+ * valid UTF-8, else one U+FFFD per byte (the Rust library's rule; the
+ * JavaScript port would replace maximal subparts instead). */
+static int dec_flush_bytes(struct strv *out, const unsigned char *b, size_t nb) {
+    if (!nb)
+        return 0;
+    size_t i = 0;
+    while (i < nb) {
+        size_t cl = utf8_len(b + i, nb - i);
+        if (!cl)
+            break;
+        i += cl;
+    }
+    if (i == nb)
+        return strv_push(out, (char *)b, nb, 0);
+    for (size_t j = 0; j < nb; j++) {
+        int r = strv_push(out, "\xef\xbf\xbd", 3, 0);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+static int dec_bytefallback(struct strv *v) {
+    struct strv out = {0};
+    unsigned char *run = malloc(v->count + 1);
+    size_t nb = 0;
+    int r = run ? 0 : -ENOMEM;
+    for (size_t i = 0; i < v->count && r == 0; i++) {
+        const char *s = v->s[i];
+        int hi = v->n[i] == 6 && memcmp(s, "<0x", 3) == 0 && s[5] == '>' ? hexval(s[3]) : -1;
+        int lo = hi >= 0 ? hexval(s[4]) : -1;
+        if (lo >= 0) {
+            run[nb++] = (unsigned char)(hi * 16 + lo);
+            continue;
+        }
+        r = dec_flush_bytes(&out, run, nb);
+        nb = 0;
+        char *moved = v->s[i];
+        v->s[i] = NULL;
+        if (r == 0)
+            r = strv_push(&out, moved, v->n[i], 1);
+        else
+            free(moved);
+    }
+    if (r == 0)
+        r = dec_flush_bytes(&out, run, nb);
+    free(run);
+    strv_free(v);
+    if (r < 0) {
+        strv_free(&out);
+        return r;
+    }
+    *v = out;
+    return 0;
+}
+
+static int dec_fuse(struct strv *v) {
+    char *s;
+    size_t n;
+    int r = strv_join(v, "", 0, &s, &n);
+    if (r < 0)
+        return r;
+    strv_free(v);
+    return strv_push(v, s, n, 1);
+}
+
+/* Strip: at most start leading and stop trailing copies of one character,
+ * from every string. */
+static void dec_strip(struct strv *v, const struct dec_step *st) {
+    for (size_t i = 0; i < v->count; i++) {
+        char *s = v->s[i];
+        size_t n = v->n[i], a = 0, b = n;
+        for (size_t k = 0; k < st->start && b - a >= st->pat_len && memcmp(s + a, st->pat, st->pat_len) == 0; k++)
+            a += st->pat_len;
+        for (size_t k = 0; k < st->stop && b - a >= st->pat_len && memcmp(s + b - st->pat_len, st->pat, st->pat_len) == 0;
+             k++)
+            b -= st->pat_len;
+        memmove(s, s + a, b - a);
+        s[b - a] = '\0';
+        v->n[i] = b - a;
+    }
+}
+
+/* Metaspace: the replacement character becomes ' ', except in the first
+ * string, where (prepend_scheme other than never) it is dropped. */
+static int dec_metaspace(struct strv *v, const struct dec_step *st) {
+    for (size_t i = 0; i < v->count; i++) {
+        int r = replace_all(&v->s[i], &v->n[i], st->pat, st->pat_len, " ", (i == 0 && st->first_drop) ? 0 : 1);
+        if (r < 0)
+            return r;
+        v->s[i][v->n[i]] = '\0';
+    }
+    return 0;
+}
+
+int tok_decode(const struct tok *t, const int32_t *ids, size_t n, int flags, char **ret_text, size_t *ret_len,
+               struct sv_err *err) {
+    if (t->dec_refused)
+        return fail(t, err, -ENOTSUP, "cannot decode: %s", t->dec_refused);
+    struct strv v = {0};
+    int r = 0;
+    for (size_t i = 0; i < n && r == 0; i++) {
+        int32_t id = ids[i];
+        if (id < 0 || id >= t->vocab_size || !t->piece[id])
+            continue;   /* the library drops ids it has no token for */
+        if ((flags & TOK_DECODE_SKIP_SPECIAL) && t->special[id])
+            continue;
+        r = strv_push(&v, (char *)t->piece[id], t->piece_len[id], 0);
+    }
+    for (size_t k = 0; k < t->n_dec && r == 0; k++) {
+        const struct dec_step *st = &t->dec[k];
+        switch (st->kind) {
+        case DEC_BYTELEVEL: r = dec_bytelevel(&v); break;
+        case DEC_BYTEFALLBACK: r = dec_bytefallback(&v); break;
+        case DEC_FUSE: r = dec_fuse(&v); break;
+        case DEC_STRIP: dec_strip(&v, st); break;
+        case DEC_METASPACE: r = dec_metaspace(&v, st); break;
+        case DEC_REPLACE:
+            for (size_t i = 0; i < v.count && r == 0; i++) {
+                r = replace_all(&v.s[i], &v.n[i], st->pat, st->pat_len, st->with, st->with_len);
+                if (r == 0)
+                    v.s[i][v.n[i]] = '\0';
+            }
+            break;
+        }
+    }
+    char *out = NULL;
+    size_t out_len = 0;
+    if (r == 0)
+        r = strv_join(&v, " ", t->dec_join_space ? 1 : 0, &out, &out_len);
+    strv_free(&v);
+    if (r < 0)
+        return fail(t, err, r, "decoding %zu ids: %s", n, r == -E2BIG ? "text too long" : "out of memory");
+    *ret_text = out;
+    *ret_len = out_len;
+    return 0;
 }

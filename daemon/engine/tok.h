@@ -46,4 +46,21 @@ int tok_piece_borrow(const struct tok *t, int32_t id, const char **ret, size_t *
 /* 1 if pieces are in GPT-2's byte-to-unicode alphabet (ByteLevel). */
 int tok_is_byte_level(const struct tok *t);
 
+/* ids -> text, as the library's decode(ids, skip_special_tokens) with the
+ * file's "decoder": supported are ByteLevel, Replace (String pattern),
+ * ByteFallback, Fuse, Strip and Metaspace, alone or in one Sequence; no
+ * decoder joins the pieces with ' '. Ids with no piece are dropped, as the
+ * library drops them (a model's embedding table may be larger than the
+ * tokenizer). With TOK_DECODE_SKIP_SPECIAL, added tokens with special = true
+ * are dropped; other added tokens are kept and decoded like any piece.
+ * The text is always valid UTF-8 (ill-formed byte sequences come out as
+ * U+FFFD: maximal subparts for ByteLevel, one per byte for a ByteFallback
+ * run, as the Rust library does). No clean-up of spaces before punctuation
+ * (transformers' clean_up_tokenization_spaces is not the library's).
+ * *ret_text is malloc'ed and NUL-terminated; the caller frees it.
+ * -ENOTSUP (the message names the decoder) for a decoder not listed. */
+#define TOK_DECODE_SKIP_SPECIAL 1
+int tok_decode(const struct tok *t, const int32_t *ids, size_t n, int flags, char **ret_text, size_t *ret_len,
+               struct sv_err *err);
+
 #endif
