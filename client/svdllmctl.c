@@ -793,7 +793,7 @@ static const struct command commands[] = {
                      "in (0, 1): 0.4 removes 40 % and keeps 60 % (embeddings,\n"
                      "norms and the head are kept); required"},
       {O_METHOD, "M", "svd | svdllm | asvd | awsvd | svdllm-update | rom |\n"
-                      "lorap (default svdllm)"},
+                      "lorap | rrr (default svdllm)"},
       {O_CALIB, "FILE", "calibration text, or a .i32 file of int32 token ids;\n"
                         "required unless --method svd"},
       {O_NSAMPLES, "N", "calibration windows, 1..65536 (default 32)"},

@@ -3719,6 +3719,81 @@ out:
     side_leave(&sv);
 }
 
+/* rrr through svdllmctl and the real daemon on tinystories-656K at 0.4,
+ * next to svdllm-update at the same (uniform) ranks. Per matrix, on the
+ * same compressed inputs: the lambda = 0 fit never has a higher calibration
+ * loss than the update's refit (rrr is the optimum over every rank-k pair,
+ * so this holds up to the f32 statistics, 1e-6); the chosen lambda has the
+ * lowest held-out loss of the grid. At layer 0 q/k/v the inputs are the
+ * original ones (X' = X), so rrr at lambda = 0 is svdllm, and the in-job
+ * reference of the update equals the update job's own refit loss (1e-4:
+ * f32 chunk statistics against double ones). */
+static void test_rrr(void) {
+    char out[PATH_MAX], out_u[PATH_MAX], name[200];
+    const char *k;
+    json_t *v;
+    snprintf(out, sizeof out, "%s/out-rrr", dir);
+    snprintf(out_u, sizeof out_u, "%s/out-rrr-update", dir);
+    const char *rrr[] = {"--method", "rrr", "--ratio", "0.4", NULL},
+               *upd[] = {"--method", "svdllm-update", "--ratio", "0.4", NULL};
+    json_t *j = ctl_job(out, rrr), *ju = ctl_job(out_u, upd);
+    SV_CHECK(j && str_is(json_object_get(j, "method"), "rrr"));
+    if (!j || !ju) {
+        json_decref(j);
+        json_decref(ju);
+        return;
+    }
+    check_ppl(j, "rrr, 0.4");
+    check_ppl(ju, "svdllm-update, 0.4 (next to rrr)");
+    double p_rrr = json_number_value(json_object_get(json_object_get(j, "result"), "ppl_after")),
+           p_upd = json_number_value(json_object_get(json_object_get(ju, "result"), "ppl_after"));
+    fprintf(stderr, "rrr: perplexity %.3f, svdllm-update %.3f\n", p_rrr, p_upd);
+    SV_CHECK(p_rrr < p_upd);
+    json_t *rep = load_json_in(out, "compression.json"), *repu = load_json_in(out_u, "compression.json");
+    json_t *top = json_object_get(rep, "rrr");
+    SV_ASSERT_EQ(json_integer_value(json_object_get(top, "heldout_windows")), 4); /* 32 / 8 */
+    json_t *grid = json_object_get(top, "lambda_grid");
+    int n_ok = 0, n_mat = 0;
+    json_object_foreach(json_object_get(rep, "matrices"), k, v) {
+        n_mat++;
+        double l0 = json_number_value(json_object_get(v, "calib_loss_lambda0")),
+               lu = json_number_value(json_object_get(v, "calib_loss_update")),
+               ls = json_number_value(json_object_get(v, "calib_loss_svdllm")),
+               lc = json_number_value(json_object_get(v, "calib_loss")),
+               lam = json_number_value(json_object_get(v, "rrr_lambda"));
+        json_t *hl = json_object_get(v, "heldout_loss");
+        bool ok = l0 > 0 && lu > 0 && l0 <= lu * (1 + 1e-6) && str_is(json_object_get(v, "rrr_lambda_rule"), "held-out");
+        size_t i, best = 0;
+        json_t *x;
+        json_array_foreach(hl, i, x) if (json_number_value(x) < json_number_value(json_array_get(hl, best))) best = i;
+        ok = ok && json_array_size(hl) == json_array_size(grid) && json_array_size(grid) > 1 &&
+             json_number_value(json_array_get(grid, best)) == lam;
+        if (!ok)
+            fprintf(stderr, "%s: rrr lambda %g (held-out best %g): loss %g, lambda = 0 %g, update %g\n", k, lam,
+                    json_number_value(json_array_get(grid, best)), lc, l0, lu);
+        n_ok += ok;
+        fprintf(stderr, "rrr: %s lambda %g: calibration loss %.5g (lambda = 0: %.5g), update %.5g, svdllm %.5g\n", k,
+                lam, lc, l0, lu, ls);
+    }
+    SV_ASSERT_EQ(n_mat, 14);
+    SV_ASSERT_EQ(n_ok, 14);
+    for (int p = 0; p < 3; p++) {
+        static const char *const qkv[] = {"q_proj", "k_proj", "v_proj"};
+        snprintf(name, sizeof name, "model.layers.0.self_attn.%s", qkv[p]);
+        json_t *m = json_object_get(json_object_get(rep, "matrices"), name),
+               *mu = json_object_get(json_object_get(repu, "matrices"), name);
+        SV_ASSERT_NEAR_REL(json_number_value(json_object_get(m, "calib_loss_update")),
+                           json_number_value(json_object_get(mu, "refit_loss_after")), 1e-4);
+        SV_ASSERT_NEAR_REL(json_number_value(json_object_get(m, "calib_loss_lambda0")),
+                           json_number_value(json_object_get(m, "calib_loss_svdllm")), 1e-4);
+    }
+    SV_ASSERT_EQ(hf_layout(out, false), 0);
+    json_decref(rep);
+    json_decref(repu);
+    json_decref(j);
+    json_decref(ju);
+}
+
 /* ---- generate, and the acceptance test for generated Llama 3 / Qwen3 models --------- */
 
 /* svdllmctl generate through the daemon: run.c's greedy text of stories260K
@@ -4025,6 +4100,7 @@ int main(int argc, char **argv) {
     json_decref(j);
     SV_CHECK(log_contains(" compute thread(s) per job and eval (the CPUs this process may run on)"));
     test_methods();
+    test_rrr();
     check_ping();
     SV_ASSERT_EQ(stop_daemon(SIGINT), 0);
 

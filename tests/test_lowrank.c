@@ -5,7 +5,9 @@
  * formula, the chunked Gram accumulator and the argument errors; then (8-12)
  * the double factors (rom == SVD-LLM beyond f32 precision), the spectrum,
  * the least-squares refit of A (including a singular Z^T Z) and the chunked
- * cross-product accumulator.
+ * cross-product accumulator; (17-19) rrr: equal to SVD-LLM when X' = X,
+ * never worse than the update's refit, and the optimum of a brute-force
+ * dense least-squares reference.
  *
  * Tolerances. A and B are stored in f32, so W' = A B evaluated in double
  * carries the f32 rounding of the factors: each element of A and B is off by
@@ -1601,6 +1603,280 @@ static void realistic_case(int d_out, int d_in, int n_tok, double ratio, uint64_
     free(u), free(v), free(q), free(w), free(zc), free(x), free(g), free(wd), free(wg), free(c), free(ev);
 }
 
+/* ---- 17-19: rrr, reduced-rank regression on the compressed inputs ---------- */
+
+/* One rrr problem: W, the original inputs X and the compressed ones X',
+ * their statistics G' = X'^T X', H = X'^T X, the targets Y = X W^T. */
+struct rrr_case {
+    int d_out, d_in, n_tok;
+    float *w;
+    double *x, *xp, *gp, *h, *y, yy;
+};
+
+/* W power-law (U diag((i+1)^-0.5) V^T, as in 16) and X with power-law
+ * channels and four 40x outlier directions, or W uniform and X correlated
+ * (make_x_corr). X' = X + pert noise (perturb_x), channel `dead` zeroed. */
+static void rrr_case_new(struct rrr_case *c, int d_out, int d_in, int n_tok, int power, double pert, int dead,
+                         uint64_t seed) {
+    rng_seed(seed);
+    memset(c, 0, sizeof *c);
+    c->d_out = d_out, c->d_in = d_in, c->n_tok = n_tok;
+    if (power) {
+        int mn = d_out < d_in ? d_out : d_in;
+        double *u = orthonormal(d_out, mn), *v = orthonormal(d_in, mn), *q = orthonormal(d_in, d_in);
+        c->w = ALLOC(float, (size_t)d_out * d_in);
+        for (int i = 0; i < d_out; i++)
+            for (int j = 0; j < d_in; j++) {
+                double t = 0;
+                for (int m = 0; m < mn; m++)
+                    t += u[(size_t)i * mn + m] * pow(m + 1.0, -0.5) * v[(size_t)j * mn + m];
+                c->w[(size_t)i * d_in + j] = (float)t;
+            }
+        double *zc = ALLOC(double, (size_t)n_tok * d_in);
+        for (int r = 0; r < n_tok; r++)
+            for (int j = 0; j < d_in; j++)
+                zc[(size_t)r * d_in + j] = (uni() + uni() + uni()) * pow(j + 1.0, -0.6) * (j < 4 ? 40.0 : 1.0);
+        c->x = matmul(zc, q, n_tok, d_in, d_in, 1);
+        free(u), free(v), free(q), free(zc);
+    } else {
+        c->w = make_w(d_out, d_in);
+        c->x = make_x_corr(n_tok, d_in);
+    }
+    if (pert > 0 || dead >= 0) {
+        c->xp = perturb_x(c->x, n_tok, d_in, pert, dead);
+    } else { /* X' = X exactly */
+        c->xp = ALLOC(double, (size_t)n_tok * d_in);
+        memcpy(c->xp, c->x, (size_t)n_tok * d_in * sizeof *c->xp);
+    }
+    double *wd = f2d(c->w, (size_t)d_out * d_in);
+    c->gp = gram(c->xp, n_tok, d_in);
+    c->h = cross(c->xp, c->x, n_tok, d_in, d_in);
+    c->y = matmul(c->x, wd, n_tok, d_in, d_out, 1);
+    c->yy = fro2(c->y, (size_t)n_tok * d_out);
+    free(wd);
+}
+
+static void rrr_case_free(struct rrr_case *c) {
+    free(c->w), free(c->x), free(c->xp), free(c->gp), free(c->h), free(c->y);
+    memset(c, 0, sizeof *c);
+}
+
+/* ||Y - X' W'^T||^2 on the tokens, W' (d_out, d_in) double. */
+static double rrr_token_loss(const struct rrr_case *c, const double *wp) {
+    double loss = 0;
+    for (int r = 0; r < c->n_tok; r++)
+        for (int i = 0; i < c->d_out; i++) {
+            double e = c->y[(size_t)r * c->d_out + i];
+            for (int j = 0; j < c->d_in; j++)
+                e -= c->xp[(size_t)r * c->d_in + j] * wp[(size_t)i * c->d_in + j];
+            loss += e * e;
+        }
+    return loss;
+}
+
+/* ---- 17: rrr with X' = X is svdllm -----------------------------------------
+ * H = G' = G: W_ls = W G G^-1 = W up to ~cond(G) eps (~1e-13 here), so the
+ * projection is lowrank_project's with the same whitening: W' agrees to the
+ * f32 storage of the factors (WP_TOL) and the discarded energy to 1e-9
+ * (both are sums of the same eigenvalues, of matrices equal to ~1e-13). */
+static void rrr_svdllm_case(int d_out, int d_in, int n_tok, int k, int power, uint64_t seed) {
+    struct rrr_case c;
+    rrr_case_new(&c, d_out, d_in, n_tok, power, 0.0, -1, seed);
+    struct sv_err err = {0};
+    struct lowrank_result rs, rq;
+    memset(&rs, 0, sizeof rs);
+    memset(&rq, 0, sizeof rq);
+    int r1 = lowrank_project(c.w, d_out, d_in, c.gp, NULL, k, "svdllm", &rs, &err);
+    int r2 = lowrank_rrr(c.w, d_out, d_in, c.gp, c.h, k, 0.0, "rrr", &rq, &err);
+    SV_ASSERT_EQ(r1, 0);
+    SV_ASSERT_EQ(r2, 0);
+    if (r1 == 0 && r2 == 0) {
+        double *ws = wprime(&rs, d_out, d_in), *wq = wprime(&rq, d_out, d_in);
+        double e = rel_fro(wq, ws, (size_t)d_out * d_in);
+        double ed = fabs(rq.discarded - rs.discarded) / rs.discarded;
+        printf("  %dx%d N=%d k=%d %s: |W'_rrr - W'_svdllm|/|W'| %.2e, discarded %.2e apart, side %c/%c, fallback %d\n",
+               d_out, d_in, n_tok, k, power ? "power-law" : "uniform", e, ed, rq.side, rs.side, rq.fallback);
+        SV_CHECK(e <= WP_TOL);
+        SV_CHECK(ed <= 1e-9);
+        SV_ASSERT_EQ(rq.fallback, LOWRANK_OK);
+        SV_ASSERT_EQ(rq.k, k);
+        free(ws), free(wq);
+    } else {
+        fprintf(stderr, "  %s\n", err.msg);
+    }
+    lowrank_result_free(&rs);
+    lowrank_result_free(&rq);
+    rrr_case_free(&c);
+}
+
+/* ---- 18: rrr never loses to svdllm-update ------------------------------------
+ * The update: B = U_k^T W from svdllm on the original inputs (G = X^T X, f32
+ * B as stored), Z = X' B^T, A = lowrank_refit from Y^T Z, Z^T Z measured on
+ * the tokens. rrr (lambda = 0) is the optimum over every rank-k pair, so its
+ * token loss is <= the update's; the only slack is the f32 rounding of rrr's
+ * stored factors, second order at the optimum (~1e-14 relative), 1e-9
+ * allowed. The statistics' route (lowrank_rrr_zstats, lowrank_rrr_loss)
+ * equals the token sums to 1e-9 of ||Y||^2 (one subtraction of terms of
+ * that size). A dead channel of X' (diag(G') = 0) makes G' singular: the
+ * Cholesky's shift joins the ridge toward W; the rank-k optimum moves by
+ * O(shift) only (shift ~1e-13 of the mean diagonal). */
+static void rrr_update_case(int d_out, int d_in, int n_tok, int k, int power, double pert, int dead, uint64_t seed) {
+    struct rrr_case c;
+    rrr_case_new(&c, d_out, d_in, n_tok, power, pert, dead, seed);
+    struct sv_err err = {0};
+    struct lowrank_result rs, rq;
+    memset(&rs, 0, sizeof rs);
+    memset(&rq, 0, sizeof rq);
+    double *g = gram(c.x, n_tok, d_in);
+    int r1 = lowrank_project(c.w, d_out, d_in, g, NULL, k, "update", &rs, &err);
+    int r2 = lowrank_rrr(c.w, d_out, d_in, c.gp, c.h, k, 0.0, "rrr", &rq, &err);
+    SV_ASSERT_EQ(r1, 0);
+    SV_ASSERT_EQ(r2, 0);
+    if (r1 == 0 && r2 == 0) {
+        double *bd = f2d(rs.b, (size_t)k * d_in);
+        double *z = matmul(c.xp, bd, n_tok, d_in, k, 1);
+        double *yz = cross(c.y, z, n_tok, d_out, k), *zz = cross(z, z, n_tok, k, k);
+        double *a = ALLOC(double, (size_t)d_out * k), *yz2 = ALLOC(double, (size_t)d_out * k),
+               *zz2 = ALLOC(double, (size_t)k * k);
+        SV_ASSERT_EQ(lowrank_refit(yz, zz, d_out, k, "update", a, NULL, &err), 0);
+        double l_upd = refit_loss(c.y, z, a, n_tok, d_out, k);
+        double *a0 = f2d(rs.a, (size_t)d_out * k), l_svd = refit_loss(c.y, z, a0, n_tok, d_out, k);
+        double *wq = wprime(&rq, d_out, d_in);
+        double l_rrr = rrr_token_loss(&c, wq);
+        double l_stat = lowrank_rrr_loss(c.yy, c.w, d_out, d_in, c.gp, c.h, rq.a, rq.b, k);
+        SV_ASSERT_EQ(lowrank_rrr_zstats(c.w, d_out, d_in, c.gp, c.h, rs.b, k, yz2, zz2, &err), 0);
+        double e_yz = rel_fro(yz2, yz, (size_t)d_out * k), e_zz = rel_fro(zz2, zz, (size_t)k * k);
+        printf("  %dx%d N=%d k=%d %s pert %.2f%s: loss svdllm %.6g, update %.6g, rrr %.6g (%.2f%% lower), shift %.1e; "
+               "statistics' loss %+.1e, zstats %.1e %.1e\n",
+               d_out, d_in, n_tok, k, power ? "power-law" : "uniform", pert, dead >= 0 ? " dead channel" : "", l_svd, l_upd,
+               l_rrr, 100 * (1 - l_rrr / l_upd), rq.shift, (l_stat - l_rrr) / c.yy, e_yz, e_zz);
+        SV_CHECK(l_rrr <= l_upd * (1 + 1e-9));
+        SV_CHECK(fabs(l_stat - l_rrr) <= 1e-9 * c.yy);
+        SV_CHECK(e_yz <= 1e-10);
+        SV_CHECK(e_zz <= 1e-10);
+        SV_ASSERT_EQ(rq.fallback, dead >= 0 ? LOWRANK_SHIFT : LOWRANK_OK);
+        free(a0), free(bd), free(z), free(yz), free(zz), free(a), free(yz2), free(zz2), free(wq);
+    } else {
+        fprintf(stderr, "  %s\n", err.msg);
+    }
+    free(g);
+    lowrank_result_free(&rs);
+    lowrank_result_free(&rq);
+    rrr_case_free(&c);
+}
+
+/* ---- 19: rrr is the optimum (brute force) ------------------------------------
+ * The reference solves the ridge problem as plain least squares on augmented
+ * data, with the test's own dense double routines: X'_a = [X'; sqrt(lambda)
+ * D], Y_a = [Y; sqrt(lambda) D W^T], D = diag(G')^(1/2). With G'_a = X'_a^T
+ * X'_a = L L^T (ref_cholesky), X'_a = Q L^T with Q orthonormal, so
+ *     ||Y_a - X'_a W'^T||^2 = ||Y_a||^2 - ||E||^2 + ||E - L^T W'^T||^2,
+ * E = L^-1 X'_a^T Y_a (d_in, d_out): the optimum is Eckart-Young on E
+ * (Jacobi SVD, ref_rank_k), W'_ref = E_k^T L^-1, loss ||Y_a||^2 - sum of the
+ * top-k sigma^2. rrr gets only G', H and lambda. Its W' must match to the
+ * f32 storage (WP_TOL; sigma_k / sigma_k+1 printed: a gap keeps W'_ref
+ * unique) and its augmented loss the optimum to 1e-9 relative (second order
+ * in the factors' rounding); its reported discarded energy is the part above
+ * the unconstrained ridge fit, ||E||^2 - sum of the top-k sigma^2 (1e-9). */
+
+/* E (n, m) solving L E = F, L (n, n) lower: forward substitution per column. */
+static void ref_left_solve_lower(const double *l, const double *f, int n, int m, double *e) {
+    for (int c = 0; c < m; c++)
+        for (int i = 0; i < n; i++) {
+            double s = f[(size_t)i * m + c];
+            for (int j = 0; j < i; j++)
+                s -= l[(size_t)i * n + j] * e[(size_t)j * m + c];
+            e[(size_t)i * m + c] = s / l[(size_t)i * n + i];
+        }
+}
+
+static void rrr_brute_case(int d_out, int d_in, int n_tok, int k, int power, double pert, double lambda,
+                           uint64_t seed) {
+    struct rrr_case c;
+    rrr_case_new(&c, d_out, d_in, n_tok, power, pert, -1, seed);
+    int na = n_tok + d_in;
+    double *xa = ALLOC(double, (size_t)na * d_in), *ya = ALLOC(double, (size_t)na * d_out);
+    memcpy(xa, c.xp, (size_t)n_tok * d_in * sizeof *xa);
+    memcpy(ya, c.y, (size_t)n_tok * d_out * sizeof *ya);
+    for (int j = 0; j < d_in; j++) {
+        double sd = sqrt(lambda * c.gp[(size_t)j * d_in + j]);
+        xa[(size_t)(n_tok + j) * d_in + j] = sd;
+        for (int i = 0; i < d_out; i++)
+            ya[(size_t)(n_tok + j) * d_out + i] = sd * c.w[(size_t)i * d_in + j];
+    }
+    double *ga = gram(xa, na, d_in), *l = ALLOC(double, (size_t)d_in * d_in);
+    double *f = cross(xa, ya, na, d_in, d_out), *e = ALLOC(double, (size_t)d_in * d_out);
+    double *ek = ALLOC(double, (size_t)d_in * d_out), *ekt = ALLOC(double, (size_t)d_out * d_in);
+    double *wref = ALLOC(double, (size_t)d_out * d_in);
+    int mn = d_in < d_out ? d_in : d_out;
+    double *sig = ALLOC(double, mn);
+    SV_ASSERT_EQ(ref_cholesky(ga, d_in, l), 0);
+    ref_left_solve_lower(l, f, d_in, d_out, e);
+    ref_rank_k(e, d_in, d_out, k, ek, sig);
+    for (int i = 0; i < d_in; i++)
+        for (int j = 0; j < d_out; j++)
+            ekt[(size_t)j * d_in + i] = ek[(size_t)i * d_out + j];
+    ref_right_solve_lower(ekt, l, d_out, d_in, wref);
+    double yya = fro2(ya, (size_t)na * d_out), opt = yya, tail = 0;
+    for (int i = 0; i < k; i++)
+        opt -= sig[i] * sig[i];
+    for (int i = k; i < mn; i++) /* the excess over the ridge fit W_ls: res.discarded */
+        tail += sig[i] * sig[i];
+    struct sv_err err = {0};
+    struct lowrank_result rq;
+    memset(&rq, 0, sizeof rq);
+    int r = lowrank_rrr(c.w, d_out, d_in, c.gp, c.h, k, lambda, "rrr", &rq, &err);
+    SV_ASSERT_EQ(r, 0);
+    if (r == 0) {
+        double *wq = wprime(&rq, d_out, d_in), la = 0;
+        for (int t = 0; t < na; t++)
+            for (int i = 0; i < d_out; i++) {
+                double d = ya[(size_t)t * d_out + i];
+                for (int j = 0; j < d_in; j++)
+                    d -= xa[(size_t)t * d_in + j] * wq[(size_t)i * d_in + j];
+                la += d * d;
+            }
+        double ew = rel_fro(wq, wref, (size_t)d_out * d_in);
+        printf("  %dx%d N=%d k=%d %s pert %.2f lambda %g: |W' - W'_ref|/|W'_ref| %.2e, loss %.6g vs optimum %+.1e "
+               "(relative), sigma_k/sigma_k+1 %.3f, discarded vs the dropped sigma^2 %+.1e\n",
+               d_out, d_in, n_tok, k, power ? "power-law" : "uniform", pert, lambda, ew, la, (la - opt) / opt,
+               sig[k - 1] / sig[k], (rq.discarded - tail) / opt);
+        SV_CHECK(ew <= WP_TOL);
+        SV_CHECK(fabs(la - opt) <= 1e-9 * opt);
+        SV_CHECK(fabs(rq.discarded - tail) <= 1e-9 * opt);
+        free(wq);
+    } else {
+        fprintf(stderr, "  %s\n", err.msg);
+    }
+    lowrank_result_free(&rq);
+    free(xa), free(ya), free(ga), free(l), free(f), free(e), free(ek), free(ekt), free(wref), free(sig);
+    rrr_case_free(&c);
+}
+
+/* rrr's argument errors name the matrix and leave nothing allocated. */
+static void rrr_errors(void) {
+    struct rrr_case c;
+    rrr_case_new(&c, 12, 10, 50, 0, 0.1, -1, 1999);
+    struct sv_err err = {0};
+    struct lowrank_result res;
+    memset(&res, 0, sizeof res);
+    SV_ASSERT_EQ(lowrank_rrr(c.w, 12, 10, c.gp, c.h, 4, -1.0, "m.neg", &res, &err), -EINVAL);
+    SV_ASSERT_STR_CONTAINS(err.msg, "m.neg");
+    SV_ASSERT_EQ(lowrank_rrr(c.w, 12, 10, c.gp, c.h, 11, 0.0, "m.rank", &res, &err), -EINVAL);
+    SV_ASSERT_STR_CONTAINS(err.msg, "rank 11");
+    c.h[13] = NAN;
+    SV_ASSERT_EQ(lowrank_rrr(c.w, 12, 10, c.gp, c.h, 4, 0.0, "m.nan", &res, &err), -EDOM);
+    SV_ASSERT_STR_CONTAINS(err.msg, "m.nan: cross statistic has a non-finite entry (1, 3)");
+    struct lowrank_rrr q;
+    c.h[13] = 0;
+    SV_ASSERT_EQ(lowrank_rrr_new(c.gp, c.h, 10, 0.0, "m", &q, &err), 0);
+    SV_ASSERT_EQ(lowrank_rrr_project(c.w, 10, 12, &q, 4, "m.width", &res, &err), -EINVAL);
+    SV_ASSERT_STR_CONTAINS(err.msg, "m.width: rrr statistics of width 10 for a 10 x 12 matrix");
+    lowrank_rrr_free(&q);
+    lowrank_rrr_free(&q); /* idempotent */
+    rrr_case_free(&c);
+}
+
 int main(void) {
     forward_threads_set(0);
     printf("1+2. SVD-LLM equivalence, covariance path, loss identity\n");
@@ -1659,5 +1935,24 @@ int main(void) {
     realistic_case(640, 384, 2048, 0.4, 1602); /* input side */
     realistic_case(640, 384, 256, 0.4, 1603);  /* singular G: shifted Cholesky */
     realistic_case(384, 384, 1024, 0.6, 1604);
+    printf("17. rrr with X' = X is svdllm\n");
+    rrr_svdllm_case(24, 40, 200, 10, 0, 1701); /* output side */
+    rrr_svdllm_case(40, 24, 200, 10, 0, 1702); /* input side */
+    rrr_svdllm_case(48, 64, 400, 20, 1, 1703);
+    printf("18. rrr never loses to svdllm-update\n");
+    rrr_update_case(24, 40, 200, 8, 0, 0.05, -1, 1801);
+    rrr_update_case(24, 40, 200, 12, 0, 0.20, 20, 1802);
+    rrr_update_case(40, 24, 200, 6, 0, 0.10, -1, 1803);
+    rrr_update_case(40, 24, 200, 16, 0, 0.30, 5, 1804);
+    rrr_update_case(48, 64, 400, 20, 1, 0.10, -1, 1805);
+    rrr_update_case(64, 48, 400, 16, 1, 0.20, -1, 1806);
+    rrr_update_case(64, 64, 300, 24, 1, 0.30, 7, 1807);
+    printf("19. rrr is the optimum (brute force on augmented data)\n");
+    rrr_brute_case(24, 40, 200, 8, 0, 0.10, 0.0, 1901);
+    rrr_brute_case(40, 24, 200, 10, 0, 0.20, 0.0, 1902);
+    rrr_brute_case(24, 40, 200, 8, 0, 0.10, 0.05, 1903);
+    rrr_brute_case(40, 24, 200, 10, 1, 0.20, 0.3, 1904);
+    rrr_brute_case(32, 32, 60, 12, 1, 0.30, 0.01, 1905);
+    rrr_errors();
     return sv_test_result("lowrank");
 }

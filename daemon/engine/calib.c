@@ -266,7 +266,7 @@ int calib_states_intact(const char *path, const char *hex, char *why, size_t n_w
 }
 
 /* Regenerates the calibration states entering layer k (hidden-k, and orig-k
- * for svdllm-update) when they are missing or damaged and layers 0..k-1 are
+ * for svdllm-update and rrr) when they are missing or damaged and layers 0..k-1 are
  * checkpointed: hidden-0 from the calibration text, then each layer run
  * forward, the original one (the original model's stream) or, for rom's and
  * the update's compressed stream, the layer as its checkpoint holds it. It
@@ -274,8 +274,8 @@ int calib_states_intact(const char *path, const char *hex, char *why, size_t n_w
  * checksums layer k-1 recorded (want, want_orig); hex/orig_hex get them. */
 int calib_replay(struct job *j, int k, const char *want, const char *want_orig, char hex[65],
                          char orig_hex[65], struct sv_err *err) {
-    const int sequential = j->p->method == METHOD_ROM || j->p->method == METHOD_SVDLLM_UPDATE;
-    const int update = j->p->method == METHOD_SVDLLM_UPDATE;
+    const int sequential = params_method_sequential(j->p->method);
+    const int update = params_method_two_streams(j->p->method);
     char next[65] = "", orig_next[65] = "";
     struct layer_w lw = {0}, lc;
     float *f[2 * PROJ_COUNT] = {0};

@@ -11,7 +11,7 @@
  * job key), cost.c (the progress scale), calib.c (calibration states and the
  * passes over them), stats.c (what each method measures), factor.c (the
  * whitening methods), lorap.c (channel pruning), seq.c (rom,
- * svdllm-update), ranks.c (rank rules), jobfiles.c (every file a job
+ * svdllm-update), rrr.c (reduced-rank regression), ranks.c (rank rules), jobfiles.c (every file a job
  * writes), job.c (the job's shared state and hook wrappers), fault.c
  * (crash points for the tests). */
 #include "compress.h"
@@ -32,6 +32,7 @@
 #include "mono.h"
 #include "ppl.h"
 #include "ranks.h"
+#include "rrr.h"
 #include "seq.h"
 #include "stats.h"
 
@@ -123,11 +124,11 @@ static int run_eval(struct job *j, const char *model_dir, double *ret_ppl, doubl
 }
 
 /* The calibration states entering layer l0 and their checksums (hex, and
- * orig_hex for svdllm-update's original stream): hidden-0 for a new job;
+ * orig_hex for svdllm-update's and rrr's original stream): hidden-0 for a new job;
  * on resume the files layer l0 - 1 recorded, regenerated through the
  * checkpointed layers when they are missing or damaged. */
 static int run_states(struct job *j, int l0, char hex[65], char orig_hex[65], struct sv_err *err) {
-    const int update = j->p->method == METHOD_SVDLLM_UPDATE;
+    const int update = params_method_two_streams(j->p->method);
     double t_h = mono_now();
     int r;
     if (l0 == 0) {
@@ -191,7 +192,9 @@ static int run_layer(struct job *j, int l, const char *hex, const char *orig_hex
     int r = model_layer_load(j->m, l, &lw, err);
     if (r < 0)
         goto out;
-    if (p->method == METHOD_ROM || p->method == METHOD_SVDLLM_UPDATE) {
+    if (p->method == METHOD_RRR) {
+        r = rrr_layer(j, &lw, lres, rep, hex, orig_hex, next_hex, orig_next_hex, err);
+    } else if (params_method_sequential(p->method)) {
         r = seq_layer(j, &lw, lres, rep, hex, orig_hex, next_hex, orig_next_hex, err);
     } else {
         int comp = l >= j->cost->first;

@@ -43,6 +43,10 @@ double cost_layer(const struct cost *c, int l) {
         for (int sg = 0; sg < 4 && comp; sg++)
             w += cost_upd_pass[sg] + COST_REFIT;
         return w + (comp ? COST_FINAL : 1.0);
+    case METHOD_RRR: /* the final pass runs both streams */
+        for (int sg = 0; sg < 4 && comp; sg++)
+            w += cost_upd_pass[sg] + COST_FACTOR * cost_factor_share[sg] * COST_RRR;
+        return w + 1.0 + COST_FINAL;
     case METHOD_LORAP:
         return w + 1.0 + (comp ? COST_FACTOR * (cost_factor_share[0] + cost_factor_share[1]) + COST_REFIT : 0);
     case METHOD_SVD:

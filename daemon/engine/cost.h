@@ -30,6 +30,8 @@ double cost_fraction_resumed(const struct cost_in *c, int n_layers, int layers_d
 #define COST_ASSEMBLE 0.06   /* per layer: copying the output */
 #define COST_REFIT 0.02      /* svdllm-update: a stage's least-squares refit */
 #define COST_FINAL 0.6       /* a compressed layer's pass (rom, update): the next layer's states */
+#define COST_RRR 11.0        /* rrr: a stage's factorizations per svdllm one (eight held-out candidates, the fit,
+                                lambda = 0, the update's reference) */
 extern const double cost_factor_share[4];   /* stages q/k/v, o, gate/up, down */
 extern const double cost_rom_pass[4];       /* each stage's pass to its tap */
 extern const double cost_upd_pass[4];       /* original + compressed stream */

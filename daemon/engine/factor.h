@@ -10,6 +10,8 @@
 
 enum mat_kind { MAT_FACTORED = 0, MAT_DENSE, MAT_PRUNED };
 
+#define RRR_NLAMBDA 8 /* rrr's ridge grid (rrr.c) */
+
 /* One matrix's line in compression.json "matrices". */
 struct mat_report {
     int rank, k_effective;
@@ -22,7 +24,11 @@ struct mat_report {
     int channels;                  /* pruned: intermediate channels kept */
     int refit;                     /* svdllm-update: A was refitted */
     int refit_dropped;
-    double loss_before, loss_after; /* svdllm-update: ||Y - Z A^T||^2 with A = U_k, then refitted */
+    double loss_before, loss_after; /* svdllm-update: ||Y - Z A^T||^2 with A = U_k, then refitted; rrr: its loss */
+    int rrr, rrr_held;             /* rrr; lambda chosen on held-out windows */
+    double rrr_lambda, rrr_heldout[RRR_NLAMBDA];
+    double loss_svdllm, loss_update; /* rrr: svdllm's factors and the update's refit on the same inputs */
+    double loss_lambda0;           /* rrr: the fit with lambda = 0 */
 };
 
 /* rep from a factorization's result, which took `seconds`. */

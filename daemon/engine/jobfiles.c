@@ -7,9 +7,9 @@
  *                          inputs changed is refused
  *     hidden-L.f32         calibration hidden states entering layer L:
  *                          (nsamples, seqlen, hidden) f32, written atomically;
- *                          for rom and svdllm-update those of the COMPRESSED
- *                          model (layers 0..L-1 already replaced)
- *     orig-L.f32           svdllm-update only: the original model's states
+ *                          for rom, svdllm-update and rrr those of the
+ *                          COMPRESSED model (layers 0..L-1 already replaced)
+ *     orig-L.f32           svdllm-update and rrr: the original model's states
  *     ranks.json           --ranks auto: the allocation, written once before
  *                          layer 0 (pre-L.f32 are the pre-pass's states)
  *     layer-L.safetensors  layer L's factors (f32), LoRAP's pruned MLP, and in
@@ -38,6 +38,7 @@
 #include "forward.h"
 #include "mono.h"
 #include "ranks.h"
+#include "rrr.h"
 #include "sha256.h"
 #include "st.h"
 
@@ -60,6 +61,20 @@ static int report_json(const struct mat_report *rep, char **ret) {
             json_object_set_new(e, "refit_loss_before", json_real(rep[p].loss_before));
             json_object_set_new(e, "refit_loss_after", json_real(rep[p].loss_after));
             json_object_set_new(e, "refit_dropped_directions", json_integer(rep[p].refit_dropped));
+        }
+        if (rep[p].rrr) {
+            json_object_set_new(e, "rrr_lambda", json_real(rep[p].rrr_lambda));
+            json_object_set_new(e, "rrr_lambda_rule", json_string(rep[p].rrr_held ? "held-out" : "fixed"));
+            if (rep[p].rrr_held) {
+                json_t *a = json_array();
+                for (int li = 0; li < RRR_NLAMBDA; li++)
+                    json_array_append_new(a, json_real(rep[p].rrr_heldout[li]));
+                json_object_set_new(e, "heldout_loss", a);
+            }
+            json_object_set_new(e, "calib_loss", json_real(rep[p].loss_after));
+            json_object_set_new(e, "calib_loss_lambda0", json_real(rep[p].loss_lambda0));
+            json_object_set_new(e, "calib_loss_svdllm", json_real(rep[p].loss_svdllm));
+            json_object_set_new(e, "calib_loss_update", json_real(rep[p].loss_update));
         }
         json_object_set_new(o, config_proj_name(p), e);
     }
@@ -586,6 +601,15 @@ int jobfiles_report(struct job *j, const char *dir, const char *key, const struc
         "bytes_before", (json_int_t)res->bytes_before, "bytes_after", (json_int_t)res->bytes_after);
     if (j->p->method == METHOD_ASVD)
         json_object_set_new(root, "alpha", json_real(params_alpha(j->p)));
+    if (j->p->method == METHOD_RRR) {
+        json_t *grid = json_array();
+        for (int li = 0; li < RRR_NLAMBDA; li++)
+            json_array_append_new(grid, json_real(rrr_lambdas[li]));
+        json_object_set_new(root, "rrr",
+                            json_pack("{s:o, s:i, s:f, s:s}", "lambda_grid", grid, "heldout_windows",
+                                      rrr_held_windows(j->n_samples), "lambda_fixed", RRR_LAMBDA_FIXED, "rule",
+                                      RRR_RULE));
+    }
     if (res->ppl_before > 0) {
         json_t *ev = json_pack("{s:s, s:i, s:f, s:f, s:s}", "text", j->p->eval_path, "seqlen",
                                j->p->eval_seqlen ? j->p->eval_seqlen : j->p->seqlen, "before", res->ppl_before,

@@ -225,7 +225,11 @@ void lowrank_white_free(struct lowrank_white *wh) {
  * double copy of W (360 MiB for LLaMA-7B's gate_proj). */
 #define ROW_BLOCK 512
 
-static void rows_double(const float *w, int r0, int rows, int d_in, double *dst) {
+static void rows_double(const float *w, const double *w64, int r0, int rows, int d_in, double *dst) {
+    if (w64) { /* a W computed in double (rrr's W_ls): copied as is */
+        memcpy(dst, w64 + (size_t)r0 * d_in, (size_t)rows * d_in * sizeof *dst);
+        return;
+    }
     const float *src = w + (size_t)r0 * d_in;
     for (size_t i = 0; i < (size_t)rows * d_in; i++)
         dst[i] = src[i];
@@ -234,12 +238,13 @@ static void rows_double(const float *w, int r0, int rows, int d_in, double *dst)
 /* The core. k = 0 with spec != NULL: only the spectrum (descending, n values)
  * is returned. keep64: the result also carries the double factors. wh: the
  * whitening of the input Gram (shared by the matrices that read one input),
- * or NULL for G = I; c_out, when given, replaces W G W^T.
+ * or NULL for G = I; c_out, when given, replaces W G W^T. w64, when given,
+ * is W in double (w unused) and every product with it stays in double.
  * Memory beyond the result: the n^2 statistic, k x (n + d_out + d_in) for the
  * vectors and factors, a block of ROW_BLOCK rows of W, and on the output side
  * W S (d_out x d_in, d_out <= d_in), on the input side F = W^T W (n^2). */
-static int project(const float *w, int d_out, int d_in, const struct lowrank_white *wh, const double *c_out,
-                   int c_packed, int k, int keep64, double *spec, int *spec_n, const char *what, struct lowrank_result *ret,
+static int project(const float *w, const double *w64, int d_out, int d_in, const struct lowrank_white *wh,
+                   const double *c_out, int c_packed, int k, int keep64, double *spec, int *spec_n, const char *what, struct lowrank_result *ret,
                    struct sv_err *err) {
     struct lowrank_result res;
     memset(&res, 0, sizeof res);
@@ -274,7 +279,7 @@ static int project(const float *w, int d_out, int d_in, const struct lowrank_whi
             r = sv_err_set(err, -ENOMEM, "%s: out of memory", what);
             goto out;
         }
-        rows_double(w, 0, d_out, d_in, ws);
+        rows_double(w, w64, 0, d_out, d_in, ws);
         if (wh)
             bli_dtrmm(BLIS_RIGHT, BLIS_LOWER, BLIS_NO_TRANSPOSE, BLIS_NONUNIT_DIAG, d_out, d_in, &one, wh->s, d_in, 1,
                       ws, d_in, 1);
@@ -294,7 +299,7 @@ static int project(const float *w, int d_out, int d_in, const struct lowrank_whi
         }
         for (int r0 = 0; r0 < d_out; r0 += nb) {
             int rows = d_out - r0 < nb ? d_out - r0 : nb;
-            rows_double(w, r0, rows, d_in, blk);
+            rows_double(w, w64, r0, rows, d_in, blk);
             bli_dsyrk(BLIS_LOWER, BLIS_TRANSPOSE, n, rows, &one, blk, d_in, 1, &one, f, n, 1);
         }
         lowrank_gram_symmetrize(f, n);
@@ -347,7 +352,8 @@ static int project(const float *w, int d_out, int d_in, const struct lowrank_whi
     /* U_k^T (k, d_out) in double: always on the output side (it is V_k),
      * on the input side only for the double factors. B (k, d_in) in double:
      * the input side (from F) and the double factors. */
-    const int want_ut = res.side == 'o' || keep64, want_bd = res.side == 'i' || keep64;
+    const int dbl = keep64 || w64 != NULL; /* every product with W in double */
+    const int want_ut = res.side == 'o' || dbl, want_bd = res.side == 'i' || dbl;
     if (want_ut)
         ut = malloc((size_t)k * d_out * sizeof *ut);
     if (want_bd)
@@ -384,10 +390,10 @@ static int project(const float *w, int d_out, int d_in, const struct lowrank_whi
          * product, then against W. */
         if (wh)
             bli_dtrmm(BLIS_RIGHT, BLIS_LOWER, BLIS_TRANSPOSE, BLIS_NONUNIT_DIAG, k, n, &one, wh->s, n, 1, vk, n, 1);
-        if (keep64) {
+        if (dbl) {
             for (int r0 = 0; r0 < d_out; r0 += nb) {
                 int rows = d_out - r0 < nb ? d_out - r0 : nb;
-                rows_double(w, r0, rows, d_in, blk);
+                rows_double(w, w64, r0, rows, d_in, blk);
                 dgemm(0, 1, k, rows, n, 1.0, vk, n, blk, d_in, 0.0, ut + r0, d_out);
             }
             for (int c = 0; c < k; c++)
@@ -420,10 +426,10 @@ static int project(const float *w, int d_out, int d_in, const struct lowrank_whi
         for (int c = 0; c < k; c++)
             for (int i = 0; i < d_out; i++)
                 ut[(size_t)c * d_out + i] = vk[(size_t)c * n + i] * scale[c];
-        if (keep64) { /* B = U_k^T W, and ||W||^2, a row block of W at a time */
+        if (dbl) { /* B = U_k^T W, and ||W||^2, a row block of W at a time */
             for (int r0 = 0; r0 < d_out; r0 += nb) {
                 int rows = d_out - r0 < nb ? d_out - r0 : nb;
-                rows_double(w, r0, rows, d_in, blk);
+                rows_double(w, w64, r0, rows, d_in, blk);
                 for (size_t i = 0; i < (size_t)rows * d_in; i++)
                     wf += blk[i] * blk[i];
                 dgemm(0, 0, k, d_in, rows, 1.0, ut + r0, d_out, blk, d_in, 1.0, bd, d_in);
@@ -512,7 +518,7 @@ static int project_g(const float *w, int d_out, int d_in, const double *g_in, co
     int r = 0;
     if (g_in && !c_out && (r = lowrank_white_new(g_in, d_in, what, &wh, err)) < 0)
         return r;
-    r = project(w, d_out, d_in, wh.s ? &wh : NULL, c_out, 0, k, keep64, spec, spec_n, what, ret, err);
+    r = project(w, NULL, d_out, d_in, wh.s ? &wh : NULL, c_out, 0, k, keep64, spec, spec_n, what, ret, err);
     lowrank_white_free(&wh);
     return r;
 }
@@ -524,12 +530,12 @@ int lowrank_project(const float *w, int d_out, int d_in, const double *g_in, con
 
 int lowrank_project_white(const float *w, int d_out, int d_in, const struct lowrank_white *wh, int k,
                           const char *what, struct lowrank_result *ret, struct sv_err *err) {
-    return project(w, d_out, d_in, wh, NULL, 0, k, 0, NULL, NULL, what, ret, err);
+    return project(w, NULL, d_out, d_in, wh, NULL, 0, k, 0, NULL, NULL, what, ret, err);
 }
 
 int lowrank_project_packed(const float *w, int d_out, int d_in, const double *c_packed, int k, const char *what,
                            struct lowrank_result *ret, struct sv_err *err) {
-    return project(w, d_out, d_in, NULL, c_packed, 1, k, 0, NULL, NULL, what, ret, err);
+    return project(w, NULL, d_out, d_in, NULL, c_packed, 1, k, 0, NULL, NULL, what, ret, err);
 }
 
 int lowrank_spectrum_packed(const float *w, int d_out, int d_in, const double *g_packed, const double *c_packed,
@@ -538,7 +544,7 @@ int lowrank_spectrum_packed(const float *w, int d_out, int d_in, const double *g
     int r = 0;
     if (g_packed && !c_packed && (r = white_new(g_packed, 1, d_in, what, &wh, err)) < 0)
         return r;
-    r = project(w, d_out, d_in, wh.s ? &wh : NULL, c_packed, 1, 0, 0, ev, n, what, NULL, err);
+    r = project(w, NULL, d_out, d_in, wh.s ? &wh : NULL, c_packed, 1, 0, 0, ev, n, what, NULL, err);
     lowrank_white_free(&wh);
     return r;
 }
@@ -663,4 +669,167 @@ int lowrank_channel_select(const float *wg, const float *wu, const float *wd, in
     free(sc);
     free(take);
     return 0;
+}
+
+/* ---- rrr: reduced-rank regression on the compressed model's inputs -------- */
+
+int lowrank_rrr_new(const double *gp, const double *h, int n, double lambda, const char *what, struct lowrank_rrr *ret,
+                    struct sv_err *err) {
+    memset(ret, 0, sizeof *ret);
+    if (n < 1 || !(lambda >= 0) || !isfinite(lambda))
+        return sv_err_set(err, -EINVAL, "%s: rrr of width %d with ridge %g", what, n, lambda);
+    size_t nn = (size_t)n * n;
+    for (size_t i = 0; i < nn; i++)
+        if (!isfinite(h[i]))
+            return sv_err_set(err, -EDOM, "%s: cross statistic has a non-finite entry (%zu, %zu)", what, i / n, i % n);
+    double *dd = malloc((size_t)n * sizeof *dd), *gl = malloc(nn * sizeof *gl);
+    if (!dd || !gl) {
+        free(dd);
+        free(gl);
+        return sv_err_set(err, -ENOMEM, "%s: out of memory for the rrr solve (n = %d)", what, n);
+    }
+    double trace = 0;
+    memcpy(gl, gp, nn * sizeof *gl);
+    for (int i = 0; i < n; i++) {
+        double gii = gp[(size_t)i * n + i];
+        dd[i] = lambda * (gii > 0 ? gii : 0);
+        gl[(size_t)i * n + i] += dd[i];
+        trace += gii;
+    }
+    /* G' + lambda D^2 is positive definite unless a channel of X' is dead or
+     * there are fewer tokens than channels (lambda = 0): then the whitening's
+     * fallback shift s is added, and it joins the ridge (dd += s), so those
+     * directions are pulled toward W, not toward zero. */
+    int r = lowrank_white_new(gl, n, what, &ret->wh, err);
+    free(gl);
+    if (r < 0) {
+        free(dd);
+        return r;
+    }
+    for (int i = 0; i < n; i++)
+        dd[i] += ret->wh.shift;
+    ret->n = n;
+    ret->lambda = lambda;
+    ret->shift = ret->wh.shift;
+    ret->rel_shift = trace > 0 ? ret->wh.shift * n / trace : ret->wh.shift;
+    /* The whitened Gram is exactly G' + diag(dd): no correction in project(). */
+    ret->wh.shift = 0;
+    ret->wh.rel_shift = 0;
+    ret->dd = dd;
+    ret->h_borrow = h;
+    ret->gflop = (double)n * n * n / 3 / 1e9;
+    return 0;
+}
+
+void lowrank_rrr_free(struct lowrank_rrr *q) {
+    if (!q)
+        return;
+    lowrank_white_free(&q->wh);
+    free(q->dd);
+    memset(q, 0, sizeof *q);
+}
+
+int lowrank_rrr_project(const float *w, int d_out, int d_in, const struct lowrank_rrr *q, int k, const char *what,
+                        struct lowrank_result *ret, struct sv_err *err) {
+    if (!q || q->n != d_in)
+        return sv_err_set(err, -EINVAL, "%s: rrr statistics of width %d for a %d x %d matrix", what, q ? q->n : 0,
+                          d_out, d_in);
+    int mn = d_out < d_in ? d_out : d_in;
+    if (k < 1 || k > mn)
+        return sv_err_set(err, -EINVAL, "%s: rank %d outside [1, %d]", what, k, mn);
+    const int nb = d_out < ROW_BLOCK ? d_out : ROW_BLOCK;
+    double one = 1.0;
+    double *wls = malloc((size_t)d_out * d_in * sizeof *wls), *blk = malloc((size_t)nb * d_in * sizeof *blk);
+    int r = 0;
+    if (!wls || !blk) {
+        r = sv_err_set(err, -ENOMEM, "%s: out of memory for W_ls (%d x %d)", what, d_out, d_in);
+        goto out;
+    }
+    /* R = W (H^T + diag(dd)), H^T = X^T X', a row block of W at a time. */
+    for (int r0 = 0; r0 < d_out; r0 += nb) {
+        int rows = d_out - r0 < nb ? d_out - r0 : nb;
+        rows_double(w, NULL, r0, rows, d_in, blk);
+        double *dst = wls + (size_t)r0 * d_in;
+        dgemm(0, 1, rows, d_in, d_in, 1.0, blk, d_in, q->h_borrow, d_in, 0.0, dst, d_in);
+        for (int i = 0; i < rows; i++)
+            for (int j = 0; j < d_in; j++)
+                dst[(size_t)i * d_in + j] += blk[(size_t)i * d_in + j] * q->dd[j];
+    }
+    /* W_ls = R (S S^T)^-1 by two triangular solves: T S^T = R, W_ls S = T. */
+    bli_dtrsm(BLIS_RIGHT, BLIS_LOWER, BLIS_TRANSPOSE, BLIS_NONUNIT_DIAG, d_out, d_in, &one, q->wh.s, d_in, 1, wls, d_in,
+              1);
+    bli_dtrsm(BLIS_RIGHT, BLIS_LOWER, BLIS_NO_TRANSPOSE, BLIS_NONUNIT_DIAG, d_out, d_in, &one, q->wh.s, d_in, 1, wls,
+              d_in, 1);
+    for (size_t i = 0; i < (size_t)d_out * d_in; i++)
+        if (!isfinite(wls[i])) {
+            r = sv_err_set(err, -EDOM, "%s: least-squares W_ls is not finite", what);
+            goto out;
+        }
+    free(blk);
+    blk = NULL;
+    if ((r = project(NULL, wls, d_out, d_in, &q->wh, NULL, 0, k, 0, NULL, NULL, what, ret, err)) < 0)
+        goto out;
+    ret->fallback = q->shift > 0 ? LOWRANK_SHIFT : LOWRANK_OK;
+    ret->shift = q->rel_shift;
+    ret->gflop += 4.0 * d_out * (double)d_in * d_in / 1e9; /* R, and the two solves */
+out:
+    free(wls);
+    free(blk);
+    return r;
+}
+
+int lowrank_rrr(const float *w, int d_out, int d_in, const double *gp, const double *h, int k, double lambda,
+                const char *what, struct lowrank_result *ret, struct sv_err *err) {
+    struct lowrank_rrr q;
+    int r = lowrank_rrr_new(gp, h, d_in, lambda, what, &q, err);
+    if (r == 0)
+        r = lowrank_rrr_project(w, d_out, d_in, &q, k, what, ret, err);
+    if (r == 0)
+        ret->gflop += q.gflop;
+    lowrank_rrr_free(&q);
+    return r;
+}
+
+int lowrank_rrr_zstats(const float *w, int d_out, int d_in, const double *gp, const double *h, const float *b, int k,
+                       double *yz, double *zz, struct sv_err *err) {
+    const int nb = d_out < ROW_BLOCK ? d_out : ROW_BLOCK;
+    double *bd = malloc((size_t)k * d_in * sizeof *bd), *t = malloc((size_t)k * d_in * sizeof *t),
+           *blk = malloc((size_t)nb * d_in * sizeof *blk);
+    int r = 0;
+    if (!bd || !t || !blk) {
+        r = sv_err_set(err, -ENOMEM, "rrr statistics of a rank-%d factor: out of memory", k);
+        goto out;
+    }
+    for (size_t i = 0; i < (size_t)k * d_in; i++)
+        bd[i] = b[i];
+    /* ZZ = B G' B^T. */
+    dgemm(0, 0, k, d_in, d_in, 1.0, bd, d_in, gp, d_in, 0.0, t, d_in);
+    dgemm(0, 1, k, k, d_in, 1.0, t, d_in, bd, d_in, 0.0, zz, k);
+    /* Y^T Z = W X^T X' B^T = W (B H)^T. */
+    dgemm(0, 0, k, d_in, d_in, 1.0, bd, d_in, h, d_in, 0.0, t, d_in);
+    for (int r0 = 0; r0 < d_out; r0 += nb) {
+        int rows = d_out - r0 < nb ? d_out - r0 : nb;
+        rows_double(w, NULL, r0, rows, d_in, blk);
+        dgemm(0, 1, rows, k, d_in, 1.0, blk, d_in, t, d_in, 0.0, yz + (size_t)r0 * k, k);
+    }
+out:
+    free(bd);
+    free(t);
+    free(blk);
+    return r;
+}
+
+double lowrank_rrr_loss(double yy, const float *w, int d_out, int d_in, const double *gp, const double *h,
+                        const float *a, const float *b, int k) {
+    double *yz = malloc((size_t)d_out * k * sizeof *yz), *zz = malloc((size_t)k * k * sizeof *zz),
+           *ad = malloc((size_t)d_out * k * sizeof *ad), loss = NAN;
+    if (yz && zz && ad && lowrank_rrr_zstats(w, d_out, d_in, gp, h, b, k, yz, zz, NULL) == 0) {
+        for (size_t i = 0; i < (size_t)d_out * k; i++)
+            ad[i] = a[i];
+        loss = lowrank_refit_loss(yy, ad, yz, zz, d_out, k);
+    }
+    free(yz);
+    free(zz);
+    free(ad);
+    return loss;
 }

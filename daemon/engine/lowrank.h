@@ -167,4 +167,74 @@ void lowrank_gram_symmetrize(double *g, int n);
 int lowrank_channel_select(const float *wg, const float *wu, const float *wd, int d, int ff, const double *x_sq,
                            const double *h_sq, int keep, int *kept, const char *what, struct sv_err *err);
 
+/* ---- rrr: reduced-rank regression on the compressed model's inputs --------
+ *
+ * The sequential methods see two streams: X, the original model's inputs to
+ * a matrix (targets Y = X W^T), and X', the inputs the already-compressed
+ * upstream produces. svdllm-update keeps B = U_k^T W from X alone and refits
+ * A; rrr frees both factors: the rank-k W' minimising
+ *     ||X W^T - X' W'^T||_F^2 + lambda ||(W' - W) D||_F^2,   D^2 = diag(G'),
+ * from G' = X'^T X' and the cross statistic H = X'^T X (both d_in^2).
+ * With G'_l = G' + lambda D^2 the objective is, up to a constant,
+ * trace((W' - W_ls) G'_l (W' - W_ls)^T) with the ridge least-squares fit
+ *     W_ls = W (H^T + lambda D^2) G'_l^-1
+ * (two triangular solves with the Cholesky factor S of G'_l, no inverse), so
+ * its rank-k optimum is this core again: W' = U_k U_k^T W_ls, U_k the top-k
+ * eigenvectors of W_ls G'_l W_ls^T (lowrank_project's projection of W_ls with
+ * S as the whitening), stored as A = U_k, B = U_k^T W_ls. lambda = 0 is the
+ * plain reduced-rank regression (the issue's formula); it equals svdllm when
+ * X' = X (W_ls = W), and no rank-k pair, the update's in particular, has a
+ * lower calibration loss. The ridge is the same problem on augmented data
+ * (X' gets the rows sqrt(lambda) D, Y the rows sqrt(lambda) D W^T), which is
+ * how test_lowrank checks it. D^2 = diag(G') makes lambda scale-free: the
+ * penalty is lambda times the loss W' - W would have on channel-wise
+ * decorrelated inputs of the same energy; directions X' never excites
+ * (diag 0, or fewer tokens than channels) get the whitening's fallback
+ * shift s (lowrank_white_new), which joins the ridge (H^T + lambda D^2 + s I),
+ * so they keep W rather than collapse to zero. The shift is reported.
+ *
+ * res->discarded is the dropped eigenvalue mass of W_ls G'_l W_ls^T (the
+ * regularised objective's excess over W_ls); the calibration loss itself is
+ * lowrank_rrr_loss (it needs ||Y||^2, which only the caller observes).
+ *
+ * Cost per matrix (d = d_in, m = d_out), in flops: Cholesky d^3/3 (shared by
+ * the matrices of one input), R = W H^T 2 m d^2, the two solves 2 m d^2,
+ * then lowrank_project on W_ls with S (output side: W_ls S m d^2, C m^2 d,
+ * the eigensolver 4/3 m^3 + 2 m^2 k, B 2 k m d; input side as in project()).
+ * Memory beyond the caller's G' and H: S and, transiently, G'_l (d^2 each),
+ * W_ls (m d double) and project()'s buffers. At LLaMA-7B's down_proj
+ * (m = 4096, d = 11008) the statistics are 0.97 GB each (G', H, S) and
+ * W_ls 0.36 GB: ~3.8 GB peak with project()'s W S and C; ~3.5 TFLOP. */
+struct lowrank_rrr {
+    int n;                  /* d_in */
+    double lambda;          /* the ridge weight asked for */
+    double shift;           /* fallback shift the Cholesky needed (absolute), 0 normally */
+    double rel_shift;       /* shift / mean diagonal of G' */
+    double *dd;             /* (n): the ridge's diagonal, lambda diag(G') + shift */
+    struct lowrank_white wh; /* S S^T = G' + diag(dd) */
+    const double *h_borrow; /* H = X'^T X (n, n) row-major, the caller's */
+    double gflop;           /* the Cholesky's */
+};
+/* gp: G' (n, n) symmetric-complete; h: H (n, n), row i column j =
+ * sum_t x'_ti x_tj, borrowed until lowrank_rrr_free. lambda >= 0. */
+int lowrank_rrr_new(const double *gp, const double *h, int n, double lambda, const char *what, struct lowrank_rrr *ret,
+                    struct sv_err *err);
+void lowrank_rrr_free(struct lowrank_rrr *q);
+/* w: (d_out, d_in) the original weight; the rank-k factors of the ridge
+ * reduced-rank regression into ret (fallback and shift: the Cholesky's). */
+int lowrank_rrr_project(const float *w, int d_out, int d_in, const struct lowrank_rrr *q, int k, const char *what,
+                        struct lowrank_result *ret, struct sv_err *err);
+/* lowrank_rrr_new + lowrank_rrr_project + lowrank_rrr_free. */
+int lowrank_rrr(const float *w, int d_out, int d_in, const double *gp, const double *h, int k, double lambda,
+                const char *what, struct lowrank_result *ret, struct sv_err *err);
+/* The update's statistics for a right factor b (k, d_in) from rrr's: with
+ * Z = X' B^T, zz (k, k) = Z^T Z = B G' B^T and yz (d_out, k) = Y^T Z =
+ * W (B H)^T. lowrank_refit on them is svdllm-update's A for that B. */
+int lowrank_rrr_zstats(const float *w, int d_out, int d_in, const double *gp, const double *h, const float *b, int k,
+                       double *yz, double *zz, struct sv_err *err);
+/* ||X W^T - X' (A B)^T||^2 from the statistics, yy = ||X W^T||^2; a (d_out,
+ * k), b (k, d_in). NaN when out of memory. */
+double lowrank_rrr_loss(double yy, const float *w, int d_out, int d_in, const double *gp, const double *h,
+                        const float *a, const float *b, int k);
+
 #endif

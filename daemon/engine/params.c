@@ -27,7 +27,7 @@
 #define ALPHA_DEFAULT 0.5
 #define ATTN_SPLIT_DEFAULT 3.0
 
-static const char *const method_names[METHOD_COUNT] = {"svd", "svdllm", "asvd", "awsvd", "svdllm-update", "rom", "lorap"};
+static const char *const method_names[METHOD_COUNT] = {"svd", "svdllm", "asvd", "awsvd", "svdllm-update", "rom", "lorap", "rrr"};
 static const char *const ranks_names[RANKS_COUNT] = {"default", "uniform", "lorap", "last-n", "auto"};
 
 const char *params_ranks_name(enum compress_ranks r) { return (r >= 0 && r < RANKS_COUNT) ? ranks_names[r] : "?"; }
@@ -53,6 +53,12 @@ int params_method_parse(const char *s, enum compress_method *ret) {
         }
     return -EINVAL;
 }
+
+bool params_method_sequential(enum compress_method m) {
+    return m == METHOD_ROM || m == METHOD_SVDLLM_UPDATE || m == METHOD_RRR;
+}
+
+bool params_method_two_streams(enum compress_method m) { return m == METHOD_SVDLLM_UPDATE || m == METHOD_RRR; }
 
 enum compress_ranks params_ranks_resolve(enum compress_method m, enum compress_ranks ranks, int layers) {
     return ranks != RANKS_DEFAULT ? ranks : m == METHOD_LORAP ? RANKS_LORAP : layers ? RANKS_LAST_N : RANKS_UNIFORM;

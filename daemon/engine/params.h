@@ -22,10 +22,13 @@
  * rom: sequential; U_k from the output covariance of the already-compressed
  * model (within a layer o/down see compressed q/k/v and gate/up).
  * lorap: attention by awsvd with the (v+o):(q+k) split, MLP by structured
- * channel pruning. */
+ * channel pruning.
+ * rrr: sequential like the update; both factors free: the rank-k reduced-rank
+ * regression of the original outputs on the compressed model's inputs, with
+ * a ridge toward W chosen on held-out calibration windows (rrr.c, lowrank.h). */
 enum compress_method {
     METHOD_SVD = 0, METHOD_SVDLLM, METHOD_ASVD, METHOD_AWSVD, METHOD_SVDLLM_UPDATE, METHOD_ROM, METHOD_LORAP,
-    METHOD_COUNT
+    METHOD_RRR, METHOD_COUNT
 };
 
 /* Rank allocation. default: lorap for method lorap, last-n when layers > 0,
@@ -60,6 +63,11 @@ struct compress_params {
 
 const char *params_method_name(enum compress_method m);
 int params_method_parse(const char *s, enum compress_method *ret);
+/* rom, svdllm-update and rrr measure on the compressed model, layer by
+ * layer (its states in hidden-L); the update and rrr also keep the original
+ * model's stream (orig-L). */
+bool params_method_sequential(enum compress_method m);
+bool params_method_two_streams(enum compress_method m);
 const char *params_ranks_name(enum compress_ranks r);
 int params_ranks_parse(const char *s, enum compress_ranks *ret);
 /* asvd's exponent: p->alpha, or the default 0.5 when it is 0. */

@@ -237,7 +237,7 @@ int ranks_plan_auto(struct job *j, const char *hex0, struct sv_err *err) {
         unlink(path);
     }
     enum compress_method m = j->p->method;
-    if (m == METHOD_ROM || m == METHOD_SVDLLM_UPDATE)
+    if (params_method_sequential(m))
         m = METHOD_SVDLLM;
     struct spectra sp = {.spec = calloc((size_t)M, sizeof *sp.spec), .total = calloc((size_t)M, sizeof *sp.total),
                          .cap = calloc((size_t)M, sizeof *sp.cap)};
