@@ -25,6 +25,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "forward.h"
 #include "harness.h"
@@ -1877,6 +1879,49 @@ static void rrr_errors(void) {
     rrr_case_free(&c);
 }
 
+/* 20. BLIS's float products read only their operands. Debian's BLIS 0.9
+ * small-matrix kernel for C = A B^T (rd 1x16n) loads the row after A's last
+ * one when the row edge is 1 and k % 8 != 0 (flame/blis #824); a release
+ * svdllmd died of it at LLaMA-7B shapes. A is placed so that its last row
+ * ends at a PROT_NONE page: an over-read is a SIGSEGV, not a pass. The
+ * shapes cover row edges 1..5 of the 6-row kernels and k % 8 = 1..7. */
+static void blis_bounds(void) {
+    long pg = sysconf(_SC_PAGESIZE);
+    size_t span = 16 * (size_t)pg;
+    char *base = mmap(NULL, span + (size_t)pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    SV_CHECK(base != MAP_FAILED);
+    if (base == MAP_FAILED)
+        return;
+    int prot = mprotect(base + span, (size_t)pg, PROT_NONE);
+    SV_CHECK(prot == 0);
+    if (prot != 0)
+        return;
+    int checked = 0;
+    for (int m = 2; m <= 13; m++)
+        for (int k = 9; k <= 23; k += 2) {
+            const int n = 16;
+            float *a = (float *)(base + span) - (size_t)m * k; /* ends at the guard page */
+            float b[16 * 23], c[13 * 16];
+            for (int i = 0; i < m * k; i++)
+                a[i] = (float)((i * 7) % 11) - 5.0f;
+            for (int i = 0; i < n * k; i++)
+                b[i] = (float)((i * 5) % 9) - 4.0f;
+            forward_sgemm(1, (size_t)m, n, (size_t)k, 1.0f, a, (size_t)k, b, (size_t)k, 0.0f, c, n);
+            int ok = 1;
+            for (int i = 0; i < m; i++)
+                for (int j = 0; j < n; j++) {
+                    float ref = 0; /* small integers: exact in f32 in any order */
+                    for (int t = 0; t < k; t++)
+                        ref += a[i * k + t] * b[j * k + t];
+                    ok &= c[i * n + j] == ref;
+                }
+            SV_CHECK(ok);
+            checked++;
+        }
+    munmap(base, span + (size_t)pg);
+    printf("  %d shapes of C = A B^T with A ending at a guard page: exact, no fault\n", checked);
+}
+
 int main(void) {
     forward_threads_set(0);
     printf("1+2. SVD-LLM equivalence, covariance path, loss identity\n");
@@ -1954,5 +1999,7 @@ int main(void) {
     rrr_brute_case(40, 24, 200, 10, 1, 0.20, 0.3, 1904);
     rrr_brute_case(32, 32, 60, 12, 1, 0.30, 0.01, 1905);
     rrr_errors();
+    printf("20. BLIS float products stay within their operands\n");
+    blis_bounds();
     return sv_test_result("lowrank");
 }

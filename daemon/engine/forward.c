@@ -146,6 +146,7 @@ void forward_blas_threads(int n) { bli_thread_set_num_threads(n > 0 ? n : forwar
 static void sgemm1(int transb, size_t m, size_t n, size_t k, float alpha, const float *a, size_t lda, const float *b,
                    size_t ldb, float beta, float *cm, size_t ldc) {
     float al = alpha, be = beta;
+    forward_blis_init();
     rntm_t rntm = BLIS_RNTM_INITIALIZER;
     bli_rntm_set_num_threads(1, &rntm);
     bli_sgemm_ex(BLIS_NO_TRANSPOSE, transb ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, (dim_t)m, (dim_t)n, (dim_t)k, &al,
@@ -157,6 +158,7 @@ void forward_sgemm(int transb, size_t m, size_t n, size_t k, float alpha, const 
     if (m == 0 || n == 0)
         return;
     float al = alpha, be = beta;
+    forward_blis_init();
     /* Row-major: row stride = ld, column stride = 1. */
     bli_sgemm(BLIS_NO_TRANSPOSE, transb ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, (dim_t)m, (dim_t)n, (dim_t)k, &al,
               (float *)a, (inc_t)lda, 1, (float *)b, (inc_t)ldb, 1, &be, cm, (inc_t)ldc, 1);
