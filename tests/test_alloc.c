@@ -146,7 +146,7 @@ static void test_sensitive_cell(const char *model, enum compress_method m, doubl
     fprintf(stderr, "test_alloc: %s: uniform ppl %.3f, sensitive ppl %.3f (kept %s, held-out %.5f vs uniform %.5f)\n",
             tag, ppl_u, ppl_s, chosen, lc, lu);
     SV_CHECK(lc <= lu);
-    SV_CHECK(!isnan(choice_loss(ch, "auto")) && !isnan(choice_loss(ch, "sensitive")));
+    SV_CHECK(!isnan(choice_loss(ch, "auto")) && !isnan(choice_loss(ch, "sensitive-1")));
     SV_CHECK(ppl_s <= ppl_u * (1 + 1e-9));
     /* The budget: never more than (1 - ratio) of the decoder linears. */
     SV_CHECK(rs.params_after <= (1 - ratio) * (double)rs.params_before + 0.5);
