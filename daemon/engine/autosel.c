@@ -2,8 +2,7 @@
  * on the model and the ratio (README: lorap on one bundled model at 0.2,
  * rrr elsewhere, rom or the update in between), and only the calibration
  * data may decide. So each candidate (svdllm, svdllm-update, rom, lorap,
- * rrr; lorap only under ranks default or uniform, and only where its rule
- * gives every matrix a rank) is run for real by the engine's rooms over the
+ * rrr; lorap only where its rule gives every matrix a rank) is run for real by the engine's rooms over the
  * job's calibration windows (trial.c) on the first autosel_trial_layers(L)
  * layers (all of a model of up to 8 layers, else L / 8 rounded up: the
  * later layers stay original in the trial), with its default rank rule,
@@ -11,7 +10,8 @@
  * job does not fit on. The lowest wins; ties go to the earlier (cheaper)
  * candidate. The job then runs the winner under the rank rule it was given
  * (with all layers, it makes exactly the model that was scored when the
- * rule is the default one). Cost: one run of each candidate on the trial
+ * rule is the default one; lorap allocates its own ranks, so a job asked
+ * for ranks auto or sensitive that chose lorap runs lorap's rule). Cost: one run of each candidate on the trial
  * layers, about 32 svdllm layer-jobs' worth per trial layer at LLaMA-7B
  * shapes (rrr's held-out ridge search is 27 of them), then the job. The
  * choice is kept in WORK/method.json so that a resumed job does not try
@@ -36,10 +36,11 @@ static const enum compress_method candidates[] = {METHOD_SVDLLM, METHOD_SVDLLM_U
                                                   METHOD_RRR};
 
 const char *autosel_rule(void) {
-    return "each of svdllm, svdllm-update, rom, lorap (ranks default or uniform only) and rrr is run on the "
+    return "each of svdllm, svdllm-update, rom, lorap and rrr is run on the "
            "calibration windows over the first layers_tried layers (all when the model has up to 8, else n_layers/8 "
            "rounded up) with its default rank rule; the one with the lowest mean next-token NLL on heldout_windows "
-           "calibration windows outside the fit windows is run; ties go to the earlier";
+           "calibration windows outside the fit windows is run under the job's rank rule (lorap: its own); ties go to the "
+           "earlier";
 }
 
 int autosel_trial_layers(int L) { return L <= 8 ? L : (L + 7) / 8; }
@@ -69,7 +70,8 @@ int autosel_pick(struct job *j, const char *hex0, enum compress_method *ret, str
             struct compress_params lp = *j->p;
             struct sv_err e = {0};
             lp.method = METHOD_LORAP;
-            if ((j->p->ranks != RANKS_DEFAULT && j->p->ranks != RANKS_UNIFORM) || ranks_precheck(&lp, j->c, &e) < 0)
+            lp.ranks = RANKS_DEFAULT;
+            if (ranks_precheck(&lp, j->c, &e) < 0)
                 continue;
         }
         job_progress(j, 0, "select", (double)k / nc);

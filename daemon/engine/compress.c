@@ -281,6 +281,8 @@ static int run_pick_method(struct job *j, struct compress_params *pc, struct cos
     }
     *pc = *j->p;
     pc->method = m;
+    if (m == METHOD_LORAP && (pc->ranks == RANKS_AUTO || pc->ranks == RANKS_SENSITIVE))
+        pc->ranks = RANKS_DEFAULT; /* lorap allocates its own ranks */
     j->p = pc;
     j->ranks = params_ranks_resolve(m, pc->ranks, pc->layers);
     ranks_plan(j);
