@@ -10,7 +10,9 @@
  * (e.g. .i32 ids for a synthetic model without a tokenizer); --no-eval skips
  * perplexity, so "sec" is the compression alone (bench/methods_cost.sh).
  * "speed" is the compressed model's evaluation tokens/s over the original's,
- * both measured in the same job.
+ * both measured in the same job. With --ranks sensitive or --method auto
+ * each cell is followed by the choice made on held-out calibration windows:
+ * every candidate's mean NLL there, the kept one starred.
  *
  * Protocol (printed with the table): calibration text = the first 300 kB of
  * DATA/text/tinystories-valid-head.txt, nsamples windows of seqlen tokens
@@ -18,6 +20,7 @@
  * non-overlapping windows of seqlen tokens. Defaults: both bundled models,
  * every method, ratios 0.2 0.4 0.6, 32 x 128 calibration, 120 eval windows. */
 #include <errno.h>
+#include <jansson.h>
 #include <getopt.h>
 #include <limits.h>
 #include <stdio.h>
@@ -30,6 +33,30 @@
 #include "mono.h"
 
 #define MAXN 16
+
+/* --ranks sensitive's and --method auto's choices, from compression.json:
+ * " [uniform 1.234 auto 1.200 *sensitive 1.100]", the kept one starred. */
+static void print_choices(const char *out) {
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/compression.json", out);
+    json_t *root = json_load_file(path, 0, NULL);
+    const char *keys[2] = {"method_choice", "rank_choice"};
+    for (int q = 0; q < 2; q++) {
+        json_t *ch = json_object_get(root, keys[q]), *e;
+        const char *chosen = json_string_value(json_object_get(ch, "chosen"));
+        size_t i;
+        if (!chosen)
+            continue;
+        printf(" [");
+        json_array_foreach(json_object_get(ch, "candidates"), i, e) {
+            const char *n = json_string_value(json_object_get(e, "name"));
+            printf("%s%s%s %.4f", i ? " " : "", n && !strcmp(n, chosen) ? "*" : "", n ? n : "?",
+                   json_number_value(json_object_get(e, "heldout_loss")));
+        }
+        printf("]");
+    }
+    json_decref(root);
+}
 
 int main(int argc, char **argv) {
     const char *models[MAXN], *data = "tests/data";
@@ -157,7 +184,9 @@ int main(int argc, char **argv) {
                     return 1;
                 p.method = methods[k];
                 p.ratio = ratios[ri];
-                p.ranks = methods[k] == METHOD_LORAP && ranks == RANKS_AUTO ? RANKS_DEFAULT : ranks;
+                p.ranks = methods[k] == METHOD_LORAP && (ranks == RANKS_AUTO || ranks == RANKS_SENSITIVE)
+                              ? RANKS_DEFAULT
+                              : ranks;
                 p.nsamples = (int)nsamples;
                 p.seqlen = (int)seqlen;
                 p.eval_max_windows = (int)evalw;
@@ -171,6 +200,7 @@ int main(int argc, char **argv) {
                     printf("  %8.2f %5.1f %4.2fx", no_eval ? 0.0 : res.ppl_after, mono_now() - t0,
                            res.tok_s_before > 0 ? res.tok_s_after / res.tok_s_before : 0.0);
                     before = res.ppl_before;
+                    print_choices(p.out_dir);
                 }
                 fflush(stdout);
                 snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", p.out_dir, p.work_dir);

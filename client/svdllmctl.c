@@ -793,7 +793,9 @@ static const struct command commands[] = {
                      "in (0, 1): 0.4 removes 40 % and keeps 60 % (embeddings,\n"
                      "norms and the head are kept); required"},
       {O_METHOD, "M", "svd | svdllm | asvd | awsvd | svdllm-update | rom |\n"
-                      "lorap | rrr (default svdllm)"},
+                      "lorap | rrr | auto (default svdllm; auto: each of\n"
+                      "svdllm, svdllm-update, rom, lorap, rrr tried on the\n"
+                      "calibration data, the lowest held-out loss is run)"},
       {O_CALIB, "FILE", "calibration text, or a .i32 file of int32 token ids;\n"
                         "required unless --method svd"},
       {O_NSAMPLES, "N", "calibration windows, 1..65536 (default 32)"},
@@ -803,8 +805,11 @@ static const struct command commands[] = {
       {O_WINDOWS, "W", "random | first: which calibration windows (default\n"
                        "random)"},
       {O_RANKS, "RULE", "rank allocation: default | uniform | lorap | last-n |\n"
-                        "auto (default: lorap for --method lorap, last-n with\n"
-                        "--layers, else uniform)"},
+                        "auto | sensitive (default: lorap for --method lorap,\n"
+                        "last-n with --layers, else uniform; sensitive: the\n"
+                        "best of uniform, auto and a loss-weighted allocation\n"
+                        "on spare calibration windows, never worse than uniform\n"
+                        "there)"},
       {O_LAYERS, "N", "last-n: how many final decoder layers are compressed,\n"
                       "0..1024 (default 0 = all)"},
       {O_ATTN_SPLIT, "X", "lorap rule: attention's kept parameters split\n"

@@ -31,9 +31,9 @@ _svdllmctl() {
     --calib|--eval-text|--text|--svg) COMPREPLY=($(compgen -f -- "$cur")); return ;;
     --methods)   # a comma-separated list: complete its last item
         local head=""; [[ $cur == *,* ]] && head=${cur%,*},
-        COMPREPLY=($(compgen -P "$head" -W "svd svdllm asvd awsvd svdllm-update rom lorap rrr" -- "${cur##*,}")); return ;;
-    --method) COMPREPLY=($(compgen -W "svd svdllm asvd awsvd svdllm-update rom lorap rrr" -- "$cur")); return ;;
-    --ranks) COMPREPLY=($(compgen -W "default uniform lorap last-n auto" -- "$cur")); return ;;
+        COMPREPLY=($(compgen -P "$head" -W "svd svdllm asvd awsvd svdllm-update rom lorap rrr auto" -- "${cur##*,}")); return ;;
+    --method) COMPREPLY=($(compgen -W "svd svdllm asvd awsvd svdllm-update rom lorap rrr auto" -- "$cur")); return ;;
+    --ranks) COMPREPLY=($(compgen -W "default uniform lorap last-n auto sensitive" -- "$cur")); return ;;
     --calib-windows) COMPREPLY=($(compgen -W "random first" -- "$cur")); return ;;
     --state) COMPREPLY=($(compgen -W "queued running done failed cancelled" -- "$cur")); return ;;
     --ratio|--alpha|--layers|--attn-split|--nsamples|--seqlen|--seed|--eval-seqlen|\

@@ -657,7 +657,7 @@ static int op_version(struct client *c, long long id, json_t *msg, struct proto_
     proto_set_int(r, "protocol", PROTO_VERSION);
     proto_set_int(r, "threads", c->srv->cfg.threads);
     json_t *m = json_array();
-    for (int i = 0; i < METHOD_COUNT; i++)
+    for (int i = 0; i < METHOD_NAMES; i++)
         json_array_append_new(m, proto_str(params_method_name((enum compress_method)i)));
     json_object_set_new(r, "methods", m);
     client_send(c, r);

@@ -3794,6 +3794,71 @@ static void test_rrr(void) {
     json_decref(ju);
 }
 
+/* A choice of compression.json (method_choice, rank_choice): the kept
+ * candidate is the one with the lowest held-out loss (the first of equals),
+ * and `want` (when given) is among the candidates. Returns the chosen name. */
+static const char *choice_check(json_t *ch, const char *want, const char *what) {
+    const char *chosen = json_string_value(json_object_get(ch, "chosen"));
+    json_t *cands = json_object_get(ch, "candidates"), *e;
+    size_t i, best = 0;
+    int has = want == NULL;
+    json_array_foreach(cands, i, e) {
+        double l = json_number_value(json_object_get(e, "heldout_loss"));
+        SV_CHECK(l > 0 && isfinite(l));
+        if (l < json_number_value(json_object_get(json_array_get(cands, best), "heldout_loss")))
+            best = i;
+        has |= want && str_is(json_object_get(e, "name"), want);
+        fprintf(stderr, "%s: candidate %s held-out loss %.6f\n", what,
+                json_string_value(json_object_get(e, "name")), l);
+    }
+    SV_CHECK(json_array_size(cands) >= 2);
+    SV_CHECK(has);
+    SV_CHECK(chosen && str_is(json_object_get(json_array_get(cands, best), "name"), chosen));
+    SV_CHECK(json_integer_value(json_object_get(ch, "heldout_windows")) > 0);
+    SV_CHECK(json_is_false(json_object_get(ch, "in_sample")));
+    return chosen ? chosen : "";
+}
+
+/* --method auto and --ranks sensitive through the daemon (issue 14). auto:
+ * compression.json says which method ran (`method`, one of the
+ * candidates), that auto was asked, and the one run is the candidate with
+ * the lowest held-out loss. sensitive: the kept allocation has the lowest
+ * held-out loss among uniform, auto and sensitive, so it is never above
+ * uniform's there; the output keeps the ratio's budget. */
+static void test_auto_choices(void) {
+    char out[PATH_MAX], out_s[PATH_MAX];
+    snprintf(out, sizeof out, "%s/out-method-auto", dir);
+    snprintf(out_s, sizeof out_s, "%s/out-ranks-sensitive", dir);
+    const char *a[] = {"--method", "auto", "--ratio", "0.4", NULL},
+               *s[] = {"--method", "svdllm", "--ranks", "sensitive", "--ratio", "0.4", NULL};
+    json_t *j = ctl_job(out, a), *js = ctl_job(out_s, s);
+    if (!j || !js) {
+        json_decref(j);
+        json_decref(js);
+        return;
+    }
+    SV_CHECK(str_is(json_object_get(j, "method"), "auto"));
+    check_ppl(j, "method auto, 0.4");
+    check_ppl(js, "svdllm, ranks sensitive, 0.4");
+    json_t *rep = load_json_in(out, "compression.json"), *reps = load_json_in(out_s, "compression.json");
+    SV_CHECK(str_is(json_object_get(rep, "method_requested"), "auto"));
+    const char *chosen = choice_check(json_object_get(rep, "method_choice"), "rrr", "method auto");
+    SV_CHECK(str_is(json_object_get(rep, "method"), chosen));
+    SV_CHECK(strcmp(chosen, "auto") != 0);
+    SV_CHECK(json_object_get(rep, "method_choice") && json_object_get(json_object_get(rep, "method_choice"), "rule"));
+    choice_check(json_object_get(reps, "rank_choice"), "uniform", "ranks sensitive");
+    SV_CHECK(str_is(json_object_get(reps, "method"), "svdllm"));
+    double before = json_number_value(json_object_get(reps, "linear_params_before")),
+           after = json_number_value(json_object_get(reps, "linear_params_after"));
+    SV_CHECK(after > 0 && after <= 0.6 * before + 0.5);
+    SV_ASSERT_EQ(hf_layout(out, false), 0);
+    SV_ASSERT_EQ(hf_layout(out_s, false), 0);
+    json_decref(rep);
+    json_decref(reps);
+    json_decref(j);
+    json_decref(js);
+}
+
 /* ---- generate, and the acceptance test for generated Llama 3 / Qwen3 models --------- */
 
 /* svdllmctl generate through the daemon: run.c's greedy text of stories260K
@@ -4101,6 +4166,7 @@ int main(int argc, char **argv) {
     SV_CHECK(log_contains(" compute thread(s) per job and eval (the CPUs this process may run on)"));
     test_methods();
     test_rrr();
+    test_auto_choices();
     check_ping();
     SV_ASSERT_EQ(stop_daemon(SIGINT), 0);
 

@@ -319,3 +319,48 @@ int calib_replay(struct job *j, int k, const char *want, const char *want_orig, 
                        "layer %d recorded (its inputs changed?)", k, k - 1);
     return r;
 }
+
+/* Up to n windows of the calibration text that the job does not calibrate
+ * on: the unchosen windows in ascending order (for the held-out choices of
+ * --ranks sensitive and --method auto, trial.c). When the text has no
+ * unchosen window, the chosen ones are returned and *ret_in_sample is 1. */
+int calib_unused_ids(struct job *j, int n, int32_t **ret_ids, int *ret_n, int *ret_in_sample, struct sv_err *err) {
+    int32_t *ids = NULL, *out = NULL;
+    size_t nt = 0, *win = NULL;
+    int r = job_user_enter(j, err);
+    if (r < 0)
+        return r;
+    r = corpus_load(j->p->calib_path, j->p->model_dir, j->c->vocab, &ids, &nt, err);
+    if ((r = job_user_leave(j, r, err)) < 0) {
+        free(ids);
+        return r;
+    }
+    const size_t T = (size_t)j->T, nw = nt / T;
+    char *used = calloc(nw ? nw : 1, 1);
+    win = malloc((size_t)j->n_samples * sizeof *win);
+    out = malloc((size_t)n * T * sizeof *out);
+    if (!used || !win || !out) {
+        r = sv_err_set(err, -ENOMEM, "calibration: out of memory");
+        goto done;
+    }
+    if ((r = choose_windows(nw, j->n_samples, j->p->calib_first, j->p->seed, win, err)) < 0)
+        goto done;
+    for (int s = 0; s < j->n_samples; s++)
+        used[win[s]] = 1;
+    int got = 0;
+    for (size_t w = 0; w < nw && got < n; w++)
+        if (!used[w])
+            memcpy(out + (size_t)got++ * T, ids + w * T, T * sizeof *out);
+    *ret_in_sample = got == 0;
+    for (int s = 0; got == 0 && s < j->n_samples && s < n; s++) /* no spare window: in-sample */
+        memcpy(out + (size_t)s * T, ids + win[s] * T, T * sizeof *out);
+    *ret_n = got ? got : (j->n_samples < n ? j->n_samples : n);
+    *ret_ids = out;
+    out = NULL;
+done:
+    free(ids);
+    free(used);
+    free(win);
+    free(out);
+    return r;
+}

@@ -48,4 +48,9 @@ int calib_states_intact(const char *path, const char *hex, char *why, size_t n_w
 int calib_replay(struct job *j, int k, const char *want, const char *want_orig, char hex[65],
                  char orig_hex[65], struct sv_err *err);
 
+/* Up to n windows (T tokens each, *ret_ids (*ret_n, T) malloc'ed) of the
+ * calibration text outside the job's chosen ones, ascending; none spare:
+ * the chosen ones, *ret_in_sample = 1. */
+int calib_unused_ids(struct job *j, int n, int32_t **ret_ids, int *ret_n, int *ret_in_sample, struct sv_err *err);
+
 #endif

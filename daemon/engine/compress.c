@@ -11,7 +11,8 @@
  * job key), cost.c (the progress scale), calib.c (calibration states and the
  * passes over them), stats.c (what each method measures), factor.c (the
  * whitening methods), lorap.c (channel pruning), seq.c (rom,
- * svdllm-update), rrr.c (reduced-rank regression), ranks.c (rank rules), jobfiles.c (every file a job
+ * svdllm-update), rrr.c (reduced-rank regression), ranks.c (rank rules), trial.c (candidates run and
+ * scored on spare calibration windows), autosel.c (--method auto), jobfiles.c (every file a job
  * writes), job.c (the job's shared state and hook wrappers), fault.c
  * (crash points for the tests). */
 #include "compress.h"
@@ -23,6 +24,7 @@
 #include <unistd.h>
 
 #include "afile.h"
+#include "autosel.h"
 #include "calib.h"
 #include "factor.h"
 #include "fault.h"
@@ -35,6 +37,7 @@
 #include "rrr.h"
 #include "seq.h"
 #include "stats.h"
+#include "trial.h"
 
 /* ppl_eval's and fault_stall's cancel test. */
 static int cancel_cb(void *ctx) { return job_cancelled(ctx); }
@@ -91,7 +94,7 @@ static int run_resume_point(struct job *j, int *ret_l0, struct sv_err *err) {
             break;
         l0++;
     }
-    if (j->ranks == RANKS_AUTO && l0 > 0) {
+    if ((j->ranks == RANKS_AUTO || j->ranks == RANKS_SENSITIVE) && l0 > 0) {
         job_work_path(j, path, sizeof path, "ranks.json", 0);
         if (jobfiles_ranks_read(j, path, err) < 0) {
             if ((r = job_drop_layers(j, 0, err->msg, err)) < 0)
@@ -228,6 +231,12 @@ out:
     return r;
 }
 
+int compress_layer_trial(struct job *j, int l, const char *hex, const char *orig_hex, char next_hex[65],
+                         char orig_next_hex[65], struct sv_err *err) {
+    struct compress_checkpoint ck;
+    return run_layer(j, l, hex, orig_hex, next_hex, orig_next_hex, &ck, err);
+}
+
 /* After the output is assembled: the evaluation after, compression.json,
  * and OUT.tmp renamed to OUT. */
 static int run_finish(struct job *j, const char *tmp, const char *key, struct compress_result *res,
@@ -249,12 +258,48 @@ static int run_finish(struct job *j, const char *tmp, const char *key, struct co
     return 0;
 }
 
+/* --method auto: the job continues as the chosen method (pc, j->p), its
+ * rank plan and cost scale made again. Resumed: the choice from
+ * method.json (missing or damaged: every layer is redone); new: hidden-0,
+ * then autosel_pick(). */
+static int run_pick_method(struct job *j, struct compress_params *pc, struct cost *cost, int *l0, char hex[65],
+                           char orig_hex[65], struct sv_err *err) {
+    char path[PATH_MAX + 64];
+    enum compress_method m = METHOD_SVDLLM;
+    int r;
+    job_work_path(j, path, sizeof path, "method.json", 0);
+    if (*l0 > 0 && jobfiles_method_read(j, path, &m, err) < 0) {
+        if ((r = job_drop_layers(j, 0, err->msg, err)) < 0)
+            return r;
+        unlink(path);
+        *l0 = 0;
+    }
+    if (*l0 == 0) {
+        j->layers_done = 0;
+        if ((r = run_states(j, 0, hex, orig_hex, err)) < 0 || (r = autosel_pick(j, hex, &m, err)) < 0)
+            return r;
+    }
+    *pc = *j->p;
+    pc->method = m;
+    if (m == METHOD_LORAP && (pc->ranks == RANKS_AUTO || pc->ranks == RANKS_SENSITIVE))
+        pc->ranks = RANKS_DEFAULT; /* lorap allocates its own ranks */
+    j->p = pc;
+    j->ranks = params_ranks_resolve(m, pc->ranks, pc->layers);
+    ranks_plan(j);
+    struct cost_in ci;
+    cost_in_of(pc, &ci);
+    cost_init(cost, &ci, j->c->n_layers);
+    return 0;
+}
+
 /* The driver. The layer loop is the durability order of compress.h in one
  * place: compute and write layer l's checkpoint (run_layer), commit its row
  * (hooks->layer_done, the only call), and only then drop its input states. */
 int compress_run(const struct compress_params *p, const struct compress_hooks *h, struct compress_result *ret,
                  struct sv_err *err) {
-    struct job j = {.p = p, .h = h, .t_start = mono_now(), .n_samples = p->nsamples, .T = p->seqlen};
+    struct job j = {.p = p, .h = h, .t_start = mono_now(), .n_samples = p->nsamples, .T = p->seqlen,
+                    .method_asked = p->method};
+    struct compress_params *pc = NULL; /* method auto: the job's params with the chosen method */
     struct compress_result res = {0};
     struct cost cost = {0};
     char tmp[PATH_MAX + 16] = "", key[65], path[PATH_MAX + 64];
@@ -274,10 +319,20 @@ int compress_run(const struct compress_params *p, const struct compress_hooks *h
         if ((r = run_eval(&j, p->model_dir, &res.ppl_before, &res.tok_s_before, err)) < 0)
             goto out;
     }
-    /* svd: G = I, also for its auto pre-pass */
-    if (p->method != METHOD_SVD && l0 < L && (r = run_states(&j, l0, hex, orig_hex, err)) < 0)
+    if (p->method == METHOD_AUTO) {
+        if (!(pc = malloc(sizeof *pc))) {
+            r = sv_err_set(err, -ENOMEM, "out of memory");
+            goto out;
+        }
+        if ((r = run_pick_method(&j, pc, &cost, &l0, hex, orig_hex, err)) < 0)
+            goto out;
+        res.layers_resumed = l0;
+    }
+    /* svd: G = I, also for its auto pre-pass; method auto made hidden-0 already */
+    if (j.p->method != METHOD_SVD && l0 < L && !(p->method == METHOD_AUTO && l0 == 0) &&
+        (r = run_states(&j, l0, hex, orig_hex, err)) < 0)
         goto out;
-    if (j.ranks == RANKS_AUTO && l0 == 0 && (r = ranks_plan_auto(&j, hex, err)) < 0)
+    if ((j.ranks == RANKS_AUTO || j.ranks == RANKS_SENSITIVE) && l0 == 0 && (r = ranks_plan_auto(&j, hex, err)) < 0)
         goto out;
     for (int l = l0; l < L; l++) {
         if (job_cancelled(&j)) {
@@ -329,6 +384,7 @@ out:
         }
     }
     free(j.rank);
+    free(pc);
     model_free(j.m);
     return r;
 }

@@ -65,7 +65,7 @@ double cost_layer_start(const struct cost *c, int l) {
 
 void cost_init(struct cost *c, const struct cost_in *in, int L) {
     enum compress_ranks rk = params_ranks_resolve(in->method, in->ranks, in->layers);
-    *c = (struct cost){.method = in->method, .L = L, .auto_ranks = rk == RANKS_AUTO};
+    *c = (struct cost){.method = in->method, .L = L, .auto_ranks = rk == RANKS_AUTO || rk == RANKS_SENSITIVE};
     c->first = rk == RANKS_LAST_N && in->layers > 0 && in->layers < L ? L - in->layers : 0;
     if (in->eval) {
         /* The whole model (L layers and the head) over the evaluation's

@@ -26,6 +26,17 @@ struct job_timing {
 /* Seconds spent in this thread's taps (a job runs on one thread). */
 extern __thread double job_tap_seconds;
 
+/* A choice made on held-out calibration windows (--ranks sensitive,
+ * --method auto, trial.c): each candidate's mean NLL there, the one kept. */
+#define JOB_CHOICE_MAX 8
+struct job_choice {
+    int n, chosen;                   /* n = 0: no choice was made */
+    char name[JOB_CHOICE_MAX][24];
+    double loss[JOB_CHOICE_MAX];
+    int windows, in_sample, layers;  /* held-out windows (fit windows when in_sample), layers tried */
+    double seconds;                  /* what choosing cost, this run */
+};
+
 struct job {
     const struct compress_params *p;
     const struct compress_hooks *h;
@@ -44,6 +55,8 @@ struct job {
     struct cost *cost;
     double at, seg_at, seg_w, f_last;
     const char *pass_phase;
+    struct job_choice rank_choice, method_choice;
+    enum compress_method method_asked;   /* METHOD_AUTO when the method was chosen (autosel.c) */
 };
 
 /* Non-zero when the daemon asked the job to stop. */

@@ -10,8 +10,11 @@
  *                          for rom, svdllm-update and rrr those of the
  *                          COMPRESSED model (layers 0..L-1 already replaced)
  *     orig-L.f32           svdllm-update and rrr: the original model's states
- *     ranks.json           --ranks auto: the allocation, written once before
- *                          layer 0 (pre-L.f32 are the pre-pass's states)
+ *     ranks.json           --ranks auto and sensitive: the allocation (and
+ *                          sensitive's choice), written once before layer 0
+ *                          (pre-L.f32 are the pre-pass's states)
+ *     method.json          --method auto: the method chosen and every
+ *                          candidate's held-out loss, written before layer 0
  *     layer-L.safetensors  layer L's factors (f32), LoRAP's pruned MLP, and in
  *                          __metadata__ the per-matrix report and the sha256
  *                          of hidden-(L+1) (and orig-(L+1))
@@ -34,6 +37,7 @@
 #include <unistd.h>
 
 #include "afile.h"
+#include "autosel.h"
 #include "fault.h"
 #include "forward.h"
 #include "mono.h"
@@ -234,6 +238,69 @@ int jobfiles_layer_read(const struct job *j, const struct layer_w *lw, struct la
     return r;
 }
 
+/* A job_choice as JSON (ranks.json, method.json, compression.json). */
+static json_t *choice_json(const struct job_choice *ch) {
+    json_t *a = json_array();
+    for (int k = 0; k < ch->n; k++)
+        json_array_append_new(a, json_pack("{s:s, s:f}", "name", ch->name[k], "heldout_loss", ch->loss[k]));
+    return json_pack("{s:s, s:o, s:i, s:b, s:i, s:f}", "chosen", ch->name[ch->chosen], "candidates", a,
+                     "heldout_windows", ch->windows, "in_sample", ch->in_sample, "layers_tried", ch->layers,
+                     "seconds", ch->seconds);
+}
+
+/* The inverse of choice_json; -EIO when o is not one. */
+static int choice_parse(json_t *o, struct job_choice *ch) {
+    json_t *a = json_object_get(o, "candidates");
+    const char *chosen = json_string_value(json_object_get(o, "chosen"));
+    memset(ch, 0, sizeof *ch);
+    if (!json_is_array(a) || !chosen || json_array_size(a) < 1 || json_array_size(a) > JOB_CHOICE_MAX)
+        return -EIO;
+    ch->n = (int)json_array_size(a);
+    ch->chosen = -1;
+    for (int k = 0; k < ch->n; k++) {
+        json_t *e = json_array_get(a, (size_t)k), *v = json_object_get(e, "heldout_loss");
+        const char *name = json_string_value(json_object_get(e, "name"));
+        if (!name || !json_is_number(v) || strlen(name) >= sizeof ch->name[k])
+            return -EIO;
+        snprintf(ch->name[k], sizeof ch->name[k], "%s", name);
+        ch->loss[k] = json_number_value(v);
+        if (ch->chosen < 0 && !strcmp(name, chosen))
+            ch->chosen = k;
+    }
+    ch->windows = (int)json_integer_value(json_object_get(o, "heldout_windows"));
+    ch->in_sample = json_is_true(json_object_get(o, "in_sample"));
+    ch->layers = (int)json_integer_value(json_object_get(o, "layers_tried"));
+    ch->seconds = json_number_value(json_object_get(o, "seconds"));
+    return ch->chosen < 0 ? -EIO : 0;
+}
+
+int jobfiles_method_write(const struct job *j, const char *path, struct sv_err *err) {
+    json_t *root = json_pack("{s:s, s:o}", "method", params_method_name(j->p->method), "choice",
+                             choice_json(&j->method_choice));
+    char *text = json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(17));
+    json_decref(root);
+    if (!text)
+        return sv_err_set(err, -ENOMEM, "method choice: out of memory");
+    int r = afile_write_atomic(j->p->work_dir, path, text, strlen(text), err);
+    free(text);
+    return r;
+}
+
+int jobfiles_method_read(struct job *j, const char *path, enum compress_method *ret, struct sv_err *err) {
+    json_error_t je;
+    json_t *root = json_load_file(path, 0, &je);
+    const char *name = json_string_value(json_object_get(root, "method"));
+    enum compress_method m;
+    int r = 0;
+    if (!name || params_method_parse(name, &m) < 0 || m == METHOD_AUTO ||
+        choice_parse(json_object_get(root, "choice"), &j->method_choice) < 0)
+        r = sv_err_set(err, -EIO, "method choice file '%s' is unreadable or damaged", path);
+    else
+        *ret = m;
+    json_decref(root);
+    return r;
+}
+
 int jobfiles_ranks_read(struct job *j, const char *path, struct sv_err *err) {
     json_error_t je;
     json_t *root = json_load_file(path, 0, &je), *a = json_object_get(root, "ranks");
@@ -250,6 +317,9 @@ int jobfiles_ranks_read(struct job *j, const char *path, struct sv_err *err) {
             else
                 j->rank[l][p] = (int)json_integer_value(v);
         }
+    json_t *ch = json_object_get(root, "choice");
+    if (r == 0 && j->ranks == RANKS_SENSITIVE && choice_parse(ch, &j->rank_choice) < 0)
+        r = sv_err_set(err, -EIO, "rank file '%s' has no readable choice (restart the job)", path);
     json_decref(root);
     return r;
 }
@@ -262,8 +332,10 @@ int jobfiles_ranks_write(const struct job *j, const char *path, struct sv_err *e
             json_array_append_new(row, json_integer(j->rank[l][p]));
         json_array_append_new(a, row);
     }
-    json_t *root = json_pack("{s:s, s:o}", "allocation", "auto", "ranks", a);
-    char *text = json_dumps(root, JSON_COMPACT);
+    json_t *root = json_pack("{s:s, s:o}", "allocation", params_ranks_name(j->ranks), "ranks", a);
+    if (j->rank_choice.n)
+        json_object_set_new(root, "choice", choice_json(&j->rank_choice));
+    char *text = json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(17));
     json_decref(root);
     if (!text)
         return sv_err_set(err, -ENOMEM, "rank allocation: out of memory");
@@ -601,6 +673,14 @@ int jobfiles_report(struct job *j, const char *dir, const char *key, const struc
         "bytes_before", (json_int_t)res->bytes_before, "bytes_after", (json_int_t)res->bytes_after);
     if (j->p->method == METHOD_ASVD)
         json_object_set_new(root, "alpha", json_real(params_alpha(j->p)));
+    if (j->method_asked == METHOD_AUTO) {
+        json_object_set_new(root, "method_requested", json_string("auto"));
+        json_t *mc = choice_json(&j->method_choice);
+        json_object_set_new(mc, "rule", json_string(autosel_rule()));
+        json_object_set_new(root, "method_choice", mc);
+    }
+    if (j->rank_choice.n)
+        json_object_set_new(root, "rank_choice", choice_json(&j->rank_choice));
     if (j->p->method == METHOD_RRR) {
         json_t *grid = json_array();
         for (int li = 0; li < RRR_NLAMBDA; li++)

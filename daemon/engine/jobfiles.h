@@ -47,4 +47,8 @@ int jobfiles_report(struct job *j, const char *dir, const char *key, const struc
 /* Renames tmp over OUT (see jobfiles.c). */
 int jobfiles_publish(struct job *j, const char *tmp, const char *key, struct sv_err *err);
 
+/* --method auto's choice (j->p->method and j->method_choice) in WORK/method.json. */
+int jobfiles_method_write(const struct job *j, const char *path, struct sv_err *err);
+int jobfiles_method_read(struct job *j, const char *path, enum compress_method *ret, struct sv_err *err);
+
 #endif

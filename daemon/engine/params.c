@@ -27,8 +27,9 @@
 #define ALPHA_DEFAULT 0.5
 #define ATTN_SPLIT_DEFAULT 3.0
 
-static const char *const method_names[METHOD_COUNT] = {"svd", "svdllm", "asvd", "awsvd", "svdllm-update", "rom", "lorap", "rrr"};
-static const char *const ranks_names[RANKS_COUNT] = {"default", "uniform", "lorap", "last-n", "auto"};
+static const char *const method_names[METHOD_NAMES] = {"svd", "svdllm", "asvd", "awsvd", "svdllm-update",
+                                                       "rom", "lorap", "rrr", "auto"};
+static const char *const ranks_names[RANKS_COUNT] = {"default", "uniform", "lorap", "last-n", "auto", "sensitive"};
 
 const char *params_ranks_name(enum compress_ranks r) { return (r >= 0 && r < RANKS_COUNT) ? ranks_names[r] : "?"; }
 
@@ -42,11 +43,11 @@ int params_ranks_parse(const char *s, enum compress_ranks *ret) {
 }
 
 const char *params_method_name(enum compress_method m) {
-    return (m >= 0 && m < METHOD_COUNT) ? method_names[m] : "?";
+    return (m >= 0 && m < METHOD_NAMES) ? method_names[m] : "?";
 }
 
 int params_method_parse(const char *s, enum compress_method *ret) {
-    for (int i = 0; i < METHOD_COUNT; i++)
+    for (int i = 0; i < METHOD_NAMES; i++)
         if (strcmp(s, method_names[i]) == 0) {
             *ret = (enum compress_method)i;
             return 0;
@@ -74,7 +75,7 @@ const struct params_field params_fields[] = {
      .slot = PARAMS_SLOT_PATH, .off = OFF(model_dir), .help = "the model directory"},
     {.name = "out", .type = PARAMS_PATH, .required = true, .flag = "--out", .column = "out",
      .slot = PARAMS_SLOT_PATH, .off = OFF(out_dir), .help = "the output directory"},
-    {.name = "method", .type = PARAMS_ENUM, .def = METHOD_SVDLLM, .names = method_names, .n_names = METHOD_COUNT,
+    {.name = "method", .type = PARAMS_ENUM, .def = METHOD_SVDLLM, .names = method_names, .n_names = METHOD_NAMES,
      .noun = "method", .flag = "--method", .column = "method", .key = PARAMS_KEY_YES, .key_name = "method",
      .slot = PARAMS_SLOT_INT, .off = OFF(method), .help = "the compression method"},
     {.name = "alpha", .type = PARAMS_NUMBER, .min = 0, .max = 4, .min_open = true, .def = ALPHA_DEFAULT, .zero_default = true,
@@ -212,8 +213,14 @@ int params_values_check(const struct compress_params *p, struct sv_err *err) {
     for (size_t i = 0; i < params_n_fields; i++)
         if ((r = field_check(p, &params_fields[i], err)) < 0)
             return r;
-    if (p->method == METHOD_LORAP && (p->ranks == RANKS_AUTO || p->ranks == RANKS_LAST_N || p->layers))
+    if (p->method == METHOD_LORAP &&
+        (p->ranks == RANKS_AUTO || p->ranks == RANKS_SENSITIVE || p->ranks == RANKS_LAST_N || p->layers))
         return sv_err_set(err, -EINVAL, "method lorap allocates its own ranks: use ranks lorap or uniform, no layers");
+    if (p->method == METHOD_AUTO && (p->ranks == RANKS_LORAP || p->ranks == RANKS_LAST_N || p->layers))
+        return sv_err_set(err, -EINVAL, "method auto chooses among methods with ranks default, uniform, auto or "
+                          "sensitive: not %s%s", params_ranks_name(p->ranks), p->layers ? " or layers" : "");
+    if (p->ranks == RANKS_SENSITIVE && !p->calib_path[0])
+        return sv_err_set(err, -EINVAL, "ranks sensitive measures on calibration windows: it needs a calibration file");
     if (p->ranks == RANKS_LAST_N && !p->layers)
         return sv_err_set(err, -EINVAL, "ranks last-n needs layers (how many final layers to compress)");
     if (p->layers && p->ranks != RANKS_LAST_N && p->ranks != RANKS_DEFAULT)

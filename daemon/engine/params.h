@@ -25,18 +25,29 @@
  * channel pruning.
  * rrr: sequential like the update; both factors free: the rank-k reduced-rank
  * regression of the original outputs on the compressed model's inputs, with
- * a ridge toward W chosen on held-out calibration windows (rrr.c, lowrank.h). */
+ * a ridge toward W chosen on held-out calibration windows (rrr.c, lowrank.h).
+ * auto (the default): not a method of its own: the job starts by trying
+ * svdllm, svdllm-update, rom, lorap and rrr on the calibration data and runs
+ * the one with the lowest held-out calibration loss (autosel.c).
+ * METHOD_COUNT counts the factoring methods; METHOD_AUTO comes after them,
+ * METHOD_NAMES counts every name. */
 enum compress_method {
     METHOD_SVD = 0, METHOD_SVDLLM, METHOD_ASVD, METHOD_AWSVD, METHOD_SVDLLM_UPDATE, METHOD_ROM, METHOD_LORAP,
-    METHOD_RRR, METHOD_COUNT
+    METHOD_RRR, METHOD_COUNT, METHOD_AUTO = METHOD_COUNT, METHOD_NAMES
 };
 
 /* Rank allocation. default: lorap for method lorap, last-n when layers > 0,
  * uniform otherwise. uniform: k = floor(d_out d_in (1 - ratio) / (d_out + d_in)).
  * lorap: attention's kept parameters split (v+o):(q+k) = attn_split, MLP uniform.
  * last-n: only the last `layers` decoder layers, each at ratio * L / layers.
- * auto: one global budget, greedy on the discarded eigenvalues (ranks.c). */
-enum compress_ranks { RANKS_DEFAULT = 0, RANKS_UNIFORM, RANKS_LORAP, RANKS_LAST_N, RANKS_AUTO, RANKS_COUNT };
+ * auto: attention's and the MLP's budgets, greedy on the normalised discarded
+ * eigenvalues (ranks.c).
+ * sensitive: the same eigenvalues weighted by each matrix's measured effect
+ * on the model's loss, then uniform, auto and that allocation compared on
+ * held-out calibration windows with the job's own method; the lowest is
+ * kept, so it is never worse than uniform there (ranks.c). */
+enum compress_ranks { RANKS_DEFAULT = 0, RANKS_UNIFORM, RANKS_LORAP, RANKS_LAST_N, RANKS_AUTO, RANKS_SENSITIVE,
+                      RANKS_COUNT };
 
 struct compress_params {
     char model_dir[PATH_MAX];

@@ -3,7 +3,29 @@
  * collects each matrix's spectrum and one greedy allocation under two
  * budgets (ranks_plan_auto; the choice is kept in WORK/ranks.json, read and
  * written by jobfiles.c); ranks_precheck() refuses at submit a ratio whose
- * rule would leave a matrix rank 0. */
+ * rule would leave a matrix rank 0.
+ *
+ * sensitive (issue 14): auto's normalised energies say how much of a
+ * matrix's own output a rank removes, not how much that costs the model:
+ * auto lost to uniform at light ratios and for rom. So the same pre-pass
+ * also measures, per matrix, the increase of the model's final loss when
+ * only that matrix is truncated at its uniform rank (under the pre-pass's
+ * statistic, forward passes from its layer on, on S spare calibration
+ * windows), and divides it by that truncation's normalised discarded
+ * energy: a loss per unit of relative energy. The greedy then takes
+ * eigenvalues by weight^gamma * lambda / trace / (d_out + d_in) under one
+ * budget (the weights make the attention / MLP split that auto needed
+ * redundant; gamma in {0.5, 0.75, 1}, see ranks_sens_gamma).
+ * The guarantee is not a model of the loss but a measurement of it: the
+ * candidates uniform, auto and the three sensitive ones are each run for real with the
+ * job's own method (trial.c; for rom, the update and rrr that is their
+ * sequential statistics, which the pre-pass cannot know before the ranks
+ * are fixed) and scored on other spare calibration windows; the lowest
+ * held-out loss is kept, ties to uniform. Never worse than uniform on those
+ * windows by construction; on the evaluation text it is measured (README).
+ * Cost: the pre-pass (one layer pass and the spectra), 7 L partial forward
+ * passes on S windows for the sensitivities, and one run of the method per
+ * distinct candidate (up to 5) before the job's own. */
 #include "ranks.h"
 
 #include <errno.h>
@@ -17,7 +39,24 @@
 #include "calib.h"
 #include "jobfiles.h"
 #include "lowrank.h"
+#include "factor.h"
+#include "forward.h"
+#include "mono.h"
 #include "stats.h"
+#include "trial.h"
+
+/* sensitive: spare calibration windows for the sensitivities, and as many
+ * others for the held-out comparison. */
+#define RANKS_SENS_WINDOWS 8
+/* How strongly the measured sensitivities override the spectra: the weight
+ * is (loss per unit of normalised energy)^gamma. The linear model behind
+ * gamma = 1 (a matrix's loss is proportional to its discarded energy)
+ * over-trusts one truncation's measurement: on tinystories-656K at 0.4
+ * gamma = 0.5 / 0.75 / 1 gave held-out losses 4.321 / 4.313 / 4.402 (rrr)
+ * and 4.438 / 4.401 / 4.477 (svdllm). Which gamma is best depends on the
+ * model and method, so all three are candidates for the held-out guard. */
+#define RANKS_SENS_NGAMMA 3
+static const double ranks_sens_gamma[RANKS_SENS_NGAMMA] = {0.5, 0.75, 1.0};
 
 const char *ranks_rule(const struct job *j) {
     switch (j->ranks) {
@@ -33,6 +72,12 @@ const char *ranks_rule(const struct job *j) {
                "then the eigenvalues of all layers' statistics are taken greedily by lambda / trace / (d_out + d_in) "
                "while the sub-layer's budget lasts (discarded lambdas = predicted squared output error); "
                "rank <= d_out*d_in/(d_out+d_in)";
+    case RANKS_SENSITIVE:
+        return "sensitive: the lowest mean NLL on held-out spare calibration windows, with the job's own method run "
+               "for real, among uniform, auto and the sensitivity-weighted greedy for gamma 0.5, 0.75 and 1 (one "
+               "budget; eigenvalues taken by w^gamma * lambda / trace / (d_out + d_in), w = the loss increase when "
+               "only that matrix is truncated at its uniform rank, over that truncation's normalised discarded "
+               "energy); ties go to the earlier, uniform first (rank_choice has every candidate's loss)";
     default:
         return "uniform: k = floor(d_out*d_in*(1-ratio)/(d_out+d_in)) per q/k/v/o/gate/up/down; embeddings, norms, "
                "head kept";
@@ -111,7 +156,49 @@ struct spectra {
     double **spec, *total;
     int *cap;
     size_t ng;
+    /* sensitive: the windows the sensitivities are measured on, the
+     * original model's states entering the current layer, its loss there;
+     * per matrix the loss increase at the uniform rank and that rank's
+     * normalised discarded energy. */
+    struct trial_set fit;
+    float *x;
+    double base, *dl, *e;
 };
+
+/* sensitive, at layer l: each matrix truncated alone at its uniform rank
+ * (j->rank, still the uniform plan) under statistic st of method m, the
+ * loss from layer l on; then sp->x moves on through the original layer. */
+static int sens_layer(struct job *j, enum compress_method m, struct layer_w *lw, struct stats *st,
+                      struct spectra *sp, struct sv_err *err) {
+    const int l = lw->index;
+    struct lowrank_result res[PROJ_COUNT];
+    struct mat_report rep[PROJ_COUNT];
+    memset(res, 0, sizeof res);
+    memset(rep, 0, sizeof rep);
+    int r = factor_layer(j, m, lw, st, 0, res, rep, err);
+    for (int p = 0; p < PROJ_COUNT && r == 0; p++) {
+        int mi = l * PROJ_COUNT + p, n = 0;
+        const struct linear *lin = &lw->proj[p];
+        if (!res[p].k)
+            continue;
+        struct linear ov = {.d_out = lin->d_out, .d_in = lin->d_in, .rank = res[p].k, .a = res[p].a, .b = res[p].b};
+        double lp;
+        job_progress(j, l, "sensitivity", (double)p / PROJ_COUNT);
+        if ((r = trial_loss_from(j, &sp->fit, l, sp->x, l, p, &ov, &lp, err)) < 0)
+            break;
+        sp->dl[mi] = lp - sp->base;
+        double kept = 0;
+        n = res[p].k < sp->cap[mi] ? res[p].k : sp->cap[mi];
+        for (int i = 0; i < n; i++)
+            kept += sp->spec[mi][i];
+        sp->e[mi] = sp->total[mi] > 0 ? 1 - kept / sp->total[mi] : 0;
+    }
+    for (int p = 0; p < PROJ_COUNT; p++)
+        lowrank_result_free(&res[p]);
+    if (r == 0)
+        r = forward_layer(j->c, lw, sp->x, sp->fit.n, sp->fit.T, NULL, err);
+    return r;
+}
 
 /* The pre-pass over layer l: the original layer over the pre-pass states
  * (hex names those entering it, and gets those leaving it) when the
@@ -165,6 +252,8 @@ static int auto_layer(struct job *j, enum compress_method m, int l, char hex[65]
         sp->cap[mi] = be < 1 ? 1 : be < n ? be : n;
         sp->ng += (size_t)sp->cap[mi] - 1;
     }
+    if (r == 0 && sp->x)
+        r = sens_layer(j, m, &lw, &st, sp, err);
     stats_free(&st);
     model_layer_free(&lw);
     return r;
@@ -181,10 +270,13 @@ static int auto_layer(struct job *j, enum compress_method m, int l, char hex[65]
  * one global budget measured 106 / 272 (and 93 / 229 on stories260K);
  * with the attention / MLP split 100 / 258 (94 / 193): relative errors of
  * the two sub-layers are not worth the same, as LoRAP also finds. */
-static int auto_greedy(struct job *j, const struct spectra *sp, struct sv_err *err) {
+/* weight (sensitive): each matrix's loss per unit of normalised energy,
+ * NULL for auto; split: the attention / MLP budgets (auto) or one. */
+static int auto_greedy(struct job *j, const struct spectra *sp, const double *weight, int split, struct sv_err *err) {
     const struct config *c = j->c;
     const int M = c->n_layers * PROJ_COUNT;
     double budget[2] = {0, 0}; /* [sublayer(p)] */
+#define BUDGET(p) budget[split ? sublayer(p) : 0]
     struct gain *g = malloc((sp->ng ? sp->ng : 1) * sizeof *g);
     if (!g)
         return sv_err_set(err, -ENOMEM, "rank allocation: out of memory");
@@ -194,10 +286,10 @@ static int auto_greedy(struct job *j, const struct spectra *sp, struct sv_err *e
         config_proj_shape(c, p, &d_out, &d_in);
         double cost = d_out + d_in;
         j->rank[mi / PROJ_COUNT][p] = 1;
-        budget[sublayer(p)] += (1 - j->p->ratio) * d_out * d_in - cost;
-        double tot = sp->total[mi];
+        BUDGET(p) += (1 - j->p->ratio) * d_out * d_in - cost;
+        double tot = sp->total[mi], w = weight ? weight[mi] : 1;
         for (int i = 1; i < sp->cap[mi]; i++)
-            g[ng++] = (struct gain){tot > 0 ? sp->spec[mi][i] / tot / cost : 0, mi, i};
+            g[ng++] = (struct gain){tot > 0 ? w * sp->spec[mi][i] / tot / cost : 0, mi, i};
     }
     for (int q = 0; q < 2; q++)
         if (budget[q] < 0) {
@@ -209,13 +301,63 @@ static int auto_greedy(struct job *j, const struct spectra *sp, struct sv_err *e
         int l = g[i].m / PROJ_COUNT, p = g[i].m % PROJ_COUNT, d_out, d_in;
         config_proj_shape(c, p, &d_out, &d_in);
         /* Within a matrix the scores descend, so a taken gain always extends a prefix. */
-        if (budget[sublayer(p)] >= d_out + d_in && g[i].i == j->rank[l][p]) {
+        if (BUDGET(p) >= d_out + d_in && g[i].i == j->rank[l][p]) {
             j->rank[l][p]++;
-            budget[sublayer(p)] -= d_out + d_in;
+            BUDGET(p) -= d_out + d_in;
         }
     }
+#undef BUDGET
     free(g);
     return 0;
+}
+
+/* sensitive's weights: (loss increase / normalised energy at the uniform
+ * rank)^gamma. An increase at or below 0 (a truncation the loss did not notice,
+ * or noise) gets a floor of 1e-3 of the mean positive increase, so that
+ * its eigenvalues still rank among themselves. */
+static void sens_weights(const struct spectra *sp, int M, double gamma, double *w) {
+    double sum = 0;
+    int npos = 0;
+    for (int mi = 0; mi < M; mi++)
+        if (sp->dl[mi] > 0)
+            sum += sp->dl[mi], npos++;
+    double fl = npos ? 1e-3 * sum / npos : 1e-9;
+    for (int mi = 0; mi < M; mi++) {
+        double d = sp->dl[mi] > fl ? sp->dl[mi] : fl;
+        w[mi] = pow(d / (sp->e[mi] > 1e-12 ? sp->e[mi] : 1e-12), gamma);
+    }
+}
+
+/* sensitive: the candidates run for real with the job's method and scored
+ * on the held-out windows; j->rank gets the lowest (ties: the earlier,
+ * uniform first). cand: n allocations of L rows. */
+static int sens_guard(struct job *j, const char *hex0, int (*cand)[PROJ_COUNT], const char *const *names, int n,
+                      const struct trial_set *held, struct sv_err *err) {
+    const int L = j->c->n_layers;
+    struct job_choice *ch = &j->rank_choice;
+    int r = 0;
+    memset(ch, 0, sizeof *ch);
+    ch->windows = held->n;
+    ch->in_sample = held->in_sample;
+    ch->layers = L;
+    for (int k = 0; k < n && r == 0; k++) {
+        int same = -1;
+        for (int q = 0; q < k && same < 0; q++)
+            if (!memcmp(cand[(size_t)q * L], cand[(size_t)k * L], (size_t)L * sizeof *cand))
+                same = q;
+        snprintf(ch->name[k], sizeof ch->name[k], "%s", names[k]);
+        job_progress(j, 0, "allocate", (double)k / n);
+        if (same >= 0)
+            ch->loss[k] = ch->loss[same];
+        else
+            r = trial_method(j, j->p->method, &cand[(size_t)k * L], L, hex0, held, &ch->loss[k], err);
+        ch->n = k + 1;
+        if (r == 0 && ch->loss[k] < ch->loss[ch->chosen])
+            ch->chosen = k;
+    }
+    if (r == 0)
+        memcpy(j->rank, &cand[(size_t)ch->chosen * L], (size_t)L * sizeof *cand);
+    return r;
 }
 
 /* --ranks auto: a pre-pass over all layers collects each matrix's spectrum
@@ -239,11 +381,29 @@ int ranks_plan_auto(struct job *j, const char *hex0, struct sv_err *err) {
     enum compress_method m = j->p->method;
     if (params_method_sequential(m))
         m = METHOD_SVDLLM;
+    const int sens = j->ranks == RANKS_SENSITIVE;
+    double t0 = mono_now();
     struct spectra sp = {.spec = calloc((size_t)M, sizeof *sp.spec), .total = calloc((size_t)M, sizeof *sp.total),
                          .cap = calloc((size_t)M, sizeof *sp.cap)};
+    struct trial_set held = {0};
+    int(*cand)[PROJ_COUNT] = NULL;
+    double *w = NULL;
     r = 0;
     if (!sp.spec || !sp.cap || !sp.total)
         r = sv_err_set(err, -ENOMEM, "rank allocation: out of memory");
+    if (r == 0 && sens) {
+        sp.dl = calloc((size_t)M, sizeof *sp.dl);
+        sp.e = calloc((size_t)M, sizeof *sp.e);
+        w = calloc((size_t)M, sizeof *w);
+        cand = calloc((size_t)(2 + RANKS_SENS_NGAMMA) * L, sizeof *cand);
+        if (!sp.dl || !sp.e || !w || !cand)
+            r = sv_err_set(err, -ENOMEM, "rank allocation: out of memory");
+        if (r == 0 && (r = trial_sets_new(j, RANKS_SENS_WINDOWS, &sp.fit, &held, err)) == 0 &&
+            (r = trial_embed(j, &sp.fit, &sp.x, err)) == 0)
+            r = trial_loss_from(j, &sp.fit, 0, sp.x, -1, 0, NULL, &sp.base, err);
+        if (r == 0) /* candidate 0: the uniform plan, in j->rank now */
+            memcpy(cand, j->rank, (size_t)L * sizeof *cand);
+    }
     snprintf(hex, sizeof hex, "%s", hex0);
     for (int l = 0; l < L && r == 0; l++)
         if ((r = auto_layer(j, m, l, hex, &sp, err)) == 0 && job_cancelled(j))
@@ -251,15 +411,37 @@ int ranks_plan_auto(struct job *j, const char *hex0, struct sv_err *err) {
     if (r == 0) {
         job_work_path(j, path, sizeof path, "pre-%d.f32", L);
         unlink(path);
+        r = auto_greedy(j, &sp, NULL, 1, err);
+    }
+    if (r == 0 && sens) {
+        static const char *const names[2 + RANKS_SENS_NGAMMA] = {"uniform", "auto", "sensitive-0.5",
+                                                                 "sensitive-0.75", "sensitive-1"};
+        memcpy(cand + L, j->rank, (size_t)L * sizeof *cand);
+        for (int g = 0; g < RANKS_SENS_NGAMMA && r == 0; g++) {
+            sens_weights(&sp, M, ranks_sens_gamma[g], w);
+            if ((r = auto_greedy(j, &sp, w, 0, err)) == 0)
+                memcpy(cand + (size_t)(2 + g) * L, j->rank, (size_t)L * sizeof *cand);
+        }
+        if (r == 0)
+            r = sens_guard(j, hex0, cand, names, 2 + RANKS_SENS_NGAMMA, &held, err);
+        j->rank_choice.seconds = mono_now() - t0;
+    }
+    if (r == 0) {
         job_work_path(j, path, sizeof path, "ranks.json", 0);
-        if ((r = auto_greedy(j, &sp, err)) == 0)
-            r = jobfiles_ranks_write(j, path, err);
+        r = jobfiles_ranks_write(j, path, err);
     }
     for (int mi = 0; sp.spec && mi < M; mi++)
         free(sp.spec[mi]);
     free(sp.spec);
     free(sp.cap);
     free(sp.total);
+    free(sp.dl);
+    free(sp.e);
+    free(sp.x);
+    free(w);
+    free(cand);
+    trial_set_free(&sp.fit);
+    trial_set_free(&held);
     return r;
 }
 
@@ -269,7 +451,7 @@ int ranks_plan_auto(struct job *j, const char *hex0, struct sv_err *err) {
 int ranks_precheck(const struct compress_params *p, const struct config *c, struct sv_err *err) {
     enum compress_ranks rule = params_ranks_resolve(p->method, p->ranks, p->layers);
     const int L = c->n_layers;
-    if (rule == RANKS_AUTO) { /* every matrix starts at rank 1 out of its sub-layer's budget */
+    if (rule == RANKS_AUTO || rule == RANKS_SENSITIVE) { /* every matrix starts at rank 1 out of its sub-layer's budget */
         double budget[2] = {0, 0}, need[2] = {0, 0};
         for (int q = 0; q < PROJ_COUNT; q++) {
             int d_out, d_in;
