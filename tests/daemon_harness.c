@@ -479,7 +479,7 @@ void stop_main_daemon(void) {
 /* ---- Cases -------------------------------------------------------------------------- */
 
 /* One case in a fresh directory; returns its failure count. */
-static int run_case(const struct daemon_case *c) {
+static int run_case(const struct sv_case *c) {
     int failures0 = sv_test_failures, checks0 = sv_test_checks;
     const char *tmp = getenv("TMPDIR");
     snprintf(dir, sizeof dir, "%s/svdllmd-test.XXXXXX", tmp && strlen(tmp) < 80 ? tmp : "/tmp");
@@ -516,51 +516,16 @@ static int run_case(const struct daemon_case *c) {
     return failed;
 }
 
-static const struct daemon_case *case_named(const struct daemon_case *cases, size_t n, const char *name) {
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(cases[i].name, name) == 0)
-            return &cases[i];
-    return NULL;
-}
-
-/* --registered NAME...: each table entry named exactly once and nothing else. */
-static int check_registered(int argc, char **argv, const struct daemon_case *cases, size_t n_cases) {
-    int bad = 0;
-    for (size_t i = 0; i < n_cases; i++) {
-        int seen = 0;
-        for (int a = 0; a < argc; a++)
-            seen += strcmp(argv[a], cases[i].name) == 0;
-        if (seen != 1) {
-            fprintf(stderr, "case %s is registered %d times in meson.build, not once\n", cases[i].name, seen);
-            bad = 1;
-        }
-    }
-    for (int a = 0; a < argc; a++)
-        if (!case_named(cases, n_cases, argv[a])) {
-            fprintf(stderr, "meson.build registers '%s', which is no case of this test\n", argv[a]);
-            bad = 1;
-        }
-    printf("%zu cases, %d registered: %s\n", n_cases, argc, bad ? "they differ" : "the same");
-    return bad;
-}
-
-int daemon_harness_main(int argc, char **argv, const struct daemon_case *cases, size_t n_cases) {
-    if (argc == 2 && strcmp(argv[1], "--list") == 0) {
-        for (size_t i = 0; i < n_cases; i++)
-            printf("%s\n", cases[i].name);
-        return 0;
-    }
-    if (argc >= 2 && strcmp(argv[1], "--registered") == 0)
-        return check_registered(argc - 2, argv + 2, cases, n_cases);
+int daemon_harness_main(int argc, char **argv, const struct sv_case *cases, size_t n_cases) {
+    int meta = sv_cases_meta(argc, argv, cases, n_cases);
+    if (meta >= 0)
+        return meta;
     if (argc < 3) {
         fprintf(stderr, "usage: %s SVDLLMD SVDLLMCTL [CASE...] | --list | --registered NAME...\n", argv[0]);
         return 2;
     }
-    for (int a = 3; a < argc; a++)
-        if (!case_named(cases, n_cases, argv[a])) {
-            fprintf(stderr, "%s: no case '%s' (--list shows them)\n", argv[0], argv[a]);
-            return 2;
-        }
+    if (sv_cases_known(argc, argv, 3, cases, n_cases) != 0)
+        return 2;
     svdllmd = argv[1];
     svdllmctl = argv[2];
     signal(SIGPIPE, SIG_IGN);
@@ -578,7 +543,7 @@ int daemon_harness_main(int argc, char **argv, const struct daemon_case *cases, 
         for (size_t i = 0; i < n_cases; i++)
             failed_cases += run_case(&cases[i]) != 0;
     for (int a = 3; a < argc; a++)
-        failed_cases += run_case(case_named(cases, n_cases, argv[a])) != 0;
+        failed_cases += run_case(sv_case_named(cases, n_cases, argv[a])) != 0;
     if (failed_cases)
         fprintf(stderr, "%d case(s) failed\n", failed_cases);
     return sv_test_result("test_daemon");

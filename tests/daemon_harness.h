@@ -21,6 +21,7 @@
 
 #include <jansson.h>
 
+#include "cases.h"
 #include "proto.h"
 
 extern const char *svdllmd, *svdllmctl;   /* the binaries under test (argv[1], argv[2]) */
@@ -92,15 +93,11 @@ void write_file(const char *path, const char *text);
 int lines(const char *s);
 
 /* ---- Cases ---- */
-struct daemon_case {
-    const char *name;
-    void (*run)(void);
-};
 /* test_daemon SVDLLMD SVDLLMCTL [CASE...]: the named cases (none: all, in
  * table order), each as described above; exits 1 when any check failed.
  * test_daemon --list: the case names, one a line.
  * test_daemon --registered NAME...: exits 1 unless the names are exactly the
  * table's (meson.build's list against this file's, so no case goes unrun). */
-int daemon_harness_main(int argc, char **argv, const struct daemon_case *cases, size_t n_cases);
+int daemon_harness_main(int argc, char **argv, const struct sv_case *cases, size_t n_cases);
 
 #endif
