@@ -623,7 +623,9 @@ static void do_cancel(struct runner *r, struct runner_task *t) {
 /* A resume continues from checkpoints computed from the inputs named by
  * j's key: refused (PROTO_INVALID, naming what changed) when the model or
  * calibration files, read with the owner's rights, now give another key.
- * The job thread checks it again before it runs the job. */
+ * A second computation, on purpose: the resume request is answered now,
+ * on this thread, while the engine checks the key again as it opens the
+ * job (compress_hooks.job_key), for changes made while the job was queued. */
 static int resume_key_check(const struct store_job *j, struct proto_error *e) {
     struct cred cred;
     struct sv_err err = {0};
@@ -1252,30 +1254,6 @@ static void run_job(struct runner *r, int64_t id) {
         finish(r, j, id, JOB_FAILED, msg, NULL);
         goto out;
     }
-    /* The inputs must still be the ones the job was submitted with, or its
-     * checkpoints would mix two different computations. */
-    char key[65];
-    int kr = cred_enter(&cred, &err);
-    if (kr == 0) {
-        kr = params_job_key(&j->params, key, &err);
-        leave_or_die(&cred);
-    }
-    if (kr < 0) {
-        char msg[SV_ERR_MSG_MAX];
-        snprintf(msg, sizeof msg, "inputs changed since the job was submitted: %.440s", err.msg);
-        log_msg(LOG_WARNING, "job %lld: %s", (long long)id, msg);
-        finish(r, j, id, JOB_FAILED, msg, NULL);
-        goto out;
-    }
-    if (strcmp(key, j->key) != 0) {
-        char msg[SV_ERR_MSG_MAX];
-        snprintf(msg, sizeof msg, "inputs changed since the job was submitted: job key was %.16s..., "
-                 "the model, calibration or evaluation files now give %.16s...", j->key, key);
-        log_msg(LOG_WARNING, "job %lld: %s", (long long)id, msg);
-        finish(r, j, id, JOB_FAILED, msg, NULL);
-        goto out;
-    }
-
     struct job_ctx *c = calloc(1, sizeof *c);
     if (!c) {
         log_msg(LOG_ERR, "job %lld: out of memory", (long long)id);
@@ -1295,6 +1273,10 @@ static void run_job(struct runner *r, int64_t id) {
         .progress = hook_progress,
         .user_fs = hook_user_fs,
         .output_check = hook_output_check,
+        /* The inputs must still be the ones the job was submitted with, or
+         * its checkpoints would mix two different computations: the engine
+         * checks as it computes the key (once, with the owner's rights). */
+        .job_key = j->key,
     };
     struct compress_result res = {0};
     int rc = compress_run(&j->params, &hooks, &res, &err);

@@ -555,6 +555,19 @@ static void case_bad_params(void) {
     SV_ASSERT_EQ(params_check(&p, &err), -EINVAL);
     SV_ASSERT_STR_CONTAINS(err.msg, "lorap allocates its own ranks");
 
+    /* Inputs that changed after the submit (the daemon passes the submitted
+     * key): refused as the job opens, before any output; an input that is
+     * gone says the same. */
+    params(&p, model, "stale", "work-stale", METHOD_SVDLLM, 0.4);
+    struct compress_hooks h = {.job_key = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"};
+    SV_ASSERT_EQ(compress_run(&p, &h, &res, &err), -ESTALE);
+    SV_ASSERT_STR_CONTAINS(err.msg, "inputs changed since the job was submitted: job key was 0123456789abcdef...");
+    SV_CHECK(access(p.out_dir, F_OK) != 0);
+    snprintf(p.calib_path, sizeof p.calib_path, "%s/gone.txt", tmp);
+    SV_ASSERT_EQ(compress_run(&p, &h, &res, &err), -ENOENT);
+    SV_ASSERT_STR_CONTAINS(err.msg, "inputs changed since the job was submitted: ");
+    SV_ASSERT_STR_CONTAINS(err.msg, "gone.txt");
+
 }
 
 static const struct sv_case cases[] = {
