@@ -150,21 +150,28 @@ static void on_async(uv_async_t *h) {
     }
 }
 
-static void post_reply(struct runner *r, const struct runner_task *t, enum proto_code code,
-                       const char *msg, struct store_job *job) {
+/* The reply to task t (code, msg or NULL, and job, which the event then
+ * owns); NULL when out of memory (job is then still the caller's). */
+static struct runner_event *reply_new(const struct runner_task *t, enum proto_code code, const char *msg,
+                                      struct store_job *job) {
     struct runner_event *ev = event_new(RUNNER_EV_REPLY);
-    if (!ev) {
-        free(job);
-        post(r, NULL);
-        return;
-    }
+    if (!ev)
+        return NULL;
     ev->task = t->type;
     ev->client_id = t->client_id;
     ev->req_id = t->req_id;
     ev->code = code;
     snprintf(ev->msg, sizeof ev->msg, "%s", msg ? msg : "");
     ev->job = job;
-    post(r, ev);
+    return ev;
+}
+
+static void post_reply(struct runner *r, const struct runner_task *t, enum proto_code code,
+                       const char *msg, struct store_job *job) {
+    struct runner_event *ev = reply_new(t, code, msg, job);
+    if (!ev)
+        free(job);
+    post(r, ev);   /* NULL: logged as lost */
 }
 
 /* Posts the current row of job id (for the loop's table). */
@@ -597,13 +604,9 @@ static void do_cancel(struct runner *r, struct runner_task *t) {
     pthread_mutex_unlock(&r->job_mu);
     if (running) {
         log_msg(LOG_INFO, "job %lld: cancel requested (uid %u)", (long long)t->job_id, (unsigned)t->uid);
-        struct runner_event *ev = event_new(RUNNER_EV_REPLY);
-        if (ev) {
-            ev->task = t->type;
-            ev->client_id = t->client_id;
-            ev->req_id = t->req_id;
+        struct runner_event *ev = reply_new(t, PROTO_OK, NULL, NULL);
+        if (ev)
             ev->cancelling = true;
-        }
         post(r, ev);
         return;
     }
@@ -773,18 +776,11 @@ static void do_rm(struct runner *r, struct runner_task *t) {
     }
     log_msg(LOG_INFO, "job %lld: removed by uid %u (work directory %s, %llu bytes; output %s kept)", (long long)j->id,
             (unsigned)t->uid, j->params.work_dir, (unsigned long long)freed, j->params.out_dir);
-    struct runner_event *ev = event_new(RUNNER_EV_REPLY);
-    if (!ev) {
+    struct runner_event *ev = reply_new(t, PROTO_OK, NULL, j);
+    if (ev)
+        ev->freed_bytes = freed;
+    else
         free(j);
-        post(r, NULL);
-        return;
-    }
-    ev->task = t->type;
-    ev->client_id = t->client_id;
-    ev->req_id = t->req_id;
-    ev->code = PROTO_OK;
-    ev->job = j;
-    ev->freed_bytes = freed;
     post(r, ev);
 }
 
@@ -886,13 +882,9 @@ static void do_eval(struct runner *r, struct runner_task *t) {
     int rc = ppl_eval(model, text, t->eval.seqlen, t->eval.max_windows, eval_should_cancel, &c, &res, &err);
     if (eval_leave(r, t, &cred, rc, &err) < 0)
         return;
-    struct runner_event *ev = event_new(RUNNER_EV_REPLY);
-    if (ev) {
-        ev->task = t->type;
-        ev->client_id = t->client_id;
-        ev->req_id = t->req_id;
+    struct runner_event *ev = reply_new(t, PROTO_OK, NULL, NULL);
+    if (ev)
         ev->ppl = res;
-    }
     post(r, ev);
 }
 
@@ -912,15 +904,12 @@ static void do_generate(struct runner *r, struct runner_task *t) {
     int rc = gen_run(model, &gp, NULL, NULL, eval_should_cancel, &c, &res, &err);
     if (eval_leave(r, t, &cred, rc, &err) < 0)
         return;
-    struct runner_event *ev = event_new(RUNNER_EV_REPLY);
+    struct runner_event *ev = reply_new(t, PROTO_OK, NULL, NULL);
     if (!ev) {
         gen_result_free(&res);
         post(r, NULL);
         return;
     }
-    ev->task = t->type;
-    ev->client_id = t->client_id;
-    ev->req_id = t->req_id;
     ev->gen = (struct runner_gen_reply){.text = res.text, .text_len = res.text_len, .ids = res.ids,
                                         .n_ids = res.n_ids, .n_prompt = res.n_prompt,
                                         .finish = gen_finish_name(res.finish), .prompt_seconds = res.prompt_seconds,

@@ -506,18 +506,29 @@ static void expect_refused(const char *const *extra, int want, const char *needl
     SV_ASSERT_EQ(lines(text), 1);
 }
 
-static void test_bad_config(void) {
+/* Each settings text in turn as DIR/name: svdllmd refuses to start (exit 1)
+ * with one line containing its needle. */
+struct refusal {
+    const char *config, *needle;
+};
+static void expect_refused_configs(const char *name, const struct refusal *r, size_t n) {
     char cfg[400];
-    snprintf(cfg, sizeof cfg, "%s/bad.conf", dir);
+    snprintf(cfg, sizeof cfg, "%s/%s", dir, name);
     const char *with_cfg[] = {"--config", cfg, NULL};
-    write_file(cfg, "# comment\nmax_clients = 8\ncolour = blue\n");
-    expect_refused(with_cfg, 1, "bad.conf:3: unknown key 'colour'");
-    write_file(cfg, "threads = 2\nthreads = abc\n");
-    expect_refused(with_cfg, 1, "bad.conf:2: 'threads' is set twice");
-    write_file(cfg, "\nthreads = abc\n");
-    expect_refused(with_cfg, 1, "bad.conf:2: threads: invalid value 'abc' (expected an integer in [0, 1024]");
-    write_file(cfg, "threads = 1025\n");
-    expect_refused(with_cfg, 1, "bad.conf:1: threads: invalid value '1025'");
+    for (size_t i = 0; i < n; i++) {
+        write_file(cfg, r[i].config);
+        expect_refused(with_cfg, 1, r[i].needle);
+    }
+}
+
+static void test_bad_config(void) {
+    static const struct refusal bad[] = {
+        {"# comment\nmax_clients = 8\ncolour = blue\n", "bad.conf:3: unknown key 'colour'"},
+        {"threads = 2\nthreads = abc\n", "bad.conf:2: 'threads' is set twice"},
+        {"\nthreads = abc\n", "bad.conf:2: threads: invalid value 'abc' (expected an integer in [0, 1024]"},
+        {"threads = 1025\n", "bad.conf:1: threads: invalid value '1025'"},
+    };
+    expect_refused_configs("bad.conf", bad, sizeof bad / sizeof bad[0]);
     const char *neg[] = {"--threads", "-1", NULL}, *word[] = {"--threads", "all", NULL};
     expect_refused(neg, 2, "svdllmd: --threads: invalid value '-1' (expected an integer in [0, 1024]");
     expect_refused(word, 2, "svdllmd: --threads: invalid value 'all'");
@@ -525,19 +536,14 @@ static void test_bad_config(void) {
 
 /* The connection settings are checked like the others. */
 static void test_bad_conn_config(void) {
-    char cfg[400];
-    snprintf(cfg, sizeof cfg, "%s/bad-conn.conf", dir);
-    const char *with_cfg[] = {"--config", cfg, NULL};
-    write_file(cfg, "idle_timeout = -1\n");
-    expect_refused(with_cfg, 1, "bad-conn.conf:1: idle_timeout: invalid value '-1' (expected seconds in [0, 86400]");
-    write_file(cfg, "line_timeout = 2\nline_timeout = 3\n");
-    expect_refused(with_cfg, 1, "bad-conn.conf:2: 'line_timeout' is set twice");
-    write_file(cfg, "max_clients_per_uid = 0\n");
-    expect_refused(with_cfg, 1, "max_clients_per_uid: invalid value '0' (expected an integer in [1, 4096])");
-    write_file(cfg, "root_reserved_clients = many\n");
-    expect_refused(with_cfg, 1, "root_reserved_clients: invalid value 'many'");
-    write_file(cfg, "max_rejected = 4097\n");
-    expect_refused(with_cfg, 1, "max_rejected: invalid value '4097'");
+    static const struct refusal bad[] = {
+        {"idle_timeout = -1\n", "bad-conn.conf:1: idle_timeout: invalid value '-1' (expected seconds in [0, 86400]"},
+        {"line_timeout = 2\nline_timeout = 3\n", "bad-conn.conf:2: 'line_timeout' is set twice"},
+        {"max_clients_per_uid = 0\n", "max_clients_per_uid: invalid value '0' (expected an integer in [1, 4096])"},
+        {"root_reserved_clients = many\n", "root_reserved_clients: invalid value 'many'"},
+        {"max_rejected = 4097\n", "max_rejected: invalid value '4097'"},
+    };
+    expect_refused_configs("bad-conn.conf", bad, sizeof bad / sizeof bad[0]);
 }
 
 /* The CPUs this process may run on, as the daemon counts them by default. */
