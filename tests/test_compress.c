@@ -259,7 +259,8 @@ static void methods_table(int mi) {
             else
                 SV_CHECK(ppl[METHOD_ROM] < 1.05 * ppl[METHOD_SVDLLM]);
         }
-    }}
+    }
+}
 
 static void case_methods_260k(void) {
     methods_table(1);
@@ -277,6 +278,7 @@ static void case_methods_656k(void) {
     struct compress_params p;
     struct compress_result res;
     struct sv_err err = {0};
+
     /* Dense output: same perplexity as the factored one (1e-4 relative: the
      * only difference is the f32 rounding of A B). */
     params(&p, model, "dense", "work-dense", METHOD_SVDLLM, 0.4);
@@ -429,6 +431,7 @@ static void case_rom_last(void) {
     struct compress_params p;
     struct compress_result res;
     struct sv_err err = {0};
+
     /* last-n: only the last layer, at 0.3 * 2 / 1 = 0.6 of its parameters;
      * layer 0 stays dense and is absent from low_rank.ranks. */
     params(&p, model, "rom-last", "work-rom-last", METHOD_ROM, 0.3);
@@ -455,6 +458,7 @@ static void case_few_calib(void) {
     struct compress_params p;
     struct compress_result res;
     struct sv_err err = {0};
+
     /* Too few calibration tokens (2 x 16 = 32 < hidden 128): the Grams are
      * singular; the whitening takes the shifted-Cholesky fallback, the
      * refit drops directions, both reported, and the model stays finite. */
@@ -488,6 +492,7 @@ static void case_resume_sequential(void) {
     struct compress_params p;
     struct compress_result res;
     struct sv_err err = {0};
+
     /* Resume of a sequential job with two state streams and a rank file:
      * crash before layer 1's commit, rerun, same bytes as uninterrupted. */
     {
@@ -518,6 +523,7 @@ static void case_bad_params(void) {
     struct compress_params p;
     struct compress_result res;
     struct sv_err err = {0};
+
     /* Bad parameters. */
     params(&p, model, "bad", "work-bad", METHOD_SVDLLM, 1.0);
     SV_ASSERT_EQ(params_check(&p, &err), -EINVAL);
