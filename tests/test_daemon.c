@@ -1328,11 +1328,13 @@ static bool same_output(const char *a, const char *b) {
     return same;
 }
 
-/* Waits up to 60 s until job id has at least n committed layers or left
+/* Waits up to 300 s until job id has at least n committed layers or left
  * queued/running; returns its status. */
 static struct status_view wait_layers(long long id, int n) {
     struct status_view v = {0};
-    for (double t0 = mono_now(); mono_now() - t0 < 60; usleep(20000)) {
+    /* 300 s: a sanitizer build on a loaded machine took over 60 s for the
+     * five layers (it returns as soon as they are there). */
+    for (double t0 = mono_now(); mono_now() - t0 < 300; usleep(20000)) {
         v = status_view(id);
         if (v.layers_done >= n || (strcmp(v.state, "running") != 0 && strcmp(v.state, "queued") != 0))
             break;
@@ -2873,7 +2875,7 @@ out:
 
 /* ---- Job lifecycle and the command line's manners (issue 13) ------------------------ */
 
-/* Waits up to 60 s for job id to be running with at least one committed
+/* Waits up to 300 s for job id to be running with at least one committed
  * layer (under stall-after-commit:0 it then waits there). */
 static bool wait_running_one(long long id) {
     struct status_view v = wait_layers(id, 1);
