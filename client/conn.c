@@ -38,3 +38,13 @@ void conn_close(struct conn *c) {
     proto_buf_free(&c->buf);
     c->fd = -1;
 }
+
+const char *conn_jstr(json_t *o, const char *k) {
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : "";
+}
+
+double conn_jnum(json_t *o, const char *k, double dflt) {
+    json_t *v = json_object_get(o, k);
+    return json_is_number(v) ? json_number_value(v) : dflt;
+}

@@ -4,6 +4,8 @@
 #ifndef CONN_H
 #define CONN_H
 
+#include <jansson.h>
+
 #include "proto.h"
 #include "sv_err.h"
 
@@ -19,5 +21,10 @@ struct conn {
 int conn_open(struct conn *c, const char *path, struct sv_err *err);
 /* Closes c (again: nothing). */
 void conn_close(struct conn *c);
+
+/* Reading reply members: o's string k, or "" when absent or not a string;
+ * o's number k, or dflt when absent or not a number. */
+const char *conn_jstr(json_t *o, const char *k);
+double conn_jnum(json_t *o, const char *k, double dflt);
 
 #endif

@@ -38,6 +38,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "conn.h"
 #include "proto.h"
 #include "sweep.h"
@@ -51,8 +52,6 @@
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_UNREACHABLE = 3 };
 
 static bool opt_json;
-/* What a usage error points at: "svdllmctl --help" or "svdllmctl CMD --help". */
-static char usage_hint[64] = "svdllmctl --help";
 /* --json: print each message as received (false: the command prints its
  * own JSON, e.g. submit's job object). */
 static bool json_raw = true;
@@ -61,17 +60,6 @@ static bool json_raw = true;
 static int call_failure = EXIT_FAIL;
 /* The command being run (for errors that name a protocol field). */
 static const struct command *cur_cmd;
-
-static void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void die_usage(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("svdllmctl: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, " (see %s)\n", usage_hint);
-    va_end(ap);
-    exit(EXIT_USAGE);
-}
 
 static void say_v(const char *fmt, va_list ap) {
     fputs("svdllmctl: ", stderr);
@@ -204,18 +192,8 @@ static json_t *call(struct conn *c, json_t *req) {
 
 /* ---- Formatting ---------------------------------------------------------------- */
 
-static const char *jstr(json_t *o, const char *k) {
-    const char *s = json_string_value(json_object_get(o, k));
-    return s ? s : "";
-}
-
 static long long jint(json_t *o, const char *k) {
     return (long long)json_integer_value(json_object_get(o, k));
-}
-
-static double jnum(json_t *o, const char *k, double dflt) {
-    json_t *v = json_object_get(o, k);
-    return json_is_number(v) ? json_number_value(v) : dflt;
 }
 
 static void fmt_duration(char *out, size_t n, double s) {
@@ -246,11 +224,11 @@ static void fmt_bytes(char *out, size_t n, double b) {
 static void fmt_progress(char *out, size_t n, json_t *job) {
     long long nl = jint(job, "n_layers"), done = jint(job, "layers_done");
     json_t *layer = json_object_get(job, "layer");
-    const char *phase = jstr(job, "phase");
-    double f = jnum(job, "fraction", 0) * 100.0;
+    const char *phase = conn_jstr(job, "phase");
+    double f = conn_jnum(job, "fraction", 0) * 100.0;
     if (nl <= 0)
         snprintf(out, n, "%s%s%.1f%%", phase, *phase ? ", " : "", f);
-    else if (json_is_integer(layer) && strcmp(jstr(job, "state"), "running") == 0)
+    else if (json_is_integer(layer) && strcmp(conn_jstr(job, "state"), "running") == 0)
         snprintf(out, n, "layer %lld/%lld%s%s, %.1f%%",
                  (long long)json_integer_value(layer) + (json_integer_value(layer) < nl), nl,
                  *phase ? ", " : "", phase, f);
@@ -260,7 +238,7 @@ static void fmt_progress(char *out, size_t n, json_t *job) {
 
 static void print_status(json_t *job) {
     char buf[256];
-    printf("job %lld: %s\n", jint(job, "id"), jstr(job, "state"));
+    printf("job %lld: %s\n", jint(job, "id"), conn_jstr(job, "state"));
     if (json_is_true(json_object_get(job, "restricted"))) {
         /* Another user's job: svdllmd shows only that it exists. */
         printf("  owner       uid %lld (its details are shown to it and root only)\n", jint(job, "owner_uid"));
@@ -268,14 +246,14 @@ static void print_status(json_t *job) {
         printf("  progress    %s\n", buf);
         return;
     }
-    printf("  method      %s, ratio %g", jstr(job, "method"), jnum(job, "ratio", 0));
+    printf("  method      %s, ratio %g", conn_jstr(job, "method"), conn_jnum(job, "ratio", 0));
     if (json_is_number(json_object_get(job, "alpha")))   /* asvd jobs only */
-        printf(", alpha %g", jnum(job, "alpha", 0));
+        printf(", alpha %g", conn_jnum(job, "alpha", 0));
     if (json_is_true(json_object_get(job, "centered")))
         printf(", centered");
     printf("\n");
     /* The rank rule, when it is not the plain default. */
-    const char *ranks = jstr(job, "ranks");
+    const char *ranks = conn_jstr(job, "ranks");
     bool has_layers = json_is_integer(json_object_get(job, "layers"));
     bool has_split = json_is_number(json_object_get(job, "attn_split"));
     if ((*ranks && strcmp(ranks, "default") != 0) || has_layers || has_split) {
@@ -283,20 +261,20 @@ static void print_status(json_t *job) {
         if (has_layers)
             printf(", last %lld layers", jint(job, "layers"));
         if (has_split)
-            printf(", attn_split %g", jnum(job, "attn_split", 0));
+            printf(", attn_split %g", conn_jnum(job, "attn_split", 0));
         printf("\n");
     }
-    printf("  model       %s\n", jstr(job, "model"));
-    printf("  out         %s\n", jstr(job, "out"));
-    if (*jstr(job, "calib"))
-        printf("  calib       %s (%lld x %lld tokens, %s windows, seed %lld)\n", jstr(job, "calib"),
-               jint(job, "nsamples"), jint(job, "seqlen"), jstr(job, "calib_windows"), jint(job, "seed"));
+    printf("  model       %s\n", conn_jstr(job, "model"));
+    printf("  out         %s\n", conn_jstr(job, "out"));
+    if (*conn_jstr(job, "calib"))
+        printf("  calib       %s (%lld x %lld tokens, %s windows, seed %lld)\n", conn_jstr(job, "calib"),
+               jint(job, "nsamples"), jint(job, "seqlen"), conn_jstr(job, "calib_windows"), jint(job, "seed"));
     fmt_progress(buf, sizeof buf, job);
     printf("  progress    %s\n", buf);
-    if (strcmp(jstr(job, "state"), "running") == 0) {
-        fmt_duration(buf, sizeof buf, jnum(job, "eta_s", -1));
+    if (strcmp(conn_jstr(job, "state"), "running") == 0) {
+        fmt_duration(buf, sizeof buf, conn_jnum(job, "eta_s", -1));
         printf("  eta         %s\n", buf);
-        fmt_duration(buf, sizeof buf, jnum(job, "elapsed_s", -1));
+        fmt_duration(buf, sizeof buf, conn_jnum(job, "elapsed_s", -1));
         printf("  elapsed     %s\n", buf);
     }
     if (json_is_integer(json_object_get(job, "threads")))   /* absent: ended under an earlier daemon */
@@ -307,21 +285,21 @@ static void print_status(json_t *job) {
     }
     json_t *res = json_object_get(job, "result");
     if (res) {
-        double b = jnum(res, "ppl_before", 0), a = jnum(res, "ppl_after", 0);
+        double b = conn_jnum(res, "ppl_before", 0), a = conn_jnum(res, "ppl_after", 0);
         if (b > 0 || a > 0)
             printf("  perplexity  %.4g -> %.4g\n", b, a);
-        double sb = jnum(res, "tokens_per_s_before", 0), sa = jnum(res, "tokens_per_s_after", 0);
+        double sb = conn_jnum(res, "tokens_per_s_before", 0), sa = conn_jnum(res, "tokens_per_s_after", 0);
         if (sb > 0 && sa > 0)
             printf("  speed       %.0f -> %.0f tokens/s (x%.2f, evaluation forward pass)\n", sb, sa, sa / sb);
         long long pb = jint(res, "params_before"), pa = jint(res, "params_after");
         if (pb > 0)
             printf("  params      %lld -> %lld (%.1f%% removed)\n", pb, pa, 100.0 * (double)(pb - pa) / (double)pb);
-        fmt_duration(buf, sizeof buf, jnum(res, "seconds", -1));
+        fmt_duration(buf, sizeof buf, conn_jnum(res, "seconds", -1));
         printf("  time        %s (%lld layers resumed from checkpoints)\n", buf, jint(res, "layers_resumed"));
     }
-    if (*jstr(job, "error"))
-        printf("  error       %s\n", jstr(job, "error"));
-    const char *state = jstr(job, "state");
+    if (*conn_jstr(job, "error"))
+        printf("  error       %s\n", conn_jstr(job, "error"));
+    const char *state = conn_jstr(job, "state");
     if (json_is_true(json_object_get(job, "keep_checkpoints")))
         printf("  checkpoints kept after success (--keep-checkpoints)\n");
     if (strcmp(state, "failed") == 0 || strcmp(state, "cancelled") == 0)
@@ -344,21 +322,12 @@ struct args {
     bool has_temperature, has_top_p, no_bos;
 };
 
-static long long parse_ll(const char *opt, const char *v, long long min, long long max) {
-    char *end;
-    errno = 0;
-    long long x = strtoll(v, &end, 10);
-    if (errno || end == v || *end || x < min || x > max)
-        die_usage("--%s: '%s' is not an integer in [%lld, %lld]", opt, v, min, max);
-    return x;
-}
-
 static long long parse_job(const char *v) {
     char *end;
     errno = 0;
     long long x = strtoll(v, &end, 10);
     if (errno || end == v || *end || x < 1)
-        die_usage("'%s' is not a job id", v);
+        cli_die_usage("'%s' is not a job id", v);
     return x;
 }
 
@@ -405,7 +374,7 @@ static int cmd_version(struct conn *c, const struct args *a) {
     if (!r)
         return call_failure;
     if (!opt_json) {
-        printf("svdllmd %s, protocol %lld, threads %lld, methods:", jstr(r, "version"), jint(r, "protocol"),
+        printf("svdllmd %s, protocol %lld, threads %lld, methods:", conn_jstr(r, "version"), jint(r, "protocol"),
                jint(r, "threads"));
         size_t i;
         json_t *m;
@@ -523,14 +492,14 @@ static int cmd_list(struct conn *c, const struct args *a) {
             snprintf(layers, sizeof layers, "%lld/%lld", jint(j, "layers_done"), jint(j, "n_layers"));
             fmt_age(age, sizeof age, jint(j, "created_at"));
             if (json_is_true(json_object_get(j, "restricted"))) {   /* another user's */
-                printf("%6lld  %-9s  %-13s  %5s  %-8s  %4s  (uid %lld's job)\n", jint(j, "id"), jstr(j, "state"),
+                printf("%6lld  %-9s  %-13s  %5s  %-8s  %4s  (uid %lld's job)\n", jint(j, "id"), conn_jstr(j, "state"),
                        "-", "-", layers, age, jint(j, "owner_uid"));
                 continue;
             }
-            printf("%6lld  %-9s  %-13s  %5.2f  %-8s  %4s  %s -> %s\n", jint(j, "id"), jstr(j, "state"),
-                   jstr(j, "method"), jnum(j, "ratio", 0), layers, age, jstr(j, "model"), jstr(j, "out"));
-            if (*jstr(j, "error"))   /* indented: not a row (the completion reads ids from rows) */
-                printf("        error: %s\n", jstr(j, "error"));
+            printf("%6lld  %-9s  %-13s  %5.2f  %-8s  %4s  %s -> %s\n", jint(j, "id"), conn_jstr(j, "state"),
+                   conn_jstr(j, "method"), conn_jnum(j, "ratio", 0), layers, age, conn_jstr(j, "model"), conn_jstr(j, "out"));
+            if (*conn_jstr(j, "error"))   /* indented: not a row (the completion reads ids from rows) */
+                printf("        error: %s\n", conn_jstr(j, "error"));
         }
         if (json_is_true(json_object_get(r, "truncated")))
             printf("(more jobs not shown)\n");
@@ -542,16 +511,16 @@ static int cmd_list(struct conn *c, const struct args *a) {
 static void draw_bar(json_t *job, bool tty, char *last, size_t last_n) {
     char prog[160], eta[32], line[320];
     fmt_progress(prog, sizeof prog, job);
-    const char *state = jstr(job, "state");
+    const char *state = conn_jstr(job, "state");
     if (tty) {
         enum { W = 24 };
-        double f = jnum(job, "fraction", 0);
+        double f = conn_jnum(job, "fraction", 0);
         int fill = (int)(f * W + 0.5);
         char bar[W + 1];
         for (int i = 0; i < W; i++)
             bar[i] = i < fill ? '#' : '-';
         bar[W] = '\0';
-        fmt_duration(eta, sizeof eta, jnum(job, "eta_s", -1));
+        fmt_duration(eta, sizeof eta, conn_jnum(job, "eta_s", -1));
         snprintf(line, sizeof line, "job %lld [%s] %s %s ETA %s", jint(job, "id"), bar, state, prog, eta);
         printf("\r%-79.79s", line);
         fflush(stdout);
@@ -590,23 +559,23 @@ static int cmd_watch(struct conn *c, const struct args *a) {
                 putchar('\n');
             return EXIT_UNREACHABLE;
         }
-        const char *name = jstr(ev, "event");
+        const char *name = conn_jstr(ev, "event");
         json_t *j = json_object_get(ev, "job");
         if (strcmp(name, "end") == 0) {
-            const char *state = jstr(ev, "state");
+            const char *state = conn_jstr(ev, "state");
             int rc = strcmp(state, "done") == 0 ? EXIT_OK : EXIT_FAIL;
             if (!opt_json) {
                 if (tty)
                     putchar('\n');
                 json_t *res = json_object_get(j, "result");
-                if (rc == 0 && res && jnum(res, "ppl_after", 0) > 0)
-                    printf("job %lld: done (perplexity %.4g -> %.4g)\n", job, jnum(res, "ppl_before", 0),
-                           jnum(res, "ppl_after", 0));
+                if (rc == 0 && res && conn_jnum(res, "ppl_after", 0) > 0)
+                    printf("job %lld: done (perplexity %.4g -> %.4g)\n", job, conn_jnum(res, "ppl_before", 0),
+                           conn_jnum(res, "ppl_after", 0));
                 else if (rc == 0)
                     printf("job %lld: done\n", job);
             }
             if (rc != 0)
-                fail("job %lld %s%s%s", job, state, *jstr(j, "error") ? ": " : "", jstr(j, "error"));
+                fail("job %lld %s%s%s", job, state, *conn_jstr(j, "error") ? ": " : "", conn_jstr(j, "error"));
             json_decref(ev);
             return rc;
         }
@@ -621,7 +590,7 @@ static int cmd_cancel(struct conn *c, const struct args *a) {
     if (!r)
         return call_failure;
     if (!opt_json) {
-        if (strcmp(jstr(r, "state"), "cancelling") == 0)
+        if (strcmp(conn_jstr(r, "state"), "cancelling") == 0)
             printf("job %lld: cancelling (it stops at its next safe point; svdllmctl resume %lld continues it)\n",
                    a->job, a->job);
         else
@@ -637,7 +606,7 @@ static int cmd_resume(struct conn *c, const struct args *a) {
         return call_failure;
     if (!opt_json)
         printf("job %lld: %s (resumes from %lld checkpointed layers)\n", a->job,
-               jstr(json_object_get(r, "job"), "state"), jint(json_object_get(r, "job"), "layers_done"));
+               conn_jstr(json_object_get(r, "job"), "state"), jint(json_object_get(r, "job"), "layers_done"));
     json_decref(r);
     return EXIT_OK;
 }
@@ -651,7 +620,7 @@ static int cmd_rm(struct conn *c, const struct args *a) {
         fmt_bytes(freed, sizeof freed, (double)jint(r, "freed_bytes"));
         json_t *job = json_object_get(r, "job");
         printf("job %lld: removed (its work directory and record, %s freed; the output %s is kept)\n", a->job,
-               freed, *jstr(job, "out") ? jstr(job, "out") : "directory");
+               freed, *conn_jstr(job, "out") ? conn_jstr(job, "out") : "directory");
     }
     json_decref(r);
     return EXIT_OK;
@@ -672,8 +641,8 @@ static int cmd_eval(struct conn *c, const struct args *a) {
         return call_failure;
     if (!opt_json)
         printf("perplexity %.4f (mean NLL %.4f; %lld windows of %lld tokens, %lld predictions, %.1f s)\n",
-               jnum(r, "ppl", 0), jnum(r, "mean_nll", 0), jint(r, "windows"), jint(r, "seqlen"),
-               jint(r, "predicted"), jnum(r, "seconds", 0));
+               conn_jnum(r, "ppl", 0), conn_jnum(r, "mean_nll", 0), jint(r, "windows"), jint(r, "seqlen"),
+               jint(r, "predicted"), conn_jnum(r, "seconds", 0));
     json_decref(r);
     return EXIT_OK;
 }
@@ -1078,7 +1047,9 @@ int main(int argc, char **argv) {
     /* Usage errors point at the command's own --help once one is named. */
     for (int i = 1; i < argc; i++)
         if (argv[i][0] != '-' && command_find(argv[i])) {
-            snprintf(usage_hint, sizeof usage_hint, "svdllmctl %s --help", argv[i]);
+            char hint[64];
+            snprintf(hint, sizeof hint, "svdllmctl %s --help", argv[i]);
+            cli_usage_set("svdllmctl", hint);
             break;
         }
     /* '+': stop at each positional argument; take it and go on, so options
@@ -1086,17 +1057,14 @@ int main(int argc, char **argv) {
     while ((opt = getopt_long(argc, argv, "+:h", longopts, &idx)) != -1 || optind < argc) {
         if (opt == -1) {
             if (npos == 3)
-                die_usage("too many arguments");
+                cli_die_usage("too many arguments");
             pos[npos++] = argv[optind++];
             continue;
         }
-        if (opt == '?')
-            die_usage("unknown option '%s'", argv[optind - 1]);
-        if (opt == ':')
-            die_usage("option '%s' needs a value", argv[optind - 1]);
+        cli_getopt_check(opt, argv);
         if (opt >= O_MODEL && opt < O_END) {
             if (seen[opt])
-                die_usage("option --%s given twice", opt_name(opt));
+                cli_die_usage("option --%s given twice", opt_name(opt));
             seen[opt] = true;
         }
         switch (opt) {
@@ -1114,9 +1082,9 @@ int main(int argc, char **argv) {
             errno = 0;
             a.ratio = strtod(optarg, &end);
             if (errno || end == optarg || *end)
-                die_usage("--ratio: '%s' is not a number", optarg);
+                cli_die_usage("--ratio: '%s' is not a number", optarg);
             if (!(a.ratio > 0.0 && a.ratio < 1.0))
-                die_usage("--ratio: %s is outside (0, 1) (the fraction of parameters removed: 0.4 keeps 60 %%)",
+                cli_die_usage("--ratio: %s is outside (0, 1) (the fraction of parameters removed: 0.4 keeps 60 %%)",
                           optarg);
             a.has_ratio = true;
             break;
@@ -1127,40 +1095,40 @@ int main(int argc, char **argv) {
             errno = 0;
             a.alpha = strtod(optarg, &end);
             if (errno || end == optarg || *end || !isfinite(a.alpha))
-                die_usage("--alpha: '%s' is not a number", optarg);
+                cli_die_usage("--alpha: '%s' is not a number", optarg);
             a.has_alpha = true;
             break;
         }
         case O_RANKS: a.ranks = optarg; break;   /* the daemon knows the names */
-        case O_LAYERS: a.layers = parse_ll("layers", optarg, 0, 1024); break;
+        case O_LAYERS: a.layers = cli_parse_ll("layers", optarg, 0, 1024); break;
         case O_ATTN_SPLIT: {
             /* As --alpha: the range (0, 100] is the daemon's to check. */
             char *end;
             errno = 0;
             a.attn_split = strtod(optarg, &end);
             if (errno || end == optarg || *end || !isfinite(a.attn_split))
-                die_usage("--attn-split: '%s' is not a number", optarg);
+                cli_die_usage("--attn-split: '%s' is not a number", optarg);
             a.has_attn_split = true;
             break;
         }
         case O_CENTERED: a.centered = true; break;
         case O_CALIB: a.calib = optarg; break;
-        case O_NSAMPLES: a.nsamples = parse_ll("nsamples", optarg, 1, INT_MAX); break;
-        case O_SEQLEN: a.seqlen = parse_ll("seqlen", optarg, 1, INT_MAX); break;
-        case O_SEED: a.seed = parse_ll("seed", optarg, 0, PROTO_MAX_ID); break;
+        case O_NSAMPLES: a.nsamples = cli_parse_ll("nsamples", optarg, 1, INT_MAX); break;
+        case O_SEQLEN: a.seqlen = cli_parse_ll("seqlen", optarg, 1, INT_MAX); break;
+        case O_SEED: a.seed = cli_parse_ll("seed", optarg, 0, PROTO_MAX_ID); break;
         case O_WINDOWS: a.calib_windows = optarg; break;
         case O_DENSE: a.dense = true; break;
         case O_OVERWRITE: a.overwrite = true; break;
         case O_KEEP_CKPT: a.keep_checkpoints = true; break;
         case O_EVAL_TEXT: a.eval_text = optarg; break;
-        case O_EVAL_SEQLEN: a.eval_seqlen = parse_ll("eval-seqlen", optarg, 0, INT_MAX); break;
-        case O_EVAL_MAX: a.eval_max_windows = parse_ll("eval-max-windows", optarg, 0, INT_MAX); break;
+        case O_EVAL_SEQLEN: a.eval_seqlen = cli_parse_ll("eval-seqlen", optarg, 0, INT_MAX); break;
+        case O_EVAL_MAX: a.eval_max_windows = cli_parse_ll("eval-max-windows", optarg, 0, INT_MAX); break;
         case O_TEXT: a.text = optarg; break;
-        case O_MAX_WINDOWS: a.max_windows = parse_ll("max-windows", optarg, 0, INT_MAX); break;
+        case O_MAX_WINDOWS: a.max_windows = cli_parse_ll("max-windows", optarg, 0, INT_MAX); break;
         case O_STATE: a.state = optarg; break;
-        case O_LIMIT: a.limit = parse_ll("limit", optarg, 1, 10000); break;
+        case O_LIMIT: a.limit = cli_parse_ll("limit", optarg, 1, 10000); break;
         case O_PROMPT: a.prompt = optarg; break;
-        case O_MAX_TOKENS: a.max_tokens = parse_ll("max-tokens", optarg, 1, INT_MAX); break;
+        case O_MAX_TOKENS: a.max_tokens = cli_parse_ll("max-tokens", optarg, 1, INT_MAX); break;
         case O_TEMPERATURE:
         case O_TOP_P: {
             /* The ranges are the daemon's to check; JSON cannot carry nan or inf. */
@@ -1168,7 +1136,7 @@ int main(int argc, char **argv) {
             errno = 0;
             double v = strtod(optarg, &end);
             if (errno || end == optarg || *end || !isfinite(v))
-                die_usage("--%s: '%s' is not a number", opt == O_TOP_P ? "top-p" : "temperature", optarg);
+                cli_die_usage("--%s: '%s' is not a number", opt == O_TOP_P ? "top-p" : "temperature", optarg);
             if (opt == O_TOP_P)
                 a.top_p = v, a.has_top_p = true;
             else
@@ -1176,7 +1144,7 @@ int main(int argc, char **argv) {
             break;
         }
         case O_NO_BOS: a.no_bos = true; break;
-        default: die_usage("unexpected option");
+        default: cli_die_usage("unexpected option");
         }
     }
     /* "svdllmctl help [CMD]" is --help too. */
@@ -1190,18 +1158,18 @@ int main(int argc, char **argv) {
     }
     const struct command *cmd = command_find(pos[0]);
     if (!cmd)
-        die_usage("unknown command '%s'", pos[0]);
+        cli_die_usage("unknown command '%s'", pos[0]);
     if (want_help) {
         usage_command(stdout, cmd);
         return EXIT_OK;
     }
     for (int o = O_MODEL; o < O_END; o++)
         if (seen[o] && !command_has_opt(cmd, o))
-            die_usage("option --%s does not apply to '%s'", opt_name(o), cmd->name);
+            cli_die_usage("option --%s does not apply to '%s'", opt_name(o), cmd->name);
     if (cmd->takes_job && npos != 2)
-        die_usage("'%s' takes one job id", cmd->name);
+        cli_die_usage("'%s' takes one job id", cmd->name);
     if (!cmd->takes_job && npos != 1)
-        die_usage("'%s' takes no arguments", cmd->name);
+        cli_die_usage("'%s' takes no arguments", cmd->name);
     a.job = cmd->takes_job ? parse_job(pos[1]) : 0;
     /* Local checks, before connecting: the required options, named. */
     for (int k = 0; cmd->required[k]; k++)
@@ -1209,7 +1177,7 @@ int main(int argc, char **argv) {
             const struct cmd_opt *o = cmd->opts;
             while (o->id && o->id != cmd->required[k])
                 o++;
-            die_usage("%s: --%s %s is required", cmd->name, opt_name(o->id), o->arg ? o->arg : "");
+            cli_die_usage("%s: --%s %s is required", cmd->name, opt_name(o->id), o->arg ? o->arg : "");
         }
     /* submit prints its own JSON (the job object), the others the raw messages. */
     json_raw = cmd->run != cmd_submit;

@@ -39,6 +39,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "conn.h"
 #include "proto.h"
 #include "svg.h"
@@ -104,17 +105,6 @@ static void sweep_usage(FILE *f) {
           f);
 }
 
-static void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void die_usage(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("svdllmctl sweep: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputs(" (see svdllmctl sweep --help)\n", stderr);
-    va_end(ap);
-    exit(2);
-}
-
 static void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void note(const char *fmt, ...) {
     va_list ap;
@@ -174,34 +164,6 @@ static int request(const char *path, json_t *req, json_t **ret, struct sv_err *e
 }
 
 /* ---- Values ----------------------------------------------------------------------- */
-
-static const char *jstr(json_t *o, const char *k) {
-    const char *s = json_string_value(json_object_get(o, k));
-    return s ? s : "";
-}
-
-static double jnum(json_t *o, const char *k, double dflt) {
-    json_t *v = json_object_get(o, k);
-    return json_is_number(v) ? json_number_value(v) : dflt;
-}
-
-static long long parse_ll(const char *opt, const char *v, long long min, long long max) {
-    char *end;
-    errno = 0;
-    long long x = strtoll(v, &end, 10);
-    if (errno || end == v || *end || x < min || x > max)
-        die_usage("--%s: '%s' is not an integer in [%lld, %lld]", opt, v, min, max);
-    return x;
-}
-
-static double parse_num(const char *opt, const char *v) {
-    char *end;
-    errno = 0;
-    double x = strtod(v, &end);
-    if (errno || end == v || *end || !isfinite(x))
-        die_usage("--%s: '%s' is not a number", opt, v);
-    return x;
-}
 
 /* Absolute form of p (the daemon runs elsewhere); malloc'd. */
 static char *abs_path(const char *p) {
@@ -285,30 +247,30 @@ static int cmp_double(const void *a, const void *b) {
 static void parse_methods(struct sweep *s, char *list) {
     for (char *save = NULL, *m = strtok_r(list, ",", &save); m; m = strtok_r(NULL, ",", &save)) {
         if (s->n_methods == MAX_METHODS)
-            die_usage("--methods: more than %d methods", MAX_METHODS);
+            cli_die_usage("--methods: more than %d methods", MAX_METHODS);
         for (int i = 0; i < s->n_methods; i++)
             if (strcmp(s->methods[i], m) == 0)
-                die_usage("--methods: '%s' given twice", m);
+                cli_die_usage("--methods: '%s' given twice", m);
         s->methods[s->n_methods++] = m;
     }
     if (s->n_methods == 0)
-        die_usage("--methods: no method given");
+        cli_die_usage("--methods: no method given");
 }
 
 static void parse_ratios(struct sweep *s, char *list) {
     for (char *save = NULL, *v = strtok_r(list, ",", &save); v; v = strtok_r(NULL, ",", &save)) {
         if (s->n_ratios == MAX_RATIOS)
-            die_usage("--ratios: more than %d ratios", MAX_RATIOS);
-        double x = parse_num("ratios", v);
+            cli_die_usage("--ratios: more than %d ratios", MAX_RATIOS);
+        double x = cli_parse_num("ratios", v);
         if (!(x > 0 && x < 1))
-            die_usage("--ratios: %s is not in (0, 1) (the fraction of parameters removed)", v);
+            cli_die_usage("--ratios: %s is not in (0, 1) (the fraction of parameters removed)", v);
         for (int i = 0; i < s->n_ratios; i++)
             if (s->ratios[i] == x)
-                die_usage("--ratios: %s given twice", v);
+                cli_die_usage("--ratios: %s given twice", v);
         s->ratios[s->n_ratios++] = x;
     }
     if (s->n_ratios == 0)
-        die_usage("--ratios: no ratio given");
+        cli_die_usage("--ratios: no ratio given");
     qsort(s->ratios, (size_t)s->n_ratios, sizeof s->ratios[0], cmp_double);
 }
 
@@ -359,17 +321,14 @@ static void parse_args(struct sweep *s, int argc, char **argv) {
                 exit(0);
             }
             if (npos++ > 0)
-                die_usage("unexpected argument '%s'", argv[optind]);
+                cli_die_usage("unexpected argument '%s'", argv[optind]);
             optind++;   /* "sweep" itself (sweep_is_command found it) */
             continue;
         }
-        if (opt == '?')
-            die_usage("unknown option '%s'", argv[optind - 1]);
-        if (opt == ':')
-            die_usage("option '%s' needs a value", argv[optind - 1]);
+        cli_getopt_check(opt, argv);
         if (opt >= S_MODEL && opt < S_END) {
             if (seen[opt])
-                die_usage("option --%s given twice", longopts[idx].name);
+                cli_die_usage("option --%s given twice", longopts[idx].name);
             seen[opt] = true;
         }
         json_t *x = s->extra;
@@ -382,8 +341,8 @@ static void parse_args(struct sweep *s, int argc, char **argv) {
         case S_METHODS: methods = optarg; break;
         case S_RATIOS: ratios = optarg; break;
         case S_EVAL_TEXT: eval_text = optarg; break;
-        case S_EVAL_SEQLEN: s->eval_seqlen = parse_ll("eval-seqlen", optarg, 0, 65536); break;
-        case S_EVAL_MAX: s->eval_max_windows = parse_ll("eval-max-windows", optarg, 0, INT_MAX); break;
+        case S_EVAL_SEQLEN: s->eval_seqlen = cli_parse_ll("eval-seqlen", optarg, 0, 65536); break;
+        case S_EVAL_MAX: s->eval_max_windows = cli_parse_ll("eval-max-windows", optarg, 0, INT_MAX); break;
         case S_OUT_DIR: out_dir = optarg; break;
         case S_SVG: svg = optarg; break;
         /* Passed through: the daemon checks ranges and names, as for submit. */
@@ -393,31 +352,31 @@ static void parse_args(struct sweep *s, int argc, char **argv) {
             free(p);
             break;
         }
-        case S_NSAMPLES: proto_set_int(x, "nsamples", parse_ll("nsamples", optarg, 1, INT_MAX)); break;
+        case S_NSAMPLES: proto_set_int(x, "nsamples", cli_parse_ll("nsamples", optarg, 1, INT_MAX)); break;
         case S_SEQLEN:
-            s->seqlen = parse_ll("seqlen", optarg, 1, INT_MAX);
+            s->seqlen = cli_parse_ll("seqlen", optarg, 1, INT_MAX);
             proto_set_int(x, "seqlen", s->seqlen);
             break;
-        case S_SEED: proto_set_int(x, "seed", parse_ll("seed", optarg, 0, PROTO_MAX_ID)); break;
+        case S_SEED: proto_set_int(x, "seed", cli_parse_ll("seed", optarg, 0, PROTO_MAX_ID)); break;
         case S_WINDOWS: proto_set_str(x, "calib_windows", optarg); break;
         case S_RANKS: proto_set_str(x, "ranks", optarg); break;
-        case S_LAYERS: proto_set_int(x, "layers", parse_ll("layers", optarg, 0, 1024)); break;
-        case S_ATTN_SPLIT: proto_set_real(x, "attn_split", parse_num("attn-split", optarg)); break;
+        case S_LAYERS: proto_set_int(x, "layers", cli_parse_ll("layers", optarg, 0, 1024)); break;
+        case S_ATTN_SPLIT: proto_set_real(x, "attn_split", cli_parse_num("attn-split", optarg)); break;
         case S_CENTERED: proto_set_bool(x, "centered", true); break;
-        case S_ALPHA: proto_set_real(x, "alpha", parse_num("alpha", optarg)); break;
+        case S_ALPHA: proto_set_real(x, "alpha", cli_parse_num("alpha", optarg)); break;
         case S_DENSE: proto_set_bool(x, "dense", true); break;
         case S_OVERWRITE: proto_set_bool(x, "overwrite", true); break;
-        default: die_usage("unexpected option");
+        default: cli_die_usage("unexpected option");
         }
     }
     if (!model)
-        die_usage("--model DIR is required");
+        cli_die_usage("--model DIR is required");
     if (!methods)
-        die_usage("--methods LIST is required (e.g. svdllm,svdllm-update,rom)");
+        cli_die_usage("--methods LIST is required (e.g. svdllm,svdllm-update,rom)");
     if (!ratios)
-        die_usage("--ratios LIST is required (e.g. 0.2,0.4,0.6)");
+        cli_die_usage("--ratios LIST is required (e.g. 0.2,0.4,0.6)");
     if (!eval_text)
-        die_usage("--eval-text FILE is required (the perplexity text)");
+        cli_die_usage("--eval-text FILE is required (the perplexity text)");
     /* Copies: strtok_r writes into them, and argv stays as ps shows it. */
     if (!(methods = strdup(methods)) || !(ratios = strdup(ratios)))
         exit(1);
@@ -466,7 +425,7 @@ static int check_methods(struct sweep *s) {
                 snprintf(list + n, sizeof list - n, "%s%s", n ? "," : "", json_string_value(m));
             }
             json_decref(r);
-            die_usage("--methods: unknown method '%s' (svdllmd accepts %s)", s->methods[i], list);
+            cli_die_usage("--methods: unknown method '%s' (svdllmd accepts %s)", s->methods[i], list);
         }
     }
     json_decref(r);
@@ -554,22 +513,22 @@ static void watch_run(struct sweep *s, int i, bool tty) {
             break;
         }
         json_t *j = json_object_get(m, "job");
-        if (strcmp(jstr(m, "event"), "end") == 0) {
-            snprintf(u->state, sizeof u->state, "%s", jstr(m, "state"));
-            snprintf(u->error, sizeof u->error, "%s", jstr(j, "error"));
+        if (strcmp(conn_jstr(m, "event"), "end") == 0) {
+            snprintf(u->state, sizeof u->state, "%s", conn_jstr(m, "state"));
+            snprintf(u->error, sizeof u->error, "%s", conn_jstr(j, "error"));
             json_t *res = json_object_get(j, "result");
-            u->params_before = (long long)jnum(res, "params_before", 0);
-            u->params_after = (long long)jnum(res, "params_after", 0);
-            u->seconds = jnum(res, "seconds", NAN);
+            u->params_before = (long long)conn_jnum(res, "params_before", 0);
+            u->params_after = (long long)conn_jnum(res, "params_after", 0);
+            u->seconds = conn_jnum(res, "seconds", NAN);
             json_decref(m);
             break;
         }
         if (tty && j) {
             char line[200];
             snprintf(line, sizeof line, "sweep: [%d/%d] %s ratio %g: job %lld %s layer %lld/%lld %s %3.0f%%", i + 1,
-                     s->n_runs, u->method, u->ratio, u->job, jstr(j, "state"),
-                     (long long)jnum(j, "layer", jnum(j, "layers_done", 0)), (long long)jnum(j, "n_layers", 0),
-                     jstr(j, "phase"), 100 * jnum(j, "fraction", 0));
+                     s->n_runs, u->method, u->ratio, u->job, conn_jstr(j, "state"),
+                     (long long)conn_jnum(j, "layer", conn_jnum(j, "layers_done", 0)), (long long)conn_jnum(j, "n_layers", 0),
+                     conn_jstr(j, "phase"), 100 * conn_jnum(j, "fraction", 0));
             fprintf(stderr, "\r%-79.79s", line);
         }
         json_decref(m);
@@ -594,11 +553,11 @@ static int eval_one(struct sweep *s, const char *what, const char *model, double
         note("%s: %s", what, error);
         return 1;
     }
-    *ppl = jnum(r, "ppl", NAN);
-    *tok_s = jnum(r, "tokens_per_s", NAN);
-    s->orig_windows = (long long)jnum(r, "windows", 0);
-    s->orig_seqlen = (long long)jnum(r, "seqlen", 0);
-    note("%s: perplexity %.4f, %.0f tokens/s (%.1f s)", what, *ppl, *tok_s, jnum(r, "seconds", 0));
+    *ppl = conn_jnum(r, "ppl", NAN);
+    *tok_s = conn_jnum(r, "tokens_per_s", NAN);
+    s->orig_windows = (long long)conn_jnum(r, "windows", 0);
+    s->orig_seqlen = (long long)conn_jnum(r, "seqlen", 0);
+    note("%s: perplexity %.4f, %.0f tokens/s (%.1f s)", what, *ppl, *tok_s, conn_jnum(r, "seconds", 0));
     json_decref(r);
     return 0;
 }
@@ -827,6 +786,7 @@ static int sweep_run(struct sweep *s) {
 }
 int sweep_main(int argc, char **argv, const char *default_socket) {
     signal(SIGPIPE, SIG_IGN);   /* a daemon closing while we write: we read its reply */
+    cli_usage_set("svdllmctl sweep", "svdllmctl sweep --help");
     struct sweep s = {.orig_ppl = NAN, .orig_tok_s = NAN};
     s.socket = getenv("SVDLLMD_SOCKET");
     if (!s.socket || !*s.socket)

@@ -150,21 +150,28 @@ static void on_async(uv_async_t *h) {
     }
 }
 
-static void post_reply(struct runner *r, const struct runner_task *t, enum proto_code code,
-                       const char *msg, struct store_job *job) {
+/* The reply to task t (code, msg or NULL, and job, which the event then
+ * owns); NULL when out of memory (job is then still the caller's). */
+static struct runner_event *reply_new(const struct runner_task *t, enum proto_code code, const char *msg,
+                                      struct store_job *job) {
     struct runner_event *ev = event_new(RUNNER_EV_REPLY);
-    if (!ev) {
-        free(job);
-        post(r, NULL);
-        return;
-    }
+    if (!ev)
+        return NULL;
     ev->task = t->type;
     ev->client_id = t->client_id;
     ev->req_id = t->req_id;
     ev->code = code;
     snprintf(ev->msg, sizeof ev->msg, "%s", msg ? msg : "");
     ev->job = job;
-    post(r, ev);
+    return ev;
+}
+
+static void post_reply(struct runner *r, const struct runner_task *t, enum proto_code code,
+                       const char *msg, struct store_job *job) {
+    struct runner_event *ev = reply_new(t, code, msg, job);
+    if (!ev)
+        free(job);
+    post(r, ev);   /* NULL: logged as lost */
 }
 
 /* Posts the current row of job id (for the loop's table). */
@@ -597,13 +604,9 @@ static void do_cancel(struct runner *r, struct runner_task *t) {
     pthread_mutex_unlock(&r->job_mu);
     if (running) {
         log_msg(LOG_INFO, "job %lld: cancel requested (uid %u)", (long long)t->job_id, (unsigned)t->uid);
-        struct runner_event *ev = event_new(RUNNER_EV_REPLY);
-        if (ev) {
-            ev->task = t->type;
-            ev->client_id = t->client_id;
-            ev->req_id = t->req_id;
+        struct runner_event *ev = reply_new(t, PROTO_OK, NULL, NULL);
+        if (ev)
             ev->cancelling = true;
-        }
         post(r, ev);
         return;
     }
@@ -623,7 +626,9 @@ static void do_cancel(struct runner *r, struct runner_task *t) {
 /* A resume continues from checkpoints computed from the inputs named by
  * j's key: refused (PROTO_INVALID, naming what changed) when the model or
  * calibration files, read with the owner's rights, now give another key.
- * The job thread checks it again before it runs the job. */
+ * A second computation, on purpose: the resume request is answered now,
+ * on this thread, while the engine checks the key again as it opens the
+ * job (compress_hooks.job_key), for changes made while the job was queued. */
 static int resume_key_check(const struct store_job *j, struct proto_error *e) {
     struct cred cred;
     struct sv_err err = {0};
@@ -771,18 +776,11 @@ static void do_rm(struct runner *r, struct runner_task *t) {
     }
     log_msg(LOG_INFO, "job %lld: removed by uid %u (work directory %s, %llu bytes; output %s kept)", (long long)j->id,
             (unsigned)t->uid, j->params.work_dir, (unsigned long long)freed, j->params.out_dir);
-    struct runner_event *ev = event_new(RUNNER_EV_REPLY);
-    if (!ev) {
+    struct runner_event *ev = reply_new(t, PROTO_OK, NULL, j);
+    if (ev)
+        ev->freed_bytes = freed;
+    else
         free(j);
-        post(r, NULL);
-        return;
-    }
-    ev->task = t->type;
-    ev->client_id = t->client_id;
-    ev->req_id = t->req_id;
-    ev->code = PROTO_OK;
-    ev->job = j;
-    ev->freed_bytes = freed;
     post(r, ev);
 }
 
@@ -884,13 +882,9 @@ static void do_eval(struct runner *r, struct runner_task *t) {
     int rc = ppl_eval(model, text, t->eval.seqlen, t->eval.max_windows, eval_should_cancel, &c, &res, &err);
     if (eval_leave(r, t, &cred, rc, &err) < 0)
         return;
-    struct runner_event *ev = event_new(RUNNER_EV_REPLY);
-    if (ev) {
-        ev->task = t->type;
-        ev->client_id = t->client_id;
-        ev->req_id = t->req_id;
+    struct runner_event *ev = reply_new(t, PROTO_OK, NULL, NULL);
+    if (ev)
         ev->ppl = res;
-    }
     post(r, ev);
 }
 
@@ -910,15 +904,12 @@ static void do_generate(struct runner *r, struct runner_task *t) {
     int rc = gen_run(model, &gp, NULL, NULL, eval_should_cancel, &c, &res, &err);
     if (eval_leave(r, t, &cred, rc, &err) < 0)
         return;
-    struct runner_event *ev = event_new(RUNNER_EV_REPLY);
+    struct runner_event *ev = reply_new(t, PROTO_OK, NULL, NULL);
     if (!ev) {
         gen_result_free(&res);
         post(r, NULL);
         return;
     }
-    ev->task = t->type;
-    ev->client_id = t->client_id;
-    ev->req_id = t->req_id;
     ev->gen = (struct runner_gen_reply){.text = res.text, .text_len = res.text_len, .ids = res.ids,
                                         .n_ids = res.n_ids, .n_prompt = res.n_prompt,
                                         .finish = gen_finish_name(res.finish), .prompt_seconds = res.prompt_seconds,
@@ -1252,30 +1243,6 @@ static void run_job(struct runner *r, int64_t id) {
         finish(r, j, id, JOB_FAILED, msg, NULL);
         goto out;
     }
-    /* The inputs must still be the ones the job was submitted with, or its
-     * checkpoints would mix two different computations. */
-    char key[65];
-    int kr = cred_enter(&cred, &err);
-    if (kr == 0) {
-        kr = params_job_key(&j->params, key, &err);
-        leave_or_die(&cred);
-    }
-    if (kr < 0) {
-        char msg[SV_ERR_MSG_MAX];
-        snprintf(msg, sizeof msg, "inputs changed since the job was submitted: %.440s", err.msg);
-        log_msg(LOG_WARNING, "job %lld: %s", (long long)id, msg);
-        finish(r, j, id, JOB_FAILED, msg, NULL);
-        goto out;
-    }
-    if (strcmp(key, j->key) != 0) {
-        char msg[SV_ERR_MSG_MAX];
-        snprintf(msg, sizeof msg, "inputs changed since the job was submitted: job key was %.16s..., "
-                 "the model, calibration or evaluation files now give %.16s...", j->key, key);
-        log_msg(LOG_WARNING, "job %lld: %s", (long long)id, msg);
-        finish(r, j, id, JOB_FAILED, msg, NULL);
-        goto out;
-    }
-
     struct job_ctx *c = calloc(1, sizeof *c);
     if (!c) {
         log_msg(LOG_ERR, "job %lld: out of memory", (long long)id);
@@ -1295,6 +1262,10 @@ static void run_job(struct runner *r, int64_t id) {
         .progress = hook_progress,
         .user_fs = hook_user_fs,
         .output_check = hook_output_check,
+        /* The inputs must still be the ones the job was submitted with, or
+         * its checkpoints would mix two different computations: the engine
+         * checks as it computes the key (once, with the owner's rights). */
+        .job_key = j->key,
     };
     struct compress_result res = {0};
     int rc = compress_run(&j->params, &hooks, &res, &err);

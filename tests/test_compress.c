@@ -1,16 +1,20 @@
 /* Compression jobs through the engine API: svdllm beats svd on held-out text,
  * the factored output equals the dense one, an interrupted job resumes to
- * byte-identical files, and changed inputs or bad parameters are refused. */
+ * byte-identical files, and changed inputs or bad parameters are refused.
+ * Named cases (the table before main), one meson test each; a case makes
+ * its own temporary directory and texts. */
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
 
+#include "cases.h"
 #include "compress.h"
 #include "forward.h"
 #include "harness.h"
@@ -200,75 +204,80 @@ static void file_hash(const char *dir, const char *name, char hex[65]) {
     SV_ASSERT_EQ(sha256_file(path, hex, NULL, NULL), 0);
 }
 
-int main(void) {
-    forward_threads_set(0);
-    strcpy(tmp, "/tmp/svdllm-test-compress-XXXXXX");
-    SV_CHECK(mkdtemp(tmp) != NULL);
-    char cmd[600];
-    /* Calibration: the first 300 kB of the TinyStories validation text;
-     * evaluation: the next 200 kB (held out). */
-    snprintf(cmd, sizeof cmd,
-             "head -c 300000 tests/data/text/tinystories-valid-head.txt > %s/calib.txt && "
-             "tail -c +300001 tests/data/text/tinystories-valid-head.txt | head -c 200000 > %s/eval.txt",
-             tmp, tmp);
-    SV_ASSERT_EQ(system(cmd), 0);
+static const char *const models[2] = {"tests/data/tinystories-656K", "tests/data/stories260K-hf"};
+static const char *const files[] = {"model.safetensors", "config.json", "tokenizer.json"};
+
+/* Every method at 0.4 and 0.6 on models[mi], plus svdllm with --ranks
+ * auto; at 0.2 svd and svdllm. Outputs in tmp/out-MI-METHOD-RATIO. */
+static void methods_table(int mi) {
+    const double ratios[] = {0.2, 0.4, 0.6};
     struct compress_params p;
     struct compress_result res;
     struct sv_err err = {0};
-
-    /* Both bundled models: every method at 0.4 and 0.6, plus svdllm with
-     * --ranks auto; at 0.2 svd and svdllm. */
-    const char *models[2] = {"tests/data/tinystories-656K", "tests/data/stories260K-hf"};
-    const double ratios[] = {0.2, 0.4, 0.6};
-    for (int mi = 0; mi < 2; mi++) {
-        printf("%s, calibration 32 x 128 tokens, eval 120 windows of 128 held-out tokens\n", models[mi]);
-        printf("ratio  method          ppl_before  ppl_after  params_after\n");
-        for (int i = 0; i < 3; i++) {
-            double ppl[METHOD_COUNT + 1];
-            int all = ratios[i] > 0.3;
-            int nm = all ? METHOD_COUNT + 1 : METHOD_SVDLLM + 1;
-            for (int m = 0; m < nm; m++) {
-                char out[64], work[64];
-                snprintf(out, sizeof out, "out-%d-%d-%d", mi, m, i);
-                snprintf(work, sizeof work, "work-%d-%d-%d", mi, m, i);
-                int is_auto = m == METHOD_COUNT; /* the extra row: svdllm, ranks auto */
-                params(&p, models[mi], out, work, is_auto ? METHOD_SVDLLM : (enum compress_method)m, ratios[i]);
-                if (is_auto)
-                    p.ranks = RANKS_AUTO;
-                int r = run(&p, NULL, &res, &err);
-                SV_ASSERT_EQ(r, 0);
-                if (r < 0)
-                    fprintf(stderr, "%s\n", err.msg);
-                ppl[m] = res.ppl_after;
-                printf("%.1f    %-14s  %10.4f %10.4f  %llu / %llu\n", ratios[i],
-                       is_auto ? "svdllm+auto" : params_method_name(m), res.ppl_before, res.ppl_after,
-                       (unsigned long long)res.params_after, (unsigned long long)res.params_before);
-                SV_CHECK(res.ppl_after > res.ppl_before);
-                /* Every allocation spends at most the budget (auto: two sub-budgets). */
-                SV_CHECK(res.params_after <= (unsigned long long)((1 - ratios[i]) * res.params_before) + 1);
-                SV_CHECK(res.params_after >= (unsigned long long)((1 - ratios[i] - 0.03) * res.params_before));
-                if (m == METHOD_LORAP) /* structured: the layout of a plain LLaMA with a narrower MLP */
-                    check_layout(p.out_dir, 0);
-            }
-            SV_CHECK(ppl[METHOD_SVDLLM] < ppl[METHOD_SVD]);
-            if (all) { /* svdllm < asvd, awsvd < svd; the update, rom and auto beat svdllm */
-                SV_CHECK(ppl[METHOD_SVDLLM] < ppl[METHOD_ASVD] && ppl[METHOD_ASVD] < ppl[METHOD_SVD]);
-                SV_CHECK(ppl[METHOD_SVDLLM] < ppl[METHOD_AWSVD] && ppl[METHOD_AWSVD] < ppl[METHOD_SVD]);
-                SV_CHECK(ppl[METHOD_SVDLLM_UPDATE] < ppl[METHOD_SVDLLM]);
-                SV_CHECK(ppl[METHOD_COUNT] < ppl[METHOD_SVDLLM]);
-                /* rom fits W' to the compressed model's inputs but keeps the
-                 * targets X' W^T, so it cannot undo upstream error; with the
-                 * two layers of tinystories-656K there is little to adapt to
-                 * and it ties svdllm (measured 130.8 vs 130.9 at 0.4, 273.6 vs
-                 * 269.2 at 0.6); with five layers it wins clearly. */
-                if (mi == 1)
-                    SV_CHECK(ppl[METHOD_ROM] < ppl[METHOD_SVDLLM]);
-                else
-                    SV_CHECK(ppl[METHOD_ROM] < 1.05 * ppl[METHOD_SVDLLM]);
-            }
+    printf("%s, calibration 32 x 128 tokens, eval 120 windows of 128 held-out tokens\n", models[mi]);
+    printf("ratio  method          ppl_before  ppl_after  params_after\n");
+    for (int i = 0; i < 3; i++) {
+        double ppl[METHOD_COUNT + 1];
+        int all = ratios[i] > 0.3;
+        int nm = all ? METHOD_COUNT + 1 : METHOD_SVDLLM + 1;
+        for (int m = 0; m < nm; m++) {
+            char out[64], work[64];
+            snprintf(out, sizeof out, "out-%d-%d-%d", mi, m, i);
+            snprintf(work, sizeof work, "work-%d-%d-%d", mi, m, i);
+            int is_auto = m == METHOD_COUNT; /* the extra row: svdllm, ranks auto */
+            params(&p, models[mi], out, work, is_auto ? METHOD_SVDLLM : (enum compress_method)m, ratios[i]);
+            if (is_auto)
+                p.ranks = RANKS_AUTO;
+            int r = run(&p, NULL, &res, &err);
+            SV_ASSERT_EQ(r, 0);
+            if (r < 0)
+                fprintf(stderr, "%s\n", err.msg);
+            ppl[m] = res.ppl_after;
+            printf("%.1f    %-14s  %10.4f %10.4f  %llu / %llu\n", ratios[i],
+                   is_auto ? "svdllm+auto" : params_method_name(m), res.ppl_before, res.ppl_after,
+                   (unsigned long long)res.params_after, (unsigned long long)res.params_before);
+            SV_CHECK(res.ppl_after > res.ppl_before);
+            /* Every allocation spends at most the budget (auto: two sub-budgets). */
+            SV_CHECK(res.params_after <= (unsigned long long)((1 - ratios[i]) * res.params_before) + 1);
+            SV_CHECK(res.params_after >= (unsigned long long)((1 - ratios[i] - 0.03) * res.params_before));
+            if (m == METHOD_LORAP) /* structured: the layout of a plain LLaMA with a narrower MLP */
+                check_layout(p.out_dir, 0);
+        }
+        SV_CHECK(ppl[METHOD_SVDLLM] < ppl[METHOD_SVD]);
+        if (all) { /* svdllm < asvd, awsvd < svd; the update, rom and auto beat svdllm */
+            SV_CHECK(ppl[METHOD_SVDLLM] < ppl[METHOD_ASVD] && ppl[METHOD_ASVD] < ppl[METHOD_SVD]);
+            SV_CHECK(ppl[METHOD_SVDLLM] < ppl[METHOD_AWSVD] && ppl[METHOD_AWSVD] < ppl[METHOD_SVD]);
+            SV_CHECK(ppl[METHOD_SVDLLM_UPDATE] < ppl[METHOD_SVDLLM]);
+            SV_CHECK(ppl[METHOD_COUNT] < ppl[METHOD_SVDLLM]);
+            /* rom fits W' to the compressed model's inputs but keeps the
+             * targets X' W^T, so it cannot undo upstream error; with the
+             * two layers of tinystories-656K there is little to adapt to
+             * and it ties svdllm (measured 130.8 vs 130.9 at 0.4, 273.6 vs
+             * 269.2 at 0.6); with five layers it wins clearly. */
+            if (mi == 1)
+                SV_CHECK(ppl[METHOD_ROM] < ppl[METHOD_SVDLLM]);
+            else
+                SV_CHECK(ppl[METHOD_ROM] < 1.05 * ppl[METHOD_SVDLLM]);
         }
     }
+}
+
+static void case_methods_260k(void) {
+    methods_table(1);
+}
+
+/* The table on tinystories-656K, then what is checked against its outputs
+ * (one case: each check reads an output of the table, and computing them
+ * again per check would double the suite's time): dense vs factored,
+ * resume and a corrupted checkpoint to the same bytes, changed inputs
+ * refused, LoRAP --dense, the update's refit losses, the sequential
+ * methods' structure, rom --centered. */
+static void case_methods_656k(void) {
+    methods_table(0);
     const char *model = models[0];
+    struct compress_params p;
+    struct compress_result res;
+    struct sv_err err = {0};
 
     /* Dense output: same perplexity as the factored one (1e-4 relative: the
      * only difference is the f32 rounding of A B). */
@@ -293,7 +302,6 @@ int main(void) {
     s1.fail_at = -1;
     SV_ASSERT_EQ(run(&p, &s1, &res, &err), 0);
     SV_ASSERT_EQ(res.layers_resumed, 1);
-    const char *files[] = {"model.safetensors", "config.json", "tokenizer.json"};
     for (size_t i = 0; i < 3; i++) {
         char a[65], b[65];
         file_hash(fdir, files[i], a);
@@ -416,6 +424,14 @@ int main(void) {
         SV_CHECK(!same_tensor(drom, p.out_dir, "model.layers.0.self_attn.q_proj.0.weight"));
     }
 
+}
+
+static void case_rom_last(void) {
+    const char *model = models[0];
+    struct compress_params p;
+    struct compress_result res;
+    struct sv_err err = {0};
+
     /* last-n: only the last layer, at 0.3 * 2 / 1 = 0.6 of its parameters;
      * layer 0 stays dense and is absent from low_rank.ranks. */
     params(&p, model, "rom-last", "work-rom-last", METHOD_ROM, 0.3);
@@ -434,6 +450,14 @@ int main(void) {
         SV_CHECK(json_object_get(rk, "model.layers.0.self_attn.q_proj") == NULL);
         json_decref(cfg);
     }
+
+}
+
+static void case_few_calib(void) {
+    const char *model = models[0];
+    struct compress_params p;
+    struct compress_result res;
+    struct sv_err err = {0};
 
     /* Too few calibration tokens (2 x 16 = 32 < hidden 128): the Grams are
      * singular; the whitening takes the shifted-Cholesky fallback, the
@@ -461,6 +485,14 @@ int main(void) {
         json_decref(rep);
     }
 
+}
+
+static void case_resume_sequential(void) {
+    const char *model = models[0];
+    struct compress_params p;
+    struct compress_result res;
+    struct sv_err err = {0};
+
     /* Resume of a sequential job with two state streams and a rank file:
      * crash before layer 1's commit, rerun, same bytes as uninterrupted. */
     {
@@ -484,6 +516,14 @@ int main(void) {
         }
     }
 
+}
+
+static void case_bad_params(void) {
+    const char *model = models[0];
+    struct compress_params p;
+    struct compress_result res;
+    struct sv_err err = {0};
+
     /* Bad parameters. */
     params(&p, model, "bad", "work-bad", METHOD_SVDLLM, 1.0);
     SV_ASSERT_EQ(params_check(&p, &err), -EINVAL);
@@ -492,7 +532,8 @@ int main(void) {
     snprintf(p.calib_path, sizeof p.calib_path, "/nonexistent/calib.txt");
     SV_ASSERT_EQ(params_check(&p, &err), -ENOENT);
     SV_ASSERT_STR_CONTAINS(err.msg, "/nonexistent/calib.txt");
-    params(&p, model, "out-0-1-1", "work-bad", METHOD_SVDLLM, 0.4);
+    params(&p, model, "out-exists", "work-bad", METHOD_SVDLLM, 0.4);
+    mkdir(p.out_dir, 0755);   /* an output of an earlier job */
     SV_ASSERT_EQ(params_check(&p, &err), -EEXIST);
     SV_ASSERT_STR_CONTAINS(err.msg, "exists");
     params(&p, model, "big", "work-bad", METHOD_SVDLLM, 0.4);
@@ -520,7 +561,67 @@ int main(void) {
     SV_ASSERT_EQ(params_check(&p, &err), -EINVAL);
     SV_ASSERT_STR_CONTAINS(err.msg, "lorap allocates its own ranks");
 
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+    /* Inputs that changed after the submit (the daemon passes the submitted
+     * key): refused as the job opens, before any output; an input that is
+     * gone says the same. */
+    params(&p, model, "stale", "work-stale", METHOD_SVDLLM, 0.4);
+    struct compress_hooks h = {.job_key = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"};
+    SV_ASSERT_EQ(compress_run(&p, &h, &res, &err), -ESTALE);
+    SV_ASSERT_STR_CONTAINS(err.msg, "inputs changed since the job was submitted: job key was 0123456789abcdef...");
+    SV_CHECK(access(p.out_dir, F_OK) != 0);
+    snprintf(p.calib_path, sizeof p.calib_path, "%s/gone.txt", tmp);
+    SV_ASSERT_EQ(compress_run(&p, &h, &res, &err), -ENOENT);
+    SV_ASSERT_STR_CONTAINS(err.msg, "inputs changed since the job was submitted: ");
+    SV_ASSERT_STR_CONTAINS(err.msg, "gone.txt");
+
+}
+
+static const struct sv_case cases[] = {
+    {"methods_656k", case_methods_656k},
+    {"methods_260k", case_methods_260k},
+    {"rom_last", case_rom_last},
+    {"few_calib", case_few_calib},
+    {"resume_sequential", case_resume_sequential},
+    {"bad_params", case_bad_params},
+};
+enum { N_CASES = sizeof cases / sizeof cases[0] };
+
+/* One case in a fresh tmp with the calibration text (the first 300 kB of
+ * the TinyStories validation text) and the evaluation text (the next
+ * 200 kB, held out); tmp is removed when the case passed. */
+static int run_case(const struct sv_case *c) {
+    int failures0 = sv_test_failures;
+    strcpy(tmp, "/tmp/svdllm-test-compress-XXXXXX");
+    SV_CHECK(mkdtemp(tmp) != NULL);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd,
+             "head -c 300000 tests/data/text/tinystories-valid-head.txt > %s/calib.txt && "
+             "tail -c +300001 tests/data/text/tinystories-valid-head.txt | head -c 200000 > %s/eval.txt",
+             tmp, tmp);
     SV_ASSERT_EQ(system(cmd), 0);
+    c->run();
+    int failed = sv_test_failures - failures0;
+    if (failed == 0) {
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+        SV_ASSERT_EQ(system(cmd), 0);
+    } else {
+        fprintf(stderr, "case %s: kept %s\n", c->name, tmp);
+    }
+    return failed;
+}
+
+/* test_compress [CASE...] (none: all), --list, --registered NAME... */
+int main(int argc, char **argv) {
+    int meta = sv_cases_meta(argc, argv, cases, N_CASES);
+    if (meta >= 0)
+        return meta;
+    if (sv_cases_known(argc, argv, 1, cases, N_CASES) != 0)
+        return 2;
+    forward_threads_set(0);
+    if (argc == 1)
+        for (size_t i = 0; i < N_CASES; i++)
+            run_case(&cases[i]);
+    for (int a = 1; a < argc; a++)
+        run_case(sv_case_named(cases, N_CASES, argv[a]));
     return sv_test_result("compress");
 }

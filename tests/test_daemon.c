@@ -28,8 +28,15 @@
  * Sanitizer reports in the daemon's log fail the test. Jobs use the bundled
  * stories260K model, so they take about a second with the real engine.
  *
- * Usage: test_daemon PATH/svdllmd PATH/svdllmctl   (run from the source root,
- * or with SV_SRCDIR set, to find tests/data). */
+ * Each of these is a named case (the table at the end) that meson runs as
+ * its own test (`meson test -C build --suite daemon`, or one by name:
+ * `meson test -C build framing_errors`); every case starts the daemons it
+ * needs in a directory of its own (tests/daemon_harness.h), so a failure
+ * names what broke and no case leans on another's leftovers.
+ *
+ * Usage: test_daemon PATH/svdllmd PATH/svdllmctl [CASE...]   (none: every
+ * case; run from the source root, or with SV_SRCDIR set, to find
+ * tests/data); test_daemon --list. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -55,300 +62,11 @@
 
 #include <sqlite3.h>
 
+#include "daemon_harness.h"
 #include "harness.h"
 #include "mono.h"
 #include "proto.h"
 #include "sha256.h"
-
-static const char *svdllmd, *svdllmctl;
-static char dir[256], sock_path[300], state_dir[300], log_path[300];
-static char model[1024], calib[1024], model656[1024], srcdir[512];
-static pid_t daemon_pid = -1;
-
-/* ---- Daemon process --------------------------------------------------------------- */
-
-/* Starts svdllmd with extra args; waits for READY=1 on --ready-fd and, when
- * notify is set, on a $NOTIFY_SOCKET datagram socket at that address. */
-static uid_t run_as = 0;   /* when non-zero (and we are root): the daemon's uid */
-static const char *daemon_fault;   /* SVDLLM_FAULT for the daemon (NULL: unset) */
-static const char *daemon_release; /* SVDLLM_FAULT_RELEASE for the daemon (NULL: unset) */
-static const char *daemon_threads; /* --threads for the daemon (NULL: not passed) */
-
-static int start_daemon(const char *notify, const char *config) {
-    int p[2];
-    if (pipe(p) < 0)
-        return -1;
-    int nfd = -1;
-    struct sockaddr_un na = {.sun_family = AF_UNIX};
-    socklen_t nlen = 0;
-    if (notify) {
-        nfd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        size_t n = strlen(notify);
-        memcpy(na.sun_path, notify, n);
-        if (notify[0] == '@')
-            na.sun_path[0] = '\0';
-        nlen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + (notify[0] != '@'));
-        unlink(notify);
-        if (bind(nfd, (struct sockaddr *)&na, nlen) < 0) {
-            perror("bind notify socket");
-            return -1;
-        }
-    }
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(p[0]);
-        int lf = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (lf >= 0)
-            dup2(lf, STDERR_FILENO);
-        if (notify)
-            setenv("NOTIFY_SOCKET", notify, 1);
-        else
-            unsetenv("NOTIFY_SOCKET");
-        if (daemon_fault)
-            setenv("SVDLLM_FAULT", daemon_fault, 1);
-        else
-            unsetenv("SVDLLM_FAULT");
-        if (daemon_release)
-            setenv("SVDLLM_FAULT_RELEASE", daemon_release, 1);
-        else
-            unsetenv("SVDLLM_FAULT_RELEASE");
-        if (run_as != 0 && (setgroups(0, NULL) < 0 || setgid(run_as) < 0 || setuid(run_as) < 0))
-            _exit(126);
-        char fdarg[16];
-        snprintf(fdarg, sizeof fdarg, "%d", p[1]);
-        const char *argv[16] = {svdllmd, "--socket", sock_path, "--state-dir", state_dir, "--ready-fd", fdarg,
-                                "--log-level", "debug"};
-        int n = 9;
-        if (config) {
-            argv[n++] = "--config";
-            argv[n++] = config;
-        }
-        if (daemon_threads) {
-            argv[n++] = "--threads";
-            argv[n++] = daemon_threads;
-        }
-        argv[n] = NULL;
-        execv(svdllmd, (char *const *)argv);
-        _exit(127);
-    }
-    close(p[1]);
-    daemon_pid = pid;
-    struct pollfd pfd = {p[0], POLLIN, 0};
-    char buf[64] = "";
-    ssize_t n = 0;
-    if (poll(&pfd, 1, 60000) == 1)
-        n = read(p[0], buf, sizeof buf - 1);
-    close(p[0]);
-    int ok = n > 0 && strncmp(buf, "READY=1\n", 8) == 0;
-    if (!ok)
-        fprintf(stderr, "svdllmd did not signal readiness on --ready-fd (got %zd bytes)\n", n);
-    if (ok && notify) {
-        struct pollfd q = {nfd, POLLIN, 0};
-        char msg[512] = "";
-        ssize_t k = poll(&q, 1, 5000) == 1 ? recv(nfd, msg, sizeof msg - 1, 0) : -1;
-        SV_CHECK(k > 0);
-        SV_ASSERT_STR_CONTAINS(msg, "READY=1");
-        SV_ASSERT_STR_CONTAINS(msg, "MAINPID=");
-        close(nfd);
-        if (notify[0] != '@')
-            unlink(notify);
-    }
-    return ok ? 0 : -1;
-}
-
-/* Sanitizer reports in the daemon's log are failures (when built with them). */
-static void check_log_clean(void) {
-    FILE *f = fopen(log_path, "r");
-    char line[1024];
-    bool bad = false;
-    while (f && !bad && fgets(line, sizeof line, f)) {
-        bad = strstr(line, "Sanitizer") || strstr(line, "runtime error:");
-        if (bad)
-            fprintf(stderr, "daemon log: %s", line);
-    }
-    SV_CHECK(!bad);
-    if (f)
-        fclose(f);
-}
-
-/* Sends sig and waits up to 60 s; returns the exit status or -1. */
-static int stop_daemon(int sig) {
-    if (daemon_pid < 0)
-        return -1;
-    kill(daemon_pid, sig);
-    int st = 0;
-    for (int i = 0; i < 600; i++) {
-        pid_t r = waitpid(daemon_pid, &st, WNOHANG);
-        if (r == daemon_pid) {
-            daemon_pid = -1;
-            check_log_clean();
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        }
-        usleep(100000);
-    }
-    kill(daemon_pid, SIGKILL);
-    waitpid(daemon_pid, &st, 0);
-    daemon_pid = -1;
-    return -1;
-}
-
-/* ---- Raw client --------------------------------------------------------------------- */
-
-struct conn {
-    int fd;
-    struct proto_buf b;
-};
-
-static int conn_open(struct conn *c) {
-    c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%.107s", sock_path);
-    if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        fprintf(stderr, "connect %s: %s\n", sock_path, strerror(errno));
-        close(c->fd);
-        return -1;
-    }
-    struct timeval tv = {60, 0};
-    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    proto_buf_init(&c->b, PROTO_MAX_MSG + 1);
-    return 0;
-}
-
-static void conn_close(struct conn *c) {
-    close(c->fd);
-    proto_buf_free(&c->b);
-}
-
-static void send_raw(struct conn *c, const char *data, size_t n) {
-    size_t off = 0;
-    while (off < n) {
-        ssize_t k = send(c->fd, data + off, n - off, MSG_NOSIGNAL);
-        if (k <= 0)
-            return;
-        off += (size_t)k;
-    }
-}
-
-/* Next message or NULL (printing why). */
-static json_t *recv_msg(struct conn *c) {
-    json_t *m = NULL;
-    struct proto_error e = {0};
-    int r = proto_read_msg(c->fd, &c->b, &m, &e);
-    if (r != 1) {
-        fprintf(stderr, "recv: %s\n", r == 0 ? "end of stream" : e.msg);
-        return NULL;
-    }
-    return m;
-}
-
-static json_t *request(struct conn *c, const char *line) {
-    send_raw(c, line, strlen(line));
-    send_raw(c, "\n", 1);
-    return recv_msg(c);
-}
-
-static const char *err_code(json_t *m) {
-    return json_string_value(json_object_get(json_object_get(m, "error"), "code"));
-}
-
-static const char *err_msg(json_t *m) {
-    return json_string_value(json_object_get(json_object_get(m, "error"), "message"));
-}
-
-static void check_ping(void) {
-    struct conn c;
-    if (conn_open(&c) < 0) {
-        SV_CHECK(!"connect for ping");
-        return;
-    }
-    json_t *m = request(&c, "{\"id\":77,\"op\":\"ping\"}");
-    SV_CHECK(m && json_is_true(json_object_get(m, "ok")));
-    SV_ASSERT_EQ(json_integer_value(json_object_get(m, "id")), 77);
-    json_decref(m);
-    conn_close(&c);
-}
-
-/* Sends line on a fresh connection, expects an error reply with code and a
- * message containing needle, then checks the daemon still answers ping. */
-static void expect_error_line(int lineno, const char *line, const char *code, const char *needle) {
-    struct conn c;
-    if (conn_open(&c) < 0) {
-        SV_CHECK(!"connect");
-        return;
-    }
-    json_t *m = request(&c, line);
-    if (!m || !err_code(m) || strcmp(err_code(m), code) != 0 || !err_msg(m) || !strstr(err_msg(m), needle)) {
-        char *s = m ? json_dumps(m, 0) : NULL;
-        fprintf(stderr, "test_daemon.c:%d: want %s containing '%s', got %s\n", lineno, code, needle,
-                s ? s : "nothing");
-        free(s);
-        sv_test_failures++;
-    }
-    sv_test_checks++;
-    json_decref(m);
-    conn_close(&c);
-    check_ping();
-}
-#define expect_error(line, code, needle) expect_error_line(__LINE__, line, code, needle)
-
-/* A submit request with the given extra JSON members. */
-static char *submit_line(const char *model_dir, const char *out, const char *extra) {
-    static char buf[8192];
-    snprintf(buf, sizeof buf,
-             "{\"id\":5,\"op\":\"submit\",\"model\":\"%s\",\"out\":\"%s/%s\",\"calib\":\"%s\"%s%s}",
-             model_dir, dir, out, calib, *extra ? "," : "", extra);
-    return buf;
-}
-
-/* ---- svdllmctl ------------------------------------------------------------------------- */
-
-struct ctl_result {
-    int status;
-    char out[65536];
-    char err[4096];
-};
-
-static void slurp(const char *path, char *dst, size_t n) {
-    FILE *f = fopen(path, "r");
-    size_t k = f ? fread(dst, 1, n - 1, f) : 0;
-    dst[k] = '\0';
-    if (f)
-        fclose(f);
-}
-
-/* Runs svdllmctl --socket S args... with stdout/stderr captured. */
-static void ctl(struct ctl_result *r, const char *socket_path, const char *const *args) {
-    char outp[320], errp[320];
-    snprintf(outp, sizeof outp, "%s/ctl.out", dir);
-    snprintf(errp, sizeof errp, "%s/ctl.err", dir);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int o = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int e = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(o, STDOUT_FILENO);
-        dup2(e, STDERR_FILENO);
-        const char *argv[32] = {svdllmctl, "--socket", socket_path};
-        int n = 3;
-        for (int i = 0; args[i] && n < 31; i++)
-            argv[n++] = args[i];
-        argv[n] = NULL;
-        execv(svdllmctl, (char *const *)argv);
-        _exit(127);
-    }
-    int st = 0;
-    waitpid(pid, &st, 0);
-    r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    slurp(outp, r->out, sizeof r->out);
-    slurp(errp, r->err, sizeof r->err);
-}
-
-/* Counts lines in s. */
-static int lines(const char *s) {
-    int n = 0;
-    for (; *s; s++)
-        n += *s == '\n';
-    return n;
-}
 
 /* ---- Tests ---------------------------------------------------------------------------- */
 
@@ -433,14 +151,6 @@ static void test_framing_errors(void) {
     conn_close(&c);
 }
 
-static void write_file(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (f) {
-        fputs(text, f);
-        fclose(f);
-    }
-}
-
 static void test_submit_errors(void) {
     char line[8192], path[600], path2[700];
     /* Types and ranges, checked before any file is looked at. */
@@ -521,69 +231,6 @@ static void test_submit_errors(void) {
     snprintf(line, sizeof line, "{\"id\":6,\"op\":\"eval\",\"model\":\"%s\",\"text\":\"%s\",\"seqlen\":1}",
              model, calib);
     expect_error(line, "bad_request", "'seqlen'");
-}
-
-static long long submit_ok(const char *out, const char *extra) {
-    struct conn c;
-    if (conn_open(&c) < 0)
-        return -1;
-    json_t *m = request(&c, submit_line(model, out, extra));
-    long long id = -1;
-    if (m && json_is_true(json_object_get(m, "ok")))
-        id = json_integer_value(json_object_get(json_object_get(m, "job"), "id"));
-    else {
-        char *s = m ? json_dumps(m, 0) : NULL;
-        fprintf(stderr, "submit failed: %s\n", s ? s : "no reply");
-        free(s);
-    }
-    SV_CHECK(id > 0);
-    json_decref(m);
-    conn_close(&c);
-    return id;
-}
-
-/* Status of job id as a JSON object (caller decrefs), or NULL. */
-static json_t *job_status(long long id) {
-    struct conn c;
-    if (conn_open(&c) < 0)
-        return NULL;
-    char line[128];
-    snprintf(line, sizeof line, "{\"id\":1,\"op\":\"status\",\"job\":%lld}", id);
-    json_t *m = request(&c, line);
-    conn_close(&c);
-    json_t *j = json_incref(json_object_get(m, "job"));
-    json_decref(m);
-    return j;
-}
-
-/* Watches job id to its end over the raw protocol; returns the final state. */
-static char *watch_end(long long id, int *n_events) {
-    static char state[32];
-    state[0] = '\0';
-    *n_events = 0;
-    struct conn c;
-    if (conn_open(&c) < 0)
-        return state;
-    char line[128];
-    snprintf(line, sizeof line, "{\"id\":42,\"op\":\"watch\",\"job\":%lld}", id);
-    json_t *m = request(&c, line);
-    bool ok = m && json_is_true(json_object_get(m, "ok"));
-    SV_CHECK(ok);
-    json_decref(m);
-    while (ok && (m = recv_msg(&c))) {
-        SV_ASSERT_EQ(json_integer_value(json_object_get(m, "id")), 42);
-        const char *ev = json_string_value(json_object_get(m, "event"));
-        (*n_events)++;
-        if (ev && strcmp(ev, "end") == 0) {
-            snprintf(state, sizeof state, "%s", json_string_value(json_object_get(m, "state")));
-            json_decref(m);
-            break;
-        }
-        SV_CHECK(ev && strcmp(ev, "progress") == 0);
-        json_decref(m);
-    }
-    conn_close(&c);
-    return state;
 }
 
 /* Job id's rank rule and knobs read back as submitted in test_jobs, in the
@@ -740,6 +387,8 @@ static void test_unreadable_as_nobody(void) {
     memcpy(saved_state, state_dir, sizeof state_dir);
     snprintf(sub, sizeof sub, "%s/nobody", dir);
     snprintf(secret, sizeof secret, "%s/secret.txt", dir);
+    write_file(secret, "hidden\n");   /* as test_submit_errors writes it: mode 0 */
+    chmod(secret, 0);
     mkdir(sub, 0700);
     if (chown(sub, 65534, 65534) < 0 || chmod(dir, 0711) < 0) {
         SV_CHECK(!"chown for the nobody daemon");
@@ -857,18 +506,29 @@ static void expect_refused(const char *const *extra, int want, const char *needl
     SV_ASSERT_EQ(lines(text), 1);
 }
 
-static void test_bad_config(void) {
+/* Each settings text in turn as DIR/name: svdllmd refuses to start (exit 1)
+ * with one line containing its needle. */
+struct refusal {
+    const char *config, *needle;
+};
+static void expect_refused_configs(const char *name, const struct refusal *r, size_t n) {
     char cfg[400];
-    snprintf(cfg, sizeof cfg, "%s/bad.conf", dir);
+    snprintf(cfg, sizeof cfg, "%s/%s", dir, name);
     const char *with_cfg[] = {"--config", cfg, NULL};
-    write_file(cfg, "# comment\nmax_clients = 8\ncolour = blue\n");
-    expect_refused(with_cfg, 1, "bad.conf:3: unknown key 'colour'");
-    write_file(cfg, "threads = 2\nthreads = abc\n");
-    expect_refused(with_cfg, 1, "bad.conf:2: 'threads' is set twice");
-    write_file(cfg, "\nthreads = abc\n");
-    expect_refused(with_cfg, 1, "bad.conf:2: threads: invalid value 'abc' (expected an integer in [0, 1024]");
-    write_file(cfg, "threads = 1025\n");
-    expect_refused(with_cfg, 1, "bad.conf:1: threads: invalid value '1025'");
+    for (size_t i = 0; i < n; i++) {
+        write_file(cfg, r[i].config);
+        expect_refused(with_cfg, 1, r[i].needle);
+    }
+}
+
+static void test_bad_config(void) {
+    static const struct refusal bad[] = {
+        {"# comment\nmax_clients = 8\ncolour = blue\n", "bad.conf:3: unknown key 'colour'"},
+        {"threads = 2\nthreads = abc\n", "bad.conf:2: 'threads' is set twice"},
+        {"\nthreads = abc\n", "bad.conf:2: threads: invalid value 'abc' (expected an integer in [0, 1024]"},
+        {"threads = 1025\n", "bad.conf:1: threads: invalid value '1025'"},
+    };
+    expect_refused_configs("bad.conf", bad, sizeof bad / sizeof bad[0]);
     const char *neg[] = {"--threads", "-1", NULL}, *word[] = {"--threads", "all", NULL};
     expect_refused(neg, 2, "svdllmd: --threads: invalid value '-1' (expected an integer in [0, 1024]");
     expect_refused(word, 2, "svdllmd: --threads: invalid value 'all'");
@@ -876,19 +536,14 @@ static void test_bad_config(void) {
 
 /* The connection settings are checked like the others. */
 static void test_bad_conn_config(void) {
-    char cfg[400];
-    snprintf(cfg, sizeof cfg, "%s/bad-conn.conf", dir);
-    const char *with_cfg[] = {"--config", cfg, NULL};
-    write_file(cfg, "idle_timeout = -1\n");
-    expect_refused(with_cfg, 1, "bad-conn.conf:1: idle_timeout: invalid value '-1' (expected seconds in [0, 86400]");
-    write_file(cfg, "line_timeout = 2\nline_timeout = 3\n");
-    expect_refused(with_cfg, 1, "bad-conn.conf:2: 'line_timeout' is set twice");
-    write_file(cfg, "max_clients_per_uid = 0\n");
-    expect_refused(with_cfg, 1, "max_clients_per_uid: invalid value '0' (expected an integer in [1, 4096])");
-    write_file(cfg, "root_reserved_clients = many\n");
-    expect_refused(with_cfg, 1, "root_reserved_clients: invalid value 'many'");
-    write_file(cfg, "max_rejected = 4097\n");
-    expect_refused(with_cfg, 1, "max_rejected: invalid value '4097'");
+    static const struct refusal bad[] = {
+        {"idle_timeout = -1\n", "bad-conn.conf:1: idle_timeout: invalid value '-1' (expected seconds in [0, 86400]"},
+        {"line_timeout = 2\nline_timeout = 3\n", "bad-conn.conf:2: 'line_timeout' is set twice"},
+        {"max_clients_per_uid = 0\n", "max_clients_per_uid: invalid value '0' (expected an integer in [1, 4096])"},
+        {"root_reserved_clients = many\n", "root_reserved_clients: invalid value 'many'"},
+        {"max_rejected = 4097\n", "max_rejected: invalid value '4097'"},
+    };
+    expect_refused_configs("bad-conn.conf", bad, sizeof bad / sizeof bad[0]);
 }
 
 /* The CPUs this process may run on, as the daemon counts them by default. */
@@ -903,7 +558,7 @@ static int cpus_allowed(void) {
 
 /* dirpath/name parsed, or NULL (printing why). */
 static json_t *load_json_in(const char *dirpath, const char *name) {
-    char path[PATH_MAX];
+    char path[PATH_MAX + 64];
     json_error_t e;
     snprintf(path, sizeof path, "%s/%s", dirpath, name);
     json_t *j = json_load_file(path, 0, &e);
@@ -1614,26 +1269,10 @@ out:
     memcpy(log_path, saved_log, sizeof log_path);
 }
 
-
 /* ---- Faults that end in a defined state (issue 10) -------------------------------- */
 
-/* Points state_dir and log_path at STATE/<name> and DIR/svdllmd-<name>.log
- * until use_own_state(NULL) puts the main ones back. */
-static void use_own_state(const char *name) {
-    static char saved_state[sizeof state_dir], saved_log[sizeof log_path];
-    if (name) {
-        memcpy(saved_state, state_dir, sizeof state_dir);
-        memcpy(saved_log, log_path, sizeof log_path);
-        snprintf(state_dir, sizeof state_dir, "%s/state-%s", dir, name);
-        snprintf(log_path, sizeof log_path, "%s/svdllmd-%s.log", dir, name);
-    } else {
-        memcpy(state_dir, saved_state, sizeof state_dir);
-        memcpy(log_path, saved_log, sizeof log_path);
-    }
-}
-
-/* A stories260K job on the first 200 kB of the calibration text (written by
- * test_crash_resume): 16 x 128 tokens, ratio 0.4, with extra JSON members;
+/* A stories260K job on the first 200 kB of the calibration text (DIR's
+ * calib-200k.txt, which the harness writes for every case): 16 x 128 tokens, ratio 0.4, with extra JSON members;
  * returns its id or -1 (printing the reply). */
 static long long submit_small(const char *out, const char *extra) {
     char line[4096];
@@ -1689,11 +1328,13 @@ static bool same_output(const char *a, const char *b) {
     return same;
 }
 
-/* Waits up to 60 s until job id has at least n committed layers or left
+/* Waits up to 300 s until job id has at least n committed layers or left
  * queued/running; returns its status. */
 static struct status_view wait_layers(long long id, int n) {
     struct status_view v = {0};
-    for (double t0 = mono_now(); mono_now() - t0 < 60; usleep(20000)) {
+    /* 300 s: a sanitizer build on a loaded machine took over 60 s for the
+     * five layers (it returns as soon as they are there). */
+    for (double t0 = mono_now(); mono_now() - t0 < 300; usleep(20000)) {
         v = status_view(id);
         if (v.layers_done >= n || (strcmp(v.state, "running") != 0 && strcmp(v.state, "queued") != 0))
             break;
@@ -1890,77 +1531,6 @@ out:
 }
 
 /* ---- Connections: limits, timeouts, draining, visibility (issue 10) ------------------- */
-
-/* A daemon of its own for one test, started from config text, its socket in
- * dir/conn (which other uids can reach while it runs: dir is made 0711 and
- * the config should set socket_mode = 0666); side_leave() stops it and puts
- * the main daemon's globals back. */
-struct side {
-    char sock[sizeof sock_path], state[sizeof state_dir], log[sizeof log_path];
-    pid_t pid;
-    bool up;
-};
-
-static bool side_enter(struct side *sv, const char *name, const char *config) {
-    memcpy(sv->sock, sock_path, sizeof sock_path);
-    memcpy(sv->state, state_dir, sizeof state_dir);
-    memcpy(sv->log, log_path, sizeof log_path);
-    sv->pid = daemon_pid;
-    daemon_pid = -1;
-    char sub[300], cfg[400];
-    snprintf(sub, sizeof sub, "%s/conn", dir);
-    mkdir(sub, 0755);
-    chmod(dir, 0711);
-    snprintf(sock_path, sizeof sock_path, "%.200s/%.40s.sock", sub, name);
-    snprintf(state_dir, sizeof state_dir, "%.200s/state-%.40s", sub, name);
-    snprintf(log_path, sizeof log_path, "%s/svdllmd-%s.log", dir, name);
-    snprintf(cfg, sizeof cfg, "%s/%s.conf", sub, name);
-    write_file(cfg, config);
-    sv->up = start_daemon(NULL, cfg) == 0;
-    if (!sv->up)
-        fprintf(stderr, "side daemon %s did not start (log %s)\n", name, log_path);
-    SV_CHECK(sv->up);
-    return sv->up;
-}
-
-static void side_leave(struct side *sv) {
-    if (daemon_pid > 0)
-        SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
-    chmod(dir, 0700);
-    memcpy(sock_path, sv->sock, sizeof sock_path);
-    memcpy(state_dir, sv->state, sizeof state_dir);
-    memcpy(log_path, sv->log, sizeof log_path);
-    daemon_pid = sv->pid;
-}
-
-/* svdllmctl as uid (the test must be root unless uid is its own): like ctl(),
- * with the output files opened before the uid changes. */
-static void ctl_as(uid_t uid, struct ctl_result *r, const char *const *args) {
-    char outp[320], errp[320];
-    snprintf(outp, sizeof outp, "%s/ctl.out", dir);
-    snprintf(errp, sizeof errp, "%s/ctl.err", dir);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int o = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int e = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(o, STDOUT_FILENO);
-        dup2(e, STDERR_FILENO);
-        if (uid != geteuid() && (setgroups(0, NULL) < 0 || setgid(uid) < 0 || setuid(uid) < 0))
-            _exit(126);
-        const char *argv[32] = {svdllmctl, "--socket", sock_path};
-        int n = 3;
-        for (int i = 0; args[i] && n < 31; i++)
-            argv[n++] = args[i];
-        argv[n] = NULL;
-        execv(svdllmctl, (char *const *)argv);
-        _exit(127);
-    }
-    int st = 0;
-    waitpid(pid, &st, 0);
-    r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    slurp(outp, r->out, sizeof r->out);
-    slurp(errp, r->err, sizeof r->err);
-}
 
 /* A child process holding n connections as uid that never send anything.
  * Asked (idle_group_check) after the daemon has seen them, it reports how
@@ -3232,6 +2802,7 @@ static void test_peer_vs_nonroot_daemon(void) {
         printf("test_daemon: peer against a non-root daemon skipped: not running as root\n");
         return;
     }
+    peer_setup();
     if (peer_uid == 65534) {
         printf("test_daemon: peer against a non-root daemon skipped: the peer is nobody, the daemon's user\n");
         return;
@@ -3302,37 +2873,9 @@ out:
     memcpy(state_dir, saved_state, sizeof state_dir);
 }
 
-/* The alarm that ends a hung run: SIGALRM's default action would leave the
- * running daemon (and any svdllmctl child) behind, still holding the test
- * runner's output pipe, so meson would wait for its own, longer timeout and
- * the daemon would linger. Under meson the test leads its own process group
- * (a new session), so the whole group is killed; otherwise only the daemon. */
-static void on_alarm(int sig) {
-    (void)sig;
-    static const char msg[] = "test_daemon: timeout (SV_TEST_TIMEOUT, default 900 s): killing its daemons\n";
-    ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
-    (void)w;
-    if (daemon_pid > 0)
-        kill(daemon_pid, SIGKILL);
-    if (getpgrp() == getpid())
-        kill(0, SIGKILL);
-    signal(SIGALRM, SIG_DFL);
-    raise(SIGALRM);
-}
-
-/* alarm() with SV_TEST_TIMEOUT seconds (default 900: meson's timeout for the
- * suite; a run with --timeout-multiplier on a loaded or sanitizer build sets
- * it to match) and the handler above. */
-static void arm_timeout(void) {
-    const char *t = getenv("SV_TEST_TIMEOUT");
-    long s = t ? strtol(t, NULL, 10) : 900;
-    signal(SIGALRM, on_alarm);
-    alarm(s > 0 ? (unsigned)s : 900);
-}
-
 /* ---- Job lifecycle and the command line's manners (issue 13) ------------------------ */
 
-/* Waits up to 60 s for job id to be running with at least one committed
+/* Waits up to 300 s for job id to be running with at least one committed
  * layer (under stall-after-commit:0 it then waits there). */
 static bool wait_running_one(long long id) {
     struct status_view v = wait_layers(id, 1);
@@ -4043,90 +3586,20 @@ static void test_families_accept(void) {
     fprintf(stderr, "accept: 2 families x 7 methods in %.1f s\n", mono_now() - t0);
 }
 
-/* test_daemon SVDLLMD SVDLLMCTL generate: only generate through the daemon
- * and the acceptance test, on a daemon of their own (a separate meson test,
- * so each has its own time budget). */
-static int main_generate(void) {
-    if (start_daemon(NULL, NULL) < 0) {
-        SV_CHECK(!"daemon start");
-        return sv_test_result("test_daemon generate");
-    }
-    test_generate_op();
-    test_families_accept();
-    check_ping();
-    SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
-    check_log_clean();
-    int rc = sv_test_result("test_daemon generate");
-    if (rc == 0) {
-        char cmd[600];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "could not remove %s\n", dir);
-    } else {
-        fprintf(stderr, "test_daemon: kept %s (daemon log: %s)\n", dir, log_path);
-    }
-    return rc;
-}
+/* ---- Restart: jobs survive SIGTERM and SIGKILL ------------------------------------ */
 
-int main(int argc, char **argv) {
-    bool only_generate = argc == 4 && strcmp(argv[3], "generate") == 0;
-    if (argc != 3 && !only_generate) {
-        fprintf(stderr, "usage: test_daemon SVDLLMD SVDLLMCTL [generate]\n");
-        return 2;
-    }
-    svdllmd = argv[1];
-    svdllmctl = argv[2];
-    signal(SIGPIPE, SIG_IGN);
-    arm_timeout();   /* a hang is a failure, not a stuck CI run */
-    const char *src = getenv("SV_SRCDIR");
-    char cwd[512];
-    if (!src)
-        src = getcwd(cwd, sizeof cwd);
-    snprintf(srcdir, sizeof srcdir, "%s", src);
-    snprintf(model, sizeof model, "%s/tests/data/stories260K-hf", src);
-    snprintf(model656, sizeof model656, "%s/tests/data/tinystories-656K", src);
-    snprintf(calib, sizeof calib, "%s/tests/data/text/tinystories-valid-head.txt", src);
-
-    const char *tmp = getenv("TMPDIR");
-    snprintf(dir, sizeof dir, "%s/svdllmd-test.XXXXXX", tmp && strlen(tmp) < 80 ? tmp : "/tmp");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
-        return 1;
-    }
-    snprintf(sock_path, sizeof sock_path, "%s/svdllmd.sock", dir);
-    snprintf(state_dir, sizeof state_dir, "%s/state", dir);
-    snprintf(log_path, sizeof log_path, "%s/svdllmd.log", dir);
-    if (only_generate)
-        return main_generate();
-
-    test_not_running();
-    test_bad_config();
-    test_bad_conn_config();
-
-    char cfg[400], notify[400];
-    snprintf(cfg, sizeof cfg, "%s/svdllmd.conf", dir);
-    write_file(cfg, "# test settings\nmax_clients = 4\n\nsocket_mode = 0600\nthreads = 1\n");
-    snprintf(notify, sizeof notify, "%s/notify.sock", dir);
-    if (start_daemon(notify, cfg) < 0) {
-        SV_CHECK(!"daemon start");
-        return sv_test_result("test_daemon");
-    }
-    struct stat st;
-    SV_CHECK(stat(sock_path, &st) == 0 && (st.st_mode & 0777) == 0600);
-    check_ping();
-    test_framing_errors();
-    test_submit_errors();
-    test_submit_prechecks();
-    test_unreadable_as_nobody();
-    test_client_limit();
+/* Jobs run and are listed on the main daemon (test_jobs); after a SIGTERM
+ * and a restart (abstract notify address this time, --threads 1 and no
+ * config) they are still there; a job running at SIGKILL is resumed by the
+ * next start, which replaces the stale socket file. One case: each step
+ * needs the jobs of the one before. */
+static void test_restart_keeps_jobs(void) {
+    if (!start_main_daemon())
+        return;
     long long done_id = -1, knobs_id = -1;
     test_jobs(&done_id, &knobs_id);
-    check_ping();
-    SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);
-    SV_CHECK(access(sock_path, F_OK) != 0);   /* socket removed on exit */
+    stop_main_daemon();
 
-    /* Restart (abstract notify address this time, --threads 1 and no
-     * config): jobs are still there. */
     char abstract[64];
     snprintf(abstract, sizeof abstract, "@svdllmd-test-%ld", (long)getpid());
     daemon_threads = "1";
@@ -4134,7 +3607,7 @@ int main(int argc, char **argv) {
     daemon_threads = NULL;
     if (rc_start < 0) {
         SV_CHECK(!"daemon restart");
-        return sv_test_result("test_daemon");
+        return;
     }
     json_t *j = job_status(done_id);
     SV_CHECK(j && strcmp(json_string_value(json_object_get(j, "state")), "done") == 0);
@@ -4152,7 +3625,7 @@ int main(int argc, char **argv) {
     SV_ASSERT_EQ(stop_daemon(SIGKILL), 128 + SIGKILL);
     if (start_daemon(NULL, NULL) < 0) {   /* the stale socket file is replaced */
         SV_CHECK(!"daemon start after SIGKILL");
-        return sv_test_result("test_daemon");
+        return;
     }
     int n_events;
     const char *sk = watch_end(k, &n_events);
@@ -4164,38 +3637,87 @@ int main(int argc, char **argv) {
     SV_CHECK(j && json_integer_value(json_object_get(j, "threads")) == cpus_allowed());
     json_decref(j);
     SV_CHECK(log_contains(" compute thread(s) per job and eval (the CPUs this process may run on)"));
-    test_methods();
-    test_rrr();
-    test_auto_choices();
     check_ping();
     SV_ASSERT_EQ(stop_daemon(SIGINT), 0);
+}
 
+/* ---- The cases ------------------------------------------------------------------------ */
+
+/* A case on the main daemon (daemon_harness.h's start_main_daemon). */
+#define ON_MAIN_DAEMON(fn)                                                                         \
+    static void fn##_on_main(void) {                                                               \
+        if (start_main_daemon()) {                                                                 \
+            fn();                                                                                  \
+            stop_main_daemon();                                                                    \
+        }                                                                                          \
+    }
+/* A case on a daemon with no settings file and no flags. */
+#define ON_PLAIN_DAEMON(fn)                                                                        \
+    static void fn##_on_plain(void) {                                                              \
+        if (start_daemon(NULL, NULL) < 0) {                                                        \
+            SV_CHECK(!"daemon start");                                                             \
+            return;                                                                                \
+        }                                                                                          \
+        fn();                                                                                      \
+        check_ping();                                                                              \
+        SV_ASSERT_EQ(stop_daemon(SIGTERM), 0);                                                     \
+        check_log_clean();                                                                         \
+    }
+/* The crash-resume acceptance test, then the two full-disk tests that
+ * compare their outputs with its uninterrupted reference run (out-ref: a
+ * third of the case's time, so computed once rather than per test). */
+static void test_crash_resume_full_disk(void) {
     test_crash_resume();
-    test_cancel_running();
-    test_progress_monotonic();
-    test_damaged_checkpoints();
-    test_idle_flood();
-    test_per_uid_limit();
-    test_timeouts();
-    test_oversize_drain();
-    test_ctl_epipe();
-    test_visibility();
     test_full_state_disk();
     test_resume_after_full_output();
-    test_peer_rights();
-    test_lifecycle();
-    test_cli_manners();
-    test_readme_snippet();
-    test_peer_vs_nonroot_daemon();
-    test_not_running();
-    int rc = sv_test_result("test_daemon");
-    if (rc == 0) {
-        char cmd[600];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "could not remove %s\n", dir);
-    } else {
-        fprintf(stderr, "test_daemon: kept %s (daemon log: %s)\n", dir, log_path);
-    }
-    return rc;
+}
+
+ON_MAIN_DAEMON(test_framing_errors)
+ON_MAIN_DAEMON(test_submit_errors)
+ON_MAIN_DAEMON(test_submit_prechecks)
+ON_MAIN_DAEMON(test_unreadable_as_nobody)
+ON_MAIN_DAEMON(test_client_limit)
+ON_PLAIN_DAEMON(test_methods)
+ON_PLAIN_DAEMON(test_rrr)
+ON_PLAIN_DAEMON(test_auto_choices)
+ON_PLAIN_DAEMON(test_generate_op)
+ON_PLAIN_DAEMON(test_families_accept)
+
+/* Every case, by the name meson runs it under (meson.build's daemon_cases
+ * must list the same names: the daemon_cases test checks). The rest start
+ * the daemons they need themselves. */
+static const struct sv_case cases[] = {
+    {"not_running", test_not_running},
+    {"bad_config", test_bad_config},
+    {"bad_conn_config", test_bad_conn_config},
+    {"framing_errors", test_framing_errors_on_main},
+    {"submit_errors", test_submit_errors_on_main},
+    {"submit_prechecks", test_submit_prechecks_on_main},
+    {"unreadable_as_nobody", test_unreadable_as_nobody_on_main},
+    {"client_limit", test_client_limit_on_main},
+    {"restart_keeps_jobs", test_restart_keeps_jobs},
+    {"methods", test_methods_on_plain},
+    {"rrr", test_rrr_on_plain},
+    {"auto_choices", test_auto_choices_on_plain},
+    {"crash_resume_full_disk", test_crash_resume_full_disk},
+    {"cancel_running", test_cancel_running},
+    {"progress_monotonic", test_progress_monotonic},
+    {"damaged_checkpoints", test_damaged_checkpoints},
+    {"idle_flood", test_idle_flood},
+    {"per_uid_limit", test_per_uid_limit},
+    {"timeouts", test_timeouts},
+    {"oversize_drain", test_oversize_drain},
+    {"ctl_epipe", test_ctl_epipe},
+    {"visibility", test_visibility},
+    {"peer_rights", test_peer_rights},
+    {"lifecycle", test_lifecycle},
+    {"cli_manners", test_cli_manners},
+    {"readme_snippet", test_readme_snippet},
+    {"peer_vs_nonroot_daemon", test_peer_vs_nonroot_daemon},
+    {"generate_op", test_generate_op_on_plain},
+    {"families_accept", test_families_accept_on_plain},
+};
+
+int main(int argc, char **argv) {
+    return daemon_harness_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

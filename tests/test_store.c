@@ -254,28 +254,37 @@ static int old_db(const char *db, int version, const char *rows_sql) {
     return rc == SQLITE_OK ? 0 : -1;
 }
 
+/* A database that a version-`version` svdllmd left behind (sql: its rows),
+ * at DIR/name, opened (and so migrated) by this store: the version before
+ * and after checked; NULL when it could not be made or opened. */
+static struct store *open_migrated(char *db, size_t n, const char *name, int version, const char *sql) {
+    path_in(db, n, name);
+    if (old_db(db, version, sql) < 0)
+        return NULL;
+    SV_ASSERT_EQ(db_user_version(db), version);
+    struct store *s = open_store(db);
+    if (!s)
+        return NULL;
+    SV_CHECK(newest_version() >= version + 1);
+    SV_ASSERT_EQ(db_user_version(db), newest_version());
+    return s;
+}
+
 static void test_migrate_v1(void) {
     char db[PATH_MAX];
-    path_in(db, sizeof db, "v1.db");
     /* What a version-1 svdllmd left behind: a running asvd job (its alpha
      * was never recorded) with one committed layer. */
-    if (old_db(db, 1,
+    struct store *s = open_migrated(db, sizeof db, "v1.db", 1,
             "INSERT INTO jobs (state, model, out, method, ratio, calib, nsamples, seqlen, seed,"
             " calib_first, dense, overwrite, eval_text, eval_seqlen, eval_max_windows, job_key,"
             " owner_uid, work_dir, created_at, started_at, n_layers)"
             " VALUES ('running', '/models/tiny', '/out/old', 'asvd', 0.25, '/data/calib.txt', 4, 32,"
             " 3, 0, 0, 0, '', 0, 0, 'bbbb', 1000, '/state/jobs/1', 1690000000, 1690000005, 2);"
             "INSERT INTO layers (job_id, layer, file, size, sha256, done_at)"
-            " VALUES (1, 0, 'layer-0.st', 123, 'cccc', 1690000010);") < 0)
-        return;
-    SV_ASSERT_EQ(db_user_version(db), 1);
-
-    struct sv_err err = {0};
-    struct store *s = open_store(db);
+            " VALUES (1, 0, 'layer-0.st', 123, 'cccc', 1690000010);");
     if (!s)
         return;
-    SV_CHECK(newest_version() >= 2);
-    SV_ASSERT_EQ(db_user_version(db), newest_version());
+    struct sv_err err = {0};
     SV_ASSERT_EQ(store_recover(s, &err), 1);
 
     struct store_job got;
@@ -298,23 +307,16 @@ static void test_migrate_v1(void) {
 
 static void test_migrate_v2(void) {
     char db[PATH_MAX];
-    path_in(db, sizeof db, "v2.db");
     /* What a version-2 svdllmd left behind: a queued asvd job with its alpha. */
-    if (old_db(db, 2,
+    struct store *s = open_migrated(db, sizeof db, "v2.db", 2,
             "INSERT INTO jobs (state, model, out, method, ratio, calib, nsamples, seqlen, seed,"
             " calib_first, dense, overwrite, eval_text, eval_seqlen, eval_max_windows, job_key,"
             " owner_uid, work_dir, created_at, alpha)"
             " VALUES ('queued', '/models/tiny', '/out/v2', 'asvd', 0.2, '/data/calib.txt', 4, 32,"
-            " 3, 0, 0, 0, '', 0, 0, 'dddd', 1000, '/state/jobs/1', 1695000000, 0.9);") < 0)
-        return;
-    SV_ASSERT_EQ(db_user_version(db), 2);
-
-    struct sv_err err = {0};
-    struct store *s = open_store(db);
+            " 3, 0, 0, 0, '', 0, 0, 'dddd', 1000, '/state/jobs/1', 1695000000, 0.9);");
     if (!s)
         return;
-    SV_CHECK(newest_version() >= 3);
-    SV_ASSERT_EQ(db_user_version(db), newest_version());
+    struct sv_err err = {0};
     struct store_job got;
     SV_ASSERT_EQ(store_job_get(s, 1, &got, &err), 0);
     SV_CHECK(got.state == JOB_QUEUED);

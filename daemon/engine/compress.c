@@ -42,7 +42,8 @@
 /* ppl_eval's and fault_stall's cancel test. */
 static int cancel_cb(void *ctx) { return job_cancelled(ctx); }
 
-/* Opens the job: the key (refused when WORK/KEY names another), the model
+/* Opens the job: the key (refused when it is not the one the job was
+ * submitted with, hooks->job_key, or WORK/KEY names another), the model
  * (mapped: later reads need no access check), the rank plan and the cost
  * scale. The inputs and the output's parent are checked again with the
  * submitter's rights; an existing OUT that is this job's own earlier output
@@ -53,8 +54,12 @@ static int run_open(struct job *j, struct cost *cost, char key[65], struct compr
     int r = job_user_enter(j, err);
     if (r < 0)
         return r;
-    if ((r = params_job_key(p, key, err)) == 0 && (r = params_check(p, err)) == -EEXIST &&
-        jobfiles_own_output(p->out_dir, key))
+    if ((r = params_job_key(p, key, err)) < 0 && j->h && j->h->job_key)
+        sv_err_prefix(err, "inputs changed since the job was submitted");
+    else if (r == 0 && j->h && j->h->job_key && strcmp(key, j->h->job_key) != 0)
+        r = sv_err_set(err, -ESTALE, "inputs changed since the job was submitted: job key was %.16s..., "
+                       "the model, calibration or evaluation files now give %.16s...", j->h->job_key, key);
+    else if (r == 0 && (r = params_check(p, err)) == -EEXIST && jobfiles_own_output(p->out_dir, key))
         r = 0;
     if ((r = job_user_leave(j, r, err)) < 0 || (r = jobfiles_key_check(p->work_dir, key, err)) < 0)
         return r;

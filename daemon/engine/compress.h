@@ -79,6 +79,12 @@ struct compress_hooks {
      * daemon's rules for outputs (state directory, model, ownership of what
      * would be replaced). Non-zero stops the job with that error. May be NULL. */
     int (*output_check)(void *ctx, const char *out_dir, struct sv_err *err);
+    /* The key the job was submitted with (params_job_key() at submit), or
+     * NULL. When set, the key the engine computes as it opens the job (the
+     * one computation per run: it hashes the model files) must equal it, or
+     * the job stops with -ESTALE, "inputs changed since the job was
+     * submitted: ...". */
+    const char *job_key;
 };
 
 struct compress_result {

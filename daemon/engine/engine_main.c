@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +55,33 @@ static void usage(FILE *f) {
     fprintf(f, "       svdllm-engine --help | --version\n");
 }
 
+/* A real number in [lo, hi] (strtod; the whole string). */
+static int parse_real(const char *s, double lo, double hi, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* The value of option --name (optarg) as an integer (opt_long) or a number
+ * (opt_real) in [lo, hi]; false after saying what it must be. */
+static bool opt_long(const char *name, long lo, long hi, const char *must, long *out) {
+    if (args_parse_long(optarg, lo, hi, out) == 0)
+        return true;
+    fprintf(stderr, "svdllm-engine: --%s '%s' must be %s\n", name, optarg, must);
+    return false;
+}
+
+static bool opt_real(const char *name, double lo, double hi, const char *must, double *out) {
+    if (parse_real(optarg, lo, hi, out) == 0)
+        return true;
+    fprintf(stderr, "svdllm-engine: --%s '%s' must be %s\n", name, optarg, must);
+    return false;
+}
+
 static int cmd_eval(int argc, char **argv) {
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"text", required_argument, 0, 't'},
@@ -69,22 +97,16 @@ static int cmd_eval(int argc, char **argv) {
         case 'm': model = optarg; break;
         case 't': text = optarg; break;
         case 'L':
-            if (args_parse_long(optarg, 2, 1 << 20, &seqlen) < 0) {
-                fprintf(stderr, "svdllm-engine: --seqlen '%s' must be an integer >= 2\n", optarg);
+            if (!opt_long("seqlen", 2, 1 << 20, "an integer >= 2", &seqlen))
                 return 2;
-            }
             break;
         case 'w':
-            if (args_parse_long(optarg, 0, 1L << 40, &maxw) < 0) {
-                fprintf(stderr, "svdllm-engine: --max-windows '%s' must be a non-negative integer\n", optarg);
+            if (!opt_long("max-windows", 0, 1L << 40, "a non-negative integer", &maxw))
                 return 2;
-            }
             break;
         case 'j':
-            if (args_parse_long(optarg, 0, 1024, &threads) < 0) {
-                fprintf(stderr, "svdllm-engine: --threads '%s' must be an integer in [0, 1024]\n", optarg);
+            if (!opt_long("threads", 0, 1024, "an integer in [0, 1024]", &threads))
                 return 2;
-            }
             break;
         case 'J': json = 1; break;
         case 'h': usage(stdout); return 0;
@@ -276,16 +298,6 @@ static int print_text(void *ctx, const char *text, size_t len) {
     return 0;
 }
 
-/* A real number in [lo, hi] (strtod; the whole string). */
-static int parse_real(const char *s, double lo, double hi, double *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi))
-        return -1;
-    *out = v;
-    return 0;
-}
 
 static int cmd_generate(int argc, char **argv) {
     static const struct option opts[] = {
@@ -305,22 +317,16 @@ static int cmd_generate(int argc, char **argv) {
         case 'm': model = optarg; break;
         case 'p': prompt = optarg; break;
         case 'n':
-            if (args_parse_long(optarg, 1, 1 << 20, &maxt) < 0) {
-                fprintf(stderr, "svdllm-engine: --max-tokens '%s' must be an integer in [1, 1048576]\n", optarg);
+            if (!opt_long("max-tokens", 1, 1 << 20, "an integer in [1, 1048576]", &maxt))
                 return 2;
-            }
             break;
         case 'T':
-            if (parse_real(optarg, 0, 100, &temp) < 0) {
-                fprintf(stderr, "svdllm-engine: --temperature '%s' must be a number in [0, 100]\n", optarg);
+            if (!opt_real("temperature", 0, 100, "a number in [0, 100]", &temp))
                 return 2;
-            }
             break;
         case 'P':
-            if (parse_real(optarg, 0, 1, &top_p) < 0) {
-                fprintf(stderr, "svdllm-engine: --top-p '%s' must be a number in [0, 1]\n", optarg);
+            if (!opt_real("top-p", 0, 1, "a number in [0, 1]", &top_p))
                 return 2;
-            }
             break;
         case 's': {
             char *end;
@@ -334,10 +340,8 @@ static int cmd_generate(int argc, char **argv) {
         }
         case 'B': bos = 0; break;
         case 'j':
-            if (args_parse_long(optarg, 0, 1024, &threads) < 0) {
-                fprintf(stderr, "svdllm-engine: --threads '%s' must be an integer in [0, 1024]\n", optarg);
+            if (!opt_long("threads", 0, 1024, "an integer in [0, 1024]", &threads))
                 return 2;
-            }
             break;
         case 'J': json = 1; break;
         case 'h': usage(stdout); return 0;
