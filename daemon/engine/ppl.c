@@ -21,8 +21,7 @@
 #define PPL_CACHE_BYTES (1024.0 * 1024 * 1024)
 #define PPL_BATCH_TOKENS 8192
 
-/* NLL of the T-1 next-token predictions of one window. logits: (T, V). */
-static double window_nll(const float *logits, const int32_t *ids, int T, int V) {
+double ppl_window_nll(const float *logits, const int32_t *ids, int T, int V) {
     double total = 0;
     for (int t = 0; t + 1 < T; t++) {
         const float *row = logits + (size_t)t * V;
@@ -105,7 +104,7 @@ int ppl_eval(const char *model_dir, const char *text_path, int seqlen, size_t ma
         for (int b = 0; b < nb; b++) {
             if ((r = forward_logits(c, &head, x + (size_t)b * seqlen * d, (size_t)seqlen, logits, err)) < 0)
                 goto out;
-            total += window_nll(logits, bids + (size_t)b * seqlen, seqlen, c->vocab);
+            total += ppl_window_nll(logits, bids + (size_t)b * seqlen, seqlen, c->vocab);
         }
     }
     double secs = mono_now() - t0;

@@ -33,4 +33,9 @@ typedef int (*ppl_cancel_fn)(void *ctx);
 int ppl_eval(const char *model_dir, const char *text_path, int seqlen, size_t max_windows,
              ppl_cancel_fn cancel, void *cancel_ctx, struct ppl_result *ret, struct sv_err *err);
 
+/* Sum of the negative log-likelihoods of a window's T-1 next-token
+ * predictions: logits (T, V) row-major, ids the window's T tokens. The one
+ * rule for every loss the engine reports on text (ppl_eval, trial.c). */
+double ppl_window_nll(const float *logits, const int32_t *ids, int T, int V);
+
 #endif

@@ -26,6 +26,7 @@
 #include "calib.h"
 #include "forward.h"
 #include "jobfiles.h"
+#include "ppl.h"
 #include "ranks.h"
 #include "st.h"
 
@@ -76,22 +77,6 @@ int trial_embed(const struct job *j, const struct trial_set *ts, float **ret_x, 
     }
     *ret_x = x;
     return 0;
-}
-
-/* NLL of the T-1 next-token predictions of one window (ppl.c's rule). */
-static double window_nll(const float *logits, const int32_t *ids, int T, int V) {
-    double total = 0;
-    for (int t = 0; t + 1 < T; t++) {
-        const float *row = logits + (size_t)t * V;
-        float mx = row[0];
-        for (int i = 1; i < V; i++)
-            mx = row[i] > mx ? row[i] : mx;
-        double s = 0;
-        for (int i = 0; i < V; i++)
-            s += exp((double)row[i] - mx);
-        total += log(s) + mx - row[ids[t + 1]];
-    }
-    return total;
 }
 
 /* Layer l as the trial's checkpoint holds it, factor pairs and lorap's
@@ -166,7 +151,7 @@ static int loss_run(struct job *j, const struct trial_set *ts, int l0, const flo
     double total = 0;
     for (int b = 0; b < ts->n && r == 0; b++)
         if ((r = forward_logits(c, &head, x + (size_t)b * ts->T * d, (size_t)ts->T, logits, err)) == 0)
-            total += window_nll(logits, ts->ids + (size_t)b * ts->T, ts->T, c->vocab);
+            total += ppl_window_nll(logits, ts->ids + (size_t)b * ts->T, ts->T, c->vocab);
     if (r == 0) {
         *ret = total / ((double)ts->n * (ts->T - 1));
         if (!isfinite(*ret))
