@@ -783,8 +783,12 @@ scenario_load() {
         chmod 0755 "$dir"
         D_CONF=$dir/uid.conf
         daemon_start || bad+="daemon did not restart; "
+        # nobody runs a copy: the build tree may sit in a 0700 directory
+        # (a clone under mktemp -d), which uid 65534 cannot traverse.
+        mkdir -p "$dir/bin" && chmod 0755 "$dir/bin"
+        cp "$SVDLLMCTL" "$dir/bin/svdllmctl" && chmod 0755 "$dir/bin/svdllmctl"
         out=$(setpriv --reuid=65534 --regid=65534 --clear-groups -- "$LOADC" --socket "$D_SOCK" limit --idle 16 \
-            --exec "$SVDLLMCTL" --socket "$D_SOCK" ping 2>>"$dir/load.err")
+            --exec "$dir/bin/svdllmctl" --socket "$D_SOCK" ping 2>>"$dir/load.err")
         echo "$out" >"$dir/limit-uid.json"
         faults=$((faults + 16))
         [[ $(g idle_connected) == 16 ]] || bad+="$(g idle_connected)/16 connections of uid 65534 accepted; "
