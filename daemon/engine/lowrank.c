@@ -742,21 +742,20 @@ void lowrank_rrr_free(struct lowrank_rrr *q) {
     memset(q, 0, sizeof *q);
 }
 
-int lowrank_rrr_project(const float *w, int d_out, int d_in, const struct lowrank_rrr *q, int k, const char *what,
-                        struct lowrank_result *ret, struct sv_err *err) {
+/* W_ls (d_out, d_in) double, malloc'd into *ret: R = W (H^T + diag(dd)),
+ * then W_ls = R (S S^T)^-1 by two triangular solves. */
+static int rrr_wls(const float *w, int d_out, int d_in, const struct lowrank_rrr *q, const char *what, double **ret,
+                   struct sv_err *err) {
     if (!q || q->n != d_in)
         return sv_err_set(err, -EINVAL, "%s: rrr statistics of width %d for a %d x %d matrix", what, q ? q->n : 0,
                           d_out, d_in);
-    int mn = d_out < d_in ? d_out : d_in;
-    if (k < 1 || k > mn)
-        return sv_err_set(err, -EINVAL, "%s: rank %d outside [1, %d]", what, k, mn);
     const int nb = d_out < ROW_BLOCK ? d_out : ROW_BLOCK;
     double one = 1.0;
     double *wls = malloc((size_t)d_out * d_in * sizeof *wls), *blk = malloc((size_t)nb * d_in * sizeof *blk);
-    int r = 0;
     if (!wls || !blk) {
-        r = sv_err_set(err, -ENOMEM, "%s: out of memory for W_ls (%d x %d)", what, d_out, d_in);
-        goto out;
+        free(wls);
+        free(blk);
+        return sv_err_set(err, -ENOMEM, "%s: out of memory for W_ls (%d x %d)", what, d_out, d_in);
     }
     /* R = W (H^T + diag(dd)), H^T = X^T X', a row block of W at a time. */
     for (int r0 = 0; r0 < d_out; r0 += nb) {
@@ -768,6 +767,7 @@ int lowrank_rrr_project(const float *w, int d_out, int d_in, const struct lowran
             for (int j = 0; j < d_in; j++)
                 dst[(size_t)i * d_in + j] += blk[(size_t)i * d_in + j] * q->dd[j];
     }
+    free(blk);
     /* W_ls = R (S S^T)^-1 by two triangular solves: T S^T = R, W_ls S = T. */
     bli_dtrsm(BLIS_RIGHT, BLIS_LOWER, BLIS_TRANSPOSE, BLIS_NONUNIT_DIAG, d_out, d_in, &one, q->wh.s, d_in, 1, wls, d_in,
               1);
@@ -775,19 +775,36 @@ int lowrank_rrr_project(const float *w, int d_out, int d_in, const struct lowran
               d_in, 1);
     for (size_t i = 0; i < (size_t)d_out * d_in; i++)
         if (!isfinite(wls[i])) {
-            r = sv_err_set(err, -EDOM, "%s: least-squares W_ls is not finite", what);
-            goto out;
+            free(wls);
+            return sv_err_set(err, -EDOM, "%s: least-squares W_ls is not finite", what);
         }
-    free(blk);
-    blk = NULL;
-    if ((r = project(NULL, wls, d_out, d_in, &q->wh, NULL, 0, k, 0, NULL, NULL, what, ret, err)) < 0)
-        goto out;
-    ret->fallback = q->shift > 0 ? LOWRANK_SHIFT : LOWRANK_OK;
-    ret->shift = q->rel_shift;
-    ret->gflop += 4.0 * d_out * (double)d_in * d_in / 1e9; /* R, and the two solves */
-out:
+    *ret = wls;
+    return 0;
+}
+
+int lowrank_rrr_project(const float *w, int d_out, int d_in, const struct lowrank_rrr *q, int k, const char *what,
+                        struct lowrank_result *ret, struct sv_err *err) {
+    int mn = d_out < d_in ? d_out : d_in;
+    if (k < 1 || k > mn)
+        return sv_err_set(err, -EINVAL, "%s: rank %d outside [1, %d]", what, k, mn);
+    double *wls = NULL;
+    int r = rrr_wls(w, d_out, d_in, q, what, &wls, err);
+    if (r == 0 && (r = project(NULL, wls, d_out, d_in, &q->wh, NULL, 0, k, 0, NULL, NULL, what, ret, err)) == 0) {
+        ret->fallback = q->shift > 0 ? LOWRANK_SHIFT : LOWRANK_OK;
+        ret->shift = q->rel_shift;
+        ret->gflop += 4.0 * d_out * (double)d_in * d_in / 1e9; /* R, and the two solves */
+    }
     free(wls);
-    free(blk);
+    return r;
+}
+
+int lowrank_rrr_spectrum(const float *w, int d_out, int d_in, const struct lowrank_rrr *q, double *ev, int *n,
+                         const char *what, struct sv_err *err) {
+    double *wls = NULL;
+    int r = rrr_wls(w, d_out, d_in, q, what, &wls, err);
+    if (r == 0)
+        r = project(NULL, wls, d_out, d_in, &q->wh, NULL, 0, 0, 0, ev, n, what, NULL, err);
+    free(wls);
     return r;
 }
 

@@ -224,6 +224,12 @@ void lowrank_rrr_free(struct lowrank_rrr *q);
  * reduced-rank regression into ret (fallback and shift: the Cholesky's). */
 int lowrank_rrr_project(const float *w, int d_out, int d_in, const struct lowrank_rrr *q, int k, const char *what,
                         struct lowrank_result *ret, struct sv_err *err);
+/* The eigenvalues of W_ls (G' + diag(dd)) W_ls^T only, as lowrank_spectrum
+ * (descending, clamped at 0; room for max(d_out, d_in)): with lambda = 0,
+ * rank k's calibration loss exceeds the unconstrained least squares' by
+ * the sum of those beyond k. */
+int lowrank_rrr_spectrum(const float *w, int d_out, int d_in, const struct lowrank_rrr *q, double *ev, int *n,
+                         const char *what, struct sv_err *err);
 /* lowrank_rrr_new + lowrank_rrr_project + lowrank_rrr_free. */
 int lowrank_rrr(const float *w, int d_out, int d_in, const double *gp, const double *h, int k, double lambda,
                 const char *what, struct lowrank_result *ret, struct sv_err *err);
