@@ -762,7 +762,7 @@ static const struct command commands[] = {
                      "in (0, 1): 0.4 removes 40 % and keeps 60 % (embeddings,\n"
                      "norms and the head are kept); required"},
       {O_METHOD, "M", "svd | svdllm | asvd | awsvd | svdllm-update | rom |\n"
-                      "lorap | rrr | auto (default svdllm; auto: each of\n"
+                      "lorap | rrr | auto (default auto: each of\n"
                       "svdllm, svdllm-update, rom, lorap, rrr tried on the\n"
                       "calibration data, the lowest held-out loss is run)"},
       {O_CALIB, "FILE", "calibration text, or a .i32 file of int32 token ids;\n"

@@ -839,7 +839,7 @@ scenario_peer() {
         row peer 0 0 0 1 "daemon did not start"; return
     fi
     local rootjob
-    rootjob=$(ctl submit --model "$dir/pub/model" --out "$dir/rootdir/rootout" --ratio 0.4 --calib "$dir/secret/calib.txt" --nsamples 8 --seqlen 64)
+    rootjob=$(ctl submit --model "$dir/pub/model" --out "$dir/rootdir/rootout" --ratio 0.4 --method svdllm --calib "$dir/secret/calib.txt" --nsamples 8 --seqlen 64)
     local runs=0 passed=0 failed=0 notes=() hostile=0
     # as_user ARGS...: svdllmctl as the second user; output in $PO, status $PS
     PO="" PS=0
@@ -871,7 +871,7 @@ scenario_peer() {
             notes+=("$name: no reply ($what): $(head -c 160 <<<"$PO")")
         fi
     }
-    local base="--ratio 0.4 --nsamples 8 --seqlen 64"
+    local base="--ratio 0.4 --method svdllm --nsamples 8 --seqlen 64"
     # shellcheck disable=SC2086
     {
         refused unreadable-calib "calib in a 0700 root directory" submit --model "$dir/pub/model" --out "$dir/home/o1" --calib "$dir/secret/calib.txt" $base
@@ -913,7 +913,7 @@ scenario_peer() {
     daemon_start
     runs=$((runs + 1))
     local own st owner
-    as_user submit --model "$dir/pub/model" --out "$dir/home/own" --calib "$dir/pub/calib.txt" --ratio 0.4 --nsamples 8 --seqlen 64
+    as_user submit --model "$dir/pub/model" --out "$dir/home/own" --calib "$dir/pub/calib.txt" --ratio 0.4 --method svdllm --nsamples 8 --seqlen 64
     own=$PO
     if ((PS != 0)); then
         failed=$((failed + 1)); notes+=("own job refused: $PO")

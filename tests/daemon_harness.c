@@ -242,12 +242,15 @@ void expect_error_line(int lineno, const char *line, const char *code, const cha
     check_ping();
 }
 
-/* A submit request with the given extra JSON members. */
+/* A submit request with the given extra JSON members; method svdllm unless
+ * extra names one (the default, auto, first runs a trial of every candidate:
+ * the cases that mean it say so). */
 char *submit_line(const char *model_dir, const char *out, const char *extra) {
     static char buf[8192];
     snprintf(buf, sizeof buf,
-             "{\"id\":5,\"op\":\"submit\",\"model\":\"%s\",\"out\":\"%s/%s\",\"calib\":\"%s\"%s%s}",
-             model_dir, dir, out, calib, *extra ? "," : "", extra);
+             "{\"id\":5,\"op\":\"submit\",\"model\":\"%s\",\"out\":\"%s/%s\",\"calib\":\"%s\"%s%s%s}",
+             model_dir, dir, out, calib, strstr(extra, "\"method\"") ? "" : ",\"method\":\"svdllm\"",
+             *extra ? "," : "", extra);
     return buf;
 }
 

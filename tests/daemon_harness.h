@@ -73,6 +73,7 @@ const char *err_msg(json_t *m);
 void check_ping(void);
 void expect_error_line(int lineno, const char *line, const char *code, const char *needle);
 #define expect_error(line, code, needle) expect_error_line(__LINE__, line, code, needle)
+/* method svdllm unless extra names one */
 char *submit_line(const char *model_dir, const char *out, const char *extra);
 long long submit_ok(const char *out, const char *extra);
 json_t *job_status(long long id);

@@ -17,6 +17,7 @@
 #include "cases.h"
 #include "compress.h"
 #include "forward.h"
+#include "engine_harness.h"
 #include "harness.h"
 #include "ppl.h"
 #include "sha256.h"
@@ -24,52 +25,13 @@
 
 static char tmp[64];
 
-/* An in-memory checkpoint table standing in for the daemon's SQLite store. */
-struct fake_store {
-    int n;
-    struct compress_checkpoint ck[64];
-    int done[64];
-    int fail_at; /* layer_done of this layer fails (a crash before the commit); -1: never */
-};
-
-static int fake_lookup(void *ctx, int layer, struct compress_checkpoint *ck) {
-    struct fake_store *s = ctx;
-    if (!s->done[layer])
-        return 0;
-    *ck = s->ck[layer];
-    return 1;
-}
-
-static int fake_done(void *ctx, int layer, const struct compress_checkpoint *ck, struct sv_err *err) {
-    struct fake_store *s = ctx;
-    if (layer == s->fail_at)
-        return sv_err_set(err, -EIO, "simulated crash before committing layer %d", layer);
-    s->ck[layer] = *ck;
-    s->done[layer] = 1;
-    return 0;
-}
-
 static void params(struct compress_params *p, const char *model, const char *out, const char *work,
                    enum compress_method m, double ratio) {
-    memset(p, 0, sizeof *p);
-    snprintf(p->model_dir, sizeof p->model_dir, "%s", model);
-    snprintf(p->out_dir, sizeof p->out_dir, "%s/%s", tmp, out);
-    snprintf(p->work_dir, sizeof p->work_dir, "%s/%s", tmp, work);
-    snprintf(p->calib_path, sizeof p->calib_path, "%s/calib.txt", tmp);
-    snprintf(p->eval_path, sizeof p->eval_path, "%s/eval.txt", tmp);
-    p->method = m;
-    p->ratio = ratio;
-    p->nsamples = 32;
-    p->seqlen = 128;
-    p->eval_max_windows = 120;
-    char cmd[PATH_MAX + 16];
-    snprintf(cmd, sizeof cmd, "mkdir -p '%s'", p->work_dir);
-    SV_ASSERT_EQ(system(cmd), 0);
+    protocol_params(p, tmp, model, out, work, m, ratio);
 }
 
 static int run(const struct compress_params *p, struct fake_store *s, struct compress_result *res, struct sv_err *err) {
-    struct compress_hooks h = {.ctx = s, .layer_lookup = fake_lookup, .layer_done = fake_done};
-    return compress_run(p, s ? &h : NULL, res, err);
+    return fake_run(p, s, res, err);
 }
 
 /* The independent layout check (tests/hf_layout.py): the directory loads as

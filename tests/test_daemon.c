@@ -582,9 +582,13 @@ static int hf_layout(const char *out, bool dense) {
 static json_t *ctl_job(const char *out, const char *const *extra) {
     const char *args[32] = {"submit", "--model", model656, "--out", out, "--calib", calib, "--nsamples", "32",
                             "--seqlen", "128", "--eval-text", calib, "--eval-max-windows", "8"};
-    int n = 15;
+    int n = 15, named = 0;
     for (int i = 0; extra[i] && n < 28; i++)
-        args[n++] = extra[i];
+        named |= !strcmp(extra[i], "--method"), args[n++] = extra[i];
+    if (!named) { /* svdllm unless the case names a method (the default, auto, has its own case) */
+        args[n++] = "--method";
+        args[n++] = "svdllm";
+    }
     args[n] = NULL;
     struct ctl_result r;
     ctl(&r, sock_path, args);
@@ -1272,14 +1276,14 @@ out:
 /* ---- Faults that end in a defined state (issue 10) -------------------------------- */
 
 /* A stories260K job on the first 200 kB of the calibration text (DIR's
- * calib-200k.txt, which the harness writes for every case): 16 x 128 tokens, ratio 0.4, with extra JSON members;
+ * calib-200k.txt, which the harness writes for every case): 16 x 128 tokens, ratio 0.4, method svdllm unless extra names one, with extra JSON members;
  * returns its id or -1 (printing the reply). */
 static long long submit_small(const char *out, const char *extra) {
     char line[4096];
     snprintf(line, sizeof line,
              "{\"id\":5,\"op\":\"submit\",\"model\":\"%s\",\"out\":\"%s\",\"calib\":\"%s/calib-200k.txt\","
-             "\"ratio\":0.4,\"nsamples\":16,\"seqlen\":128%s%s}",
-             model, out, dir, *extra ? "," : "", extra);
+             "\"ratio\":0.4,\"nsamples\":16,\"seqlen\":128%s%s%s}",
+             model, out, dir, strstr(extra, "\"method\"") ? "" : ",\"method\":\"svdllm\"", *extra ? "," : "", extra);
     struct conn c;
     if (conn_open(&c) < 0)
         return -1;
@@ -2481,7 +2485,8 @@ static long long submit_by(bool as_peer, const char *line) {
 static char *peer_line(const char *model_dir, const char *out, const char *calib_path, const char *extra) {
     static char buf[8192];
     snprintf(buf, sizeof buf, "{\"id\":9,\"op\":\"submit\",\"model\":\"%.1000s\",\"out\":\"%.1000s\",\"calib\":\"%.1000s\","
-             "\"ratio\":0.5,\"nsamples\":4,\"seqlen\":32%s%s}", model_dir, out, calib_path, *extra ? "," : "", extra);
+             "\"ratio\":0.5,\"method\":\"svdllm\",\"nsamples\":4,\"seqlen\":32%s%s}", model_dir, out, calib_path,
+             *extra ? "," : "", extra);
     return buf;
 }
 
@@ -2917,7 +2922,7 @@ static void test_lifecycle(void) {
      * "id" is the job's (what `jq .id` reads), not the request's. */
     struct ctl_result r;
     const char *submit[] = {"--json", "submit", "--model", model, "--out", out, "--calib", calib_copy, "--ratio",
-                            "0.4", "--nsamples", "16", "--seqlen", "128", NULL};
+                            "0.4", "--nsamples", "16", "--seqlen", "128", "--method", "svdllm", NULL};
     ctl(&r, sock_path, submit);
     SV_ASSERT_EQ(r.status, 0);
     SV_ASSERT_EQ(lines(r.out), 1);
@@ -2977,7 +2982,7 @@ static void test_lifecycle(void) {
     snprintf(cmd, sizeof cmd, "cp '%s' '%s'", calib_copy, calib2);
     SV_ASSERT_EQ(system(cmd), 0);
     const char *submit2[] = {"submit", "--model", model, "--out", changed, "--calib", calib2, "--ratio", "0.4",
-                             "--nsamples", "16", "--seqlen", "128", NULL};
+                             "--nsamples", "16", "--seqlen", "128", "--method", "svdllm", NULL};
     ctl(&r, sock_path, submit2);
     SV_ASSERT_EQ(r.status, 0);
     long long idch = atoll(r.out);
@@ -3013,7 +3018,7 @@ static void test_lifecycle(void) {
 
     /* The reference, uninterrupted, keeping its checkpoints. */
     const char *submit_ref[] = {"submit", "--model", model, "--out", ref, "--calib", calib_copy, "--ratio", "0.4",
-                                "--nsamples", "16", "--seqlen", "128", "--keep-checkpoints", NULL};
+                                "--nsamples", "16", "--seqlen", "128", "--keep-checkpoints", "--method", "svdllm", NULL};
     ctl(&r, sock_path, submit_ref);
     SV_ASSERT_EQ(r.status, 0);
     long long idr = atoll(r.out);
@@ -3159,7 +3164,7 @@ static void test_cli_manners(void) {
         {{"submit", "--model", model, "--out", exists, "--calib", calib, "--ratio", "0.4", NULL},
          "already exists (use --overwrite to replace it)"},
         {{"submit", "--model", model, "--out", out, "--ratio", "0.4", NULL},
-         "svdllmctl: bad_request: missing --calib (method svdllm needs calibration text)"},
+         "svdllmctl: bad_request: missing --calib (method auto needs calibration text)"},
         {{"submit", "--model", model, "--out", out, "--calib", calib, "--ratio", "0.4", "--method", "nope", NULL},
          "svdllmctl: bad_request: --method: unknown method 'nope'"},
         {{"submit", "--model", model, "--out", out, "--calib", calib, "--ratio", "0.4", "--seqlen", "100000", NULL},
@@ -3400,6 +3405,25 @@ static void test_auto_choices(void) {
     json_decref(reps);
     json_decref(j);
     json_decref(js);
+    /* auto is the default: a submit that names no method is queued as auto. */
+    char out_d[PATH_MAX];
+    snprintf(out_d, sizeof out_d, "%s/out-default-method", dir);
+    const char *dflt[] = {"--json", "submit", "--model", model656, "--out", out_d, "--calib", calib, "--nsamples", "8",
+                          "--seqlen", "64", "--ratio", "0.4", NULL};
+    struct ctl_result r;
+    ctl(&r, sock_path, dflt);
+    SV_ASSERT_EQ(r.status, 0);
+    json_t *jd = json_loads(r.out, 0, NULL);
+    SV_CHECK(str_is(json_object_get(jd, "method"), "auto"));
+    long long id = json_integer_value(json_object_get(jd, "id"));
+    SV_CHECK(id > 0);
+    json_decref(jd);
+    char ids[32];
+    snprintf(ids, sizeof ids, "%lld", id);
+    const char *cancel[] = {"cancel", ids, NULL}, *watch[] = {"watch", ids, NULL};
+    ctl(&r, sock_path, cancel);
+    ctl(&r, sock_path, watch); /* cancelled, or done if it was quicker */
+    SV_CHECK(r.status == 0 || r.status == 1);
 }
 
 /* ---- generate, and the acceptance test for generated Llama 3 / Qwen3 models --------- */

@@ -196,7 +196,7 @@ static void test_table(void) {
     params_field_set(&p, params_field_find("ratio"), 0.4, NULL);
     params_field_set(&p, params_field_find("calib"), 0, "/c");
     SV_ASSERT_EQ(params_values_check(&p, &err), 0);
-    SV_ASSERT_EQ(p.method, METHOD_SVDLLM);
+    SV_ASSERT_EQ(p.method, METHOD_AUTO);
     SV_ASSERT_EQ(p.nsamples, 32);
     SV_ASSERT_EQ(p.seqlen, 128);
     SV_CHECK(p.alpha == 0 && params_alpha(&p) == 0.5);

@@ -76,7 +76,7 @@ int autosel_pick(struct job *j, const char *hex0, enum compress_method *ret, str
         }
         job_progress(j, 0, "select", (double)k / nc);
         double loss;
-        if ((r = trial_method(j, m, NULL, ch->layers, hex0, &held, &loss, err)) < 0)
+        if ((r = trial_method(j, m, NULL, ch->layers, hex0, &held, NULL, &loss, err)) < 0)
             break;
         snprintf(ch->name[ch->n], sizeof ch->name[ch->n], "%s", params_method_name(m));
         ch->loss[ch->n] = loss;

@@ -37,6 +37,8 @@ struct job_choice {
     double seconds;                  /* what choosing cost, this run */
 };
 
+struct ranks_adapt;
+
 struct job {
     const struct compress_params *p;
     const struct compress_hooks *h;
@@ -57,6 +59,7 @@ struct job {
     const char *pass_phase;
     struct job_choice rank_choice, method_choice;
     enum compress_method method_asked;   /* METHOD_AUTO when the method was chosen (autosel.c) */
+    struct ranks_adapt *adapt;           /* a sensitive guard trial's sequential allocation (ranks.c), else NULL */
 };
 
 /* Non-zero when the daemon asked the job to stop. */

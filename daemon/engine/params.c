@@ -75,7 +75,7 @@ const struct params_field params_fields[] = {
      .slot = PARAMS_SLOT_PATH, .off = OFF(model_dir), .help = "the model directory"},
     {.name = "out", .type = PARAMS_PATH, .required = true, .flag = "--out", .column = "out",
      .slot = PARAMS_SLOT_PATH, .off = OFF(out_dir), .help = "the output directory"},
-    {.name = "method", .type = PARAMS_ENUM, .def = METHOD_SVDLLM, .names = method_names, .n_names = METHOD_NAMES,
+    {.name = "method", .type = PARAMS_ENUM, .def = METHOD_AUTO, .names = method_names, .n_names = METHOD_NAMES,
      .noun = "method", .flag = "--method", .column = "method", .key = PARAMS_KEY_YES, .key_name = "method",
      .slot = PARAMS_SLOT_INT, .off = OFF(method), .help = "the compression method"},
     {.name = "alpha", .type = PARAMS_NUMBER, .min = 0, .max = 4, .min_open = true, .def = ALPHA_DEFAULT, .zero_default = true,

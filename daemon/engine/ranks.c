@@ -18,14 +18,32 @@
  * redundant; gamma in {0.5, 0.75, 1}, see ranks_sens_gamma).
  * The guarantee is not a model of the loss but a measurement of it: the
  * candidates uniform, auto and the three sensitive ones are each run for real with the
- * job's own method (trial.c; for rom, the update and rrr that is their
- * sequential statistics, which the pre-pass cannot know before the ranks
- * are fixed) and scored on other spare calibration windows; the lowest
+ * job's own method (trial.c) and scored on other spare calibration windows; the lowest
  * held-out loss is kept, ties to uniform. Never worse than uniform on those
  * windows by construction; on the evaluation text it is measured (README).
+ *
+ * Whose spectra. The pre-pass's statistic is the original model's (svdllm's
+ * for the sequential methods). That is exactly what svdllm-update factors
+ * (its B = U_k^T W comes from svdllm's statistics; only A is refitted).
+ * rom and rrr factor statistics of the compressed model, which depend on
+ * the ranks upstream and so cannot be known before they are chosen. For
+ * them three more candidates, sequential-gamma, allocate as the trial's
+ * sequential pass proceeds (ranks_adapt_stage): just before a stage's
+ * matrices are factored, the greedy reruns under what is left of the
+ * budget over the stage's spectra under the method's own statistic (rom:
+ * the stage's Gram measured on the compressed model; rrr: W_ls G' W_ls^T,
+ * whose tail beyond k is exactly rank k's excess calibration loss) and the
+ * pre-pass spectra of every matrix not reached yet; the stage's ranks are
+ * then fixed. A reached matrix's weight is its measured loss increase over
+ * the share of its own spectrum that the uniform rank drops (the pre-pass's
+ * share is svdllm's, not the method's). The trial records the ranks it
+ * chose; the job runs them fixed, so it makes the model that was scored.
+ * They are candidates beside the static ones, not replacements: on the
+ * bundled models each kind won some cells (README).
  * Cost: the pre-pass (one layer pass and the spectra), 7 L partial forward
  * passes on S windows for the sensitivities, and one run of the method per
- * distinct candidate (up to 5) before the job's own. */
+ * distinct candidate (up to 5; 8 for rom and rrr, whose sequential ones also
+ * compute one eigenvalue-only spectrum per matrix) before the job's own. */
 #include "ranks.h"
 
 #include <errno.h>
@@ -77,7 +95,9 @@ const char *ranks_rule(const struct job *j) {
                "for real, among uniform, auto and the sensitivity-weighted greedy for gamma 0.5, 0.75 and 1 (one "
                "budget; eigenvalues taken by w^gamma * lambda / trace / (d_out + d_in), w = the loss increase when "
                "only that matrix is truncated at its uniform rank, over that truncation's normalised discarded "
-               "energy); ties go to the earlier, uniform first (rank_choice has every candidate's loss)";
+               "energy); for rom and rrr also sequential-gamma: the same greedy rerun before each stage of the "
+               "method's pass over the stage's spectra under the method's own statistic, those ranks then fixed; "
+               "ties go to the earlier, uniform first (rank_choice has every candidate's loss)";
     default:
         return "uniform: k = floor(d_out*d_in*(1-ratio)/(d_out+d_in)) per q/k/v/o/gate/up/down; embeddings, norms, "
                "head kept";
@@ -272,24 +292,50 @@ static int auto_layer(struct job *j, enum compress_method m, int l, char hex[65]
  * the two sub-layers are not worth the same, as LoRAP also finds. */
 /* weight (sensitive): each matrix's loss per unit of normalised energy,
  * NULL for auto; split: the attention / MLP budgets (auto) or one. */
-static int auto_greedy(struct job *j, const struct spectra *sp, const double *weight, int split, struct sv_err *err) {
+/* sensitive, rom and rrr: a guard trial's allocation as the sequential pass
+ * proceeds. spec/total/cap[mi]: the method's own spectrum of matrix mi,
+ * once its stage has been reached (NULL before: the pre-pass's stands in);
+ * fixed[mi]: its rank is chosen (and factored). */
+struct ranks_adapt {
+    const struct spectra *sp;
+    const double *w;             /* the pre-pass's weights, for the matrices not reached yet */
+    double gamma, floor;         /* sens_weight's, for those reached */
+    const int (*uniform)[PROJ_COUNT];
+    double **spec, *total, *wseq; /* wseq[mi]: the weight under the method's own spectrum */
+    int *cap;
+    unsigned char *fixed;
+};
+
+static double sens_weight(double dl, double e, double fl, double gamma);
+
+static int auto_greedy(struct job *j, const struct spectra *sp, const double *weight, int split,
+                       const struct ranks_adapt *a, struct sv_err *err) {
     const struct config *c = j->c;
     const int M = c->n_layers * PROJ_COUNT;
     double budget[2] = {0, 0}; /* [sublayer(p)] */
 #define BUDGET(p) budget[split ? sublayer(p) : 0]
-    struct gain *g = malloc((sp->ng ? sp->ng : 1) * sizeof *g);
+    size_t cap_all = 0;
+    for (int mi = 0; mi < M; mi++)
+        cap_all += (size_t)(a && a->spec[mi] ? a->cap[mi] : sp->cap[mi]);
+    struct gain *g = malloc((cap_all ? cap_all : 1) * sizeof *g);
     if (!g)
         return sv_err_set(err, -ENOMEM, "rank allocation: out of memory");
     size_t ng = 0;
     for (int mi = 0; mi < M; mi++) {
-        int d_out, d_in, p = mi % PROJ_COUNT;
+        int d_out, d_in, p = mi % PROJ_COUNT, *rk = &j->rank[mi / PROJ_COUNT][p];
         config_proj_shape(c, p, &d_out, &d_in);
         double cost = d_out + d_in;
-        j->rank[mi / PROJ_COUNT][p] = 1;
+        if (a && a->fixed[mi]) { /* chosen and factored: only its parameters count */
+            BUDGET(p) += (1 - j->p->ratio) * d_out * d_in - *rk * cost;
+            continue;
+        }
+        *rk = 1;
         BUDGET(p) += (1 - j->p->ratio) * d_out * d_in - cost;
-        double tot = sp->total[mi], w = weight ? weight[mi] : 1;
-        for (int i = 1; i < sp->cap[mi]; i++)
-            g[ng++] = (struct gain){tot > 0 ? w * sp->spec[mi][i] / tot / cost : 0, mi, i};
+        const int own = a && a->spec[mi], cap = own ? a->cap[mi] : sp->cap[mi];
+        const double *spec = own ? a->spec[mi] : sp->spec[mi], tot = own ? a->total[mi] : sp->total[mi];
+        double w = own ? a->wseq[mi] : weight ? weight[mi] : 1;
+        for (int i = 1; i < cap; i++)
+            g[ng++] = (struct gain){tot > 0 ? w * spec[i] / tot / cost : 0, mi, i};
     }
     for (int q = 0; q < 2; q++)
         if (budget[q] < 0) {
@@ -311,29 +357,102 @@ static int auto_greedy(struct job *j, const struct spectra *sp, const double *we
     return 0;
 }
 
+int ranks_adapt_stage(struct job *j, int l, int p0, int p1, ranks_spectrum_fn fn, void *ctx, struct sv_err *err) {
+    struct ranks_adapt *a = j->adapt;
+    if (!a)
+        return 0;
+    /* The ranks the stage's matrices would get are not the ones later
+     * stages leave: the greedy reruns over everything not yet fixed. */
+    int(*keep)[PROJ_COUNT] = malloc((size_t)j->c->n_layers * sizeof *keep);
+    if (!keep)
+        return sv_err_set(err, -ENOMEM, "rank allocation: out of memory");
+    int r = 0;
+    for (int p = p0; p <= p1 && r == 0; p++) {
+        int mi = l * PROJ_COUNT + p, d_out, d_in, n = 0;
+        if (!j->rank[l][p])
+            continue;
+        config_proj_shape(j->c, p, &d_out, &d_in);
+        free(a->spec[mi]);
+        if (!(a->spec[mi] = malloc((size_t)(d_out > d_in ? d_out : d_in) * sizeof **a->spec))) {
+            r = sv_err_set(err, -ENOMEM, "rank allocation: out of memory");
+            break;
+        }
+        if ((r = fn(ctx, p, a->spec[mi], &n, err)) < 0)
+            break;
+        a->total[mi] = 0;
+        for (int i = 0; i < n; i++)
+            a->total[mi] += a->spec[mi][i];
+        int be = (int)((double)d_out * d_in / (d_out + d_in));
+        a->cap[mi] = be < 1 ? 1 : be < n ? be : n;
+        /* The measured loss of the uniform truncation over the share of
+         * this spectrum that truncation drops: the weight in the method's
+         * own units (the pre-pass's e is svdllm's share). */
+        double kept = 0;
+        for (int i = 0; i < a->uniform[l][p] && i < n; i++)
+            kept += a->spec[mi][i];
+        a->wseq[mi] = sens_weight(a->sp->dl[mi], a->total[mi] > 0 ? 1 - kept / a->total[mi] : 0, a->floor, a->gamma);
+    }
+    if (r == 0) {
+        memcpy(keep, j->rank, (size_t)j->c->n_layers * sizeof *keep);
+        r = auto_greedy(j, a->sp, a->w, 0, a, err);
+    }
+    if (r == 0) {
+        for (int p = p0; p <= p1; p++) /* the stage's ranks are fixed; the rest stay as they were */
+            if (keep[l][p]) {
+                keep[l][p] = j->rank[l][p];
+                a->fixed[l * PROJ_COUNT + p] = 1;
+            }
+        memcpy(j->rank, keep, (size_t)j->c->n_layers * sizeof *keep);
+    }
+    free(keep);
+    return r;
+}
+
 /* sensitive's weights: (loss increase / normalised energy at the uniform
  * rank)^gamma. An increase at or below 0 (a truncation the loss did not notice,
  * or noise) gets a floor of 1e-3 of the mean positive increase, so that
  * its eigenvalues still rank among themselves. */
-static void sens_weights(const struct spectra *sp, int M, double gamma, double *w) {
+static double sens_floor(const struct spectra *sp, int M) {
     double sum = 0;
     int npos = 0;
     for (int mi = 0; mi < M; mi++)
         if (sp->dl[mi] > 0)
             sum += sp->dl[mi], npos++;
-    double fl = npos ? 1e-3 * sum / npos : 1e-9;
-    for (int mi = 0; mi < M; mi++) {
-        double d = sp->dl[mi] > fl ? sp->dl[mi] : fl;
-        w[mi] = pow(d / (sp->e[mi] > 1e-12 ? sp->e[mi] : 1e-12), gamma);
-    }
+    return npos ? 1e-3 * sum / npos : 1e-9;
+}
+
+/* One matrix's weight: loss increase dl (floored at fl) over the
+ * normalised discarded energy e of the same truncation, to the gamma. */
+static double sens_weight(double dl, double e, double fl, double gamma) {
+    return pow((dl > fl ? dl : fl) / (e > 1e-12 ? e : 1e-12), gamma);
+}
+
+static void sens_weights(const struct spectra *sp, int M, double gamma, double *w) {
+    double fl = sens_floor(sp, M);
+    for (int mi = 0; mi < M; mi++)
+        w[mi] = sens_weight(sp->dl[mi], sp->e[mi], fl, gamma);
+}
+
+static void adapt_free(struct ranks_adapt *a, int M) {
+    for (int mi = 0; a->spec && mi < M; mi++)
+        free(a->spec[mi]);
+    free(a->spec);
+    free(a->total);
+    free(a->wseq);
+    free(a->cap);
+    free(a->fixed);
 }
 
 /* sensitive: the candidates run for real with the job's method and scored
  * on the held-out windows; j->rank gets the lowest (ties: the earlier,
- * uniform first). cand: n allocations of L rows. */
-static int sens_guard(struct job *j, const char *hex0, int (*cand)[PROJ_COUNT], const char *const *names, int n,
+ * uniform first). cand: n allocations of L rows; aw[k]: candidate k's
+ * sensitivity weights when its ranks are chosen as the trial proceeds
+ * (ranks_adapt_stage; cand[k] then starts it and gets what it chose),
+ * else NULL. */
+static int sens_guard(struct job *j, const char *hex0, int (*cand)[PROJ_COUNT], const char *const *names,
+                      const double *const *aw, const double *gamma, int n, const struct spectra *sp,
                       const struct trial_set *held, struct sv_err *err) {
-    const int L = j->c->n_layers;
+    const int L = j->c->n_layers, M = L * PROJ_COUNT;
     struct job_choice *ch = &j->rank_choice;
     int r = 0;
     memset(ch, 0, sizeof *ch);
@@ -342,15 +461,27 @@ static int sens_guard(struct job *j, const char *hex0, int (*cand)[PROJ_COUNT], 
     ch->layers = L;
     for (int k = 0; k < n && r == 0; k++) {
         int same = -1;
-        for (int q = 0; q < k && same < 0; q++)
-            if (!memcmp(cand[(size_t)q * L], cand[(size_t)k * L], (size_t)L * sizeof *cand))
+        for (int q = 0; q < k && same < 0 && !aw[k]; q++)
+            if (!aw[q] && !memcmp(cand[(size_t)q * L], cand[(size_t)k * L], (size_t)L * sizeof *cand))
                 same = q;
         snprintf(ch->name[k], sizeof ch->name[k], "%s", names[k]);
         job_progress(j, 0, "allocate", (double)k / n);
-        if (same >= 0)
+        if (same >= 0) {
             ch->loss[k] = ch->loss[same];
-        else
-            r = trial_method(j, j->p->method, &cand[(size_t)k * L], L, hex0, held, &ch->loss[k], err);
+        } else if (aw[k]) {
+            struct ranks_adapt a = {.sp = sp, .w = aw[k], .gamma = gamma[k], .floor = sens_floor(sp, M),
+                                    .uniform = (const int(*)[PROJ_COUNT])cand, /* candidate 0 */
+                                    .spec = calloc((size_t)M, sizeof *a.spec), .total = calloc((size_t)M, sizeof *a.total),
+                                    .wseq = calloc((size_t)M, sizeof *a.wseq), .cap = calloc((size_t)M, sizeof *a.cap),
+                                    .fixed = calloc((size_t)M, 1)};
+            if (!a.spec || !a.total || !a.wseq || !a.cap || !a.fixed)
+                r = sv_err_set(err, -ENOMEM, "rank allocation: out of memory");
+            else
+                r = trial_method(j, j->p->method, &cand[(size_t)k * L], L, hex0, held, &a, &ch->loss[k], err);
+            adapt_free(&a, M);
+        } else {
+            r = trial_method(j, j->p->method, &cand[(size_t)k * L], L, hex0, held, NULL, &ch->loss[k], err);
+        }
         ch->n = k + 1;
         if (r == 0 && ch->loss[k] < ch->loss[ch->chosen])
             ch->chosen = k;
@@ -379,9 +510,11 @@ int ranks_plan_auto(struct job *j, const char *hex0, struct sv_err *err) {
         unlink(path);
     }
     enum compress_method m = j->p->method;
+    /* The update factors B under the original model's svdllm statistics,
+     * which the pre-pass has; rom and rrr do not (adaptive below). */
+    const int sens = j->ranks == RANKS_SENSITIVE, adaptive = m == METHOD_ROM || m == METHOD_RRR;
     if (params_method_sequential(m))
         m = METHOD_SVDLLM;
-    const int sens = j->ranks == RANKS_SENSITIVE;
     double t0 = mono_now();
     struct spectra sp = {.spec = calloc((size_t)M, sizeof *sp.spec), .total = calloc((size_t)M, sizeof *sp.total),
                          .cap = calloc((size_t)M, sizeof *sp.cap)};
@@ -391,11 +524,15 @@ int ranks_plan_auto(struct job *j, const char *hex0, struct sv_err *err) {
     r = 0;
     if (!sp.spec || !sp.cap || !sp.total)
         r = sv_err_set(err, -ENOMEM, "rank allocation: out of memory");
+    /* rom and rrr factor statistics of the compressed model, which the
+     * pre-pass cannot know: their weighted candidates are also run with the
+     * ranks chosen as the trial proceeds (ranks_adapt_stage). */
+    const int nc = sens ? 2 + RANKS_SENS_NGAMMA * (adaptive ? 2 : 1) : 0;
     if (r == 0 && sens) {
         sp.dl = calloc((size_t)M, sizeof *sp.dl);
         sp.e = calloc((size_t)M, sizeof *sp.e);
-        w = calloc((size_t)M, sizeof *w);
-        cand = calloc((size_t)(2 + RANKS_SENS_NGAMMA) * L, sizeof *cand);
+        w = calloc((size_t)M * RANKS_SENS_NGAMMA, sizeof *w);
+        cand = calloc((size_t)nc * L, sizeof *cand);
         if (!sp.dl || !sp.e || !w || !cand)
             r = sv_err_set(err, -ENOMEM, "rank allocation: out of memory");
         if (r == 0 && (r = trial_sets_new(j, RANKS_SENS_WINDOWS, &sp.fit, &held, err)) == 0 &&
@@ -411,19 +548,27 @@ int ranks_plan_auto(struct job *j, const char *hex0, struct sv_err *err) {
     if (r == 0) {
         job_work_path(j, path, sizeof path, "pre-%d.f32", L);
         unlink(path);
-        r = auto_greedy(j, &sp, NULL, 1, err);
+        r = auto_greedy(j, &sp, NULL, 1, NULL, err);
     }
     if (r == 0 && sens) {
-        static const char *const names[2 + RANKS_SENS_NGAMMA] = {"uniform", "auto", "sensitive-0.5",
-                                                                 "sensitive-0.75", "sensitive-1"};
+        static const char *const names[2 + 2 * RANKS_SENS_NGAMMA] = {
+            "uniform", "auto", "sensitive-0.5", "sensitive-0.75", "sensitive-1", "sequential-0.5", "sequential-0.75",
+            "sequential-1"};
+        const double *aw[2 + 2 * RANKS_SENS_NGAMMA] = {0};
+        double ag[2 + 2 * RANKS_SENS_NGAMMA] = {0};
         memcpy(cand + L, j->rank, (size_t)L * sizeof *cand);
         for (int g = 0; g < RANKS_SENS_NGAMMA && r == 0; g++) {
-            sens_weights(&sp, M, ranks_sens_gamma[g], w);
-            if ((r = auto_greedy(j, &sp, w, 0, err)) == 0)
+            sens_weights(&sp, M, ranks_sens_gamma[g], w + (size_t)g * M);
+            if ((r = auto_greedy(j, &sp, w + (size_t)g * M, 0, NULL, err)) == 0)
                 memcpy(cand + (size_t)(2 + g) * L, j->rank, (size_t)L * sizeof *cand);
         }
+        for (int g = 0; g < RANKS_SENS_NGAMMA && adaptive; g++) { /* each starts from its static counterpart */
+            memcpy(cand + (size_t)(2 + RANKS_SENS_NGAMMA + g) * L, cand + (size_t)(2 + g) * L, (size_t)L * sizeof *cand);
+            aw[2 + RANKS_SENS_NGAMMA + g] = w + (size_t)g * M;
+            ag[2 + RANKS_SENS_NGAMMA + g] = ranks_sens_gamma[g];
+        }
         if (r == 0)
-            r = sens_guard(j, hex0, cand, names, 2 + RANKS_SENS_NGAMMA, &held, err);
+            r = sens_guard(j, hex0, cand, names, aw, ag, nc, &sp, &held, err);
         j->rank_choice.seconds = mono_now() - t0;
     }
     if (r == 0) {

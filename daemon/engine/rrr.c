@@ -32,6 +32,7 @@
 #include "forward.h"
 #include "lowrank.h"
 #include "mono.h"
+#include "ranks.h"
 
 #define RRR_HELD_DIV 8
 
@@ -161,6 +162,20 @@ out:
     return r;
 }
 
+/* rrr's spectrum of matrix p (lowrank_rrr_spectrum), for ranks_adapt_stage. */
+struct rrr_spec {
+    const struct layer_w *lw;
+    struct lowrank_rrr q;
+};
+
+static int rrr_spectrum(void *ctx, int p, double *ev, int *n, struct sv_err *err) {
+    const struct rrr_spec *sc = ctx;
+    const struct linear *lin = &sc->lw->proj[p];
+    char what[200];
+    model_proj_prefix(sc->lw->index, p, what, sizeof what);
+    return lowrank_rrr_spectrum(lin->w, lin->d_out, lin->d_in, &sc->q, ev, n, what, err);
+}
+
 /* One stage's factors from the statistics in c: lambda per matrix on the
  * held-out part, then the fit on all windows (c->gp[0], c->h[0] become the
  * sums). */
@@ -174,6 +189,16 @@ static int rrr_stage_factor(struct job *j, const struct layer_w *lw, struct rrr_
     lowrank_gram_symmetrize(c->g, w);
     for (int part = 0; part < 2; part++)
         lowrank_gram_symmetrize(c->gp[part], w);
+    if (j->adapt) { /* the ranks from rrr's own spectra (lambda = 0, fit windows) */
+        struct rrr_spec sc = {.lw = lw};
+        model_proj_prefix(l, stage_in[sg], what, sizeof what);
+        if ((r = lowrank_rrr_new(c->gp[0], c->h[0], w, 0.0, what, &sc.q, err)) < 0)
+            return r;
+        r = ranks_adapt_stage(j, l, stage_in[sg], stage_last[sg], rrr_spectrum, &sc, err);
+        lowrank_rrr_free(&sc.q);
+        if (r < 0)
+            return r;
+    }
     for (int li = 0; li < RRR_NLAMBDA && held; li++) {
         double t0 = mono_now();
         /* Each candidate is a factorization of the stage: a cancel is

@@ -25,6 +25,7 @@
 #include "forward.h"
 #include "lowrank.h"
 #include "mono.h"
+#include "ranks.h"
 #include "stats.h"
 
 /* Within a layer the matrices are solved in four stages, each seeing the
@@ -167,6 +168,23 @@ static int update_b(struct job *j, const struct layer_w *lw, struct lowrank_resu
     return r;
 }
 
+/* rom's spectrum of matrix p under its stage's statistic g (an input Gram,
+ * or down's output covariance), for ranks_adapt_stage. */
+struct rom_spec {
+    const struct layer_w *lw;
+    const double *g;
+    int out;
+};
+
+static int rom_spectrum(void *ctx, int p, double *ev, int *n, struct sv_err *err) {
+    const struct rom_spec *sc = ctx;
+    const struct linear *lin = &sc->lw->proj[p];
+    char what[200];
+    model_proj_prefix(sc->lw->index, p, what, sizeof what);
+    return lowrank_spectrum(lin->w, lin->d_out, lin->d_in, sc->out ? NULL : sc->g, sc->out ? sc->g : NULL, ev, n,
+                            what, err);
+}
+
 /* rom, stage sg: the Gram of the stage's tapped input measured on the
  * compressed-so-far layer lc over the compressed stream comp_in, then the
  * stage's matrices projected under it (down: as an output covariance). */
@@ -197,6 +215,9 @@ static int rom_stage(struct job *j, struct seq_ctx *cx, const struct layer_w *lw
         for (int a = 0; a < w; a++)
             for (int b = 0; b < w; b++)
                 cx->g[(size_t)a * w + b] -= cx->sum[a] * cx->sum[b] / cx->n;
+    struct rom_spec sc = {.lw = lw, .g = cx->g, .out = sg == 3};
+    if ((r = ranks_adapt_stage(j, l, stage_in[sg], stage_last[sg], rom_spectrum, &sc, err)) < 0)
+        return r;
     struct lowrank_white wh = {0}; /* the stage's whitening, shared by its matrices */
     for (int p = stage_in[sg]; p <= stage_last[sg] && r == 0; p++) {
         if (!j->rank[l][p])

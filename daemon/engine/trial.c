@@ -183,7 +183,7 @@ static void trial_files_remove(const struct job *j, int n) {
 }
 
 int trial_method(struct job *j, enum compress_method m, int (*rank)[PROJ_COUNT], int n_layers, const char *hex0,
-                 const struct trial_set *ts, double *ret, struct sv_err *err) {
+                 const struct trial_set *ts, struct ranks_adapt *adapt, double *ret, struct sv_err *err) {
     const int L = j->c->n_layers;
     struct compress_params *tp = malloc(sizeof *tp);
     struct compress_hooks th = {0};
@@ -211,6 +211,7 @@ int trial_method(struct job *j, enum compress_method m, int (*rank)[PROJ_COUNT],
     ranks_plan(&tj);
     if (rank)
         memcpy(tj.rank, rank, (size_t)L * sizeof *rank);
+    tj.adapt = adapt;
     struct cost_in ci;
     cost_in_of(tp, &ci);
     cost_init(&cost, &ci, L);
@@ -231,6 +232,8 @@ int trial_method(struct job *j, enum compress_method m, int (*rank)[PROJ_COUNT],
     }
     if (r == 0 && (r = trial_embed(j, ts, &x, err)) == 0)
         r = loss_run(&tj, ts, 0, x, n_layers, -1, 0, NULL, ret, err);
+    if (r == 0 && rank && adapt)
+        memcpy(rank, tj.rank, (size_t)L * sizeof *rank);
 out:
     trial_files_remove(&tj, done);
     j->t.forward += tj.t.forward;

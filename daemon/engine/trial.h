@@ -27,9 +27,11 @@ int trial_loss_from(struct job *j, const struct trial_set *ts, int l0, const flo
 /* Method m run for real on the job's calibration windows over layers
  * 0..n_layers-1 (rank: the allocation, NULL for m's own rule), then the
  * mean NLL on ts of that model (the later layers original). Uses hidden-0
- * (hex0) and leaves no file of its own in WORK. */
+ * (hex0) and leaves no file of its own in WORK. adapt (ranks.h, or NULL):
+ * the ranks are chosen stage by stage as the run proceeds, starting from
+ * rank, and rank gets the ones chosen. */
 int trial_method(struct job *j, enum compress_method m, int (*rank)[PROJ_COUNT], int n_layers, const char *hex0,
-                 const struct trial_set *ts, double *ret, struct sv_err *err);
+                 const struct trial_set *ts, struct ranks_adapt *adapt, double *ret, struct sv_err *err);
 
 /* compress.c's run_layer, for trial_method: layer l computed and its
  * checkpoint file written, nothing committed. */
