@@ -13,7 +13,8 @@
  * back, evaluate to the perplexity the job reported, and hold each factored
  * module's bias, byte for byte the original's, as "<module>.1.bias" next to
  * its factor pair. Config reading: Qwen's sliding_window only with
- * use_sliding_window, Mistral's always, attention_bias refused outside Qwen2. */
+ * use_sliding_window, Mistral's always, attention_bias refused outside Qwen2.
+ * Last, --method auto on a 10-layer model tries only its first 2 layers. */
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
@@ -352,6 +353,79 @@ static void test_compress_families(void) {
         }
 }
 
+/* --method auto on a model deeper than 8 layers (autosel.c): its trials
+ * cover only the first ceil(L / 8) layers (2 of 10 here; the bundled models
+ * have 5 and 8, where they cover all). compression.json says so, the
+ * method run is the candidate with the lowest held-out loss, and the job
+ * itself compresses every layer. */
+static void test_auto_deep(void) {
+    char dir[128], calib[128], eval[128], cmd[PATH_MAX + 64];
+    snprintf(dir, sizeof dir, "%s/deep", tmp);
+    snprintf(calib, sizeof calib, "%s/calib.i32", tmp);
+    snprintf(eval, sizeof eval, "%s/eval.i32", tmp);
+    snprintf(cmd, sizeof cmd,
+             "'%s' --out '%s' --hidden 64 --layers 10 --heads 4 --kv-heads 2 --ffn 160 --vocab 256 --max-pos 512 "
+             "--seed 31 --spectrum-decay 0.5",
+             genmodel, dir);
+    SV_ASSERT_EQ(system(cmd), 0);
+    struct compress_params p;
+    memset(&p, 0, sizeof p);
+    snprintf(p.model_dir, sizeof p.model_dir, "%s", dir);
+    snprintf(p.out_dir, sizeof p.out_dir, "%s/out-deep-auto", tmp);
+    snprintf(p.work_dir, sizeof p.work_dir, "%s/work-deep-auto", tmp);
+    snprintf(p.calib_path, sizeof p.calib_path, "%s", calib);
+    snprintf(p.eval_path, sizeof p.eval_path, "%s", eval);
+    p.method = METHOD_AUTO;
+    p.ratio = 0.4;
+    p.nsamples = 32;
+    p.seqlen = 64;
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s'", p.work_dir);
+    SV_ASSERT_EQ(system(cmd), 0);
+    struct compress_result res;
+    struct sv_err err = {0};
+    int r = compress_run(&p, NULL, &res, &err);
+    SV_ASSERT_EQ(r, 0);
+    if (r < 0) {
+        fprintf(stderr, "deep auto: %s\n", err.msg);
+        return;
+    }
+    snprintf(cmd, sizeof cmd, "%s/compression.json", p.out_dir);
+    json_t *rep = json_load_file(cmd, 0, NULL), *ch = json_object_get(rep, "method_choice"), *e;
+    SV_ASSERT_EQ(json_integer_value(json_object_get(ch, "layers_tried")), 2);
+    const char *chosen = json_string_value(json_object_get(ch, "chosen")), *best = NULL;
+    double lbest = INFINITY;
+    size_t i;
+    json_array_foreach(json_object_get(ch, "candidates"), i, e) {
+        double l = json_number_value(json_object_get(e, "heldout_loss"));
+        SV_CHECK(isfinite(l) && l > 0);
+        if (l < lbest)
+            lbest = l, best = json_string_value(json_object_get(e, "name"));
+    }
+    SV_ASSERT_EQ(json_array_size(json_object_get(ch, "candidates")), 5);
+    SV_CHECK(chosen && best && !strcmp(chosen, best));
+    const char *ran = json_string_value(json_object_get(rep, "method"));
+    SV_CHECK(ran && chosen && !strcmp(ran, chosen));
+    struct model *m = NULL; /* every layer compressed, not only the tried ones */
+    SV_ASSERT_EQ(model_open(&m, p.out_dir, &err), 0);
+    int layers_factored = 0;
+    for (int l = 0; m && l < m->cfg.n_layers; l++) {
+        int any = 0;
+        for (int q = 0; q < PROJ_COUNT; q++)
+            any |= m->cfg.rank[l][q] > 0;
+        layers_factored += any;
+    }
+    SV_ASSERT_EQ(layers_factored, 10);
+    model_free(m);
+    SV_CHECK(res.params_after <= 0.6 * (double)res.params_before + 0.5);
+    struct ppl_result pr;
+    SV_ASSERT_EQ(ppl_eval(p.out_dir, eval, 64, 0, NULL, NULL, &pr, &err), 0);
+    SV_ASSERT_NEAR_REL(pr.ppl, res.ppl_after, 1e-9);
+    printf("deep (10 layers) auto: tried %lld layers, ran %s (held-out %.4f), ppl %.3f -> %.3f\n",
+           (long long)json_integer_value(json_object_get(ch, "layers_tried")), ran ? ran : "?", lbest,
+           res.ppl_before, res.ppl_after);
+    json_decref(rep);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: test_families PATH-TO-svdllm-genmodel\n");
@@ -365,6 +439,7 @@ int main(int argc, char **argv) {
     test_reference_logits();
     test_config_rules();
     test_compress_families();
+    test_auto_deep();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
     if (system(cmd) != 0)
