@@ -26,6 +26,7 @@
 
 #include "compress.h"
 #include "forward.h"
+#include "engine_harness.h"
 #include "harness.h"
 #include "model.h"
 #include "ppl.h"
@@ -305,6 +306,20 @@ static void check_output(const char *src_dir, const char *out, int dense, const 
     model_free(m);
 }
 
+/* Method m at ratio 0.4 on model_dir, 32 x 64 calibration ids; output
+ * TMP/out-NAME, work directory TMP/work-NAME (created). */
+static void job_params(struct compress_params *p, const char *model_dir, const char *name, const char *calib,
+                       const char *eval, enum compress_method m) {
+    char out[96], work[96];
+    snprintf(out, sizeof out, "out-%s", name);
+    snprintf(work, sizeof work, "work-%s", name);
+    protocol_params(p, tmp, model_dir, out, work, m, 0.4);
+    snprintf(p->calib_path, sizeof p->calib_path, "%s", calib);
+    snprintf(p->eval_path, sizeof p->eval_path, "%s", eval);
+    p->seqlen = 64;
+    p->eval_max_windows = 0;
+}
+
 static void test_compress_families(void) {
     char calib[128], eval[128];
     snprintf(calib, sizeof calib, "%s/calib.i32", tmp);
@@ -318,20 +333,11 @@ static void test_compress_families(void) {
             int dense = method == METHOD_COUNT;
             enum compress_method mth = dense ? METHOD_SVD : (enum compress_method)method;
             struct compress_params p;
-            memset(&p, 0, sizeof p);
-            snprintf(p.model_dir, sizeof p.model_dir, "%s/%s", tmp, fams[fi]);
-            snprintf(p.out_dir, sizeof p.out_dir, "%s/out-%s-%d", tmp, fams[fi], method);
-            snprintf(p.work_dir, sizeof p.work_dir, "%s/work-%s-%d", tmp, fams[fi], method);
-            snprintf(p.calib_path, sizeof p.calib_path, "%s", calib);
-            snprintf(p.eval_path, sizeof p.eval_path, "%s", eval);
-            p.method = mth;
-            p.ratio = 0.4;
-            p.nsamples = 32;
-            p.seqlen = 64;
+            char mdir[128], name[64], what[64];
+            snprintf(mdir, sizeof mdir, "%s/%s", tmp, fams[fi]);
+            snprintf(name, sizeof name, "%s-%d", fams[fi], method);
+            job_params(&p, mdir, name, calib, eval, mth);
             p.dense = dense;
-            char cmd[PATH_MAX + 16], what[64];
-            snprintf(cmd, sizeof cmd, "mkdir -p '%s'", p.work_dir);
-            SV_ASSERT_EQ(system(cmd), 0);
             snprintf(what, sizeof what, "%s %s%s", fams[fi], params_method_name(mth), dense ? " dense" : "");
             struct compress_result res;
             struct sv_err err = {0};
@@ -369,18 +375,7 @@ static void test_auto_deep(void) {
              genmodel, dir);
     SV_ASSERT_EQ(system(cmd), 0);
     struct compress_params p;
-    memset(&p, 0, sizeof p);
-    snprintf(p.model_dir, sizeof p.model_dir, "%s", dir);
-    snprintf(p.out_dir, sizeof p.out_dir, "%s/out-deep-auto", tmp);
-    snprintf(p.work_dir, sizeof p.work_dir, "%s/work-deep-auto", tmp);
-    snprintf(p.calib_path, sizeof p.calib_path, "%s", calib);
-    snprintf(p.eval_path, sizeof p.eval_path, "%s", eval);
-    p.method = METHOD_AUTO;
-    p.ratio = 0.4;
-    p.nsamples = 32;
-    p.seqlen = 64;
-    snprintf(cmd, sizeof cmd, "mkdir -p '%s'", p.work_dir);
-    SV_ASSERT_EQ(system(cmd), 0);
+    job_params(&p, dir, "deep-auto", calib, eval, METHOD_AUTO);
     struct compress_result res;
     struct sv_err err = {0};
     int r = compress_run(&p, NULL, &res, &err);
