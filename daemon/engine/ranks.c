@@ -169,13 +169,30 @@ static int gain_cmp(const void *a, const void *b) {
     return x->m != y->m ? x->m - y->m : x->i - y->i;
 }
 
+/* A matrix's spectrum spec[0..n) (descending): its sum, and how many of
+ * its eigenvalues a rank may take (cap: up to d_out d_in / (d_out + d_in),
+ * where the factors stop saving parameters; at least 1). */
+static void spectrum_sum(const double *spec, int n, int d_out, int d_in, double *total, int *cap) {
+    *total = 0;
+    for (int i = 0; i < n; i++)
+        *total += spec[i];
+    int be = (int)((double)d_out * d_in / (d_out + d_in));
+    *cap = be < 1 ? 1 : be < n ? be : n;
+}
+
+/* The share of the spectrum's sum that rank k drops (of its first cap). */
+static double spectrum_dropped(const double *spec, int cap, double total, int k) {
+    double kept = 0;
+    for (int i = 0; i < k && i < cap; i++)
+        kept += spec[i];
+    return total > 0 ? 1 - kept / total : 0;
+}
+
 /* --ranks auto's pre-pass results: each matrix mi = l * PROJ_COUNT + p's
- * eigenvalues (descending), their sum, how many may be taken (cap), and
- * the number of gains beyond rank 1 over all matrices. */
+ * eigenvalues (descending), their sum and how many may be taken (cap). */
 struct spectra {
     double **spec, *total;
     int *cap;
-    size_t ng;
     /* sensitive: the windows the sensitivities are measured on, the
      * original model's states entering the current layer, its loss there;
      * per matrix the loss increase at the uniform rank and that rank's
@@ -197,7 +214,7 @@ static int sens_layer(struct job *j, enum compress_method m, struct layer_w *lw,
     memset(rep, 0, sizeof rep);
     int r = factor_layer(j, m, lw, st, 0, res, rep, err);
     for (int p = 0; p < PROJ_COUNT && r == 0; p++) {
-        int mi = l * PROJ_COUNT + p, n = 0;
+        int mi = l * PROJ_COUNT + p;
         const struct linear *lin = &lw->proj[p];
         if (!res[p].k)
             continue;
@@ -207,11 +224,7 @@ static int sens_layer(struct job *j, enum compress_method m, struct layer_w *lw,
         if ((r = trial_loss_from(j, &sp->fit, l, sp->x, l, p, &ov, &lp, err)) < 0)
             break;
         sp->dl[mi] = lp - sp->base;
-        double kept = 0;
-        n = res[p].k < sp->cap[mi] ? res[p].k : sp->cap[mi];
-        for (int i = 0; i < n; i++)
-            kept += sp->spec[mi][i];
-        sp->e[mi] = sp->total[mi] > 0 ? 1 - kept / sp->total[mi] : 0;
+        sp->e[mi] = spectrum_dropped(sp->spec[mi], sp->cap[mi], sp->total[mi], res[p].k);
     }
     for (int p = 0; p < PROJ_COUNT; p++)
         lowrank_result_free(&res[p]);
@@ -266,11 +279,7 @@ static int auto_layer(struct job *j, enum compress_method m, int l, char hex[65]
         free(own);
         if (r < 0)
             break;
-        for (int i = 0; i < n; i++)
-            sp->total[mi] += sp->spec[mi][i];
-        int be = (int)((double)lin->d_out * lin->d_in / (lin->d_out + lin->d_in));
-        sp->cap[mi] = be < 1 ? 1 : be < n ? be : n;
-        sp->ng += (size_t)sp->cap[mi] - 1;
+        spectrum_sum(sp->spec[mi], n, lin->d_out, lin->d_in, &sp->total[mi], &sp->cap[mi]);
     }
     if (r == 0 && sp->x)
         r = sens_layer(j, m, &lw, &st, sp, err);
@@ -379,18 +388,13 @@ int ranks_adapt_stage(struct job *j, int l, int p0, int p1, ranks_spectrum_fn fn
         }
         if ((r = fn(ctx, p, a->spec[mi], &n, err)) < 0)
             break;
-        a->total[mi] = 0;
-        for (int i = 0; i < n; i++)
-            a->total[mi] += a->spec[mi][i];
-        int be = (int)((double)d_out * d_in / (d_out + d_in));
-        a->cap[mi] = be < 1 ? 1 : be < n ? be : n;
+        spectrum_sum(a->spec[mi], n, d_out, d_in, &a->total[mi], &a->cap[mi]);
         /* The measured loss of the uniform truncation over the share of
          * this spectrum that truncation drops: the weight in the method's
          * own units (the pre-pass's e is svdllm's share). */
-        double kept = 0;
-        for (int i = 0; i < a->uniform[l][p] && i < n; i++)
-            kept += a->spec[mi][i];
-        a->wseq[mi] = sens_weight(a->sp->dl[mi], a->total[mi] > 0 ? 1 - kept / a->total[mi] : 0, a->floor, a->gamma);
+        a->wseq[mi] = sens_weight(a->sp->dl[mi], spectrum_dropped(a->spec[mi], a->cap[mi], a->total[mi],
+                                                                  a->uniform[l][p]),
+                                  a->floor, a->gamma);
     }
     if (r == 0) {
         memcpy(keep, j->rank, (size_t)j->c->n_layers * sizeof *keep);
